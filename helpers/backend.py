@@ -41,9 +41,11 @@ else:
 
 def _import_tensorrt() -> ModuleType | None:
     try:
-        return importlib.import_module("tensorrt")
+        module = importlib.import_module("tensorrt")
     except ImportError:
         return None
+    # tensorrt-stubs installs a bare tensorrt/__init__.pyi folder, which imports as an empty namespace package.
+    return module if hasattr(module, "Builder") else None
 
 
 def select_backend(name: str = "auto") -> ModuleType:
