@@ -1,0 +1,104 @@
+"""Latency benchmark over the engine runner: random inputs, per-batch timing, printed records, JSON.
+
+Shared by perf.py and perf_varseqlen.py; the engine layout decides the input shapes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from helpers.runner import EngineRunner, TimingSummary, write_text_atomically
+
+PSEUDO_VOCAB_SIZE = 30522
+PSEUDO_TYPE_VOCAB_SIZE = 2
+JSON_FORMAT_VERSION = 1
+
+
+def random_inputs(runner: EngineRunner, max_batch: int, sequence_length: int, seed: int) -> dict[str, np.ndarray]:
+    """The demo's random benchmark inputs for the largest batch (numpy's legacy seeded generator)."""
+    np.random.seed(seed)
+    if runner.varseqlen:
+        tokens = max_batch * sequence_length
+        return {
+            "input_ids": np.random.randint(0, PSEUDO_VOCAB_SIZE, (tokens,), dtype=np.int32),
+            "segment_ids": np.random.randint(0, PSEUDO_TYPE_VOCAB_SIZE, (tokens,), dtype=np.int32),
+            "cu_seqlens": np.arange(0, tokens + 1, sequence_length, dtype=np.int32),
+        }
+    shape = (max_batch, sequence_length)
+    return {
+        "input_ids": np.random.randint(0, PSEUDO_VOCAB_SIZE, shape, dtype=np.int32),
+        "segment_ids": np.random.randint(0, PSEUDO_TYPE_VOCAB_SIZE, shape, dtype=np.int32),
+        "input_mask": np.ones(shape, dtype=np.int32),
+    }
+
+
+def inputs_for_batch(runner: EngineRunner, inputs: dict[str, np.ndarray], batch_size: int, sequence_length: int) -> dict[str, np.ndarray]:
+    """The leading part of the max-batch inputs that a batch of ``batch_size`` uses."""
+    if runner.varseqlen:
+        tokens = batch_size * sequence_length
+        return {
+            "input_ids": inputs["input_ids"][:tokens],
+            "segment_ids": inputs["segment_ids"][:tokens],
+            "cu_seqlens": inputs["cu_seqlens"][: batch_size + 1],
+        }
+    return {name: value[:batch_size] for name, value in inputs.items()}
+
+
+def benchmark(
+    runner: EngineRunner,
+    batch_sizes: list[int],
+    sequence_length: int,
+    warm_up_runs: int,
+    iterations: int,
+    duration_s: float,
+    seed: int,
+) -> list[TimingSummary]:
+    """Time the engine at each batch size (ascending); raises NoProfileError for an uncovered one."""
+    ordered = sorted(batch_sizes)
+    inputs = random_inputs(runner, ordered[-1], sequence_length, seed)
+    summaries = []
+    for batch_size in ordered:
+        runner.activate(batch_size, sequence_length)
+        runner.copy_inputs(inputs_for_batch(runner, inputs, batch_size, sequence_length))
+        runner.synchronize()
+        times = runner.time_executions(warm_up_runs, iterations, duration_s)
+        summaries.append(TimingSummary.from_times(batch_size, times))
+    return summaries
+
+
+def format_record(summary: TimingSummary) -> str:
+    """The per-batch record of perf.py (§2.3), each batch size with its own iteration count."""
+    return (
+        f"Running {summary.iterations} iterations with Batch Size: {summary.batch_size}\n"
+        f"\tTotal Time: {summary.total_ms} ms \tAverage Time: {summary.avg_ms} ms"
+        f"\t95th Percentile Time: {summary.p95_ms} ms\t99th Percentile Time: {summary.p99_ms}"
+    )
+
+
+def peak_memory_mib(runner: EngineRunner) -> float | None:
+    """Peak PyTorch-allocator memory on the runner's GPU in MiB; None on CPU."""
+    if runner.device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(runner.device) / 2**20
+
+
+def write_json(path: str, runner: EngineRunner, sequence_length: int, summaries: list[TimingSummary], tool: str) -> None:
+    """All figures of a run, for tools (benchmark tables, comparisons)."""
+    report = {
+        "format_version": JSON_FORMAT_VERSION,
+        "tool": tool,
+        "engine": runner.engine_path,
+        "backend": runner.backend,
+        "device": runner.device_name(),
+        "enable_graph": runner.enable_graph,
+        "sequence_length": sequence_length,
+        "peak_gpu_memory_mib": peak_memory_mib(runner),
+        "results": [
+            dict(asdict(summary), sequences_per_second=summary.sequences_per_second) for summary in summaries
+        ],
+    }
+    write_text_atomically(path, json.dumps(report, indent=2) + "\n")

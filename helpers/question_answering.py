@@ -1,0 +1,173 @@
+"""Question answering over an engine: text -> features -> logits -> best span.
+
+Shared by inference.py, the notebook and the variable-length/C++ front ends, so that every
+one of them tokenizes, times and post-processes the same way.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from helpers.runner import EngineRunner, NoProfileError, RunnerError
+
+NetworkOutput = collections.namedtuple("NetworkOutput", ["start_logits", "end_logits", "feature_index"])
+EXIT_COMMANDS = ["exit", "quit"]
+QUESTION_PROMPT = f"Question (to exit, type one of {EXIT_COMMANDS}): "
+PASSAGE_PROMPT = "Paragraph: "
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    probability: float
+    nbest: list[Any]
+    network_seconds: float
+    """Mean time per feature of input copy + execute + synchronize (what Sentences/Sec divides by)."""
+    end_to_end_seconds: float
+    """Tokenization + all features through the network + post-processing."""
+    feature_count: int
+
+
+def read_text_file(path: str, what: str) -> str:
+    """Whole content of a UTF-8 text file, with one-line errors."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RunnerError(f"{what} file not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise RunnerError(f"{what} file {path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise RunnerError(f"cannot read {what} file {path}: {err.strerror}") from None
+
+
+class QuestionAnswerer:
+    """Answers questions about passages with one engine, at one batch size and sequence length."""
+
+    def __init__(
+        self,
+        runner: EngineRunner,
+        vocab_file: str,
+        batch_size: int = 1,
+        max_seq_length: int = 128,
+        doc_stride: int = 128,
+        max_query_length: int = 64,
+        n_best_size: int = 20,
+        max_answer_length: int = 30,
+    ):
+        import helpers.tokenization as tokenization
+
+        if not Path(vocab_file).is_file():
+            raise RunnerError(f"vocabulary file not found: {vocab_file}")
+        try:
+            self.tokenizer = tokenization.FullTokenizer(vocab_file=vocab_file, do_lower_case=True)
+        except tokenization.VocabError as err:
+            raise RunnerError(str(err)) from None
+        self.runner = runner
+        self.batch_size = 1 if runner.varseqlen else batch_size
+        self.max_seq_length = max_seq_length
+        self.doc_stride = doc_stride
+        self.max_query_length = max_query_length
+        self.n_best_size = n_best_size
+        self.max_answer_length = max_answer_length
+        if not runner.varseqlen:
+            try:
+                runner.activate(self.batch_size, max_seq_length)
+            except NoProfileError:
+                raise RunnerError(f"Could not find any profile that can run batch size {self.batch_size}.") from None
+
+    def features(self, doc_tokens: list[str], question: str) -> list[Any]:
+        import helpers.data_processing as dp
+
+        try:
+            return dp.convert_example_to_features(
+                doc_tokens, question, self.tokenizer, self.max_seq_length, self.doc_stride, self.max_query_length
+            )
+        except dp.FeatureError as err:
+            raise RunnerError(str(err)) from None
+
+    def feature_logits(self, feature: Any) -> tuple[np.ndarray, np.ndarray, float]:
+        """(start logits, end logits, seconds for copy + execute + sync) of one feature."""
+        runner = self.runner
+        if runner.varseqlen:
+            # Packed input: only the real tokens of the one sequence, no padding.
+            length = int(np.sum(feature.input_mask))
+            try:
+                runner.activate(1, length, total_tokens=length)
+            except NoProfileError:
+                raise RunnerError(f"Could not find any profile that can run sequence length {length}.") from None
+            inputs = {
+                "input_ids": np.asarray(feature.input_ids[:length], dtype=np.int32),
+                "segment_ids": np.asarray(feature.segment_ids[:length], dtype=np.int32),
+                "cu_seqlens": np.array([0, length], dtype=np.int32),
+            }
+        else:
+            inputs = {
+                name: np.ascontiguousarray(np.tile(np.asarray(getattr(feature, name), dtype=np.int32), (self.batch_size, 1)))
+                for name in ("input_ids", "segment_ids", "input_mask")
+            }
+        started = time.perf_counter()
+        runner.copy_inputs(inputs)
+        runner.execute()
+        runner.synchronize()
+        elapsed = time.perf_counter() - started
+        logits = runner.output().float().cpu().numpy()
+        if runner.varseqlen:
+            return logits[0].reshape(-1), logits[1].reshape(-1), elapsed
+        first = logits[0].reshape(-1, 2)
+        return first[:, 0].copy(), first[:, 1].copy(), elapsed
+
+    def answer(self, doc_tokens: list[str], question: str) -> Answer:
+        import helpers.data_processing as dp
+
+        started = time.perf_counter()
+        features = self.features(doc_tokens, question)
+        outputs = []
+        network_seconds = 0.0
+        for index, feature in enumerate(features):
+            start_logits, end_logits, elapsed = self.feature_logits(feature)
+            network_seconds += elapsed
+            outputs.append(NetworkOutput(start_logits=start_logits, end_logits=end_logits, feature_index=index))
+        prediction, nbest, _ = dp.get_predictions(doc_tokens, features, outputs, self.n_best_size, self.max_answer_length)
+        return Answer(
+            text=prediction,
+            probability=nbest[0]["probability"],
+            nbest=nbest,
+            network_seconds=network_seconds / max(len(features), 1),
+            end_to_end_seconds=time.perf_counter() - started,
+            feature_count=len(features),
+        )
+
+    def answer_text(self, passage: str, question: str) -> Answer:
+        import helpers.data_processing as dp
+
+        return self.answer(dp.convert_doc_tokens(passage), question)
+
+
+def format_answer(answer: Answer, sentences_per_call: int) -> str:
+    """The framed result block of §2.1, then the two timing lines this re-implementation adds."""
+    lines = [
+        "------------------------",
+        f"Running inference in {sentences_per_call / answer.network_seconds:.3f} Sentences/Sec",
+        "------------------------",
+        f"Answer: '{answer.text}'",
+        f"With probability: {answer.probability * 100.0:.3f}",
+        f"Network time: {answer.network_seconds * 1000.0:.3f} ms per feature",
+        f"End-to-end time: {answer.end_to_end_seconds * 1000.0:.3f} ms",
+    ]
+    return "\n".join(lines)
+
+
+def squad_examples(path: str) -> list[Any]:
+    """The examples of a SQuAD file, after checking that it is one."""
+    import helpers.data_processing as dp
+
+    try:
+        return dp.read_squad_json(path)
+    except dp.SquadFormatError as err:
+        raise RunnerError(f"not a usable SQuAD file: {err}") from None

@@ -1,0 +1,452 @@
+"""The one engine runner behind inference*.py, perf*.py and the notebook.
+
+It loads an engine file of either backend (told apart by the file's header), picks the
+optimization profile for a shape, binds PyTorch tensors as the engine's I/O buffers, runs
+``execute_async_v3`` on a PyTorch stream (optionally replaying a CUDA graph captured around
+it), and times executions.  Everything TensorRT-facing is plain TensorRT Python API code on
+``helpers.backend.trt``, so the same lines drive real TensorRT and the portable engine.
+
+Both engine layouts of the demo go through the same methods:
+* fixed length: ``input_ids``, ``segment_ids``, ``input_mask`` ``[B, S]`` -> ``logits_out [B, S, 2, 1, 1]``;
+* variable length: ``input_ids``/``segment_ids`` ``[T]``, ``cu_seqlens [B+1]``, ``max_seqlen [S]``
+  (only its length matters) -> ``logits_out [2, T, 1, 1]``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from helpers import backend
+
+OUTPUT_NAME = "logits_out"
+FIXED_INPUTS = ("input_ids", "segment_ids", "input_mask")
+VARSEQLEN_INPUTS = ("input_ids", "segment_ids", "cu_seqlens", "max_seqlen")
+# Serialized TensorRT plans start with one of these tags; anything else is not a TensorRT engine.
+TENSORRT_PLAN_TAGS = (b"ftrt", b"ptrt")
+PLUGIN_LIBRARY = "nvinfer_plugin_10.dll" if sys.platform == "win32" else "libnvinfer_plugin.so"
+PLUGIN_PATH_VARIABLE = "PATH" if sys.platform == "win32" else "LD_LIBRARY_PATH"
+DOCTOR_HINT = "run `python3 -m helpers.doctor` to see what is missing"
+
+
+class RunnerError(RuntimeError):
+    """A problem the user can fix (bad file, missing library, impossible shape): printed as one line."""
+
+
+class NoProfileError(RunnerError):
+    """No optimization profile of the engine covers the requested (batch, sequence) shape."""
+
+    def __init__(self, batch_size: int, sequence_length: int):
+        self.batch_size = batch_size
+        self.sequence_length = sequence_length
+        super().__init__(
+            f"None of the dynamic shape profiles meets the requirement batch = {batch_size} "
+            f"and sequence = {sequence_length}."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Engine files and backends
+
+
+def engine_backend(data: bytes) -> str:
+    """'portable' or 'tensorrt', from the first bytes of a serialized engine."""
+    from helpers import portable
+
+    if portable.is_portable_engine(data):
+        return "portable"
+    if data[:4] in TENSORRT_PLAN_TAGS:
+        return "tensorrt"
+    if not data:
+        raise RunnerError("the engine file is empty")
+    raise RunnerError("not an engine file: neither a portable engine nor a TensorRT plan (wrong file, or truncated?)")
+
+
+def read_engine_file(path: str | os.PathLike[str]) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise RunnerError(f"engine file not found: {path}") from None
+    except IsADirectoryError:
+        raise RunnerError(f"engine path is a directory, not a file: {path}") from None
+    except OSError as err:
+        raise RunnerError(f"cannot read engine file {path}: {err.strerror}") from None
+
+
+def load_plugin_library() -> None:
+    """Load TensorRT's plugin library globally so that deserialization finds the BERT plugins."""
+    try:
+        ctypes.CDLL(PLUGIN_LIBRARY, mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        raise RunnerError(
+            f"Could not load plugin library. Is `{PLUGIN_LIBRARY}` on your {PLUGIN_PATH_VARIABLE}? ({DOCTOR_HINT})"
+        ) from None
+
+
+def tensorrt_available() -> bool:
+    return backend._import_tensorrt() is not None
+
+
+def bind_backend_for(data: bytes, device: str | None = None) -> tuple[str, torch.device]:
+    """Bind ``helpers.backend.trt`` to the backend that can run ``data``; return (backend, device)."""
+    kind = engine_backend(data)
+    if kind == "portable":
+        from helpers import portable
+
+        try:
+            portable.read_engine_header(data)
+        except ValueError as err:
+            raise RunnerError(f"unusable portable engine: {err}") from None
+        if device is not None:
+            os.environ["DEMOBERT_DEVICE"] = device
+        backend.select_backend("portable")
+        return kind, portable_device()
+    if not tensorrt_available():
+        raise RunnerError(
+            "this engine is a TensorRT plan, but TensorRT is not installed here; rebuild it with "
+            f"`--backend portable` or install TensorRT ({DOCTOR_HINT})"
+        )
+    if device is not None and not device.startswith("cuda"):
+        raise RunnerError(f"TensorRT engines run only on CUDA devices, not {device!r}")
+    if not torch.cuda.is_available():
+        raise RunnerError(f"this engine is a TensorRT plan and needs a CUDA GPU, but PyTorch sees none ({DOCTOR_HINT})")
+    backend.select_backend("tensorrt")
+    load_plugin_library()
+    return kind, torch.device(device or "cuda")
+
+
+def portable_device() -> torch.device:
+    """The device the portable engine executes on (it reads DEMOBERT_DEVICE, else CUDA when present)."""
+    from helpers import portable
+
+    if hasattr(portable, "runtime_device"):
+        return torch.device(portable.runtime_device())
+    requested = os.environ.get("DEMOBERT_DEVICE")
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _torch_dtype(trt_dtype: Any) -> torch.dtype:
+    trt = backend.trt
+    table = {
+        trt.DataType.FLOAT: torch.float32,
+        trt.DataType.HALF: torch.float16,
+        trt.DataType.INT32: torch.int32,
+        trt.DataType.INT8: torch.int8,
+    }
+    try:
+        return table[trt_dtype]
+    except KeyError:
+        raise RunnerError(f"unsupported engine I/O data type {trt_dtype}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Timing statistics
+
+
+def percentile(sorted_times: list[float], fraction: float) -> float:
+    """The demo's percentile: ``sorted[int(n * fraction)]`` (no interpolation)."""
+    return sorted_times[min(int(len(sorted_times) * fraction), len(sorted_times) - 1)]
+
+
+@dataclass(frozen=True)
+class TimingSummary:
+    batch_size: int
+    iterations: int
+    total_ms: float
+    avg_ms: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+    @property
+    def sequences_per_second(self) -> float:
+        return self.batch_size * 1000.0 / self.avg_ms
+
+    @classmethod
+    def from_times(cls, batch_size: int, times_ms: list[float]) -> TimingSummary:
+        if not times_ms:
+            raise ValueError("no timed iterations")
+        ordered = sorted(times_ms)
+        total = sum(times_ms)
+        return cls(
+            batch_size=batch_size,
+            iterations=len(times_ms),
+            total_ms=total,
+            avg_ms=total / len(times_ms),
+            p50_ms=percentile(ordered, 0.50),
+            p95_ms=percentile(ordered, 0.95),
+            p99_ms=percentile(ordered, 0.99),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The runner
+
+
+class EngineRunner:
+    """Runs one deserialized engine: profile choice, I/O buffers, execution, CUDA graphs, timing."""
+
+    def __init__(self, engine_path: str | os.PathLike[str], device: str | None = None, enable_graph: bool = False):
+        data = read_engine_file(engine_path)
+        self.engine_path = str(engine_path)
+        self.backend, self.device = bind_backend_for(data, device)
+        trt = backend.trt
+        self.logger = trt.Logger(trt.Logger.ERROR)
+        if self.backend == "tensorrt":
+            trt.init_libnvinfer_plugins(self.logger, "")
+        self.runtime = trt.Runtime(self.logger)
+        try:
+            self.engine = self.runtime.deserialize_cuda_engine(data)
+        except (ValueError, RuntimeError) as err:
+            raise RunnerError(f"cannot deserialize engine {engine_path}: {err}") from None
+        if self.engine is None:
+            raise RunnerError(f"cannot deserialize engine {engine_path} (built by another TensorRT version or for another GPU?)")
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise RunnerError("cannot create an execution context for this engine")
+
+        self.io_names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_names = [n for n in self.io_names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        if OUTPUT_NAME not in self.io_names:
+            raise RunnerError(f"engine has no `{OUTPUT_NAME}` output; I/O tensors are {self.io_names}")
+        if set(self.input_names) == set(VARSEQLEN_INPUTS):
+            self.varseqlen = True
+        elif set(self.input_names) == set(FIXED_INPUTS):
+            self.varseqlen = False
+        else:
+            raise RunnerError(f"engine inputs {self.input_names} are not those of a BERT QA engine")
+        self.dtypes = {n: _torch_dtype(self.engine.get_tensor_dtype(n)) for n in self.io_names}
+
+        self.enable_graph = enable_graph and self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
+        self._storage: dict[str, torch.Tensor] = {}
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.profile: int | None = None
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self._active_graph: torch.cuda.CUDAGraph | None = None
+
+    # ---- shapes and profiles -------------------------------------------------------------
+
+    def input_shapes(self, batch_size: int, sequence_length: int, total_tokens: int | None = None) -> dict[str, tuple[int, ...]]:
+        """The input shapes for a batch: [B, S] each (fixed) or the packed shapes (varseqlen).
+
+        ``total_tokens`` (varseqlen only) is the packed token count T; it defaults to B*S.
+        """
+        if not self.varseqlen:
+            return {name: (batch_size, sequence_length) for name in FIXED_INPUTS}
+        tokens = batch_size * sequence_length if total_tokens is None else total_tokens
+        return {
+            "input_ids": (tokens,),
+            "segment_ids": (tokens,),
+            "cu_seqlens": (batch_size + 1,),
+            "max_seqlen": (sequence_length,),
+        }
+
+    def profile_shapes(self, name: str, profile: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(min, max) shape of input ``name`` in ``profile``."""
+        low, _opt, high = self.engine.get_tensor_profile_shape(name, profile)
+        return tuple(low), tuple(high)
+
+    def select_profile(self, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+        """Index of the first profile whose min/max cover every given input shape, or None."""
+        for profile in range(self.engine.num_optimization_profiles):
+            if all(self._covers(name, profile, shape) for name, shape in shapes.items()):
+                return profile
+        return None
+
+    def _covers(self, name: str, profile: int, shape: tuple[int, ...]) -> bool:
+        low, high = self.profile_shapes(name, profile)
+        return len(low) == len(shape) and all(lo <= d <= hi for lo, d, hi in zip(low, shape, high))
+
+    def activate(self, batch_size: int, sequence_length: int, total_tokens: int | None = None) -> int:
+        """Select the profile for this batch, set the input shapes and bind the I/O buffers.
+
+        Raises NoProfileError when no profile covers the shape.  Returns the profile index.
+        """
+        shapes = self.input_shapes(batch_size, sequence_length, total_tokens)
+        if shapes == self._shapes:
+            assert self.profile is not None
+            return self.profile
+        profile = self.select_profile(shapes)
+        if profile is None:
+            raise NoProfileError(batch_size, sequence_length)
+        if profile != self.profile:
+            self.context.set_optimization_profile_async(profile, self._stream_handle())
+            self.profile = profile
+        for name, shape in shapes.items():
+            if self.context.set_input_shape(name, shape) is False:
+                raise NoProfileError(batch_size, sequence_length)
+        missing = self.context.infer_shapes()
+        if missing:
+            raise RunnerError(f"the engine could not infer shapes of {list(missing)}")
+        self._shapes = dict(shapes)
+        for name in self.io_names:
+            shape = shapes.get(name) or tuple(self.context.get_tensor_shape(name))
+            self.buffers[name] = self._buffer(name, shape)
+            self.context.set_tensor_address(name, self.buffers[name].data_ptr())
+        self._active_graph = None
+        return profile
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A view of ``name``'s device storage with ``shape``; the storage only ever grows."""
+        numel = int(np.prod(shape, dtype=np.int64))
+        storage = self._storage.get(name)
+        if storage is None or storage.numel() < numel:
+            storage = torch.zeros(max(numel, 1), dtype=self.dtypes[name], device=self.device)
+            self._storage[name] = storage
+            # Captured graphs hold the old addresses.
+            self._graphs.clear()
+        return storage[:numel].view(shape)
+
+    # ---- execution ----------------------------------------------------------------------
+
+    def _stream_handle(self) -> int:
+        return self.stream.cuda_stream if self.stream is not None else 0
+
+    def copy_inputs(self, arrays: Mapping[str, np.ndarray | torch.Tensor]) -> None:
+        """Copy host arrays into the bound input buffers (asynchronously on CUDA)."""
+        for name, value in arrays.items():
+            source = torch.as_tensor(value).reshape(self.buffers[name].shape)
+            if self.stream is not None:
+                with torch.cuda.stream(self.stream):
+                    self.buffers[name].copy_(source, non_blocking=True)
+            else:
+                self.buffers[name].copy_(source)
+
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(self._stream_handle()):
+            raise RunnerError("execute_async_v3 failed")
+
+    def execute(self) -> None:
+        """Launch one inference on the runner's stream (a graph replay when graphs are enabled)."""
+        if not self.enable_graph:
+            self._enqueue()
+            return
+        if self._active_graph is None:
+            self._active_graph = self._graph_for_current_shapes()
+        with torch.cuda.stream(self.stream):
+            self._active_graph.replay()
+
+    def _graph_for_current_shapes(self) -> torch.cuda.CUDAGraph:
+        key = (self.profile, tuple(sorted(self._shapes.items())))
+        graph = self._graphs.get(key)
+        if graph is None:
+            # One ordinary run first: TensorRT finishes lazy set-up outside of capture.
+            self._enqueue()
+            self.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="relaxed"):
+                self._enqueue()
+            self._graphs[key] = graph
+        return graph
+
+    def synchronize(self) -> None:
+        if self.stream is not None:
+            self.stream.synchronize()
+
+    def output(self) -> torch.Tensor:
+        return self.buffers[OUTPUT_NAME]
+
+    def infer(self, arrays: Mapping[str, np.ndarray | torch.Tensor]) -> np.ndarray:
+        """Copy inputs, execute, wait, and return ``logits_out`` as a float32 host array."""
+        self.copy_inputs(arrays)
+        self.execute()
+        self.synchronize()
+        return self.output().float().cpu().numpy()
+
+    def time_executions(self, warm_up_runs: int, iterations: int, duration_s: float = 0.0) -> list[float]:
+        """Milliseconds of each timed execution, after ``warm_up_runs`` untimed ones.
+
+        Keeps going until both ``iterations`` runs and ``duration_s`` seconds are reached.  On
+        CUDA each run is bracketed by events on the runner's stream (copies excluded); on CPU by
+        a monotonic clock.
+        """
+        for _ in range(warm_up_runs):
+            self.execute()
+            self.synchronize()
+        times: list[float] = []
+        started = time.perf_counter()
+        if self.stream is not None:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        while len(times) < iterations or time.perf_counter() - started < duration_s:
+            if self.stream is not None:
+                begin.record(self.stream)
+                self.execute()
+                end.record(self.stream)
+                end.synchronize()
+                times.append(begin.elapsed_time(end))
+            else:
+                tick = time.perf_counter()
+                self.execute()
+                times.append((time.perf_counter() - tick) * 1000.0)
+        return times
+
+    def device_name(self) -> str:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return "cpu"
+
+
+# --------------------------------------------------------------------------------------------
+# Script entry points
+
+
+def exit_on_error(main: Callable[..., int | None]) -> Callable[..., int | None]:
+    """Run a script's main(); turn user-facing errors into one line on stderr and exit status 1."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> int | None:
+        try:
+            return main(*args, **kwargs)
+        except (RunnerError, backend.BackendError) as err:
+            print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    return wrapper
+
+
+def check_writable_output(path: str | os.PathLike[str]) -> None:
+    """Fail early (before any long run) when ``path`` cannot be written."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise RunnerError(f"output path is a directory: {path}")
+    if not folder.is_dir():
+        raise RunnerError(f"output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise RunnerError(f"output path is not writable: {path}")
+
+
+def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
+    target = Path(path)
+    tmp_path: str | None = None
+    try:
+        fd, tmp_path = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
+            tmp.write(text)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
+        os.replace(tmp_path, target)
+    except OSError as err:
+        if tmp_path is not None:
+            Path(tmp_path).unlink(missing_ok=True)
+        raise RunnerError(f"cannot write {path}: {err.strerror}") from None

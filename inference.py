@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""
+Answers a question about a passage with a prebuilt BERT QA engine (TensorRT or portable).
+Without a question it asks interactively; with -sq it answers a whole SQuAD file and writes
+the predictions for squad/evaluate-v1.1.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+
+from helpers.question_answering import (
+    EXIT_COMMANDS,
+    PASSAGE_PROMPT,
+    QUESTION_PROMPT,
+    QuestionAnswerer,
+    format_answer,
+    read_text_file,
+    squad_examples,
+)
+from helpers.runner import EngineRunner, RunnerError, check_writable_output, exit_on_error, write_text_atomically
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-e", "--engine", help="Path to the BERT engine (TensorRT plan or portable engine)")
+    parser.add_argument("-b", "--batch-size", default=1, type=int, help="Batch size; each feature is replicated this many times")
+    parser.add_argument("-p", "--passage", nargs="*", default="", help="Text of the passage")
+    parser.add_argument("-pf", "--passage-file", default="", help="File whose whole text is the passage")
+    parser.add_argument("-q", "--question", nargs="*", default="", help="Text of the question")
+    parser.add_argument("-qf", "--question-file", default="", help="File whose whole text is the question")
+    parser.add_argument("-sq", "--squad-json", default="", help="SQuAD json file to answer in full")
+    parser.add_argument("-o", "--output-prediction-file", default="./predictions.json", help="Where -sq writes its predictions")
+    parser.add_argument("-v", "--vocab-file", help="Vocabulary file (vocab.txt) of the model")
+    parser.add_argument("-s", "--sequence-length", default=128, type=int, help="Maximum sequence length (default: 128)")
+    parser.add_argument("--max-query-length", default=64, type=int, help="Questions are truncated to this many tokens")
+    parser.add_argument("--max-answer-length", default=30, type=int, help="Longest answer, in tokens")
+    parser.add_argument("--n-best-size", default=20, type=int, help="Number of candidate answers kept")
+    parser.add_argument("--doc-stride", default=128, type=int, help="Stride between the windows of a long passage")
+    parser.add_argument("--device", default=None, help="Portable engines only: cpu, cuda or cuda:N (default: DEMOBERT_DEVICE, else CUDA if present)")
+    args, _ = parser.parse_known_args(argv)
+    return args
+
+
+def read_prompt(prompt: str) -> str | None:
+    """One line typed by the user; None on Ctrl-D or an empty line."""
+    try:
+        text = input(prompt)
+    except EOFError:
+        print()
+        return None
+    return text if text.strip() else None
+
+
+def answer_squad_examples(answerer: QuestionAnswerer, examples: list, output_path: str) -> None:
+    from tqdm import tqdm
+
+    predictions: collections.OrderedDict[str, str] = collections.OrderedDict()
+    for example in tqdm(examples, desc="SQuAD", unit="question", file=sys.stderr, disable=not sys.stderr.isatty()):
+        predictions[example.id] = answerer.answer(example.doc_tokens, example.question_text).text
+    write_text_atomically(output_path, json.dumps(predictions, indent=4))
+    print(f"\nOutput dump to {output_path}")
+
+
+def answer_interactively(answerer: QuestionAnswerer, doc_tokens: list[str], batch_size: int) -> None:
+    question = read_prompt(QUESTION_PROMPT)
+    while question is not None and question.strip() not in EXIT_COMMANDS:
+        print(format_answer(answerer.answer(doc_tokens, question), batch_size))
+        question = read_prompt(QUESTION_PROMPT)
+
+
+@exit_on_error
+def main(argv: list[str] | None = None) -> int:
+    import helpers.data_processing as dp
+
+    args = parse_args(argv)
+    if not args.engine:
+        raise RunnerError("no engine given; pass one with -e/--engine")
+    if not args.vocab_file:
+        raise RunnerError("no vocabulary given; pass the model's vocab.txt with -v/--vocab-file")
+    if args.batch_size < 1 or args.sequence_length < 1:
+        raise RunnerError("batch size and sequence length must be positive")
+
+    passage = None
+    if args.passage != "":
+        passage = " ".join(args.passage)
+    elif args.passage_file != "":
+        passage = read_text_file(args.passage_file, "passage")
+    question = None
+    if args.question != "":
+        question = " ".join(args.question)
+    elif args.question_file != "":
+        question = read_text_file(args.question_file, "question")
+    examples = None
+    if passage is None and args.squad_json != "":
+        check_writable_output(args.output_prediction_file)
+        examples = squad_examples(args.squad_json)
+
+    runner = EngineRunner(args.engine, device=args.device)
+    answerer = QuestionAnswerer(
+        runner,
+        args.vocab_file,
+        batch_size=args.batch_size,
+        max_seq_length=args.sequence_length,
+        doc_stride=args.doc_stride,
+        max_query_length=args.max_query_length,
+        n_best_size=args.n_best_size,
+        max_answer_length=args.max_answer_length,
+    )
+    if examples is not None:
+        answer_squad_examples(answerer, examples, args.output_prediction_file)
+        return 0
+
+    if passage is None:
+        passage = read_prompt(PASSAGE_PROMPT)
+        if passage is None:
+            return 0
+    doc_tokens = dp.convert_doc_tokens(passage)
+    if question is None:
+        answer_interactively(answerer, doc_tokens, answerer.batch_size)
+        return 0
+    print(f"\nPassage: {passage}")
+    print(f"\nQuestion: {question}")
+    print(format_answer(answerer.answer(doc_tokens, question), answerer.batch_size))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
