@@ -1,0 +1,366 @@
+"""INT8 post-training calibration for the portable engine, and TensorRT's calibration-table format.
+
+The portable builder calls ``calibrate`` once per INT8 build that has a calibrator.  It either
+reads the calibrator's cache, or runs the network in FP32 over the calibrator's batches, feeds
+every float tensor the network produces into a histogram of |x|, and turns each histogram into a
+symmetric range ``amax`` with the calibrator's algorithm:
+
+* ``LEGACY_CALIBRATION`` (``IInt8LegacyCalibrator``).  TensorRT documents the two parameters
+  only as "the quantile used to select the region maximum" and "the fraction of the maximum
+  used to define the regression cutoff"; the white paper it refers to is not public.  We take
+  the smallest histogram edge below which ``quantile`` of all |x| samples lie, and never go
+  above ``regression_cutoff · max|x|``.  With the demo's 0.9999 / 1.0 that is the 99.99th
+  percentile of |x|: the rarest 0.01% of values saturate.
+* ``ENTROPY_CALIBRATION_2`` (``IInt8EntropyCalibrator2``): the threshold that minimises the
+  KL divergence between the clipped reference distribution and its 128-level quantized copy,
+  over candidate thresholds of 128..N histogram bins (TensorRT's published method, GTC 2017).
+* ``MINMAX_CALIBRATION``: max |x|.
+
+The cache is TensorRT's calibration table: a header line ``TRT-<version>-<Algorithm>``, then one
+``<tensor name>: <scale>`` line per tensor, the scale (``amax / 127``) written as the hex digits
+of its big-endian IEEE float32 bits.  Tables from either backend read on the other.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import math
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+INT8_MAX = 127.0
+# Histogram resolution: TensorRT's entropy calibrator works on 2048 bins; growth beyond this
+# factor (a later batch with a much larger max) halves the resolution instead of adding bins.
+HISTOGRAM_BINS = 2048
+_MAX_BINS = 4 * HISTOGRAM_BINS
+_ENTROPY_LEVELS = 128
+
+# The TensorRT version written into table headers this engine produces (10.16.0 → 101600).
+TABLE_TRT_VERSION = 101600
+
+
+class CalibrationError(ValueError):
+    """A calibration cache or calibrator that cannot be used (one-line message)."""
+
+
+class CalibrationAlgoType(enum.IntEnum):
+    LEGACY_CALIBRATION = 0
+    ENTROPY_CALIBRATION = 1
+    ENTROPY_CALIBRATION_2 = 2
+    MINMAX_CALIBRATION = 3
+
+
+# Algorithm names as they appear in a calibration table's header line.
+TABLE_ALGORITHM_NAMES = {
+    CalibrationAlgoType.LEGACY_CALIBRATION: "LegacyCalibration",
+    CalibrationAlgoType.ENTROPY_CALIBRATION: "EntropyCalibration",
+    CalibrationAlgoType.ENTROPY_CALIBRATION_2: "EntropyCalibration2",
+    CalibrationAlgoType.MINMAX_CALIBRATION: "MinMaxCalibration",
+}
+
+
+class IInt8Calibrator:
+    """TensorRT's calibrator interface: subclasses override the ``get_*``/cache methods."""
+
+    def __init__(self) -> None:
+        pass
+
+    def get_algorithm(self) -> CalibrationAlgoType:
+        return CalibrationAlgoType.ENTROPY_CALIBRATION_2
+
+    def get_batch_size(self) -> int:
+        return 1
+
+    def get_batch(self, names: list[str]) -> list[int] | None:
+        return None
+
+    def read_calibration_cache(self) -> bytes | None:
+        return None
+
+    def write_calibration_cache(self, cache: bytes | memoryview) -> None:
+        return None
+
+
+class IInt8EntropyCalibrator2(IInt8Calibrator):
+    def get_algorithm(self) -> CalibrationAlgoType:
+        return CalibrationAlgoType.ENTROPY_CALIBRATION_2
+
+
+class IInt8MinMaxCalibrator(IInt8Calibrator):
+    def get_algorithm(self) -> CalibrationAlgoType:
+        return CalibrationAlgoType.MINMAX_CALIBRATION
+
+
+class IInt8LegacyCalibrator(IInt8Calibrator):
+    def get_algorithm(self) -> CalibrationAlgoType:
+        return CalibrationAlgoType.LEGACY_CALIBRATION
+
+    def get_quantile(self) -> float:
+        return 0.9999
+
+    def get_regression_cutoff(self) -> float:
+        return 1.0
+
+    def read_histogram_cache(self, length: int = 0) -> bytes | None:
+        return None
+
+    def write_histogram_cache(self, data: bytes | memoryview, length: int = 0) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration table text
+
+
+def scale_to_hex(scale: float) -> str:
+    """The table spelling of a float32 scale: hex of its big-endian bits, lower case."""
+    return format(struct.unpack(">I", struct.pack(">f", scale))[0], "x")
+
+
+def hex_to_scale(text: str) -> float:
+    bits = int(text, 16)
+    if not 0 <= bits <= 0xFFFFFFFF:
+        raise ValueError(f"{text!r} is not 32 bits")
+    return struct.unpack(">f", struct.pack(">I", bits))[0]
+
+
+def format_table_version(version: str | int) -> int:
+    """``"10.3.0.26"`` → 100300, ``"8.6.1"`` → 8601 (TensorRT's header number)."""
+    if isinstance(version, int):
+        return version
+    parts = [int(p) for p in (version.split(".") + ["0", "0"])[:3]]
+    major, minor, patch = parts
+    return major * (10000 if major >= 10 else 1000) + minor * 100 + patch
+
+
+def write_calibration_table(
+    amax: Mapping[str, float], algorithm: CalibrationAlgoType, version: int = TABLE_TRT_VERSION
+) -> bytes:
+    """Ranges → table bytes, tensors in the given order."""
+    lines = [f"TRT-{version}-{TABLE_ALGORITHM_NAMES[CalibrationAlgoType(algorithm)]}"]
+    for name, value in amax.items():
+        if "\n" in name:
+            raise CalibrationError(f"tensor name {name!r} cannot be written to a calibration table")
+        lines.append(f"{name}: {scale_to_hex(float(np.float32(value / INT8_MAX)))}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def parse_calibration_table(data: bytes | bytearray | memoryview | str, source: str = "calibration cache") -> tuple[str, dict[str, float]]:
+    """Table bytes → (algorithm name from the header, {tensor name: amax}).
+
+    The amax is ``127 · scale`` with the scale read back bit-exactly.  Raises
+    ``CalibrationError`` naming ``source`` and the line for anything else.
+    """
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise CalibrationError(f"{source}: not a calibration table (invalid byte at offset {err.start})") from None
+    else:
+        text = data
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("TRT-") or lines[0].count("-") < 2:
+        raise CalibrationError(f"{source}: not a calibration table (the first line must be TRT-<version>-<algorithm>)")
+    _, version, algorithm = lines[0].split("-", 2)
+    if not version.isdigit() or algorithm not in TABLE_ALGORITHM_NAMES.values():
+        raise CalibrationError(f"{source}: unknown calibration table header {lines[0]!r}")
+    ranges: dict[str, float] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        name, sep, value = line.rpartition(": ")
+        try:
+            if not sep or not name:
+                raise ValueError("no 'name: value'")
+            scale = hex_to_scale(value.strip())
+        except ValueError:
+            raise CalibrationError(f"{source}: line {number} is not '<tensor>: <hex scale>': {line[:80]!r}") from None
+        if not math.isfinite(scale) or scale < 0:
+            raise CalibrationError(f"{source}: line {number}: scale of {name!r} is {scale}")
+        ranges[name] = scale * INT8_MAX
+    return algorithm, ranges
+
+
+# ---------------------------------------------------------------------------------------------
+# Histograms and range algorithms
+
+
+class AbsHistogram:
+    """Histogram of |x| over [0, bins·width), widened (by merging bins) as larger values arrive."""
+
+    def __init__(self) -> None:
+        self.counts: np.ndarray | None = None
+        self.width = 0.0
+        self.max = 0.0
+
+    def add(self, values: torch.Tensor) -> None:
+        magnitudes = values.detach().float().abs().flatten()
+        if magnitudes.numel() == 0:
+            return
+        batch_max = float(magnitudes.max())
+        if not math.isfinite(batch_max):
+            raise CalibrationError("calibration saw a non-finite activation (inf/nan)")
+        self.max = max(self.max, batch_max)
+        if self.counts is None:
+            self.width = (batch_max or 1.0) / HISTOGRAM_BINS
+            self.counts = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
+        needed = max(len(self.counts), math.floor(self.max / self.width) + 1)
+        if needed > len(self.counts):
+            factor = 1
+            while needed > _MAX_BINS * factor:
+                factor *= 2
+            if factor > 1:
+                padded = np.zeros(-(-len(self.counts) // factor) * factor, dtype=np.int64)
+                padded[: len(self.counts)] = self.counts
+                self.counts = padded.reshape(-1, factor).sum(axis=1)
+                self.width *= factor
+                needed = math.floor(self.max / self.width) + 1
+            self.counts = np.concatenate([self.counts, np.zeros(needed - len(self.counts), dtype=np.int64)])
+        bins = len(self.counts)
+        hist = torch.histc(magnitudes, bins=bins, min=0.0, max=bins * self.width)
+        self.counts += hist.to(torch.int64).cpu().numpy()
+
+    def edges(self) -> np.ndarray:
+        assert self.counts is not None
+        return np.arange(1, len(self.counts) + 1, dtype=np.float64) * self.width
+
+
+def legacy_amax(hist: AbsHistogram, quantile: float, regression_cutoff: float) -> float:
+    """Smallest bin edge holding ``quantile`` of the samples, capped at ``cutoff · max``."""
+    if not (0.0 < quantile <= 1.0 and 0.0 < regression_cutoff <= 1.0):
+        raise CalibrationError(f"quantile {quantile} and regression cutoff {regression_cutoff} must be in (0, 1]")
+    if hist.counts is None or hist.max == 0.0:
+        return 0.0
+    cdf = np.cumsum(hist.counts) / hist.counts.sum()
+    index = int(np.searchsorted(cdf, quantile - 1e-12))
+    edge = float(hist.edges()[min(index, len(cdf) - 1)])
+    return min(edge, hist.max, regression_cutoff * hist.max)
+
+
+def _kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    p = p / p.sum()
+    q = q / q.sum()
+    support = p > 0
+    if np.any(q[support] == 0):
+        return math.inf
+    return float(np.sum(p[support] * np.log(p[support] / q[support])))
+
+
+def entropy_amax(hist: AbsHistogram, levels: int = _ENTROPY_LEVELS) -> float:
+    """The clipping threshold whose 128-level quantization loses the least information (KL)."""
+    if hist.counts is None or hist.max == 0.0:
+        return 0.0
+    counts, width = hist.counts.astype(np.float64), hist.width
+    if len(counts) > HISTOGRAM_BINS:  # the search is quadratic in the bin count: work on 2048 bins
+        factor = -(-len(counts) // HISTOGRAM_BINS)
+        counts = np.pad(counts, (0, -len(counts) % factor)).reshape(-1, factor).sum(axis=1)
+        width *= factor
+    nonzero = np.nonzero(counts)[0]
+    used = int(nonzero[-1]) + 1
+    if used <= levels:
+        return float(hist.max)
+    best_bins, best_kl = used, math.inf
+    for bins in range(levels, used + 1):
+        reference = counts[:bins].copy()
+        reference[-1] += counts[bins:].sum()  # clipped outliers land in the last kept bin
+        # Merge the kept bins into `levels` groups, then spread each group's mass evenly back
+        # over its bins that were non-empty (empty bins stay empty, as in the reference).
+        group = (np.arange(bins) * levels) // bins
+        candidate = np.zeros(bins)
+        present = counts[:bins] > 0
+        group_mass = np.bincount(group, weights=counts[:bins], minlength=levels)
+        group_present = np.bincount(group, weights=present.astype(np.float64), minlength=levels)
+        share = np.divide(group_mass, group_present, out=np.zeros(levels), where=group_present > 0)
+        candidate[present] = share[group[present]]
+        kl = _kl_divergence(reference, candidate)
+        if kl < best_kl:
+            best_bins, best_kl = bins, kl
+    return float(min((best_bins + 0.5) * width, hist.max))
+
+
+def amax_from_histogram(hist: AbsHistogram, calibrator: IInt8Calibrator) -> float:
+    algorithm = CalibrationAlgoType(int(calibrator.get_algorithm()))
+    if algorithm == CalibrationAlgoType.LEGACY_CALIBRATION:
+        return legacy_amax(hist, float(calibrator.get_quantile()), float(calibrator.get_regression_cutoff()))  # type: ignore[attr-defined]
+    if algorithm == CalibrationAlgoType.MINMAX_CALIBRATION:
+        return float(hist.max)
+    return entropy_amax(hist)
+
+
+# ---------------------------------------------------------------------------------------------
+# The calibration pass
+
+
+def tensor_at(pointer: int, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A tensor view of memory a calibrator handed over as a raw pointer (CPU or CUDA)."""
+    count = math.prod(shape)
+    if device.type == "cuda":
+        typestr = {torch.int32: "<i4", torch.float32: "<f4", torch.float16: "<f2"}[dtype]
+
+        class _Memory:
+            __cuda_array_interface__ = {
+                "shape": tuple(shape),
+                "typestr": typestr,
+                "data": (int(pointer), False),
+                "version": 3,
+            }
+
+        return torch.as_tensor(_Memory(), device=device)
+    element = torch.empty((), dtype=dtype).element_size()
+    raw = (ctypes.c_byte * (count * element)).from_address(int(pointer))
+    return torch.frombuffer(raw, dtype=dtype).reshape(tuple(shape))
+
+
+RunNetwork = Callable[[dict[str, torch.Tensor], Callable[[str, torch.Tensor], None]], None]
+
+
+def calibrate(
+    input_specs: Iterable[tuple[str, Sequence[int], torch.dtype]],
+    calibrator: IInt8Calibrator,
+    run_fp32: RunNetwork,
+    device: torch.device,
+    source: str = "calibration cache",
+) -> dict[str, float]:
+    """Ranges for every float tensor the network produces, from the cache or from batches.
+
+    ``input_specs``: (name, static shape, dtype) of each network input, in order;
+    ``run_fp32(feeds, observe)`` runs the FP32 network and calls ``observe(name, tensor)`` for
+    every tensor it produces.  A freshly computed table goes to ``write_calibration_cache``.
+    """
+    cached = calibrator.read_calibration_cache()
+    if cached:
+        _, ranges = parse_calibration_table(cached, source)
+        return ranges
+    specs = list(input_specs)
+    names = [name for name, _, _ in specs]
+    histograms: dict[str, AbsHistogram] = {}
+
+    def observe(name: str, value: torch.Tensor) -> None:
+        if value.is_floating_point():
+            histograms.setdefault(name, AbsHistogram()).add(value)
+
+    batches = 0
+    while True:
+        pointers = calibrator.get_batch(names)
+        if not pointers:
+            break
+        if len(pointers) != len(specs):
+            raise CalibrationError(f"calibrator returned {len(pointers)} buffers for {len(specs)} network inputs")
+        feeds = {
+            name: tensor_at(pointer, shape, dtype, device).clone()
+            for (name, shape, dtype), pointer in zip(specs, pointers)
+        }
+        for name, value in feeds.items():
+            observe(name, value)
+        with torch.no_grad():
+            run_fp32(feeds, observe)
+        batches += 1
+    if batches == 0:
+        raise CalibrationError("INT8 calibration needs at least one batch, and the calibrator gave none")
+    ranges = {name: amax_from_histogram(hist, calibrator) for name, hist in histograms.items()}
+    calibrator.write_calibration_cache(write_calibration_table(ranges, calibrator.get_algorithm()))
+    return ranges
