@@ -1,0 +1,351 @@
+"""This project's engine against the PyTorch peers and the hardware floor, in one GPU process.
+
+For every model × sequence length × batch: the portable engine built through the builder's code
+path from a random HuggingFace BertForQuestionAnswering (with and without CUDA graph), HF eager
+(SDPA attention), HF captured in a CUDA graph, optionally HF + torch.compile, and the floor
+max(FLOPs / measured fp16 matmul peak, encoder weight bytes / measured copy bandwidth).  Every
+runner is timed the same way (bench.timing.time_cuda: CUDA events, warm-up, median and p99).
+Before timing, the engine's logits are checked against HF's.
+
+Run from the repository root on the GPU machine:
+    python -m bench.compare --out-dir docs/perf [--models base,large] [--seqs 128,384]
+        [--batches 1,8,32,128] [--quick] [--compile]
+Prints a Markdown table; writes compare.json (format_version) and compare.png into --out-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from bench.timing import Timing, copy_bandwidth_tbps, matmul_peak_tflops, time_cuda
+
+FORMAT_VERSION = 1
+LOGIT_TOLERANCE = 2e-2
+MODELS = {  # (layers, hidden, heads, intermediate)
+    "base": (12, 768, 12, 3072),
+    "large": (24, 1024, 16, 4096),
+}
+VOCAB, TYPES, MAX_POSITIONS = 30522, 2, 512
+# The issue's goals (ms) on the H100 for the shapes it lists.
+GOALS_MS = {("large", 128, 1): 0.70, ("large", 384, 1): 0.90, ("large", 128, 128): 15.5,
+            ("large", 384, 128): 48.0, ("base", 128, 1): 0.30, ("base", 384, 128): 14.0}
+
+
+class CompareError(RuntimeError):
+    pass
+
+
+@dataclass
+class Row:
+    model: str
+    seq_len: int
+    batch: int
+    floor_ms: float
+    floor_bound: str
+    max_logit_error: float = float("nan")
+    timings: dict[str, dict] = field(default_factory=dict)
+    goal_ms: float | None = None
+
+
+def parse_list(text: str, cast=int) -> list:
+    try:
+        return [cast(item) for item in text.split(",") if item]
+    except ValueError:
+        raise CompareError(f"not a comma-separated list: {text!r}") from None
+
+
+def save_random_model(name: str, folder: str) -> None:
+    """A random BertForQuestionAnswering whose GELU is the engine's tanh form (HF's fused
+    ``gelu_pytorch_tanh``), saved as safetensors for the builder's HF loader."""
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    layers, hidden, heads, inter = MODELS[name]
+    config = BertConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=inter, max_position_embeddings=MAX_POSITIONS, type_vocab_size=TYPES,
+                        hidden_act="gelu_pytorch_tanh")
+    torch.manual_seed(0)
+    BertForQuestionAnswering(config).save_pretrained(folder, safe_serialization=True)
+
+
+def load_hf(folder: str) -> torch.nn.Module:
+    from transformers import BertForQuestionAnswering
+
+    return BertForQuestionAnswering.from_pretrained(folder, attn_implementation="sdpa",
+                                                    dtype=torch.float16).cuda().eval()
+
+
+def floor_ms(name: str, seq: int, batch: int, peak_tflops: float, bandwidth_tbps: float) -> tuple[float, str]:
+    layers, hidden, _heads, inter = MODELS[name]
+    tokens = seq * batch
+    flops = tokens * (layers * (2 * (4 * hidden * hidden + 2 * hidden * inter) + 4 * seq * hidden) + 4 * hidden)
+    weight_bytes = 2 * (layers * (4 * hidden * hidden + 2 * hidden * inter + 9 * hidden + inter) + 2 * hidden + 2)
+    compute_ms, memory_ms = flops / peak_tflops / 1e9, weight_bytes / bandwidth_tbps / 1e9
+    return max(compute_ms, memory_ms), "matmul" if compute_ms >= memory_ms else "weights"
+
+
+def make_inputs(batch: int, seq: int, padded: bool, seed: int) -> dict[str, torch.Tensor]:
+    gen = np.random.default_rng(seed)
+    mask = np.ones((batch, seq), dtype=np.int32)
+    if padded:  # leading valid tokens, the rest padding: what the engine's mask index expects
+        for b, valid in enumerate(gen.integers(seq // 2, seq + 1, batch)):
+            mask[b, valid:] = 0
+    return {
+        "input_ids": torch.from_numpy(gen.integers(0, VOCAB, (batch, seq), dtype=np.int32)).cuda(),
+        "segment_ids": torch.from_numpy(gen.integers(0, TYPES, (batch, seq), dtype=np.int32)).cuda(),
+        "input_mask": torch.from_numpy(mask).cuda(),
+    }
+
+
+class HfRunner:
+    """HF forward on static input tensors; an all-ones mask is passed as None (same math, and
+    HF's all-ones test would read the mask back to the host, which a CUDA graph cannot hold)."""
+
+    def __init__(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], compiled: bool = False):
+        self.model = torch.compile(model) if compiled else model
+        self.ids = inputs["input_ids"].long()
+        self.types = inputs["segment_ids"].long()
+        mask = inputs["input_mask"]
+        self.mask = None if bool((mask == 1).all()) else mask.long()
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_out: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @torch.inference_mode()
+    def forward(self) -> torch.Tensor:
+        out = self.model(input_ids=self.ids, token_type_ids=self.types, attention_mask=self.mask)
+        return torch.stack([out.start_logits, out.end_logits], dim=-1)
+
+    def capture(self) -> None:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self.forward()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_out = self.forward()
+
+    def replay(self) -> None:
+        assert self.graph is not None
+        self.graph.replay()
+
+
+class ProgramRunner:
+    """The fast kernels' BERT program run directly on the builder's weight map (no engine around
+    it): what the engine's CUDA fast path executes, minus the engine's own overhead."""
+
+    def __init__(self, weights, batch: int, seq: int):
+        from helpers.portable.kernels.bert import BertProgram
+
+        self.program = BertProgram(weights, batch, seq)
+        self.inputs = {name: torch.zeros(batch, seq, dtype=torch.int32, device="cuda")
+                       for name in ("input_ids", "segment_ids", "input_mask")}
+        self.out = torch.empty(batch, seq, 2, dtype=torch.float32, device="cuda")
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def run(self) -> None:
+        self.program.run(self.inputs["input_ids"], self.inputs["segment_ids"], self.inputs["input_mask"], self.out)
+
+    def set_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
+        for name, value in inputs.items():
+            self.inputs[name].copy_(value)
+        self.graph = None
+
+    def logits(self) -> torch.Tensor:
+        self.run()
+        torch.cuda.synchronize()
+        return self.out.clone()
+
+    def time(self, iterations: int, graph: bool) -> Timing:
+        if not graph:
+            return time_cuda(self.run, iterations=iterations)
+        if self.graph is None:
+            self.run()
+            torch.cuda.synchronize()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.run()
+        return time_cuda(self.graph.replay, iterations=iterations)
+
+
+def program_weights(folder: str):
+    from builder_utils import load_hf_config, load_hf_weights
+
+    from helpers.portable.kernels.bert import BertWeights
+
+    config = load_hf_config(folder)
+    return BertWeights.from_weight_map(load_hf_weights(folder, config), config.num_attention_heads,
+                                       config.num_hidden_layers, torch.float16, torch.device("cuda"))
+
+
+def timed(label: str, fn: Callable[[], Timing]) -> dict:
+    try:
+        t = fn()
+    except Exception as error:  # a peer that fails on a shape is reported, not fatal
+        print(f"  {label}: failed ({type(error).__name__}: {str(error).splitlines()[0][:160]})", flush=True)
+        return {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+    print(f"  {label}: median {t.median_ms:.3f} ms, p99 {t.p99_ms:.3f} ms", flush=True)
+    return asdict(t)
+
+
+def compare_shape(row: Row, make_ours: Callable[[int, int], object], hf: torch.nn.Module, iterations: int,
+                  with_compile: bool) -> None:
+    print(f"{row.model} S={row.seq_len} B={row.batch}", flush=True)
+    ours = make_ours(row.batch, row.seq_len)
+    check_inputs = make_inputs(row.batch, row.seq_len, padded=True, seed=1)
+    ours.set_inputs(check_inputs)
+    reference = HfRunner(hf, check_inputs).forward().float()
+    row.max_logit_error = (ours.logits() - reference).abs().max().item()
+    print(f"  max |logits - HF| = {row.max_logit_error:.3g} "
+          f"({'ok' if row.max_logit_error <= LOGIT_TOLERANCE else 'ABOVE TOLERANCE'})", flush=True)
+
+    inputs = make_inputs(row.batch, row.seq_len, padded=False, seed=2)
+    ours.set_inputs(inputs)
+    for graph in (False, True):
+        label = "ours graph" if graph else "ours eager"
+        row.timings[label] = timed(label, lambda graph=graph: ours.time(iterations, graph))
+    del ours
+    hf_eager = HfRunner(hf, inputs)
+    row.timings["HF eager"] = timed("HF eager", lambda: time_cuda(hf_eager.forward, iterations=iterations))
+
+    def hf_graph() -> Timing:
+        hf_eager.capture()
+        return time_cuda(hf_eager.replay, iterations=iterations)
+    row.timings["HF graph"] = timed("HF graph", hf_graph)
+    hf_eager.graph = None
+    if with_compile:
+        compiled = HfRunner(hf, inputs, compiled=True)
+        row.timings["HF compile"] = timed("HF compile", lambda: time_cuda(compiled.forward, iterations=iterations))
+    torch.cuda.empty_cache()
+
+
+def median(row: Row, label: str) -> float | None:
+    entry = row.timings.get(label, {})
+    return entry.get("median_ms")
+
+
+def markdown_table(rows: list[Row], peers: list[str]) -> str:
+    head = ["model", "S × B", "ours graph ms", "ours eager ms", *[f"{p} ms" for p in peers], "floor ms",
+            "goal ms", "ours / best peer", "ours / floor", "max Δlogits"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        ours = median(row, "ours graph")
+        peer_times = [median(row, p) for p in peers]
+        best_peer = min((t for t in peer_times if t), default=None)
+
+        def fmt(value: float | None, digits: int = 3) -> str:
+            return f"{value:.{digits}f}" if value is not None else "—"
+        cells = [row.model, f"{row.seq_len} × {row.batch}", fmt(ours), fmt(median(row, "ours eager")),
+                 *[fmt(t) for t in peer_times], f"{fmt(row.floor_ms)} ({row.floor_bound})",
+                 fmt(row.goal_ms, 2) if row.goal_ms else "",
+                 fmt(ours / best_peer, 2) if ours and best_peer else "—",
+                 fmt(ours / row.floor_ms, 2) if ours else "—", f"{row.max_logit_error:.2g}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], labels: list[str], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r.model, r.seq_len) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for ax, (model, seq) in zip(axes[0], panels):
+        subset = sorted((r for r in rows if (r.model, r.seq_len) == (model, seq)), key=lambda r: r.batch)
+        batches = [r.batch for r in subset]
+        for label in labels:
+            points = [(r.batch, r.batch / (median(r, label) / 1e3)) for r in subset if median(r, label)]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=label)
+        ax.plot(batches, [r.batch / (r.floor_ms / 1e3) for r in subset], "k--", label="floor")
+        ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="sequences / s", title=f"BERT-{model}, S={seq}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def write_json_atomically(path: str, data: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Portable engine vs PyTorch peers vs the floor, on one GPU.")
+    parser.add_argument("--models", default="base,large")
+    parser.add_argument("--seqs", default="128,384")
+    parser.add_argument("--batches", default="1,8,32,128")
+    parser.add_argument("--quick", action="store_true", help="only the issue's six shapes, 100 iterations")
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--compile", action="store_true", help="also time HF + torch.compile (slow to compile)")
+    parser.add_argument("--out-dir", default=".", help="where compare.json and compare.png go")
+    args = parser.parse_args(argv)
+    try:
+        models = parse_list(args.models, str)
+        unknown = [m for m in models if m not in MODELS]
+        if unknown:
+            raise CompareError(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
+        seqs, batches = parse_list(args.seqs), parse_list(args.batches)
+        if args.iterations < 100:
+            raise CompareError("--iterations must be at least 100 (the median of fewer is noise)")
+        if not torch.cuda.is_available():
+            raise CompareError("needs a CUDA GPU")
+        os.makedirs(args.out_dir, exist_ok=True)
+        shapes = sorted(GOALS_MS) if args.quick else [(m, s, b) for m in models for s in seqs for b in batches]
+        return run(shapes, args)
+    except CompareError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(shapes: list[tuple[str, int, int]], args: argparse.Namespace) -> int:
+    import transformers
+
+    peak, bandwidth = matmul_peak_tflops(), copy_bandwidth_tbps()
+    device = torch.cuda.get_device_name()
+    print(f"{device}: fp16 matmul 8192³ {peak:.0f} TFLOP/s, copy {bandwidth:.2f} TB/s; torch {torch.__version__}, "
+          f"transformers {transformers.__version__}", flush=True)
+    rows: list[Row] = []
+    for model_name in sorted({m for m, _, _ in shapes}):
+        with tempfile.TemporaryDirectory() as folder:
+            save_random_model(model_name, folder)
+            hf = load_hf(folder)
+            weights = program_weights(folder)
+            for _, seq, batch in sorted(s for s in shapes if s[0] == model_name):
+                floor, bound = floor_ms(model_name, seq, batch, peak, bandwidth)
+                row = Row(model_name, seq, batch, floor, bound, goal_ms=GOALS_MS.get((model_name, seq, batch)))
+                compare_shape(row, lambda b, s: ProgramRunner(weights, b, s), hf, args.iterations, args.compile)
+                rows.append(row)
+            del hf, weights
+            torch.cuda.empty_cache()
+    peers = ["HF eager", "HF graph"] + (["HF compile"] if args.compile else [])
+    table = markdown_table(rows, peers)
+    print(table)
+    write_json_atomically(os.path.join(args.out_dir, "compare.json"), {
+        "format_version": FORMAT_VERSION, "device": device, "torch": torch.__version__,
+        "transformers": transformers.__version__, "matmul_peak_tflops": peak, "copy_tbps": bandwidth,
+        "logit_tolerance": LOGIT_TOLERANCE, "rows": [asdict(r) for r in rows], "table_markdown": table})
+    plot(rows, ["ours graph", "ours eager", *peers], os.path.join(args.out_dir, "compare.png"))
+    failed = [r for r in rows if not r.max_logit_error <= LOGIT_TOLERANCE]
+    for r in failed:
+        print(f"logits differ from HF beyond {LOGIT_TOLERANCE}: {r.model} S={r.seq_len} B={r.batch}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

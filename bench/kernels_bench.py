@@ -1,0 +1,255 @@
+"""Validate and time the fast kernels (helpers.portable.kernels) and their rival variants on the GPU.
+
+Run on the GPU machine from the repository root: ``python -m bench.kernels_bench [--json OUT]``.
+Every variant is first checked against the reference math of ``helpers.portable.ops`` on the
+timed shape, then timed (CUDA events, median of 100); the shipped kernel is the winner of each
+group.  The Triton GEMM with a GELU epilogue lives here only: it is a rival, not shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from bench.timing import copy_bandwidth_tbps, matmul_peak_tflops, time_cuda
+from helpers.portable import kernels, ops
+from helpers.portable.kernels.attention import key_padding_bias
+from helpers.portable.kernels.gelu import bias_gelu_into
+from helpers.portable.kernels.norms import skip_layernorm_into
+
+
+@triton.autotune(
+    configs=[
+        triton.Config({"BM": 128, "BN": 256, "BK": 64, "GROUP": 8}, num_stages=3, num_warps=8),
+        triton.Config({"BM": 128, "BN": 128, "BK": 64, "GROUP": 8}, num_stages=4, num_warps=8),
+        triton.Config({"BM": 64, "BN": 128, "BK": 64, "GROUP": 8}, num_stages=4, num_warps=4),
+        triton.Config({"BM": 64, "BN": 64, "BK": 128, "GROUP": 8}, num_stages=4, num_warps=4),
+    ],
+    key=["M", "N", "K"],
+)
+@triton.jit
+def _matmul_bias_gelu_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K, BM: tl.constexpr, BN: tl.constexpr,
+                             BK: tl.constexpr, GROUP: tl.constexpr):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BN)
+    group_size = GROUP * num_n
+    first_m = (pid // group_size) * GROUP
+    group_m = min(num_m - first_m, GROUP)
+    pid_m = first_m + (pid % group_size) % group_m
+    pid_n = (pid % group_size) // group_m
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    a_ptrs = a_ptr + (rm[:, None] % M).to(tl.int64) * K + rk[None, :]
+    b_ptrs = b_ptr + rk[:, None] * N + (rn[None, :] % N)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BK)):
+        a = tl.load(a_ptrs, mask=rk[None, :] < K - k * BK, other=0.0)
+        b = tl.load(b_ptrs, mask=rk[:, None] < K - k * BK, other=0.0)
+        acc = tl.dot(a, b, acc)
+        a_ptrs += BK
+        b_ptrs += BK * N
+    acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    u = 0.79788456080286535587989211986876 * (acc + 0.044715 * acc * acc * acc)
+    acc = 0.5 * acc * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
+    c_ptrs = c_ptr + rm[:, None].to(tl.int64) * N + rn[None, :]
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def triton_linear_gelu(x: torch.Tensor, weight_kn: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    m, k = x.shape
+    n = weight_kn.shape[1]
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    grid = lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)  # noqa: E731
+    _matmul_bias_gelu_kernel[grid](x, weight_kn, bias, out, m, n, k)
+    return out
+
+
+def max_error(reference: torch.Tensor, candidate: torch.Tensor) -> float:
+    return (reference.float() - candidate.float()).abs().max().item()
+
+
+class Report:
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.failures: list[str] = []
+
+    def check(self, name: str, error: float, tolerance: float) -> None:
+        ok = math.isfinite(error) and error <= tolerance
+        print(f"check {name}: max|err| {error:.3g} (tol {tolerance:g}) {'ok' if ok else 'FAIL'}", flush=True)
+        if not ok:
+            self.failures.append(name)
+
+    def time(self, group: str, variant: str, fn, flops: float = 0.0, nbytes: float = 0.0) -> None:
+        try:
+            t = time_cuda(fn)
+        except RuntimeError as error:  # a backend that rejects the shape: record, keep going
+            print(f"time {group} / {variant}: unsupported ({str(error).splitlines()[0][:120]})", flush=True)
+            return
+        row = {"group": group, "variant": variant, "median_ms": t.median_ms, "p99_ms": t.p99_ms,
+               "tflops": flops / t.median_ms / 1e9 if flops else None,
+               "tbps": nbytes / t.median_ms / 1e9 if nbytes else None}
+        self.rows.append(row)
+        print(f"time {group} / {variant}: {t.median_ms * 1e3:.1f} us", flush=True)
+
+    def table(self) -> str:
+        lines = ["| group | variant | median µs | p99 µs | TFLOP/s | TB/s |", "|---|---|---|---|---|---|"]
+        for r in self.rows:
+            tf = f"{r['tflops']:.0f}" if r["tflops"] else ""
+            tb = f"{r['tbps']:.2f}" if r["tbps"] else ""
+            lines.append(f"| {r['group']} | {r['variant']} | {r['median_ms'] * 1e3:.1f} | "
+                         f"{r['p99_ms'] * 1e3:.1f} | {tf} | {tb} |")
+        return "\n".join(lines)
+
+
+def bench_layernorms(rep: Report, tokens: int, hidden: int) -> None:
+    dt = torch.float16
+    x = torch.randn(tokens, hidden, dtype=dt, device="cuda")
+    skip = torch.randn_like(x)
+    gamma = torch.rand(hidden, device="cuda") + 0.5
+    beta = torch.randn(hidden, device="cuda")
+    bias = torch.randn(hidden, dtype=dt, device="cuda")
+    ref = ops.skip_layernorm(x, skip, gamma, beta, bias)
+    got = kernels.skip_layernorm(x, skip, gamma, beta, bias)
+    rep.check(f"skip_layernorm T={tokens} E={hidden}", max(max_error(r, g) for r, g in zip(ref, got)), 1e-2)
+    out = torch.empty_like(x)
+    group = f"skipLN T={tokens} E={hidden}"
+    row_bytes = tokens * hidden * 2
+    rep.time(group, "ops reference", lambda: ops.skip_layernorm(x, skip, gamma, beta, bias), nbytes=4 * row_bytes)
+    rep.time(group, "torch add + F.layer_norm", lambda: F.layer_norm(x + skip + bias, (hidden,), gamma.half(),
+                                                                      beta.half(), 0.0), nbytes=3 * row_bytes)
+    summed = torch.empty_like(x)
+    rep.time(group, "triton, with sum", lambda: skip_layernorm_into(out, summed, x, skip, gamma, beta, bias, 0.0),
+             nbytes=4 * row_bytes)
+    rep.time(group, "triton, no sum (shipped in plans)",
+             lambda: skip_layernorm_into(out, None, x, skip, gamma, beta, bias, 0.0), nbytes=3 * row_bytes)
+
+    seq, batch = 384, tokens // 384
+    ids = torch.randint(0, 30522, (seq, batch), dtype=torch.int32, device="cuda")
+    segs = torch.randint(0, 2, (seq, batch), dtype=torch.int32, device="cuda")
+    pos = torch.arange(seq, dtype=torch.int32, device="cuda").unsqueeze(1).expand(seq, batch).contiguous()
+    word = torch.randn(30522, hidden, dtype=dt, device="cuda")
+    types = torch.randn(2, hidden, dtype=dt, device="cuda")
+    positions = torch.randn(512, hidden, dtype=dt, device="cuda")
+    ref = ops.embed_layernorm(ids, segs, pos, word, types, positions, gamma, beta)
+    got = kernels.embed_layernorm(ids, segs, pos, word, types, positions, gamma, beta)
+    rep.check(f"embed_layernorm S={seq} B={batch}", max(max_error(r, g) for r, g in zip(ref, got)), 1e-2)
+    group = f"embLN T={seq * batch} E={hidden}"
+    rep.time(group, "ops reference", lambda: ops.embed_layernorm(ids, segs, pos, word, types, positions, gamma, beta))
+    rep.time(group, "triton", lambda: kernels.embed_layernorm(ids, segs, pos, word, types, positions, gamma, beta),
+             nbytes=3 * seq * batch * hidden * 2)
+
+
+def bench_gemms(rep: Report, tokens: int, hidden: int) -> None:
+    dt = torch.float16
+    inter = 4 * hidden
+    x = torch.randn(tokens, hidden, dtype=dt, device="cuda")
+    w = (torch.randn(inter, hidden, device="cuda") / math.sqrt(hidden)).to(dt)
+    b = torch.randn(inter, dtype=dt, device="cuda")
+    w_kn = w.t().contiguous()
+    ref = ops.gelu_tanh(ops.linear(x, w, b))
+    scale = ref.float().abs().max().item()
+    rep.check(f"linear_gelu (cuBLASLt epilogue) T={tokens}", max_error(ref, kernels.linear_gelu(x, w, b)) / scale, 5e-3)
+    rep.check(f"triton matmul+gelu T={tokens}", max_error(ref, triton_linear_gelu(x, w_kn, b)) / scale, 5e-3)
+    h = torch.empty(tokens, inter, dtype=dt, device="cuda")
+
+    def linear_then_gelu():
+        torch.mm(x, w.t(), out=h)
+        bias_gelu_into(h, h, b)
+
+    rep.check(f"mm + triton bias_gelu T={tokens}", (linear_then_gelu(), max_error(ref, h) / scale)[1], 5e-3)
+    group = f"FC1+GELU T={tokens} {hidden}->{inter}"
+    flops = 2.0 * tokens * hidden * inter
+    rep.time(group, "F.linear only (no GELU, bound)", lambda: F.linear(x, w, b), flops=flops)
+    rep.time(group, "mm + triton bias_gelu pass", linear_then_gelu, flops=flops)
+    rep.time(group, "cuBLASLt GELU_BIAS epilogue", lambda: kernels.linear_gelu(x, w, b), flops=flops)
+    rep.time(group, "triton matmul + GELU epilogue", lambda: triton_linear_gelu(x, w_kn, b), flops=flops)
+    rep.time(group, "ops reference (linear, gelu)", lambda: ops.gelu_tanh(ops.linear(x, w, b)), flops=flops)
+    for name, n_out, k_in in (("QKV", 3 * hidden, hidden), ("attn out", hidden, hidden), ("FC2", hidden, inter)):
+        a = torch.randn(tokens, k_in, dtype=dt, device="cuda")
+        wt = (torch.randn(n_out, k_in, device="cuda") / math.sqrt(k_in)).to(dt)
+        rep.time(f"{name} GEMM T={tokens} {k_in}->{n_out}", "F.linear (cuBLAS)", lambda a=a, wt=wt: F.linear(a, wt),
+                 flops=2.0 * tokens * k_in * n_out)
+
+
+def bench_attention(rep: Report, seq: int, batch: int, heads: int, head_size: int, check: bool) -> None:
+    dt = torch.float16
+    hidden = heads * head_size
+    qkv = torch.randn(seq, batch, 3 * hidden, dtype=dt, device="cuda")
+    mask_idx = torch.randint(seq // 2, seq + 1, (batch,), dtype=torch.int32, device="cuda")
+    mask_idx[0] = seq
+    if check:
+        ref = ops.attention_fixed(qkv, mask_idx, heads)
+        got = kernels.attention_fixed(qkv, mask_idx, heads)
+        rep.check(f"attention_fixed S={seq} B={batch}", max_error(ref, got), 5e-3)
+        ctx_strides = kernels.attention_fixed(qkv, mask_idx, heads)
+        print(f"attention_fixed output contiguous: {ctx_strides.is_contiguous()}", flush=True)
+    bias = key_padding_bias(mask_idx, seq, dt)
+    group = f"attention S={seq} B={batch} N={heads}"
+    flops = 4.0 * batch * heads * seq * seq * head_size
+    per_head = qkv.view(seq, batch, heads, 3, head_size)
+    q, k, v = (per_head[:, :, :, i].permute(1, 2, 0, 3) for i in range(3))
+    rep.time(group, "shipped: SDPA cuDNN, seq-major + bias", lambda: kernels.attention_fixed(qkv, mask_idx, heads),
+             flops=flops)
+    for name, backend in (("cuDNN", SDPBackend.CUDNN_ATTENTION), ("mem-efficient", SDPBackend.EFFICIENT_ATTENTION)):
+        def run(backend=backend):
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        rep.time(group, f"SDPA {name} + bias, strided views", run, flops=flops)
+
+    def flash_no_mask():
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            return F.scaled_dot_product_attention(q, k, v)
+    rep.time(group, "SDPA flash, no mask (bound)", flash_no_mask, flops=flops)
+    # Batch-major rival: the same tokens as [B*S, 3E]; flash varlen with padded cu_seqlens and
+    # seqused_k = mask_idx masks the keys without any bias tensor.
+    qkv_bm = qkv.transpose(0, 1).contiguous().view(batch * seq, heads, 3, head_size)
+    cu = torch.arange(0, (batch + 1) * seq, seq, dtype=torch.int32, device="cuda")
+    qb, kb, vb = (qkv_bm[:, :, i] for i in range(3))
+
+    def flash_varlen_padded():
+        return torch.ops.aten._flash_attention_forward(qb, kb, vb, cu, cu, seq, seq, 0.0, False, False,
+                                                       seqused_k=mask_idx)[0]
+    if check:
+        got = flash_varlen_padded().view(batch, seq, hidden).transpose(0, 1)
+        rep.check(f"flash varlen padded + seqused_k S={seq} B={batch}",
+                  max_error(ops.attention_fixed(qkv, mask_idx, heads), got), 5e-3)
+    rep.time(group, "flash varlen batch-major + seqused_k", flash_varlen_padded, flops=flops)
+    rep.time(group, "ops reference", lambda: ops.attention_fixed(qkv, mask_idx, heads), flops=flops)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the rows and checks here")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+          f"cuDNN {torch.backends.cudnn.version()}", flush=True)
+    peak, bandwidth = matmul_peak_tflops(), copy_bandwidth_tbps()
+    print(f"matmul peak fp16 8192^3: {peak:.0f} TFLOP/s; copy: {bandwidth:.2f} TB/s", flush=True)
+    rep = Report()
+    bench_layernorms(rep, 384 * 128, 1024)
+    for tokens in (384 * 128, 128):
+        bench_gemms(rep, tokens, 1024)
+    for seq, batch in ((384, 128), (128, 128), (128, 1), (384, 1)):
+        bench_attention(rep, seq, batch, 16, 64, check=batch > 1)
+    print(rep.table())
+    print("failures:", rep.failures or "none")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"format_version": 1, "device": torch.cuda.get_device_name(), "matmul_peak_tflops": peak,
+                       "copy_tbps": bandwidth, "rows": rep.rows, "failures": rep.failures}, handle, indent=1)
+    return 1 if rep.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""One timing method for every GPU benchmark here: CUDA events around each call, warm-up first,
+median and p99 over many calls; plus the two hardware ceilings the floors are computed from."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    p99_ms: float
+    iterations: int
+
+
+def time_cuda(fn: Callable[[], object], warmup: int = 10, iterations: int = 100) -> Timing:
+    """Time ``fn`` on the current stream: one event pair per call, so p99 sees every outlier."""
+    for _ in range(warmup):
+        fn()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
+    torch.cuda.synchronize()
+    for start, end in zip(starts, ends):
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
+    p99_index = min(len(times) - 1, int(round(0.99 * (len(times) - 1))))
+    return Timing(times[len(times) // 2], times[p99_index], iterations)
+
+
+def matmul_peak_tflops(size: int = 8192, dtype: torch.dtype = torch.float16) -> float:
+    """Measured dense matmul rate (TFLOP/s) on random data, the compute ceiling of the floor."""
+    a = torch.randn(size, size, dtype=dtype, device="cuda")
+    b = torch.randn(size, size, dtype=dtype, device="cuda")
+    timing = time_cuda(lambda: torch.mm(a, b), warmup=5, iterations=30)
+    return 2.0 * size**3 / (timing.median_ms * 1e-3) / 1e12
+
+
+def copy_bandwidth_tbps(nbytes: int = 2 << 30) -> float:
+    """Measured device-to-device copy rate (TB/s, bytes read + written), the memory ceiling."""
+    src = torch.empty(nbytes // 2, dtype=torch.float16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    timing = time_cuda(lambda: dst.copy_(src), warmup=3, iterations=20)
+    return 2.0 * nbytes / (timing.median_ms * 1e-3) / 1e12

@@ -1,0 +1,122 @@
+"""Triton kernels: embedding gather + LayerNorm, and (bias +) residual + LayerNorm.
+
+One program normalizes one row of E values; statistics are accumulated in float32 as
+``var = E[x²] - mean²`` like the reference (``helpers.portable.ops.layernorm``).  Imported
+lazily by ``helpers.portable.kernels`` because Triton exists only on GPU machines.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+def _row_launch(hidden: int) -> tuple[int, int]:
+    """Block width (power of two ≥ E) and warps: 16-byte accesses per thread on real sizes."""
+    block = triton.next_power_of_2(hidden)
+    return block, max(1, min(8, block // 256))
+
+
+@triton.jit
+def _normalize(v, cols_mask, gamma_ptr, beta_ptr, cols, hidden, eps):
+    mean = tl.sum(v, axis=0) / hidden
+    var = tl.sum(v * v, axis=0) / hidden - mean * mean
+    gamma = tl.load(gamma_ptr + cols, mask=cols_mask, other=0.0).to(tl.float32)
+    beta = tl.load(beta_ptr + cols, mask=cols_mask, other=0.0).to(tl.float32)
+    return (v - mean) * (1.0 / tl.sqrt(var + eps)) * gamma + beta
+
+
+@triton.jit
+def _skip_layernorm_kernel(
+    x_ptr, skip_ptr, bias_ptr, gamma_ptr, beta_ptr, out_ptr, sum_ptr, hidden, eps,
+    HAS_BIAS: tl.constexpr, STORE_SUM: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    cols_mask = cols < hidden
+    offsets = row * hidden + cols
+    v = tl.load(x_ptr + offsets, mask=cols_mask, other=0.0).to(tl.float32)
+    v += tl.load(skip_ptr + offsets, mask=cols_mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        v += tl.load(bias_ptr + cols, mask=cols_mask, other=0.0).to(tl.float32)
+    y = _normalize(v, cols_mask, gamma_ptr, beta_ptr, cols, hidden, eps)
+    tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=cols_mask)
+    if STORE_SUM:
+        tl.store(sum_ptr + offsets, v.to(sum_ptr.dtype.element_ty), mask=cols_mask)
+
+
+@triton.jit
+def _embed_layernorm_kernel(
+    ids_ptr, segs_ptr, pos_ptr, word_ptr, type_ptr, position_ptr, gamma_ptr, beta_ptr,
+    out_ptr, sum_ptr, hidden, n_words, n_types, n_positions,
+    STORE_SUM: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    cols_mask = cols < hidden
+    token = tl.load(ids_ptr + row).to(tl.int64)
+    segment = tl.load(segs_ptr + row).to(tl.int64)
+    position = tl.load(pos_ptr + row).to(tl.int64)
+    valid = (token >= 0) & (token < n_words) & (segment >= 0) & (segment < n_types)
+    valid = valid & (position >= 0) & (position < n_positions)
+    token = tl.where(valid, token, 0)
+    segment = tl.where(valid, segment, 0)
+    position = tl.where(valid, position, 0)
+    word = tl.load(word_ptr + token * hidden + cols, mask=cols_mask, other=0.0)
+    kind = tl.load(type_ptr + segment * hidden + cols, mask=cols_mask, other=0.0)
+    place = tl.load(position_ptr + position * hidden + cols, mask=cols_mask, other=0.0)
+    # The sum is rounded to the tables' dtype after each addition, as the reference adds them.
+    table_type = word.dtype
+    v = (word.to(tl.float32) + kind.to(tl.float32)).to(table_type).to(tl.float32)
+    v = (v + place.to(tl.float32)).to(table_type).to(tl.float32)
+    y = _normalize(v, cols_mask, gamma_ptr, beta_ptr, cols, hidden, 0.0)
+    keep = cols_mask & valid
+    tl.store(out_ptr + row * hidden + cols, tl.where(keep, y, 0.0).to(out_ptr.dtype.element_ty), mask=cols_mask)
+    if STORE_SUM:
+        tl.store(sum_ptr + row * hidden + cols, tl.where(keep, v, 0.0).to(sum_ptr.dtype.element_ty), mask=cols_mask)
+
+
+def skip_layernorm_into(
+    out: torch.Tensor,
+    summed: torch.Tensor | None,
+    x: torch.Tensor,
+    skip: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> None:
+    """Write ``LN(x + skip [+ bias])`` into ``out`` (and the sum into ``summed`` if given).
+
+    All row tensors are contiguous with rows of E = ``gamma.numel()`` values.
+    """
+    hidden = gamma.numel()
+    block, warps = _row_launch(hidden)
+    _skip_layernorm_kernel[(x.numel() // hidden,)](
+        x, skip, bias if bias is not None else gamma, gamma, beta, out,
+        summed if summed is not None else out, hidden, eps,
+        HAS_BIAS=bias is not None, STORE_SUM=summed is not None, BLOCK=block, num_warps=warps,
+    )
+
+
+def embed_layernorm_into(
+    out: torch.Tensor,
+    summed: torch.Tensor | None,
+    input_ids: torch.Tensor,
+    segment_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    word: torch.Tensor,
+    token_type: torch.Tensor,
+    position: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+) -> None:
+    """Gather + sum + LayerNorm of every token of the contiguous id tensors into ``out``."""
+    hidden = gamma.numel()
+    block, warps = _row_launch(hidden)
+    _embed_layernorm_kernel[(input_ids.numel(),)](
+        input_ids, segment_ids, position_ids, word, token_type, position, gamma, beta,
+        out, summed if summed is not None else out, hidden, word.shape[0], token_type.shape[0], position.shape[0],
+        STORE_SUM=summed is not None, BLOCK=block, num_warps=warps,
+    )

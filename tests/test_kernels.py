@@ -1,0 +1,130 @@
+"""The fast CUDA kernels (helpers.portable.kernels) against the reference math (helpers.portable.ops).
+
+Random inputs of awkward sizes, FP16 and FP32; every output element is compared.  GPU only:
+skipped on machines without CUDA (the kernels need Triton and CUDA backends of SDPA).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from helpers.portable import ops
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the fast kernels need a CUDA GPU")
+
+DTYPES = [torch.float16, torch.float32]
+# (hidden E, heads N): head sizes 8, 16, 64 and one that no fused attention kernel takes (20).
+WIDTHS = [(40, 5), (48, 3), (1024, 16), (40, 2)]
+SHAPES = [(7, 3), (37, 1), (128, 3), (384, 1)]  # (S, B)
+
+
+def tolerance(dtype: torch.dtype) -> dict:
+    return {"atol": 1e-2, "rtol": 1e-2} if dtype == torch.float16 else {"atol": 1e-4, "rtol": 1e-4}
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed(request):
+    torch.manual_seed(hash(request.node.name) % 2**31)
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    from helpers.portable import kernels as module
+
+    return module
+
+
+def layernorm_params(hidden: int):
+    return torch.rand(hidden, device="cuda") + 0.5, torch.randn(hidden, device="cuda")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [40, 48, 768, 1024])
+@pytest.mark.parametrize("seq,batch", SHAPES)
+def test_embed_layernorm_matches_reference(kernels, dtype, hidden, seq, batch):
+    vocab, types, max_pos = 101, 2, 512
+    ids = torch.randint(0, vocab, (seq, batch), dtype=torch.int32, device="cuda")
+    ids[0, 0], ids[-1, -1] = -1, vocab  # out-of-range tokens come out as zeros
+    segs = torch.randint(0, types, (seq, batch), dtype=torch.int32, device="cuda")
+    pos = torch.arange(seq, dtype=torch.int32, device="cuda").unsqueeze(1).expand(seq, batch)
+    tables = [torch.randn(n, hidden, device="cuda").to(dtype) for n in (vocab, types, max_pos)]
+    gamma, beta = layernorm_params(hidden)
+    expected = ops.embed_layernorm(ids, segs, pos, *tables, gamma, beta)
+    got = kernels.embed_layernorm(ids, segs, pos, *tables, gamma, beta)
+    for e, g in zip(expected, got):
+        assert g.shape == e.shape and g.dtype == e.dtype
+        torch.testing.assert_close(g, e, **tolerance(dtype))
+    assert got[0][0, 0].abs().max() == 0 and got[1][-1, -1].abs().max() == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [40, 48, 768, 1024])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("eps", [0.0, 2.0**-10])
+def test_skip_layernorm_matches_reference(kernels, dtype, hidden, with_bias, eps):
+    x = torch.randn(37, 3, hidden, device="cuda").to(dtype)
+    skip = torch.randn_like(x)
+    gamma, beta = layernorm_params(hidden)
+    bias = torch.randn(hidden, device="cuda").to(dtype) if with_bias else None
+    expected = ops.skip_layernorm(x, skip, gamma, beta, bias, eps)
+    got = kernels.skip_layernorm(x, skip, gamma, beta, bias, eps)
+    for e, g in zip(expected, got):
+        assert g.shape == e.shape and g.dtype == e.dtype
+        torch.testing.assert_close(g, e, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("numel", [1, 37 * 3 * 40, 128 * 4096 + 5])
+def test_gelu_tanh_matches_reference(kernels, dtype, numel):
+    x = (4 * torch.randn(numel, device="cuda")).to(dtype)
+    x[0] = -30.0  # tanh saturates: the result must be exactly 0, not NaN
+    torch.testing.assert_close(kernels.gelu_tanh(x), ops.gelu_tanh(x), **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden,inter", [(40, 160), (48, 192), (1024, 4096)])
+@pytest.mark.parametrize("seq,batch", [(7, 3), (128, 3)])
+def test_linear_gelu_is_the_tanh_gelu_of_the_linear(kernels, dtype, hidden, inter, seq, batch):
+    x = torch.randn(seq, batch, hidden, device="cuda").to(dtype)
+    weight = (torch.randn(inter, hidden, device="cuda") / math.sqrt(hidden)).to(dtype)
+    bias = torch.randn(inter, device="cuda").to(dtype)
+    expected = ops.gelu_tanh(ops.linear(x, weight, bias))
+    got = kernels.linear_gelu(x, weight, bias)
+    assert got.shape == expected.shape
+    # FP32 tolerance is far below |erf GELU - tanh GELU| (up to 5e-4), so it pins the tanh form.
+    torch.testing.assert_close(got, expected, **({"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32
+                                                 else tolerance(dtype)))
+
+
+def packed_qkv(seq: int, batch: int, hidden: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.randn(seq, batch, 3 * hidden, device="cuda").to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden,heads", WIDTHS)
+@pytest.mark.parametrize("seq,batch", SHAPES)
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_fixed_matches_reference(kernels, dtype, hidden, heads, seq, batch, masked):
+    qkv = packed_qkv(seq, batch, hidden, dtype)
+    mask_idx = torch.randint(1, seq + 1, (batch,), dtype=torch.int32, device="cuda") if masked else None
+    expected = ops.attention_fixed(qkv, mask_idx, heads)
+    got = kernels.attention_fixed(qkv, mask_idx, heads)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    torch.testing.assert_close(got, expected, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden,heads", [(40, 5), (48, 3), (1024, 16)])
+@pytest.mark.parametrize("lengths", [[7], [37, 1, 128], [384, 5, 64, 200]])
+@pytest.mark.parametrize("give_max", [False, True])
+def test_attention_varlen_matches_reference(kernels, dtype, hidden, heads, lengths, give_max):
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    qkv = torch.randn(int(cu_seqlens[-1]), 3 * hidden, device="cuda").to(dtype)
+    expected = ops.attention_varlen(qkv, cu_seqlens, heads)
+    max_seqlen = 384 if give_max else None  # any upper bound of the lengths
+    got = kernels.attention_varlen(qkv, cu_seqlens, heads, max_seqlen)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    torch.testing.assert_close(got, expected, **tolerance(dtype))
