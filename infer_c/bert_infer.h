@@ -48,14 +48,10 @@ class BertInference
 {
 public:
     BertInference(std::string const& enginePath, int32_t maxBatchSize, int32_t seqLength, bool enableGraph)
-        : mMaxBatchSize(maxBatchSize)
-        , mSeqLength(seqLength)
+        : mMaxBatchSize(requirePositive(maxBatchSize, "max batch size"))
+        , mSeqLength(requirePositive(seqLength, "sequence length"))
         , mEnableGraph(enableGraph)
     {
-        if (maxBatchSize < 1 || seqLength < 1)
-        {
-            throw std::invalid_argument("max batch size and sequence length must be positive");
-        }
         logInfo() << "--------------------";
         logInfo() << "Using BERT inference C++";
         logInfo() << "CUDA Graph is " << (enableGraph ? "enabled" : "disabled");
@@ -247,6 +243,16 @@ public:
     }
 
 private:
+    // Runs in the member initializers, so bad arguments are reported before any CUDA work.
+    static int32_t requirePositive(int32_t value, char const* what)
+    {
+        if (value < 1)
+        {
+            throw std::invalid_argument(std::string(what) + " must be positive, got " + std::to_string(value));
+        }
+        return value;
+    }
+
     void loadEngine(std::string const& enginePath)
     {
         logInfo() << "Loading BERT Inference Engine ... ";
