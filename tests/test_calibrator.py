@@ -1,0 +1,268 @@
+"""Calibration: TensorRT's table format, the range algorithms, the calibration pass and BertCalibrator."""
+
+from __future__ import annotations
+
+import re
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import helpers.data_processing as dp
+import helpers.tokenization as tokenization
+from helpers.portable import calibration as cal
+from tests import squad_fixtures
+
+# ---------------------------------------------------------------------------------------------
+# Table format
+
+
+def big_endian_hex(value: float) -> str:
+    return struct.pack(">f", value).hex().lstrip("0") or "0"
+
+
+def test_table_lines_are_header_then_big_endian_hex_scales():
+    table = cal.write_calibration_table(
+        {"embeddings_output": 2.54, "(Unnamed Layer* 7) [ElementWise]_output": 0.5},
+        cal.CalibrationAlgoType.LEGACY_CALIBRATION,
+    ).decode()
+    lines = table.splitlines()
+    assert re.fullmatch(r"TRT-\d+-LegacyCalibration", lines[0])
+    assert lines[1] == "embeddings_output: " + big_endian_hex(np.float32(2.54 / 127))
+    assert lines[2] == "(Unnamed Layer* 7) [ElementWise]_output: " + big_endian_hex(np.float32(0.5 / 127))
+    assert table.endswith("\n") and len(lines) == 3
+
+
+def test_reads_tables_written_by_tensorrt():
+    # Lines in the shape TensorRT 7/8/10 writes them (header, then "name: hex" per tensor).
+    text = "TRT-100300-EntropyCalibration2\ndata: 3c008912\n(Unnamed Layer* 0) [Convolution]_output: 404efcc8\n"
+    algorithm, amax = cal.parse_calibration_table(text.encode())
+    assert algorithm == "EntropyCalibration2"
+    assert amax["data"] == pytest.approx(127 * struct.unpack(">f", bytes.fromhex("3c008912"))[0], rel=1e-12)
+    assert amax["(Unnamed Layer* 0) [Convolution]_output"] == pytest.approx(
+        127 * struct.unpack(">f", bytes.fromhex("404efcc8"))[0], rel=1e-12
+    )
+
+
+def test_table_round_trip_keeps_every_scale_bit():
+    rng = np.random.default_rng(0)
+    ranges = {f"l{i}_gelu": float(v) for i, v in enumerate(rng.uniform(1e-3, 50.0, size=40))}
+    for algorithm in cal.CalibrationAlgoType:
+        text = cal.write_calibration_table(ranges, algorithm)
+        name, parsed = cal.parse_calibration_table(text)
+        assert name == cal.TABLE_ALGORITHM_NAMES[algorithm]
+        assert list(parsed) == list(ranges)
+        for key, value in ranges.items():
+            assert np.float32(parsed[key] / 127) == np.float32(value / 127)
+        assert cal.write_calibration_table(parsed, algorithm) == text
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x89PNG\r\n\x1a\n\x00\x00binary",
+        b"embeddings_output: 3c010204\n",
+        b"TRT-100300-MadeUpCalibration\nx: 3c010204\n",
+        b"TRT-100300-LegacyCalibration\nx 3c010204\n",
+        b"TRT-100300-LegacyCalibration\nx: zz\n",
+        b"TRT-100300-LegacyCalibration\nx: 7fc00000\n",  # NaN scale
+    ],
+)
+def test_corrupt_tables_give_one_line_errors(data):
+    with pytest.raises(cal.CalibrationError) as err:
+        cal.parse_calibration_table(data, "cache.bin")
+    assert "\n" not in str(err.value) and str(err.value).startswith("cache.bin: ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Range algorithms
+
+
+def histogram_of(*batches: torch.Tensor) -> cal.AbsHistogram:
+    hist = cal.AbsHistogram()
+    for batch in batches:
+        hist.add(batch)
+    return hist
+
+
+def test_histogram_grows_with_later_batches_and_keeps_every_sample():
+    small = torch.linspace(-1, 1, 1001)
+    large = torch.tensor([300.0, -250.0])
+    hist = histogram_of(small, large)
+    assert hist.max == 300.0
+    assert hist.counts.sum() == 1003
+    assert hist.edges()[-1] >= 300.0 and len(hist.counts) <= 4 * cal.HISTOGRAM_BINS
+
+
+def test_legacy_quantile_ignores_the_rarest_values():
+    # 99,990 values spread over [0, 1) and 10 outliers at 100: the 0.9999 quantile is 1, not 100.
+    bulk = torch.rand(99_990, generator=torch.Generator().manual_seed(0))
+    outliers = torch.full((10,), 100.0)
+    hist = histogram_of(bulk, outliers)
+    assert cal.legacy_amax(hist, 0.9999, 1.0) == pytest.approx(1.0, abs=2 * hist.width)
+    assert cal.legacy_amax(hist, 1.0, 1.0) == pytest.approx(100.0)
+    assert cal.legacy_amax(hist, 1.0, 0.25) == pytest.approx(25.0)
+
+
+def test_legacy_quantile_of_a_uniform_grid_matches_numpy():
+    values = torch.linspace(0, 8, 100_001)
+    hist = histogram_of(values)
+    expected = float(np.quantile(values.numpy(), 0.999))
+    assert cal.legacy_amax(hist, 0.999, 1.0) == pytest.approx(expected, abs=2 * hist.width)
+
+
+def test_entropy_threshold_clips_far_outliers_but_keeps_the_bulk():
+    gen = torch.Generator().manual_seed(1)
+    bulk = torch.randn(200_000, generator=gen)
+    outliers = torch.tensor([60.0, -55.0, 58.0])
+    amax = cal.entropy_amax(histogram_of(bulk, outliers))
+    assert 3.0 < amax < 20.0
+    # Without outliers nothing is worth clipping much: a uniform distribution keeps its max.
+    uniform = torch.rand(200_000, generator=gen) * 4.0
+    assert cal.entropy_amax(histogram_of(uniform)) == pytest.approx(4.0, rel=0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# The calibration pass
+
+
+class ListCalibrator(cal.IInt8LegacyCalibrator):
+    """Hands over prepared CPU batches, like BertCalibrator does with its device buffers."""
+
+    def __init__(self, batches, cache=None):
+        super().__init__()
+        self.batches = [{k: v.contiguous() for k, v in b.items()} for b in batches]
+        self.cache = cache
+        self.written: bytes | None = None
+        self.requests = 0
+
+    def get_batch(self, names):
+        self.requests += 1
+        if not self.batches:
+            return None
+        self.current = self.batches.pop(0)
+        return [self.current[name].data_ptr() for name in names]
+
+    def read_calibration_cache(self):
+        return self.cache
+
+    def write_calibration_cache(self, cache):
+        self.written = bytes(cache)
+
+
+def toy_network(feeds, observe):
+    x = feeds["x"].float()
+    observe("doubled", 2 * x)
+    observe("index", torch.zeros(3, dtype=torch.int32))  # integer tensors are not calibrated
+
+
+def test_calibrate_runs_batches_and_writes_the_table():
+    batches = [{"x": torch.tensor([[0.5, -1.0]])}, {"x": torch.tensor([[3.0, 0.25]])}]
+    calibrator = ListCalibrator(batches)
+    specs = [("x", (1, 2), torch.float32)]
+    ranges = cal.calibrate(specs, calibrator, toy_network, torch.device("cpu"))
+    assert set(ranges) == {"x", "doubled"}
+    hist_x = histogram_of(torch.tensor([0.5, -1.0]), torch.tensor([3.0, 0.25]))
+    assert ranges["x"] == cal.legacy_amax(hist_x, 0.9999, 1.0)
+    assert ranges["doubled"] == pytest.approx(6.0, rel=1e-3)
+    name, table = cal.parse_calibration_table(calibrator.written)
+    assert name == "LegacyCalibration" and table["doubled"] == pytest.approx(ranges["doubled"], rel=1e-6)
+
+    # A second build with the cache reads it and asks for no batch.
+    again = ListCalibrator([], cache=calibrator.written)
+    assert cal.calibrate(specs, again, toy_network, torch.device("cpu")) == table
+    assert again.requests == 0 and again.written is None
+
+
+def test_calibrate_without_batches_fails():
+    with pytest.raises(cal.CalibrationError, match="at least one batch"):
+        cal.calibrate([("x", (1, 2), torch.float32)], ListCalibrator([]), toy_network, torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------------
+# BertCalibrator (on the portable backend)
+
+
+CONTEXT = (
+    "The Amazon rainforest covers much of the Amazon basin of South America. The basin spans "
+    "seven million square kilometres, of which five and a half million are covered by forest."
+)
+QUESTIONS = [
+    ("q1", "What does the Amazon rainforest cover?", ["much of the Amazon basin"]),
+    ("q2", "How many square kilometres does the basin span?", ["seven million"]),
+    ("q3", "How much of the basin is forest?", ["five and a half million"]),
+]
+
+
+@pytest.fixture
+def squad_json(tmp_path):
+    qas = [squad_fixtures.make_qa(qid, question, answers) for qid, question, answers in QUESTIONS]
+    return squad_fixtures.write_squad_file(tmp_path / "calib.json", [(CONTEXT, qas)])
+
+
+@pytest.fixture
+def portable_backend(monkeypatch):
+    from helpers import backend
+
+    monkeypatch.setenv("DEMOBERT_DEVICE", "cpu")
+    previous = backend._BackendProxy._module
+    backend.select_backend("portable")
+    yield
+    backend._BackendProxy._module = previous
+
+
+def make_calibrator(squad_json, cache_file, num_inputs=3, seq=64):
+    from helpers.calibrator import BertCalibrator
+
+    return BertCalibrator(squad_json, squad_fixtures.minilm_vocab_file(), str(cache_file), 1, seq, num_inputs)
+
+
+def test_bert_calibrator_feeds_first_features_in_file_order(portable_backend, squad_json, tmp_path, capsys):
+    calibrator = make_calibrator(squad_json, tmp_path / "cache")
+    assert calibrator.get_batch_size() == 1
+    assert calibrator.get_quantile() == 0.9999 and calibrator.get_regression_cutoff() == 1.0
+    assert calibrator.read_calibration_cache() is None
+    tokenizer = tokenization.BertTokenizer(squad_fixtures.minilm_vocab_file(), do_lower_case=True)
+    names = ["input_mask", "input_ids", "segment_ids"]  # any order: buffers follow the names
+    for example in dp.read_squad_json(squad_json):
+        pointers = calibrator.get_batch(names)
+        expected = dp.convert_example_to_features(example.doc_tokens, example.question_text, tokenizer, 64, 128, 64)[0]
+        for name, pointer in zip(names, pointers):
+            got = cal.tensor_at(pointer, (1, 64), torch.int32, torch.device("cpu")).numpy()[0]
+            np.testing.assert_array_equal(got, getattr(expected, name))
+    assert calibrator.get_batch(names) is None
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "Calibrating batch 0, containing 1 sentences",
+        "Calibrating index 3 batch size 1 exceed max input limit 3 sentences",
+    ]
+
+
+def test_bert_calibrator_cache_is_written_whole_and_read_back(portable_backend, squad_json, tmp_path):
+    cache_file = tmp_path / "BertSquadL6H32A12S64CalibCache"
+    calibrator = make_calibrator(squad_json, cache_file)
+    table = cal.write_calibration_table({"embeddings_output": 3.0}, cal.CalibrationAlgoType.LEGACY_CALIBRATION)
+    calibrator.write_calibration_cache(memoryview(table))
+    assert cache_file.read_bytes() == table
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(cache_file.name)] == [cache_file.name]
+    # A later build reads the cache and needs no SQuAD file.
+    again = make_calibrator(str(tmp_path / "missing.json"), cache_file)
+    assert again.read_calibration_cache() == table
+
+
+def test_bert_calibrator_rejects_bad_input(portable_backend, squad_json, tmp_path):
+    with pytest.raises(cal.CalibrationError, match=r"has 3 questions, fewer than the 5") as err:
+        make_calibrator(squad_json, tmp_path / "cache", num_inputs=5)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="cannot read file"):
+        make_calibrator(str(tmp_path / "missing.json"), tmp_path / "cache")
+    corrupt = tmp_path / "corrupt_cache"
+    corrupt.write_bytes(b"TRT-100300-LegacyCalibration\nembeddings_output 3c010204\n")
+    with pytest.raises(cal.CalibrationError, match="corrupt_cache: line 2"):
+        make_calibrator(squad_json, corrupt)
+    assert corrupt.read_bytes().startswith(b"TRT-")
+    with pytest.raises(cal.CalibrationError):
+        make_calibrator(squad_json, tmp_path / "cache").write_calibration_cache(b"not a table")
+    assert not (tmp_path / "cache").exists()

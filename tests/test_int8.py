@@ -1,0 +1,166 @@
+"""INT8 arithmetic of the portable engine against float references, and CPU vs CUDA agreement."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers.portable import ops
+from helpers.portable import quantization as q
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_quantize_rounds_half_to_even_and_saturates():
+    scale = 0.5
+    x = torch.tensor([0.25, 0.75, -0.25, -0.75, 1.25, 63.4, 64.0, 100.0, -100.0])
+    assert q.quantize(x, scale).tolist() == [0, 2, 0, -2, 2, 127, 127, 127, -128]
+    assert q.fake_quantize(x, scale).tolist() == [0.0, 1.0, 0.0, -1.0, 1.0, 63.5, 63.5, 63.5, -64.0]
+
+
+def test_weights_get_one_scale_per_output_channel():
+    w = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0], [-0.005, 0.02, 0.0]])
+    qw = q.quantize_linear_weights(w)
+    assert qw.scales.tolist() == pytest.approx([2.0 / 127, 1.0, 0.02 / 127])
+    assert qw.codes.tolist() == [[64, -127, 32], [0, 0, 0], [-32, 127, 0]]
+    assert qw.codes.is_contiguous() and qw.codes.t().stride() == (1, 3)  # the .t() view is column-major
+
+
+def dequantized_reference(x, weight, bias, in_scale):
+    """float64 F.linear of the dequantized operands: what the integer GEMM must reproduce."""
+    qw = q.quantize_linear_weights(weight)
+    x_deq = q.quantize(x, in_scale).double() * in_scale
+    w_deq = qw.codes.double() * qw.scales.double()[:, None]
+    return F.linear(x_deq, w_deq, bias.double())
+
+
+@pytest.mark.parametrize("rows,k,n", [(1, 8, 8), (5, 37, 19), (33, 96, 64)])
+def test_int8_linear_is_the_exact_integer_gemm(rows, k, n):
+    x = torch.randn(rows, k, generator=gen(0)) * 3
+    weight = torch.randn(n, k, generator=gen(1)) / math.sqrt(k)
+    bias = torch.randn(n, generator=gen(2))
+    in_scale = q.scale_from_amax(float(x.abs().max()))
+    y = q.int8_linear(x, q.quantize_linear_weights(weight), bias, in_scale)
+    torch.testing.assert_close(y.double(), dequantized_reference(x, weight, bias, in_scale), rtol=1e-6, atol=1e-5)
+    # ...and close to the float GEMM it stands for.
+    assert F.cosine_similarity(y.flatten(), F.linear(x, weight, bias).flatten(), dim=0) > 0.999
+
+
+def test_int8_linear_output_scale_makes_an_int8_tensor():
+    x = torch.randn(4, 3, 16, generator=gen(3))
+    weight = torch.randn(24, 16, generator=gen(4))
+    out_scale = 0.05
+    y = q.int8_linear(x, q.quantize_linear_weights(weight), None, 0.03, out_scale)
+    assert y.shape == (4, 3, 24)
+    codes = y / out_scale
+    torch.testing.assert_close(codes, codes.round(), atol=1e-4, rtol=0)
+    assert codes.abs().max() <= 128
+
+
+def spec_int8_attention(qkv, mask_idx, heads, s_qkv, s_ctx, dq_probs):
+    """§4.2's fused INT8 MHA written out per (batch, head) in float64, as the oracle."""
+    seq, batch, width = qkv.shape
+    size = width // (3 * heads)
+    codes = torch.clamp(torch.round(qkv.double() / s_qkv), -128, 127)
+    out = torch.zeros(seq, batch, heads * size, dtype=torch.float64)
+    for b in range(batch):
+        valid = int(mask_idx[b])
+        for n in range(heads):
+            base = n * 3 * size
+            qh, kh, vh = (codes[:, b, base + i * size : base + (i + 1) * size] for i in range(3))
+            scores = (qh @ kh[:valid].T) * (s_qkv * s_qkv / math.sqrt(size))
+            probs = torch.softmax(scores, dim=-1)
+            prob_codes = torch.clamp(torch.round(probs / dq_probs), 0, 127)
+            ctx = (prob_codes @ vh[:valid]) * (dq_probs * s_qkv)
+            out[:, b, n * size : (n + 1) * size] = torch.clamp(torch.round(ctx / s_ctx), -128, 127) * s_ctx
+    return out
+
+
+def test_int8_attention_follows_the_fused_kernel_arithmetic():
+    seq, batch, heads, head_size = 24, 2, 3, 16
+    qkv = torch.randn(seq, batch, 3 * heads * head_size, generator=gen(5)) * 2
+    mask_idx = torch.tensor([24, 13])
+    qkv_scale = q.scale_from_amax(float(qkv.abs().max()))
+    float_ctx = ops.attention_fixed(qkv, mask_idx, heads)
+    ctx_scale = q.scale_from_amax(float(float_ctx.abs().max()))
+    got = q.int8_attention(qkv, mask_idx, heads, qkv_scale, ctx_scale, 1 / 127)
+    expected = spec_int8_attention(qkv, mask_idx, heads, qkv_scale, ctx_scale, 1 / 127)
+    got_codes, expected_codes = torch.round(got.double() / ctx_scale), torch.round(expected / ctx_scale)
+    assert (got_codes - expected_codes).abs().max() <= 1
+    assert (got_codes != expected_codes).double().mean() < 0.01
+    # ...and it stays close to float attention.
+    assert F.cosine_similarity(got.flatten(), float_ctx.flatten(), dim=0) > 0.99
+    # Masked keys are ignored: changing them changes nothing.
+    changed = qkv.clone()
+    changed[13:, 1] = 5.0
+    torch.testing.assert_close(q.int8_attention(changed, mask_idx, heads, qkv_scale, ctx_scale, 1 / 127)[:13, 1], got[:13, 1])
+
+
+def test_int8_skip_layernorm_is_layernorm_of_dequantized_inputs():
+    x = torch.randn(5, 2, 32, generator=gen(6))
+    skip = torch.randn(5, 2, 32, generator=gen(7)) * 2
+    gamma = 1 + 0.1 * torch.randn(32, generator=gen(8))
+    beta = 0.1 * torch.randn(32, generator=gen(9))
+    x_scale, skip_scale, out_scale = 0.03, 0.05, 0.04
+    out, summed = q.int8_skip_layernorm(x, skip, gamma, beta, x_scale, skip_scale, out_scale)
+    ref, ref_sum = ops.skip_layernorm(q.fake_quantize(x, x_scale), q.fake_quantize(skip, skip_scale), gamma, beta)
+    torch.testing.assert_close(summed, ref_sum)
+    assert (out - ref).abs().max() <= out_scale * 0.5 + 1e-5
+    torch.testing.assert_close(out / out_scale, (out / out_scale).round(), atol=1e-4, rtol=0)
+
+
+def test_fp8_linear_stays_close_to_the_float_gemm():
+    x = torch.randn(40, 64, generator=gen(10))
+    weight = torch.randn(48, 64, generator=gen(11)) / 8
+    bias = torch.randn(48, generator=gen(12))
+    y = q.fp8_linear(x, q.quantize_fp8_weights(weight), bias, float(x.abs().max()))
+    assert F.cosine_similarity(y.flatten(), F.linear(x, weight, bias).flatten(), dim=0) > 0.995
+
+
+@CUDA
+@pytest.mark.parametrize("rows,k,n", [(3, 40, 24), (300, 1024, 1024), (257, 384, 1536)])
+def test_cuda_int8_linear_agrees_with_the_cpu_simulation(rows, k, n):
+    x = torch.randn(rows, k, generator=gen(13))
+    weight = torch.randn(n, k, generator=gen(14)) / math.sqrt(k)
+    bias = torch.randn(n, generator=gen(15))
+    in_scale, out_scale = q.scale_from_amax(float(x.abs().max())), 0.02
+    qw = q.quantize_linear_weights(weight)
+    cpu = q.int8_linear(x, qw, bias, in_scale, out_scale)
+    gpu = q.int8_linear(x.cuda(), qw.to("cuda"), bias.cuda(), in_scale, out_scale).cpu()
+    # Same integers; only float rounding of the dequantization may move a value by one step.
+    assert (gpu - cpu).abs().max() <= out_scale * 1.001
+    assert (gpu != cpu).float().mean() < 0.01
+
+
+@CUDA
+def test_cuda_int8_plugins_agree_with_the_cpu_simulation():
+    qkv = torch.randn(128, 4, 3 * 4 * 64, generator=gen(16))
+    mask_idx = torch.tensor([128, 100, 7, 64])
+    args = (4, q.scale_from_amax(float(qkv.abs().max())), 0.02, 1 / 127)
+    cpu = q.int8_attention(qkv, mask_idx, *args)
+    gpu = q.int8_attention(qkv.cuda(), mask_idx.cuda(), *args).cpu()
+    assert (gpu - cpu).abs().max() <= 0.02 * 1.001
+    x, skip = torch.randn(2, 128, 4, 256, generator=gen(17))
+    gamma, beta = torch.ones(256), torch.zeros(256)
+    cpu_ln, _ = q.int8_skip_layernorm(x, skip, gamma, beta, 0.03, 0.03, 0.04)
+    gpu_ln, _ = q.int8_skip_layernorm(x.cuda(), skip.cuda(), gamma.cuda(), beta.cuda(), 0.03, 0.03, 0.04)
+    assert (gpu_ln.cpu() - cpu_ln).abs().max() <= 0.04 * 1.001
+
+
+@CUDA
+def test_cuda_fp8_linear_agrees_with_the_cpu_emulation():
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need SM 8.9+")
+    x = torch.randn(64, 256, generator=gen(18))
+    weight = torch.randn(128, 256, generator=gen(19)) / 16
+    w8 = q.quantize_fp8_weights(weight)
+    cpu = q.fp8_linear(x, w8, None, float(x.abs().max()))
+    gpu = q.fp8_linear(x.cuda(), q.Fp8Weight(w8.codes.cuda(), w8.scale.cuda()), None, float(x.abs().max())).cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)
