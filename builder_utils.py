@@ -348,7 +348,9 @@ def load_tf_weights(prefix: str, config: BertConfig) -> WeightMap:
                 continue
             value = np.asarray(reader.get_tensor(variable))
             entries.append((variable, _tf_to_trt_name(variable), value))
-    except tf.errors.OpError as exc:
+    except WeightLoadError:
+        raise
+    except Exception as exc:  # tf.errors.OpError, and IndexError/ValueError from truncated shards
         raise WeightLoadError(f"cannot read TF checkpoint {prefix}: {first_line(exc)}") from None
     named = _collect(
         ((source, name, value.T if "kernel" in name else value) for source, name, value in entries), prefix

@@ -1,0 +1,627 @@
+#!/usr/bin/env python3
+"""Build a fixed-sequence-length BERT SQuAD engine (padded inputs + mask) with TensorRT.
+
+The network is written once against the TensorRT Python API; ``--backend`` picks the real
+``tensorrt`` module or the portable engine (``helpers.portable``) that implements the same API on
+PyTorch.  Weights come from a TF checkpoint, an ONNX QAT model, a PyTorch checkpoint or a
+HuggingFace folder (DEMOBERT_SPEC §1.1, §3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from builder_utils import (
+    B_AOUT,
+    B_LOUT,
+    B_MID,
+    BQKV,
+    EMBEDDING_NAMES,
+    SQD_B,
+    SQD_W,
+    W_AOUT,
+    W_LOUT,
+    W_MID,
+    WQKV,
+    BertConfig,
+    WeightLoadError,
+    WeightMap,
+    add_gelu,
+    add_plugin_to_network,
+    bert_config_path,
+    check_output_folder,
+    check_weights,
+    create_plugin,
+    default_calibration_cache_name,
+    first_line,
+    load_bert_config,
+    load_hf_config,
+    load_hf_weights,
+    load_onnx_weights_and_quant,
+    load_pytorch_weights_and_quant,
+    load_tf_weights,
+    load_timing_cache,
+    plugin_field,
+    save_timing_cache,
+    set_output_range,
+    write_file_atomically,
+)
+from helpers.backend import BACKENDS, BackendError, backend_name, select_backend, trt
+
+INPUT_NAMES = ("input_ids", "segment_ids", "input_mask")
+DEVICE_ENV = "DEMOBERT_DEVICE"
+NO_WEIGHTS_MESSAGE = (
+    "You need either specify TF checkpoint using option --ckpt or ONNX using option --onnx to build TRT BERT model."
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="TensorRT BERT Sample", formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("-m", "--ckpt", help="TensorFlow checkpoint prefix, e.g. model.ckpt for model.ckpt.index (default: None)")
+    parser.add_argument("-x", "--onnx", help="ONNX model with fake-quantization (QAT) nodes (default: None)")
+    parser.add_argument("-pt", "--pytorch", help='PyTorch checkpoint holding {"model": state_dict} (default: None)')
+    parser.add_argument(
+        "-o", "--output", required=True, default="bert_base_384.engine", help="Engine file to write (default: bert_base_384.engine)"
+    )
+    parser.add_argument(
+        "-b",
+        "--batch-size",
+        default=[],
+        action="append",
+        type=int,
+        help="Batch size to optimize for; repeat the option for several (one optimization profile each).\n"
+        "The engine accepts any batch size from 1 up to it. (default: [1])",
+    )
+    parser.add_argument(
+        "-s",
+        "--sequence-length",
+        default=[],
+        action="append",
+        type=int,
+        help="Sequence length; repeat the option for several (default: [128])",
+    )
+    parser.add_argument(
+        "-c",
+        "--config-dir",
+        help="Folder holding bert_config.json (num_attention_heads, hidden_size, intermediate_size,\n"
+        "num_hidden_layers); required unless --hf is given (default: None)",
+    )
+    parser.add_argument("-f", "--fp16", action="store_true", help="Allow FP16 kernels and FP16 plugin I/O (default: false)")
+    parser.add_argument("-i", "--int8", action="store_true", help="Allow INT8 kernels (default: false)")
+    parser.add_argument("-t", "--strict", action="store_true", help="Make TensorRT obey the requested layer precisions (default: false)")
+    parser.add_argument("-w", "--workspace-size", default=2500, type=int, help="Workspace memory limit in MiB (default: 2500)")
+    parser.add_argument(
+        "-j", "--squad-json", default="squad/dev-v1.1.json", help="SQuAD file read by the INT8 calibrator (default: squad/dev-v1.1.json)"
+    )
+    parser.add_argument(
+        "-v",
+        "--vocab-file",
+        default="./pre-trained_model/uncased_L-24_H-1024_A-16/vocab.txt",
+        help="Vocabulary used by the INT8 calibrator (default: ./pre-trained_model/uncased_L-24_H-1024_A-16/vocab.txt)",
+    )
+    parser.add_argument("-n", "--calib-num", default=100, type=int, help="Number of calibration batches (default: 100)")
+    parser.add_argument("-p", "--calib-path", help="INT8 calibration cache file (default: None, a name derived from the model)")
+    parser.add_argument(
+        "-g", "--force-fc2-gemm", action="store_true", help="Kept for compatibility; has no effect since TensorRT 10.6 (default: false)"
+    )
+    parser.add_argument(
+        "-iln", "--force-int8-skipln", action="store_true", help="Run skip-LayerNorm with INT8 input and output (default: false)"
+    )
+    parser.add_argument(
+        "-imh", "--force-int8-multihead", action="store_true", help="Run multi-head attention with INT8 input and output (default: false)"
+    )
+    parser.add_argument("-sp", "--sparse", action="store_true", help="Let TensorRT use structured-sparsity kernels (default: false)")
+    parser.add_argument("-tcf", "--timing-cache-file", help="Timing cache to read before and write after the build (default: None)")
+    parser.add_argument(
+        "--distributive_independence",
+        action="store_true",
+        help="Set TensorRT's DISTRIBUTIVE_INDEPENDENCE flag; builds a single profile (default: false)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="Verbose log and DETAILED profiling verbosity (default: false)")
+    plugins = parser.add_mutually_exclusive_group()
+    plugins.add_argument(
+        "--use-v3-plugins",
+        dest="use_deprecated_plugins",
+        action="store_false",
+        help="Use the IPluginV3 versions of the BERT plugins; excludes --use-deprecated-plugins (default: false)",
+    )
+    plugins.add_argument(
+        "--use-deprecated-plugins",
+        dest="use_deprecated_plugins",
+        action="store_true",
+        help="Use the IPluginV2 versions of the BERT plugins; excludes --use-v3-plugins (default: true)",
+    )
+    parser.set_defaults(use_deprecated_plugins=True)
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="TensorRT implementation: tensorrt, portable (TensorRT API on PyTorch), or auto\n"
+        "(tensorrt when it imports, else portable) (default: auto)",
+    )
+    parser.add_argument(
+        "--hf",
+        help="HuggingFace BertForQuestionAnswering folder (config.json + model.safetensors or\n"
+        "pytorch_model.bin); also supplies the config when -c is absent (default: None)",
+    )
+    parser.add_argument(
+        "--device",
+        help=f"Device of the portable engine: cpu, cuda or cuda:N (default: ${DEVICE_ENV}, else cuda when available)",
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    # Like the original demo: unknown options are ignored, option prefixes are accepted.
+    args, _ = parser.parse_known_args(argv)
+    if args.config_dir is None and args.hf is None:
+        parser.error("the following arguments are required: -c/--config-dir (or --hf)")
+    args.batch_size = args.batch_size or [1]
+    args.sequence_length = args.sequence_length or [128]
+    for name, values in (("batch size", args.batch_size), ("sequence length", args.sequence_length)):
+        if min(values) < 1:
+            parser.error(f"{name} must be positive, got {min(values)}")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment checks
+
+
+def portable_device() -> str:
+    import torch
+
+    return os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compute_capability(backend: str) -> int:
+    """major*10+minor of the GPU the engine runs on; 0 where the engine runs on the CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0
+    index = 0
+    if backend == "portable":
+        device = torch.device(portable_device())
+        if device.type != "cuda":
+            return 0
+        index = device.index or 0
+    major, minor = torch.cuda.get_device_capability(index)
+    return major * 10 + minor
+
+
+def check_int8_options(args: argparse.Namespace, backend: str) -> None:
+    if not (args.force_int8_multihead or args.force_int8_skipln):
+        return
+    capability = compute_capability(backend)
+    if capability < 75 and args.force_int8_multihead:
+        raise RuntimeError("--force-int8-multihead option is only supported on Turing+ GPU.")
+    if capability < 72 and args.force_int8_skipln:
+        raise RuntimeError("--force-int8-skipln option is only supported on Xavier+ GPU.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Network
+
+
+def profile_shapes(
+    batch_sizes: Sequence[int], sequence_lengths: Sequence[int], distributive_independence: bool
+) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(min, opt=max) input shape of every optimization profile, in the order they are added (§3.1)."""
+    if distributive_independence:
+        return [((1, max(sequence_lengths)), (max(batch_sizes), max(sequence_lengths)))]
+    if len(batch_sizes) == 1 and len(sequence_lengths) == 1:
+        return []
+    return [((1, s), (b, s)) for b in sorted(batch_sizes) for s in sorted(sequence_lengths)]
+
+
+def add_inputs(
+    builder: trt.Builder,
+    network: trt.INetworkDefinition,
+    builder_config: trt.IBuilderConfig,
+    config: BertConfig,
+    batch_sizes: Sequence[int],
+    sequence_lengths: Sequence[int],
+) -> list[trt.ITensor]:
+    # The single distributive-independence profile starts at batch 1, so its batch axis is dynamic.
+    dynamic_batch = len(batch_sizes) > 1 or config.distributive_independence
+    shape = (-1 if dynamic_batch else batch_sizes[0], -1 if len(sequence_lengths) > 1 else sequence_lengths[0])
+    inputs = [network.add_input(name, trt.int32, shape) for name in INPUT_NAMES]
+    for min_shape, max_shape in profile_shapes(batch_sizes, sequence_lengths, config.distributive_independence):
+        profile = builder.create_optimization_profile()
+        for name in INPUT_NAMES:
+            profile.set_shape(name, min_shape, max_shape, max_shape)
+        builder_config.add_optimization_profile(profile)
+    return inputs
+
+
+def mha_type_id(config: BertConfig) -> int:
+    if config.use_int8 and config.use_int8_multihead and not config.is_calib_mode:
+        return int(trt.int8)
+    return int(trt.float16 if config.use_fp16 else trt.float32)
+
+
+def skipln_type_id(config: BertConfig) -> int:
+    if config.use_int8 and config.use_int8_skipln and not config.is_calib_mode:
+        return int(trt.int8)
+    return int(trt.float16 if config.use_fp16 else trt.float32)
+
+
+def amax(weights: WeightMap, name: str) -> float:
+    if name not in weights:
+        raise WeightLoadError(f"the QAT model has no {name!r} entry")
+    return float(weights[name].reshape(-1)[0])
+
+
+def add_plugin(
+    network: trt.INetworkDefinition,
+    key: str,
+    inputs: list[trt.ITensor],
+    fields: list[trt.PluginField],
+    config: BertConfig,
+) -> trt.ILayer:
+    plugin = create_plugin(key, trt.get_plugin_registry(), fields, config.use_deprecated_plugins)
+    return add_plugin_to_network(network, plugin, inputs, config.use_deprecated_plugins)
+
+
+def add_dense(
+    network: trt.INetworkDefinition, x: trt.ITensor, outputs: int, kernel: np.ndarray, bias: np.ndarray
+) -> trt.IConvolutionLayer:
+    """A fully-connected layer over the E axis of [S, B, E, 1, 1], as a 1×1 convolution."""
+    return network.add_convolution_nd(x, outputs, (1, 1), trt.Weights(kernel), trt.Weights(bias))
+
+
+def add_embeddings(
+    network: trt.INetworkDefinition, config: BertConfig, weights: WeightMap, inputs: list[trt.ITensor]
+) -> trt.ILayer:
+    sequence_major = []
+    for tensor in inputs:
+        shuffle = network.add_shuffle(tensor)
+        shuffle.second_transpose = (1, 0)
+        sequence_major.append(shuffle.get_output(0))
+    fields = [plugin_field(name, weights[name], "float32") for name in EMBEDDING_NAMES]
+    fields.append(plugin_field("output_fp16", 1 if config.use_fp16 else 0, "int32"))
+    fields.append(plugin_field("mha_type_id", mha_type_id(config), "int32"))
+    layer = add_plugin(network, "emb_layer_norm", sequence_major, fields, config)
+    if config.use_qat:
+        set_output_range(layer, 1.0, index=1)
+    layer.get_output(0).name = "embeddings_output"
+    return layer
+
+
+def add_attention(
+    prefix: str,
+    network: trt.INetworkDefinition,
+    config: BertConfig,
+    weights: WeightMap,
+    x: trt.ITensor,
+    mask_index: trt.ITensor,
+) -> trt.ILayer:
+    hidden = config.hidden_size
+    qkv = add_dense(network, x, 3 * hidden, weights[prefix + WQKV], weights[prefix + BQKV])
+    if config.use_qat:
+        names = ("attention_self_qv_a_input_quantizer_amax", "attention_self_qv_b_input_quantizer_amax",
+                 "attention_self_av_b_input_quantizer_amax")
+        set_output_range(qkv, max(amax(weights, prefix + name) for name in names))
+    qkv.get_output(0).name = prefix + "attention_qkv_mult"
+    fields = [
+        plugin_field("hidden_size", hidden, "int32"),
+        plugin_field("num_heads", config.num_attention_heads, "int32"),
+        plugin_field("has_mask", 1, "int32"),
+        plugin_field("type_id", mha_type_id(config), "int32"),
+    ]
+    if config.use_qat:
+        probabilities = amax(weights, prefix + "attention_self_av_a_input_quantizer_amax")
+        fields.append(plugin_field("dq_probs", probabilities / 127.0, "float32"))
+    context = add_plugin(network, "qkv_to_context", [qkv.get_output(0), mask_index], fields, config)
+    if config.use_qat:
+        set_output_range(context, amax(weights, prefix + "attention_output_dense_input_amax"))
+    context.get_output(0).name = prefix + "attention_context_layer"
+    return context
+
+
+def add_skip_layernorm(
+    prefix: str,
+    network: trt.INetworkDefinition,
+    config: BertConfig,
+    weights: WeightMap,
+    x: trt.ITensor,
+    skip: trt.ITensor,
+) -> trt.ILayer:
+    fields = [
+        plugin_field("ld", config.hidden_size, "int32"),
+        plugin_field("beta", weights[prefix + "beta"], "float32"),
+        plugin_field("gamma", weights[prefix + "gamma"], "float32"),
+        plugin_field("type_id", skipln_type_id(config), "int32"),
+    ]
+    return add_plugin(network, "skip_layer_norm", [x, skip], fields, config)
+
+
+def add_transformer_layer(
+    layer_index: int,
+    network: trt.INetworkDefinition,
+    config: BertConfig,
+    weights: WeightMap,
+    x: trt.ITensor,
+    mask_index: trt.ITensor,
+) -> trt.ILayer:
+    prefix = f"l{layer_index}_"
+    hidden = config.hidden_size
+    # Without INT8 skip-LN, the dense layers feeding it must not hand it INT8 data.
+    unquantized = trt.DataType.HALF if config.use_fp16 else trt.DataType.FLOAT
+    if config.use_qat:
+        query = amax(weights, prefix + "attention_self_query_input_amax")
+        for projection in ("key", "value"):
+            other = amax(weights, f"{prefix}attention_self_{projection}_input_amax")
+            if other != query:
+                raise WeightLoadError(
+                    f"{prefix}attention_self_{projection}_input_amax ({other}) differs from "
+                    f"{prefix}attention_self_query_input_amax ({query}); the fused QKV needs one input range"
+                )
+        x.set_dynamic_range(-query, query)
+
+    context = add_attention(prefix, network, config, weights, x, mask_index)
+    attention_dense = add_dense(network, context.get_output(0), hidden, weights[prefix + W_AOUT], weights[prefix + B_AOUT])
+    if config.use_int8 and not config.use_int8_skipln:
+        attention_dense.set_output_type(0, unquantized)
+    if config.use_qat:
+        set_output_range(attention_dense, amax(weights, prefix + "attention_output_add_local_input_quantizer_amax"))
+    attention_ln = add_skip_layernorm(
+        prefix + "attention_output_layernorm_", network, config, weights, attention_dense.get_output(0), x
+    )
+    if config.use_qat:
+        set_output_range(attention_ln, amax(weights, prefix + "intermediate_dense_input_amax"))
+
+    intermediate = add_dense(
+        network, attention_ln.get_output(0), config.intermediate_size, weights[prefix + W_MID], weights[prefix + B_MID]
+    )
+    gelu = add_gelu(network, intermediate.get_output(0))
+    gelu.get_output(0).name = prefix + "gelu"
+    if config.use_qat:
+        set_output_range(gelu, amax(weights, prefix + "output_dense_input_amax"))
+    elif config.use_int8:
+        set_output_range(gelu, 10.0)  # "GELU10" clipping for post-training calibration
+
+    output_dense = add_dense(network, gelu.get_output(0), hidden, weights[prefix + W_LOUT], weights[prefix + B_LOUT])
+    if config.use_int8 and not config.use_int8_skipln:
+        output_dense.set_output_type(0, unquantized)
+    if config.use_qat:
+        set_output_range(output_dense, amax(weights, prefix + "output_add_local_input_quantizer_amax"))
+    output_dense.get_output(0).name = prefix + "output_dense"
+
+    output_ln = add_skip_layernorm(
+        prefix + "output_layernorm_", network, config, weights, output_dense.get_output(0), attention_ln.get_output(0)
+    )
+    output_ln.get_output(0).name = prefix + "output_reshape"
+    return output_ln
+
+
+def populate_network(
+    builder: trt.Builder,
+    network: trt.INetworkDefinition,
+    builder_config: trt.IBuilderConfig,
+    config: BertConfig,
+    weights: WeightMap,
+    batch_sizes: Sequence[int],
+    sequence_lengths: Sequence[int],
+) -> None:
+    inputs = add_inputs(builder, network, builder_config, config, batch_sizes, sequence_lengths)
+    embeddings = add_embeddings(network, config, weights, inputs)
+    x, mask_index = embeddings.get_output(0), embeddings.get_output(1)
+    for layer_index in range(config.num_hidden_layers):
+        layer = add_transformer_layer(layer_index, network, config, weights, x, mask_index)
+        x = layer.get_output(0)
+    if config.use_qat:
+        set_output_range(layer, amax(weights, "bert_encoder_final_input_quantizer_amax"))
+
+    logits = add_dense(network, x, 2, weights["cls_" + SQD_W], weights["cls_" + SQD_B])
+    batch_major = network.add_shuffle(logits.get_output(0))
+    batch_major.second_transpose = (1, 0, 2, 3, 4)
+    output = batch_major.get_output(0)
+    output.name = "logits_out"
+    network.mark_output(output)
+
+
+# ---------------------------------------------------------------------------------------------
+# Build
+
+
+def configure_builder(
+    builder_config: trt.IBuilderConfig,
+    config: BertConfig,
+    workspace_size: int,
+    verbose: bool,
+    logger: trt.ILogger,
+    calibrator: trt.IInt8Calibrator | None,
+) -> None:
+    builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_size * 1024 * 1024)
+    builder_config.avg_timing_iterations = 8
+    tactics = builder_config.get_tactic_sources() | 1 << int(trt.TacticSource.CUBLAS)
+    builder_config.set_tactic_sources(tactics & ~(1 << int(trt.TacticSource.CUDNN)))
+    if config.use_fp16:
+        builder_config.set_flag(trt.BuilderFlag.FP16)
+    if config.use_int8:
+        builder_config.set_flag(trt.BuilderFlag.INT8)
+        if calibrator is not None:
+            builder_config.set_quantization_flag(trt.QuantizationFlag.CALIBRATE_BEFORE_FUSION)
+            builder_config.int8_calibrator = calibrator
+    if config.use_strict:
+        builder_config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+        builder_config.set_flag(trt.BuilderFlag.DIRECT_IO)
+        builder_config.set_flag(trt.BuilderFlag.REJECT_EMPTY_ALGORITHMS)
+    if verbose:
+        builder_config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if config.distributive_independence:
+        builder_config.set_flag(trt.BuilderFlag.DISTRIBUTIVE_INDEPENDENCE)
+    if config.use_sparsity:
+        logger.log(trt.Logger.INFO, "Setting sparsity flag on builder_config.")
+        builder_config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+    if config.timing_cache is not None:
+        load_timing_cache(builder_config, config.timing_cache)
+
+
+def network_creation_flags() -> int:
+    # TensorRT 10 networks are always explicit-batch; the flag is gone from newer enums.
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def build_engine(
+    logger: trt.ILogger,
+    config: BertConfig,
+    weights: WeightMap,
+    batch_sizes: Sequence[int],
+    sequence_lengths: Sequence[int],
+    workspace_size: int,
+    verbose: bool = False,
+    calibrator: trt.IInt8Calibrator | None = None,
+) -> trt.IHostMemory:
+    """Build and serialize the engine; saves the timing cache when one was asked for."""
+    if config.is_calib_mode:
+        sequence_lengths = sequence_lengths[-1:]
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_creation_flags())
+    builder_config = builder.create_builder_config()
+    configure_builder(builder_config, config, workspace_size, verbose, logger, calibrator)
+    populate_network(builder, network, builder_config, config, weights, batch_sizes, sequence_lengths)
+
+    start = time.time()
+    serialized = builder.build_serialized_network(network, builder_config)
+    logger.log(trt.Logger.INFO, f"build engine in {time.time() - start:.3f} Sec")
+    if serialized is None:
+        raise RuntimeError("the engine build failed (see the TensorRT errors above)")
+    if config.timing_cache is not None:
+        save_timing_cache(builder_config, config.timing_cache)
+    return serialized
+
+
+def make_calibrator(args: argparse.Namespace, cache_file: str, max_sequence_length: int) -> trt.IInt8Calibrator:
+    try:
+        from helpers.calibrator import BertCalibrator
+    except ImportError as exc:
+        raise RuntimeError(f"INT8 calibration needs helpers/calibrator.py, which cannot be imported: {exc}") from None
+    return BertCalibrator(args.squad_json, args.vocab_file, cache_file, 1, max_sequence_length, args.calib_num)
+
+
+def generate_calibration_cache(
+    args: argparse.Namespace, logger: trt.ILogger, config: BertConfig, weights: WeightMap, cache_file: str
+) -> None:
+    """Calibrate an FP32, static-shape build once, so that the real build only reads the cache (§6.1)."""
+    if os.path.exists(cache_file):
+        return
+    saved_fp16 = config.use_fp16
+    config.use_fp16, config.is_calib_mode = False, True
+    calibrator = make_calibrator(args, cache_file, args.sequence_length[-1])
+    try:
+        build_engine(logger, config, weights, [1], args.sequence_length, args.workspace_size, False, calibrator)
+    finally:
+        config.use_fp16, config.is_calib_mode = saved_fp16, False
+    logger.log(trt.Logger.INFO, f"calibration cache generated in {cache_file}")
+
+
+def weight_source(args: argparse.Namespace) -> tuple[str, str]:
+    """(kind, path) of the weights to use: onnx > pytorch > ckpt > hf."""
+    for kind in ("onnx", "pytorch", "ckpt", "hf"):
+        path = getattr(args, kind)
+        if path is not None:
+            return kind, path
+    raise RuntimeError(NO_WEIGHTS_MESSAGE)
+
+
+LOADERS = {
+    "onnx": load_onnx_weights_and_quant,
+    "pytorch": load_pytorch_weights_and_quant,
+    "ckpt": load_tf_weights,
+    "hf": load_hf_weights,
+}
+
+
+def load_config(args: argparse.Namespace, logger: trt.ILogger) -> BertConfig:
+    options = dict(
+        use_fp16=args.fp16,
+        use_int8=args.int8,
+        use_strict=args.strict,
+        use_fc2_gemm=args.force_fc2_gemm,
+        use_int8_skipln=args.force_int8_skipln,
+        use_int8_multihead=args.force_int8_multihead,
+        use_qat=args.int8 and args.onnx is not None,
+        use_sparsity=args.sparse,
+        timing_cache=args.timing_cache_file,
+        distributive_independence=args.distributive_independence,
+        use_deprecated_plugins=args.use_deprecated_plugins,
+    )
+    if args.config_dir is not None:
+        path = bert_config_path(args.config_dir)
+        logger.log(trt.Logger.INFO, f"Using configuration file: {path}")
+        return load_bert_config(path, **options)
+    logger.log(trt.Logger.INFO, f"Using configuration file: {os.path.join(args.hf, 'config.json')}")
+    return load_hf_config(args.hf, **options)
+
+
+def describe_backend(backend: str) -> str:
+    if backend == "portable":
+        return f"Using backend: portable (TensorRT API on PyTorch, device {portable_device()})"
+    return f"Using backend: tensorrt {trt.__version__}"
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.device is not None:
+        os.environ[DEVICE_ENV] = args.device
+    select_backend(args.backend)
+    backend = backend_name()
+    logger = trt.Logger(trt.Logger.VERBOSE if args.verbose else trt.Logger.INFO)
+    logger.log(trt.Logger.INFO, describe_backend(backend))
+    trt.init_libnvinfer_plugins(logger, "")
+
+    check_int8_options(args, backend)
+    kind, path = weight_source(args)
+    check_output_folder(args.output)
+    config = load_config(args, logger)
+    weights = LOADERS[kind](path, config)
+    logger.log(trt.Logger.INFO, f"Found {len(weights)} entries in weight map")
+    check_weights(weights, config, max(args.sequence_length))
+
+    calibrator = None
+    if config.use_int8 and not config.use_qat:
+        if backend == "portable":
+            logger.log(
+                trt.Logger.WARNING,
+                "INT8 calibration is not available on the portable engine yet; building without a calibrator",
+            )
+        else:
+            cache_file = args.calib_path or default_calibration_cache_name(config, args.sequence_length)
+            # Like the original, a PyTorch checkpoint skips the FP32 calibration pre-pass.
+            if kind in ("ckpt", "hf"):
+                generate_calibration_cache(args, logger, config, weights, cache_file)
+            calibrator = make_calibrator(args, cache_file, args.sequence_length[-1])
+    serialized = build_engine(
+        logger, config, weights, args.batch_size, args.sequence_length, args.workspace_size, args.verbose, calibrator
+    )
+    logger.log(trt.Logger.INFO, f"Saving Engine to {args.output}")
+    write_file_atomically(args.output, memoryview(serialized))
+    logger.log(trt.Logger.INFO, "Done.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (RuntimeError, ValueError, OSError, BackendError) as exc:
+        print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Shared fixtures: one tiny BERT QA model written once per session in every weight format."""
+
+from __future__ import annotations
+
+import pytest
+
+import checkpoints
+
+
+def write_all_formats(model, folder):
+    """{format: path} for the builder's sources, plus the matching bert_config.json folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return {
+        "config_dir": checkpoints.write_bert_config(model, folder),
+        "hf": checkpoints.write_hf_folder(model, folder / "hf"),
+        "pytorch": checkpoints.write_pytorch_checkpoint(model, folder / "model.pt"),
+        "onnx": checkpoints.write_onnx_model(model, folder / "model.onnx"),
+        "ckpt": checkpoints.write_tf_checkpoint(model, folder / "model.ckpt"),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return checkpoints.tiny_qa_model(hidden=48, heads=3, layers=2, intermediate=37)
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tiny_model, tmp_path_factory):
+    return write_all_formats(tiny_model, tmp_path_factory.mktemp("tiny"))
