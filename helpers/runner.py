@@ -413,7 +413,8 @@ def exit_on_error(main: Callable[..., int | None]) -> Callable[..., int | None]:
         try:
             return main(*args, **kwargs)
         except (RunnerError, backend.BackendError) as err:
-            print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
+            script = Path(getattr(sys.modules.get(main.__module__), "__file__", None) or sys.argv[0]).name
+            print(f"{script}: error: {err}", file=sys.stderr)
             raise SystemExit(1) from None
 
     return wrapper

@@ -1,0 +1,212 @@
+"""inference.py: printed formats (§2.1-2.2), answers against a HuggingFace oracle, SQuAD scoring, bad input."""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+import helpers.data_processing as dp
+import inference
+from engines import PASSAGE, QUESTION, REPO_ROOT, SEQ_LEN, oracle_answer, tiny_engine, tiny_model_dir
+
+FRAME = "-" * 24
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    return tiny_engine(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def vocab(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory) / "vocab.txt"
+
+
+def run(argv, capsys, stdin: str | None = None, monkeypatch=None):
+    """(exit status, stdout, stderr) of inference.main in this process."""
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    try:
+        status = inference.main([*argv, "--device", "cpu"])
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_single_question_output_line_by_line(engine, vocab, capsys, tmp_path_factory):
+    status, out, err = run(["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN), "-p", *PASSAGE.split(" "), "-q", *QUESTION.split(" ")], capsys)
+    assert status == 0, err
+    patterns = [
+        "",
+        "Passage: " + re.escape(PASSAGE),
+        "",
+        "Question: " + re.escape(QUESTION),
+        FRAME,
+        r"Running inference in (\d+\.\d{3}) Sentences/Sec",
+        FRAME,
+        r"Answer: '(.*)'",
+        r"With probability: (\d+\.\d{3})",
+        r"Network time: (\d+\.\d{3}) ms per feature",
+        r"End-to-end time: \d+\.\d{3} ms",
+    ]
+    lines = out.split("\n")
+    assert lines[-1] == "" and len(lines) - 1 == len(patterns), out
+    matches = [re.fullmatch(p, line) for p, line in zip(patterns, lines)]
+    assert all(matches), [(p, line) for p, line, m in zip(patterns, lines, matches) if not m]
+
+    sentences_per_sec = float(matches[5].group(1))
+    network_ms = float(matches[9].group(1))
+    assert sentences_per_sec == pytest.approx(1000.0 / network_ms, rel=0.01, abs=0.01)
+
+    expected_text, expected_probability = oracle_answer(tiny_model_dir(tmp_path_factory), dp.convert_doc_tokens(PASSAGE), QUESTION)
+    assert matches[7].group(1) == expected_text
+    assert float(matches[8].group(1)) == pytest.approx(expected_probability * 100, abs=0.01)
+
+
+def test_passage_and_question_files(engine, vocab, capsys, tmp_path):
+    passage_file = tmp_path / "passage.txt"
+    passage_file.write_text(PASSAGE + "\n", encoding="utf-8")
+    question_file = tmp_path / "question.txt"
+    question_file.write_text(QUESTION, encoding="utf-8")
+    status, out, _ = run(["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN), "-pf", str(passage_file), "-qf", str(question_file)], capsys)
+    assert status == 0
+    assert f"\nPassage: {PASSAGE}\n\n" in out and f"\nQuestion: {QUESTION}\n" in out
+
+
+def test_interactive_loop_ends_on_empty_line(engine, vocab, capsys, monkeypatch):
+    stdin = f"{PASSAGE}\n{QUESTION}\nWho is open-sourcing parsers?\n\n"
+    status, out, _ = run(["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN)], capsys, stdin, monkeypatch)
+    assert status == 0
+    assert out.startswith("Paragraph: Question (to exit, type one of ['exit', 'quit']): ")
+    assert out.count("Running inference in") == 2 and out.count(FRAME) == 4
+    assert "Passage:" not in out  # no echo in interactive mode
+
+
+@pytest.mark.parametrize("stdin", ["", "some passage\n", "some passage\nexit\n"])
+def test_interactive_ctrl_d_and_exit_end_cleanly(engine, vocab, capsys, monkeypatch, stdin):
+    status, out, err = run(["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN)], capsys, stdin, monkeypatch)
+    assert status == 0 and err == ""
+    assert "Running inference" not in out
+
+
+def squad_file(path, gold_answers: dict[str, str]):
+    data = {
+        "version": "1.1",
+        "data": [
+            {
+                "title": "TensorRT",
+                "paragraphs": [
+                    {"context": PASSAGE, "qas": [
+                        {"id": "q1", "question": QUESTION, "answers": [{"text": gold_answers["q1"], "answer_start": 0}]},
+                        {"id": "q2", "question": "What does it include?", "answers": [{"text": gold_answers["q2"], "answer_start": 0}]},
+                    ]},
+                    {"context": "The engine runs on a GPU or on the CPU of this machine.", "qas": [
+                        {"id": "q3", "question": "Where does the engine run?", "answers": [{"text": gold_answers["q3"], "answer_start": 0}]},
+                    ]},
+                ],
+            }
+        ],
+    }
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_squad_predictions_and_evaluation(engine, vocab, capsys, tmp_path, tmp_path_factory):
+    model = tiny_model_dir(tmp_path_factory)
+    questions = {
+        "q1": (PASSAGE, QUESTION),
+        "q2": (PASSAGE, "What does it include?"),
+        "q3": ("The engine runs on a GPU or on the CPU of this machine.", "Where does the engine run?"),
+    }
+    expected = collections.OrderedDict(
+        (qid, oracle_answer(model, dp.convert_doc_tokens(passage), question)[0]) for qid, (passage, question) in questions.items()
+    )
+    assert all(re.search(r"\w", text) for text in expected.values())  # precondition for the F1 arithmetic below
+    # Two gold answers equal the oracle's, the third shares no word with anything: EM = F1 = 200/3.
+    gold = squad_file(tmp_path / "dev.json", {"q1": expected["q1"], "q2": expected["q2"], "q3": "zqxj"})
+    predictions = tmp_path / "predictions.json"
+
+    status, out, err = run(["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN), "-sq", str(gold), "-o", str(predictions)], capsys)
+    assert status == 0, err
+    assert out == f"\nOutput dump to {predictions}\n"
+    assert predictions.read_text(encoding="utf-8") == json.dumps(expected, indent=4)
+    assert [p.name for p in tmp_path.iterdir()].count("predictions.json") == 1 and len(list(tmp_path.iterdir())) == 2
+
+    evaluator = REPO_ROOT / "squad" / "evaluate-v1.1.py"
+    for reference, verdict in (("66", "PASSED"), ("90", "FAILED")):
+        result = subprocess.run([sys.executable, str(evaluator), str(gold), str(predictions), reference], capture_output=True, text=True)
+        lines = result.stdout.splitlines()
+        assert lines[0] == f"&&&& {verdict} TensorRT BERT Squad Accuracy matches reference."
+        scores = json.loads(lines[1])
+        assert list(scores) == ["exact_match", "f1"]
+        assert scores["exact_match"] == pytest.approx(200 / 3) and scores["f1"] == pytest.approx(200 / 3)
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+
+def assert_one_line_error(status, err, *fragments):
+    assert status == 1
+    assert err.startswith("inference.py: error: ")
+    assert err.count("\n") == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_missing_engine_and_vocab(engine, vocab, capsys, tmp_path):
+    status, _, err = run(["-e", str(tmp_path / "none.engine"), "-v", str(vocab), "-p", "x", "-q", "y"], capsys)
+    assert_one_line_error(status, err, "engine file not found")
+    status, _, err = run(["-e", str(engine), "-v", str(tmp_path / "vocab.txt"), "-p", "x", "-q", "y"], capsys)
+    assert_one_line_error(status, err, "vocabulary file not found")
+    status, _, err = run(["-e", str(engine), "-p", "x", "-q", "y"], capsys)
+    assert_one_line_error(status, err, "-v/--vocab-file")
+
+
+def test_passage_file_not_utf8(engine, vocab, capsys, tmp_path):
+    passage = tmp_path / "latin1.txt"
+    passage.write_bytes("Caf\xe9 au lait".encode("latin-1"))
+    status, _, err = run(["-e", str(engine), "-v", str(vocab), "-pf", str(passage), "-q", "What?"], capsys)
+    assert_one_line_error(status, err, "not UTF-8")
+
+
+def test_squad_mode_on_non_squad_json_writes_nothing(engine, vocab, capsys, tmp_path):
+    not_squad = tmp_path / "config.json"
+    not_squad.write_text(json.dumps({"hidden_size": 32}), encoding="utf-8")
+    predictions = tmp_path / "predictions.json"
+    status, _, err = run(["-e", str(engine), "-v", str(vocab), "-sq", str(not_squad), "-o", str(predictions)], capsys)
+    assert_one_line_error(status, err, "SQuAD")
+    assert not predictions.exists()
+
+
+def test_unwritable_output_is_refused_before_running(engine, vocab, capsys, tmp_path):
+    gold = squad_file(tmp_path / "dev.json", {"q1": "a", "q2": "b", "q3": "c"})
+    status, _, err = run(["-e", str(engine), "-v", str(vocab), "-sq", str(gold), "-o", str(tmp_path / "missing" / "p.json")], capsys)
+    assert_one_line_error(status, err, "does not exist")
+    status, _, err = run(["-e", str(engine), "-v", str(vocab), "-sq", str(gold), "-o", str(tmp_path)], capsys)
+    assert_one_line_error(status, err, "is a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.json"]
+
+
+def test_batch_outside_every_profile(engine, vocab, capsys):
+    status, _, err = run(["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN), "-b", "2", "-p", "x", "-q", "y"], capsys)
+    assert_one_line_error(status, err, "Could not find any profile that can run batch size 2.")
+    status, _, err = run(["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN * 2), "-p", "x", "-q", "y"], capsys)
+    assert_one_line_error(status, err, "Could not find any profile that can run batch size 1.")
+
+
+def test_command_line_error_is_one_line_with_status_1(tmp_path):
+    plan = tmp_path / "bert_large_128.engine"
+    plan.write_bytes(b"ftrt" + bytes(256))
+    result = subprocess.run(
+        [sys.executable, "inference.py", "-e", str(plan), "-v", "vocab.txt", "-p", "x", "-q", "y"],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("inference.py: error: ")

@@ -1,0 +1,102 @@
+"""perf.py: the §2.3 record per batch size (own iteration counts), --json, errors."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+import perf
+from engines import SEQ_LEN, tiny_engine
+from helpers.latency import format_record, random_inputs
+from helpers.runner import EngineRunner, TimingSummary
+
+FLOAT = r"(\d+(?:\.\d+)?(?:e-?\d+)?)"
+RECORD = re.compile(
+    rf"Running (\d+) iterations with Batch Size: (\d+)\n\tTotal Time: {FLOAT} ms \tAverage Time: {FLOAT} ms"
+    rf"\t95th Percentile Time: {FLOAT} ms\t99th Percentile Time: {FLOAT}"
+)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    return tiny_engine(tmp_path_factory, batch_sizes=(1, 4))
+
+
+def run(argv, capsys):
+    try:
+        status = perf.main([*argv, "--device", "cpu"])
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_record_text_is_the_original_format():
+    summary = TimingSummary.from_times(8, [2.0, 1.0, 4.0, 3.0])
+    assert format_record(summary) == (
+        "Running 4 iterations with Batch Size: 8\n"
+        "\tTotal Time: 10.0 ms \tAverage Time: 2.5 ms\t95th Percentile Time: 4.0 ms\t99th Percentile Time: 4.0"
+    )
+
+
+def test_random_inputs_follow_numpy_seed(engine):
+    import numpy as np
+
+    runner = EngineRunner(engine, device="cpu")
+    inputs = random_inputs(runner, 2, 8, seed=12345)
+    np.random.seed(12345)
+    expected_ids = np.random.randint(0, 30522, (2, 8), dtype=np.int32)
+    expected_segments = np.random.randint(0, 2, (2, 8), dtype=np.int32)
+    np.testing.assert_array_equal(inputs["input_ids"], expected_ids)
+    np.testing.assert_array_equal(inputs["segment_ids"], expected_segments)
+    np.testing.assert_array_equal(inputs["input_mask"], np.ones((2, 8), np.int32))
+
+
+def test_records_per_batch_size_and_json(engine, capsys, tmp_path):
+    report = tmp_path / "perf.json"
+    status, out, err = run(["-e", str(engine), "-b", "4", "-b", "1", "-s", str(SEQ_LEN), "-i", "3", "-w", "1", "--json", str(report)], capsys)
+    assert status == 0, err
+    records = RECORD.findall(out)
+    assert out == "".join(f"{m.group(0)}\n" for m in RECORD.finditer(out))  # nothing else on CPU
+    assert [int(r[1]) for r in records] == [1, 4]  # ascending batch sizes
+    data = json.loads(report.read_text())
+    assert data["format_version"] == 1 and data["backend"] == "portable" and data["device"] == "cpu"
+    assert data["engine"] == str(engine) and data["sequence_length"] == SEQ_LEN and data["peak_gpu_memory_mib"] is None
+    for record, result in zip(records, data["results"]):
+        iterations, batch, total, avg, p95, p99 = int(record[0]), int(record[1]), *map(float, record[2:])
+        assert iterations == result["iterations"] == 3 and batch == result["batch_size"]
+        assert (total, avg, p95, p99) == (result["total_ms"], result["avg_ms"], result["p95_ms"], result["p99_ms"])
+        assert avg == pytest.approx(total / iterations)
+        assert result["p50_ms"] <= p95 <= p99
+        assert result["sequences_per_second"] == pytest.approx(batch * 1000 / avg)
+
+
+def test_duration_keeps_each_batch_size_own_count(engine, capsys):
+    # Each batch size runs for at least 0.3 s, so their iteration counts differ; the original
+    # divided every total by the last batch size's count.
+    status, out, _ = run(["-e", str(engine), "-b", "1", "-b", "4", "-s", str(SEQ_LEN), "-i", "2", "-w", "0", "-d", "0.3"], capsys)
+    assert status == 0
+    records = RECORD.findall(out)
+    assert len(records) == 2
+    for count, _batch, total, avg, *_ in records:
+        assert int(count) > 2
+        assert float(avg) == pytest.approx(float(total) / int(count))
+
+
+def test_batch_without_profile(engine, capsys):
+    status, out, err = run(["-e", str(engine), "-b", "5", "-s", str(SEQ_LEN), "-i", "1"], capsys)
+    assert status == 1 and out == ""
+    assert err == f"perf.py: error: None of the dynamic shape profiles meets the requirement batch = 5 and sequence = {SEQ_LEN}.\n"
+
+
+def test_unwritable_json_is_refused_before_running(engine, capsys, tmp_path):
+    status, out, err = run(["-e", str(engine), "-i", "1", "-s", str(SEQ_LEN), "--json", str(tmp_path / "no" / "perf.json")], capsys)
+    assert status == 1 and out == "" and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_enable_graph_on_cpu_runs_plainly(engine, capsys):
+    status, out, _ = run(["-e", str(engine), "-s", str(SEQ_LEN), "-i", "2", "-w", "0", "--enable-graph"], capsys)
+    assert status == 0 and len(RECORD.findall(out)) == 1
