@@ -114,38 +114,47 @@ def builder_arguments(config: Configuration, gpu: str, checkpoint_dir: Path, wor
     return args
 
 
-def benchmark_configuration(config: Configuration, options: Options, workdir: Path, env: dict[str, str]) -> None:
-    python = sys.executable
-    print(f"==== Benchmarking BERT {config.model} {config.precision} SEQLEN {config.sequence_length} on {options.gpu} ====")
+def engine_path(workdir: Path, config: Configuration, batch_size: int) -> Path:
+    return workdir / f"engines/bert_{config.model}_{config.precision}_bs{batch_size}_seqlen{config.sequence_length}_benchmark.engine"
+
+
+def builder_source(config: Configuration, options: Options, workdir: Path) -> list[str] | None:
+    """builder.py options other than -o/-b/-s, fetching or writing the weights first; None to skip."""
     if options.quick:
         from helpers.demo_model import write_tiny_qa_model
 
         model_dir = workdir / "models" / "tiny-random-qa"
         if not model_dir.exists():
             write_tiny_qa_model(model_dir, seed=0)
-    else:
-        checkpoint_dir = workdir / f"models/fine-tuned/bert_tf_ckpt_{config.model}_qa_squad2_amp_{config.sequence_length}_v19.03.1"
+        return ["--hf", str(model_dir), "--backend", "portable"]
+    checkpoint_dir = workdir / f"models/fine-tuned/bert_tf_ckpt_{config.model}_qa_squad2_amp_{config.sequence_length}_v19.03.1"
+    if not checkpoint_dir.exists():
+        run_command(["bash", str(REPO_ROOT / "scripts/download_model.sh"), config.model, str(config.sequence_length)], cwd=workdir)
+    args = builder_arguments(config, options.gpu, checkpoint_dir, workdir)
+    return None if args is None else [*args, "-tcf", str(workdir / "build.tcf")]
+
+
+def benchmark_configuration(config: Configuration, options: Options, workdir: Path, env: dict[str, str]) -> None:
+    print(f"==== Benchmarking BERT {config.model} {config.precision} SEQLEN {config.sequence_length} on {options.gpu} ====")
     batch_sizes = QUICK_BATCH_SIZES if options.quick else BATCH_SIZES
+    seq = str(config.sequence_length)
+    if not all(engine_path(workdir, config, b).exists() for b in batch_sizes):
+        source = builder_source(config, options, workdir)
+        if source is None:
+            print()
+            return
+        for batch_size in batch_sizes:
+            engine = engine_path(workdir, config, batch_size)
+            if not engine.exists():
+                command = [sys.executable, "builder.py", *source, "-o", str(engine), "-b", str(batch_size), "-s", seq]
+                print(f"Building engine: {' '.join(command)}")
+                run_command(command, env)
+    iterations = 3 if options.quick else (2000 if options.gpu in AMPERE_CLASS else 1000)
+    warm_up = 1 if options.quick else 100
     for batch_size in batch_sizes:
-        engine = workdir / f"engines/bert_{config.model}_{config.precision}_bs{batch_size}_seqlen{config.sequence_length}_benchmark.engine"
-        if not engine.exists():
-            if options.quick:
-                source = ["--hf", str(model_dir), "--backend", "portable"]
-            else:
-                if not checkpoint_dir.exists():
-                    run_command(["bash", str(REPO_ROOT / "scripts/download_model.sh"), config.model, str(config.sequence_length)], cwd=workdir)
-                source = builder_arguments(config, options.gpu, checkpoint_dir, workdir)
-                if source is None:
-                    return
-                source += ["-tcf", str(workdir / "build.tcf")]
-            command = [python, "builder.py", *source, "-o", str(engine), "-b", str(batch_size), "-s", str(config.sequence_length)]
-            print(f"Building engine: {' '.join(command)}")
-            run_command(command, env)
-        iterations = 3 if options.quick else (2000 if options.gpu in AMPERE_CLASS else 1000)
-        warm_up = 1 if options.quick else 100
         result = result_path(workdir / "results", config.model, config.precision, config.sequence_length, batch_size)
         result.parent.mkdir(parents=True, exist_ok=True)
-        command = [python, "perf.py", "-b", str(batch_size), "-s", str(config.sequence_length), "-e", str(engine),
+        command = [sys.executable, "perf.py", "-b", str(batch_size), "-s", seq, "-e", str(engine_path(workdir, config, batch_size)),
                    "-w", str(warm_up), "-i", str(iterations), "--json", str(result)]
         if not options.quick:
             command.append("--enable-graph")
