@@ -594,10 +594,10 @@ def run(args: argparse.Namespace) -> None:
 
     calibrator = None
     if config.use_int8 and not config.use_qat:
-        if backend == "portable":
+        if not hasattr(trt, "IInt8LegacyCalibrator"):
             logger.log(
                 trt.Logger.WARNING,
-                "INT8 calibration is not available on the portable engine yet; building without a calibrator",
+                f"INT8 calibration is not available on the {backend} engine yet; building without a calibrator",
             )
         else:
             cache_file = args.calib_path or default_calibration_cache_name(config, args.sequence_length)
