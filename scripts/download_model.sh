@@ -55,6 +55,7 @@ STAGING=$(mktemp -d models/fine-tuned/.download.XXXXXX)
 trap 'rm -rf "$STAGING"' EXIT
 if ! ngc registry model download-version "nvidia/${CKPT}:${CKPT_VERSION}" --dest "$STAGING"; then
     echo "ERROR: downloading nvidia/${CKPT}:${CKPT_VERSION} from NGC failed (network or NGC API key? see 'ngc config set')." >&2
+    rm -rf "$STAGING"
     rmdir models/fine-tuned models 2>/dev/null || true
     exit 1
 fi
