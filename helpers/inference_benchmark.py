@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             if not compare.exists():
                 raise BenchmarkError("--compare needs bench/compare.py, which this checkout does not have")
             rest = args[args.index("--compare") + 1 :]
-            return subprocess.run([sys.executable, str(compare), *rest], cwd=REPO_ROOT).returncode
+            return subprocess.run([sys.executable, "-m", "bench.compare", *rest], cwd=REPO_ROOT).returncode
         print(run_matrix(parse_options(args)))
     except BenchmarkError as err:
         print(f"inference_benchmark.sh: error: {err}", file=sys.stderr)
