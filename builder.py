@@ -53,6 +53,7 @@ from builder_utils import (
     write_file_atomically,
 )
 from helpers.backend import BACKENDS, BackendError, backend_name, select_backend, trt
+from helpers.runner import load_plugin_library, portable_device
 
 INPUT_NAMES = ("input_ids", "segment_ids", "input_mask")
 DEVICE_ENV = "DEMOBERT_DEVICE"
@@ -179,12 +180,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # Environment checks
 
 
-def portable_device() -> str:
-    import torch
-
-    return os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def compute_capability(backend: str) -> int:
     """major*10+minor of the GPU the engine runs on; 0 where the engine runs on the CPU."""
     import torch
@@ -193,7 +188,7 @@ def compute_capability(backend: str) -> int:
         return 0
     index = 0
     if backend == "portable":
-        device = torch.device(portable_device())
+        device = portable_device()
         if device.type != "cuda":
             return 0
         index = device.index or 0
@@ -582,6 +577,8 @@ def run(args: argparse.Namespace) -> None:
     backend = backend_name()
     logger = trt.Logger(trt.Logger.VERBOSE if args.verbose else trt.Logger.INFO)
     logger.log(trt.Logger.INFO, describe_backend(backend))
+    if backend == "tensorrt":
+        load_plugin_library()
     trt.init_libnvinfer_plugins(logger, "")
 
     check_int8_options(args, backend)
