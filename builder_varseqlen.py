@@ -1,0 +1,566 @@
+#!/usr/bin/env python3
+"""Build a variable-sequence-length BERT SQuAD engine: packed tokens + ``cu_seqlens``, no padding.
+
+All sequences of a batch are concatenated into one token stream of T tokens; ``cu_seqlens`` holds
+the B+1 prefix sums of their lengths, and only the *length* of ``max_seqlen`` is read (the longest
+sequence allowed).  The output ``logits_out`` is ``[2, T, 1, 1]``: start logits, then end logits.
+(DEMOBERT_SPEC §1.2, §3.5, §4, §5.5, §6.2.)
+
+Two network layouts:
+* packed ``[T, E, 1, 1]`` (FP32/FP16, and INT8 without ``-il``);
+* interleaved ``[1, E, T, 1]`` (``--int8 -il``; and ``--megatron``).  Its Q/K/V channels are ordered
+  q block, k block, v block.  The original builds it only for INT8 (TensorRT's CHW32 INT8 kernels);
+  the portable engine also runs it with float tensors, which is how Megatron runs in FP32/FP16 there.
+
+``--megatron`` builds Megatron-BERT's residual stream: skip connections add *pre*-LayerNorm sums
+(the embedding sum, then each skip-LayerNorm's second output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from builder import DEVICE_ENV, add_dense, add_plugin, amax, compute_capability, describe_backend, network_creation_flags
+from builder_utils import (
+    B_AOUT,
+    B_LOUT,
+    B_MID,
+    BQKV,
+    EMBEDDING_NAMES,
+    SQD_B,
+    SQD_W,
+    W_AOUT,
+    W_LOUT,
+    W_MID,
+    WQKV,
+    BertConfig,
+    WeightLoadError,
+    WeightMap,
+    add_gelu,
+    bert_config_path,
+    check_output_folder,
+    check_weights,
+    first_line,
+    load_bert_config,
+    load_hf_config,
+    load_hf_weights,
+    load_megatron_pickle_weights,
+    load_onnx_weights_and_quant,
+    load_pytorch_weights_and_quant,
+    load_tf_weights,
+    load_timing_cache,
+    pack_qkv,
+    plugin_field,
+    save_timing_cache,
+    set_output_range,
+    write_file_atomically,
+)
+from helpers.backend import BACKENDS, BackendError, backend_name, select_backend, trt
+
+INPUT_NAMES = ("input_ids", "segment_ids", "cu_seqlens", "max_seqlen")
+XAVIER_MESSAGE = "This variable-length BERT demo only support Xavier+ GPU."
+MEGATRON_PRECISION_MESSAGE = "Megatron BERT currently only supports int8 and interleaved."
+MEGATRON_PICKLE_MESSAGE = "Megatron BERT currently only supports loading a pickle weights dictionary."
+NO_WEIGHTS_MESSAGE = (
+    "You need either specify TF checkpoint using option --ckpt, ONNX using option --onnx, "
+    "PyTorch using option --pytorch, or Pickle weight dictionary using option --pickle to build TRT BERT model."
+)
+PTQ_MESSAGE = "Post training calibration is not supported in variable-length BERT."
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="TensorRT BERT Sample", formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("-m", "--ckpt", help="TensorFlow checkpoint prefix; only useful without --int8 (default: None)")
+    parser.add_argument("-x", "--onnx", help="ONNX model with fake-quantization (QAT) nodes (default: None)")
+    parser.add_argument("-pt", "--pytorch", help='PyTorch checkpoint holding {"model": state_dict} (default: None)')
+    parser.add_argument("-pkl", "--pickle", help="Pickled Megatron weight dictionary (default: None)")
+    parser.add_argument(
+        "-o", "--output", required=True, default="bert_base_384.engine", help="Engine file to write (default: bert_base_384.engine)"
+    )
+    parser.add_argument(
+        "-b",
+        "--max-batch-size",
+        default=[],
+        action="append",
+        type=int,
+        help="Largest number of sequences per batch; repeat for several optimization profiles, which are\n"
+        "added in the order given. A profile takes up to b sequences and b*S tokens. (default: [1])",
+    )
+    parser.add_argument(
+        "-s", "--max-sequence-length", default=128, type=int, help="Longest sequence the engine accepts (default: 128)"
+    )
+    parser.add_argument(
+        "-c",
+        "--config-dir",
+        help="Folder holding bert_config.json; required unless --hf is given (default: None)",
+    )
+    parser.add_argument("-f", "--fp16", action="store_true", help="Allow FP16 kernels and FP16 plugin I/O (default: false)")
+    parser.add_argument("-i", "--int8", action="store_true", help="Allow INT8 kernels; needs a QAT model (default: false)")
+    parser.add_argument(
+        "-w", "--workspace-size", default=None, type=int, help="Workspace memory limit in MiB; unlimited when absent (default: None)"
+    )
+    parser.add_argument("-j", "--squad-json", default="squad/dev-v1.1.json", help="Unused: no calibration here (default: squad/dev-v1.1.json)")
+    parser.add_argument(
+        "-v",
+        "--vocab-file",
+        default="./pre-trained_model/uncased_L-24_H-1024_A-16/vocab.txt",
+        help="Unused: no calibration here (default: ./pre-trained_model/uncased_L-24_H-1024_A-16/vocab.txt)",
+    )
+    parser.add_argument("-n", "--calib-num", default=100, type=int, help="Unused: no calibration here (default: 100)")
+    parser.add_argument("-p", "--calib-path", help="Unused: no calibration here (default: None)")
+    parser.add_argument(
+        "-il", "--interleaved", action="store_true", help="INT8 interleaved layout [1, E, T, 1]; only with --int8 (default: false)"
+    )
+    parser.add_argument("-tcf", "--timing-cache-file", help="Timing cache to read before and write after the build (default: None)")
+    parser.add_argument(
+        "-sp", "--sparse", action="store_true", help="Let 2:4-structured weights run on sparse kernels (default: false)"
+    )
+    parser.add_argument(
+        "--megatron", action="store_true", help="Megatron-BERT residuals (pre-LayerNorm sums); needs --pickle (default: false)"
+    )
+    parser.add_argument("--verbose", action="store_true", help="Verbose log and DETAILED profiling verbosity (default: false)")
+    plugins = parser.add_mutually_exclusive_group()
+    plugins.add_argument(
+        "--use-v3-plugins",
+        dest="use_deprecated_plugins",
+        action="store_false",
+        help="Use the IPluginV3 versions of the BERT plugins; excludes --use-deprecated-plugins (default: false)",
+    )
+    plugins.add_argument(
+        "--use-deprecated-plugins",
+        dest="use_deprecated_plugins",
+        action="store_true",
+        help="Use the IPluginV2 versions of the BERT plugins; excludes --use-v3-plugins (default: true)",
+    )
+    parser.set_defaults(use_deprecated_plugins=True)
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="TensorRT implementation: tensorrt, portable (TensorRT API on PyTorch), or auto\n"
+        "(tensorrt when it imports, else portable) (default: auto)",
+    )
+    parser.add_argument(
+        "--hf",
+        help="HuggingFace BertForQuestionAnswering folder (config.json + model.safetensors or\n"
+        "pytorch_model.bin); also supplies the config when -c is absent (default: None)",
+    )
+    parser.add_argument(
+        "--device",
+        help=f"Device of the portable engine: cpu, cuda or cuda:N (default: ${DEVICE_ENV}, else cuda when available)",
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    # Like the original demo: unknown options (e.g. --strict) are ignored, prefixes are accepted.
+    args, _ = parser.parse_known_args(argv)
+    if args.config_dir is None and args.hf is None:
+        parser.error("the following arguments are required: -c/--config-dir (or --hf)")
+    args.max_batch_size = args.max_batch_size or [1]
+    if min(args.max_batch_size) < 1:
+        parser.error(f"batch size must be positive, got {min(args.max_batch_size)}")
+    if args.max_sequence_length < 1:
+        parser.error(f"sequence length must be positive, got {args.max_sequence_length}")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Options
+
+
+def check_options(args: argparse.Namespace, backend: str) -> None:
+    """The original's option errors, in its order.
+
+    The GPU and Megatron-precision limits come from TensorRT's kernels, so only the TensorRT
+    backend enforces them; the portable engine runs Megatron in FP32/FP16 as well.
+    """
+    if backend == "tensorrt" and compute_capability(backend) < 72:
+        raise RuntimeError(XAVIER_MESSAGE)
+    if args.megatron:
+        if backend == "tensorrt" and not (args.interleaved and args.int8):
+            raise RuntimeError(MEGATRON_PRECISION_MESSAGE)
+        if not args.pickle:
+            raise RuntimeError(MEGATRON_PICKLE_MESSAGE)
+
+
+def weight_source(args: argparse.Namespace) -> tuple[str, str]:
+    """(kind, path) of the weights to use: onnx > pytorch > ckpt > pickle > hf."""
+    for kind in ("onnx", "pytorch", "ckpt", "pickle", "hf"):
+        path = getattr(args, kind)
+        if path is not None:
+            return kind, path
+    raise RuntimeError(NO_WEIGHTS_MESSAGE)
+
+
+LOADERS = {
+    "onnx": load_onnx_weights_and_quant,
+    "pytorch": load_pytorch_weights_and_quant,
+    "ckpt": load_tf_weights,
+    "pickle": load_megatron_pickle_weights,
+    "hf": load_hf_weights,
+}
+
+
+def uses_interleaved_network(args: argparse.Namespace) -> bool:
+    """INT8 interleaved as in the original; Megatron always (its plugins exist only in that layout)."""
+    return bool(args.int8 and args.interleaved) or bool(args.megatron)
+
+
+def load_config(args: argparse.Namespace, logger: trt.ILogger) -> BertConfig:
+    options = dict(
+        use_fp16=args.fp16,
+        use_int8=args.int8,
+        use_qat=args.int8 and any(getattr(args, kind) is not None for kind in ("onnx", "pytorch", "pickle")),
+        use_sparsity=args.sparse,
+        timing_cache=args.timing_cache_file,
+        use_deprecated_plugins=args.use_deprecated_plugins,
+        interleaved=uses_interleaved_network(args),
+    )
+    if args.config_dir is not None:
+        path = bert_config_path(args.config_dir)
+        logger.log(trt.Logger.INFO, f"Using configuration file: {path}")
+        return load_bert_config(path, **options)
+    logger.log(trt.Logger.INFO, f"Using configuration file: {os.path.join(args.hf, 'config.json')}")
+    return load_hf_config(args.hf, **options)
+
+
+def per_head_qkv(weights: WeightMap, config: BertConfig) -> None:
+    """Reorder pickled QKV tensors (q|k|v blocks) in place to the packed plugins' per-head order."""
+    hidden = config.hidden_size
+    for layer in range(config.num_hidden_layers):
+        kernel_name, bias_name = f"l{layer}_{WQKV}", f"l{layer}_{BQKV}"
+        kernel = weights[kernel_name].reshape(3, hidden, hidden)
+        bias = weights[bias_name].reshape(3, hidden)
+        weights[kernel_name], weights[bias_name] = pack_qkv(
+            (kernel[0], bias[0]), (kernel[1], bias[1]), (kernel[2], bias[2]), config.num_attention_heads
+        )
+
+
+def load_weights(kind: str, path: str, config: BertConfig, max_sequence_length: int) -> WeightMap:
+    weights = LOADERS[kind](path, config)
+    check_weights(weights, config, max_sequence_length)
+    if kind == "pickle" and not config.interleaved:
+        per_head_qkv(weights, config)
+    return weights
+
+
+# ---------------------------------------------------------------------------------------------
+# Network
+
+
+class VarSeqLenNetwork:
+    """Adds the packed BERT network to a TensorRT network definition."""
+
+    def __init__(
+        self,
+        network: trt.INetworkDefinition,
+        config: BertConfig,
+        weights: WeightMap,
+        megatron: bool,
+    ):
+        self.network = network
+        self.config = config
+        self.weights = weights
+        self.megatron = megatron
+        self.interleaved = config.interleaved
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def amax(self, name: str) -> float:
+        return amax(self.weights, name)
+
+    def plugin(self, key: str, inputs: list[trt.ITensor], fields: list[trt.PluginField]) -> trt.ILayer:
+        return add_plugin(self.network, key, inputs, fields, self.config)
+
+    def transpose(self, tensor: trt.ITensor, order: tuple[int, ...]) -> trt.ITensor:
+        shuffle = self.network.add_shuffle(tensor)
+        shuffle.second_transpose = order
+        return shuffle.get_output(0)
+
+    def plugin_type_id(self) -> int:
+        if self.config.use_int8:
+            return int(trt.int8)
+        return int(trt.float16 if self.config.use_fp16 else trt.float32)
+
+    # ---- layers -------------------------------------------------------------------------
+
+    def add_inputs(
+        self, builder: trt.Builder, builder_config: trt.IBuilderConfig, batch_sizes: Sequence[int], max_sequence_length: int
+    ) -> list[trt.ITensor]:
+        inputs = [self.network.add_input(name, trt.int32, (-1,)) for name in INPUT_NAMES]
+        for batch_size in batch_sizes:
+            profile = builder.create_optimization_profile()
+            tokens = (max_sequence_length * batch_size,)
+            profile.set_shape("input_ids", (1,), tokens, tokens)
+            profile.set_shape("segment_ids", (1,), tokens, tokens)
+            profile.set_shape("cu_seqlens", (1,), (batch_size + 1,), (batch_size + 1,))
+            profile.set_shape("max_seqlen", (1,), (max_sequence_length,), (max_sequence_length,))
+            builder_config.add_optimization_profile(profile)
+        return inputs
+
+    def add_embeddings(self, inputs: list[trt.ITensor]) -> trt.ILayer:
+        config = self.config
+        fields = [plugin_field(name, self.weights[name], "float32") for name in EMBEDDING_NAMES]
+        fields.append(plugin_field("output_fp16", 1 if config.use_fp16 or config.use_int8 else 0, "int32"))
+        key = "emb_layer_norm_megatron" if self.megatron else "emb_layer_norm_huggingface"
+        layer = self.plugin(key, inputs, fields)
+        if config.use_int8 and config.use_qat:
+            set_output_range(layer, self.amax("l0_attention_self_query_input_amax"))
+            if self.megatron:
+                set_output_range(layer, self.amax("l0_attention_output_add_residual_input_quantizer_amax"), index=1)
+        layer.get_output(0).name = "embeddings_output"
+        return layer
+
+    def add_attention(
+        self, prefix: str, x: trt.ITensor, mask_idx: trt.ITensor | None, cu_seqlens: trt.ITensor, max_seqlen: trt.ITensor
+    ) -> trt.ILayer:
+        config = self.config
+        hidden = config.hidden_size
+        qkv = add_dense(self.network, x, 3 * hidden, self.weights[prefix + WQKV], self.weights[prefix + BQKV])
+        if config.use_qat:
+            names = ("qv_a", "qv_b", "av_b")
+            set_output_range(qkv, max(self.amax(f"{prefix}attention_self_{n}_input_quantizer_amax") for n in names))
+        qkv.get_output(0).name = prefix + "attention_qkv_mult"
+
+        fields = [plugin_field("hidden_size", hidden, "int32"), plugin_field("num_heads", config.num_attention_heads, "int32")]
+        if config.use_qat:
+            dq_probs = self.amax(prefix + "attention_self_av_a_input_quantizer_amax") / 127.0
+            fields.append(plugin_field("dq_probs", dq_probs, "float32"))
+        if self.interleaved:
+            context = self.plugin("qkv_to_context_interleaved", [qkv.get_output(0), cu_seqlens, max_seqlen], fields)
+        else:
+            assert mask_idx is not None
+            fields.append(plugin_field("has_mask", 1, "int32"))
+            fields.append(plugin_field("type_id", self.plugin_type_id(), "int32"))
+            # As in the original: an int32 value tagged FLOAT32; the plugin reads the raw int32.
+            fields.append(trt.PluginField("var_seqlen", np.array([1], dtype=np.int32), trt.PluginFieldType.FLOAT32))
+            context = self.plugin(
+                "qkv_to_context_varseqlen", [qkv.get_output(0), mask_idx, cu_seqlens, max_seqlen], fields
+            )
+        context.name = prefix + "attention_qkv_to_ctx"
+        if config.use_qat:
+            set_output_range(context, self.amax(prefix + "attention_output_dense_input_amax"))
+        context.get_output(0).name = prefix + "attention_context_layer"
+        return context
+
+    def add_skip_layernorm(self, prefix: str, x: trt.ITensor, skip: trt.ITensor, pre_ln_output: bool) -> trt.ILayer:
+        """Skip + LayerNorm; ``pre_ln_output`` asks for the Megatron version (second output: the sum)."""
+        beta = plugin_field("beta", self.weights[prefix + "beta"], "float32")
+        gamma = plugin_field("gamma", self.weights[prefix + "gamma"], "float32")
+        if self.interleaved:
+            key = "skip_layer_norm_megatron" if pre_ln_output else "skip_layer_norm_huggingface"
+            return self.plugin(key, [x, skip], [beta, gamma])
+        # v2 does not declare "ld"; the original sends it anyway.
+        fields = [
+            plugin_field("ld", self.config.hidden_size, "int32"),
+            beta,
+            gamma,
+            plugin_field("type_id", self.plugin_type_id(), "int32"),
+        ]
+        return self.plugin("skip_layer_norm_varseqlen", [x, skip], fields)
+
+    def add_transformer_layer(
+        self,
+        index: int,
+        x: trt.ITensor,
+        residual: trt.ITensor | None,
+        mask_idx: trt.ITensor | None,
+        cu_seqlens: trt.ITensor,
+        max_seqlen: trt.ITensor,
+    ) -> trt.ILayer:
+        config, weights, network = self.config, self.weights, self.network
+        prefix = f"l{index}_"
+        hidden = config.hidden_size
+        last = index == config.num_hidden_layers - 1
+        if config.use_qat:
+            query = self.amax(prefix + "attention_self_query_input_amax")
+            for projection in ("key", "value"):
+                other = self.amax(f"{prefix}attention_self_{projection}_input_amax")
+                if other != query:
+                    raise WeightLoadError(
+                        f"{prefix}attention_self_{projection}_input_amax ({other}) differs from "
+                        f"{prefix}attention_self_query_input_amax ({query}); the fused QKV needs one input range"
+                    )
+            x.set_dynamic_range(-query, query)
+
+        context = self.add_attention(prefix, x, mask_idx, cu_seqlens, max_seqlen)
+        attention_dense = add_dense(network, context.get_output(0), hidden, weights[prefix + W_AOUT], weights[prefix + B_AOUT])
+        if config.use_int8 and config.use_qat:
+            set_output_range(attention_dense, self.amax(prefix + "attention_output_add_local_input_quantizer_amax"))
+
+        if self.megatron:
+            assert residual is not None
+            if config.use_qat:
+                amax_residual = self.amax(prefix + "attention_output_add_residual_input_quantizer_amax")
+                residual.set_dynamic_range(-amax_residual, amax_residual)
+            skip = residual
+        else:
+            skip = x
+        attention_ln = self.add_skip_layernorm(
+            prefix + "attention_output_layernorm_", attention_dense.get_output(0), skip, pre_ln_output=self.megatron
+        )
+        if config.use_qat:
+            set_output_range(attention_ln, self.amax(prefix + "intermediate_dense_input_amax"))
+
+        intermediate = add_dense(
+            network, attention_ln.get_output(0), config.intermediate_size, weights[prefix + W_MID], weights[prefix + B_MID]
+        )
+        gelu = add_gelu(network, intermediate.get_output(0), force_fp32=True)
+        gelu.get_output(0).name = prefix + "gelu"
+        if config.use_int8 and config.use_qat:
+            set_output_range(gelu, self.amax(prefix + "output_dense_input_amax"))
+
+        output_dense = add_dense(network, gelu.get_output(0), hidden, weights[prefix + W_LOUT], weights[prefix + B_LOUT])
+        if config.use_int8 and config.use_qat:
+            set_output_range(output_dense, self.amax(prefix + "output_add_local_input_quantizer_amax"))
+        output_dense.get_output(0).name = prefix + "output_dense"
+
+        if self.megatron:
+            if config.use_qat:
+                set_output_range(attention_ln, self.amax(prefix + "output_add_residual_input_quantizer_amax"), index=1)
+            skip = attention_ln.get_output(1)
+        else:
+            skip = attention_ln.get_output(0)
+        output_ln = self.add_skip_layernorm(
+            prefix + "output_layernorm_", output_dense.get_output(0), skip, pre_ln_output=self.megatron and not last
+        )
+        output_ln.get_output(0).name = prefix + "output_reshape"
+        return output_ln
+
+    def add_squad_head(self, x: trt.ITensor) -> trt.ITensor:
+        logits = add_dense(self.network, x, 2, self.weights["cls_" + SQD_W], self.weights["cls_" + SQD_B])
+        # [T, 2, 1, 1] or interleaved [1, 2, T, 1] -> [2, T, 1, 1]
+        order = (1, 2, 0, 3) if self.interleaved else (1, 0, 2, 3)
+        output = self.transpose(logits.get_output(0), order)
+        output.name = "logits_out"
+        self.network.mark_output(output)
+        return output
+
+    def populate(
+        self, builder: trt.Builder, builder_config: trt.IBuilderConfig, batch_sizes: Sequence[int], max_sequence_length: int
+    ) -> None:
+        inputs = self.add_inputs(builder, builder_config, batch_sizes, max_sequence_length)
+        cu_seqlens, max_seqlen = inputs[2], inputs[3]
+        embeddings = self.add_embeddings(inputs)
+        x = embeddings.get_output(0)
+        mask_idx: trt.ITensor | None = None
+        residual: trt.ITensor | None = None
+        if self.interleaved:
+            # [T, E, 1, 1] -> [1, E, T, 1]
+            x = self.transpose(x, (2, 1, 0, 3))
+        else:
+            mask_idx = embeddings.get_output(1)
+        if self.megatron:
+            # Layer 0 sets its dynamic range (l0_attention_output_add_residual_input_quantizer_amax).
+            residual = self.transpose(embeddings.get_output(1), (2, 1, 0, 3))
+        for index in range(self.config.num_hidden_layers):
+            layer = self.add_transformer_layer(index, x, residual, mask_idx, cu_seqlens, max_seqlen)
+            x = layer.get_output(0)
+            if self.megatron and index != self.config.num_hidden_layers - 1:
+                residual = layer.get_output(1)
+        if self.config.use_qat:
+            set_output_range(layer, self.amax("bert_encoder_final_input_quantizer_amax"))
+        self.add_squad_head(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Build
+
+
+def configure_builder(
+    builder_config: trt.IBuilderConfig, config: BertConfig, workspace_size: int | None, verbose: bool, logger: trt.ILogger
+) -> None:
+    if workspace_size is not None:
+        builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_size * 1024 * 1024)
+    builder_config.avg_timing_iterations = 8
+    if config.use_fp16:
+        builder_config.set_flag(trt.BuilderFlag.FP16)
+    if config.use_int8:
+        builder_config.set_flag(trt.BuilderFlag.INT8)
+        if not config.use_qat:
+            raise RuntimeError(PTQ_MESSAGE)
+    if verbose:
+        builder_config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    builder_config.set_tactic_sources(builder_config.get_tactic_sources() & ~(1 << int(trt.TacticSource.CUDNN)))
+    if config.timing_cache is not None:
+        load_timing_cache(builder_config, config.timing_cache)
+    if config.use_sparsity:
+        logger.log(trt.Logger.INFO, "Setting sparsity flag on builder_config.")
+        builder_config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+
+
+def build_engine(
+    logger: trt.ILogger,
+    config: BertConfig,
+    weights: WeightMap,
+    batch_sizes: Sequence[int],
+    max_sequence_length: int,
+    workspace_size: int | None = None,
+    megatron: bool = False,
+    verbose: bool = False,
+) -> trt.IHostMemory:
+    """Build and serialize the packed engine; saves the timing cache when one was asked for."""
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_creation_flags())
+    builder_config = builder.create_builder_config()
+    configure_builder(builder_config, config, workspace_size, verbose, logger)
+    VarSeqLenNetwork(network, config, weights, megatron).populate(builder, builder_config, batch_sizes, max_sequence_length)
+
+    start = time.time()
+    serialized = builder.build_serialized_network(network, builder_config)
+    logger.log(trt.Logger.INFO, f"build engine in {time.time() - start:.3f} Sec")
+    if serialized is None:
+        raise RuntimeError("the engine build failed (see the TensorRT errors above)")
+    if config.timing_cache is not None:
+        save_timing_cache(builder_config, config.timing_cache)
+    return serialized
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.device is not None:
+        os.environ[DEVICE_ENV] = args.device
+    select_backend(args.backend)
+    backend = backend_name()
+    logger = trt.Logger(trt.Logger.VERBOSE if args.verbose else trt.Logger.INFO)
+    logger.log(trt.Logger.INFO, describe_backend(backend))
+    trt.init_libnvinfer_plugins(logger, "")
+
+    check_options(args, backend)
+    check_output_folder(args.output)
+    config = load_config(args, logger)
+    kind, path = weight_source(args)
+    weights = load_weights(kind, path, config, args.max_sequence_length)
+    logger.log(trt.Logger.INFO, f"Found {len(weights)} entries in weight map")
+
+    serialized = build_engine(
+        logger, config, weights, args.max_batch_size, args.max_sequence_length, args.workspace_size, args.megatron, args.verbose
+    )
+    logger.log(trt.Logger.INFO, f"Saving Engine to {args.output}")
+    write_file_atomically(args.output, memoryview(serialized))
+    logger.log(trt.Logger.INFO, "Done.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (RuntimeError, ValueError, OSError, BackendError) as exc:
+        print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
