@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""
+Answers a question about a passage like inference.py, running TensorRT engines through the C++
+module infer_c (built into build/ by infer_c/build.sh) with an optional CUDA graph. Portable engines
+run through the Python engine runner, whose CUDA graph --enable-graph turns on as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+SCRIPT_DIR = os.path.dirname(os.path.abspath(__file__))
+# infer_c is built into build/ next to this script.
+sys.path.insert(0, os.path.join(SCRIPT_DIR, "build"))
+
+from helpers.question_answering import PASSAGE_PROMPT, QuestionAnswerer, format_answer, read_text_file, squad_examples  # noqa: E402
+from helpers.runner import (  # noqa: E402
+    EngineRunner,
+    RunnerError,
+    check_writable_output,
+    engine_backend,
+    exit_on_error,
+    read_engine_file,
+    write_text_atomically,
+)
+from inference import answer_interactively, read_prompt  # noqa: E402
+
+# The C++ front end has no --doc-stride option.
+DOC_STRIDE = 128
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-e", "--engine", help="Path to the BERT engine (TensorRT plan or portable engine)")
+    parser.add_argument("-p", "--passage", nargs="*", default="", help="Text of the passage")
+    parser.add_argument("-pf", "--passage-file", default="", help="File whose whole text is the passage")
+    parser.add_argument("-q", "--question", nargs="*", default="", help="Text of the question")
+    parser.add_argument("-qf", "--question-file", default="", help="File whose whole text is the question")
+    parser.add_argument("-sq", "--squad-json", default="", help="SQuAD json file to answer in full")
+    parser.add_argument("-o", "--output-prediction-file", default="./predictions.json", help="Where -sq writes its predictions")
+    parser.add_argument("-v", "--vocab-file", help="Vocabulary file (vocab.txt) of the model")
+    parser.add_argument("-s", "--sequence-length", default=128, type=int, help="Maximum sequence length (default: 128)")
+    parser.add_argument("--max-query-length", default=64, type=int, help="Questions are truncated to this many tokens")
+    parser.add_argument("--max-answer-length", default=30, type=int, help="Longest answer, in tokens")
+    parser.add_argument("--n-best-size", default=20, type=int, help="Number of candidate answers kept")
+    parser.add_argument("--enable-graph", action="store_true", help="Replay each inference as a captured CUDA graph")
+    parser.add_argument("--device", default=None, help="Portable engines only: cpu, cuda or cuda:N (default: DEMOBERT_DEVICE, else CUDA if present)")
+    return parser.parse_args(argv)
+
+
+class InferCRunner:
+    """The part of EngineRunner that QuestionAnswerer drives, over ``infer_c.bert_inf`` (batch 1).
+
+    Features go in whole, padding included, as in the original C++ front end; a variable-length
+    engine therefore runs one sequence of the full length, and its packed output is handed back in
+    the fixed-length layout ``[1, S, 2, 1, 1]``.
+    """
+
+    # QuestionAnswerer always sees the fixed-length layout (see above).
+    varseqlen = False
+
+    def __init__(self, engine_path: str, sequence_length: int, enable_graph: bool):
+        try:
+            import infer_c
+        except ImportError as err:
+            raise RunnerError(
+                "this engine is a TensorRT plan, which inference_c.py runs through the C++ module infer_c, "
+                f"but it cannot be imported ({err}); build it with infer_c/build.sh (see infer_c/README.md)"
+            ) from None
+        self.sequence_length = sequence_length
+        self._inputs: dict[str, np.ndarray] = {}
+        self._logits: np.ndarray | None = None
+        sys.stdout.flush()  # the C++ logger writes to the same stdout
+        try:
+            self.bert = infer_c.bert_inf(engine_path, 1, sequence_length, enable_graph)
+        except (RuntimeError, ValueError) as err:
+            raise RunnerError(str(err)) from None
+
+    def activate(self, batch_size: int, sequence_length: int, total_tokens: int | None = None) -> int:
+        if sequence_length != self.sequence_length:
+            raise RunnerError(f"infer_c was set up for sequence length {self.sequence_length}, not {sequence_length}")
+        try:
+            self.bert.prepare(batch_size)
+        except (RuntimeError, ValueError) as err:
+            raise RunnerError(str(err)) from None
+        return 0
+
+    def copy_inputs(self, arrays: Mapping[str, Any]) -> None:
+        self._inputs = {name: np.ascontiguousarray(value, dtype=np.int32).ravel() for name, value in arrays.items()}
+
+    def execute(self) -> None:
+        """One inference; it returns with the logits on the host."""
+        sys.stdout.flush()
+        try:
+            self._logits = self.bert.run(self._inputs["input_ids"], self._inputs["segment_ids"], self._inputs["input_mask"])
+        except (RuntimeError, ValueError) as err:
+            raise RunnerError(str(err)) from None
+
+    def synchronize(self) -> None:
+        """Nothing to wait for: execute() already copied the logits back."""
+
+    def output(self) -> Any:
+        import torch
+
+        assert self._logits is not None, "execute() first"
+        logits = self._logits
+        if logits.ndim == 1:
+            # Variable-length output [2, T]: T start logits, then T end logits.
+            tokens = logits.size // 2
+            logits = np.stack([logits[:tokens], logits[tokens:]], axis=-1).reshape(1, tokens, 2, 1, 1)
+        return torch.from_numpy(logits)
+
+
+def make_runner(args: argparse.Namespace) -> Any:
+    """InferCRunner for a TensorRT plan, EngineRunner for a portable engine."""
+    if engine_backend(read_engine_file(args.engine)) == "tensorrt":
+        return InferCRunner(args.engine, args.sequence_length, args.enable_graph)
+    return EngineRunner(args.engine, device=args.device, enable_graph=args.enable_graph)
+
+
+def answer_squad_examples(answerer: QuestionAnswerer, examples: list, output_path: str) -> None:
+    predictions: collections.OrderedDict[str, str] = collections.OrderedDict()
+    for number, example in enumerate(examples, start=1):
+        print(f"Processing example {number} of {len(examples)}", end="\r")
+        predictions[example.id] = answerer.answer(example.doc_tokens, example.question_text).text
+    write_text_atomically(output_path, json.dumps(predictions, indent=4))
+    print(f"\nOutput dump to {output_path}")
+
+
+@exit_on_error
+def main(argv: list[str] | None = None) -> int:
+    import helpers.data_processing as dp
+
+    args = parse_args(argv)
+    if not args.engine:
+        raise RunnerError("no engine given; pass one with -e/--engine")
+    if not args.vocab_file:
+        raise RunnerError("no vocabulary given; pass the model's vocab.txt with -v/--vocab-file")
+    if args.sequence_length < 1:
+        raise RunnerError("sequence length must be positive")
+
+    passage = None
+    if args.passage != "":
+        passage = " ".join(args.passage)
+    elif args.passage_file != "":
+        passage = read_text_file(args.passage_file, "passage")
+    question = None
+    if args.question != "":
+        question = " ".join(args.question)
+    elif args.question_file != "":
+        question = read_text_file(args.question_file, "question")
+    examples = None
+    if passage is None and args.squad_json != "":
+        check_writable_output(args.output_prediction_file)
+        examples = squad_examples(args.squad_json)
+
+    answerer = QuestionAnswerer(
+        make_runner(args),
+        args.vocab_file,
+        batch_size=1,
+        max_seq_length=args.sequence_length,
+        doc_stride=DOC_STRIDE,
+        max_query_length=args.max_query_length,
+        n_best_size=args.n_best_size,
+        max_answer_length=args.max_answer_length,
+    )
+    if examples is not None:
+        answer_squad_examples(answerer, examples, args.output_prediction_file)
+        return 0
+
+    if passage is None:
+        passage = read_prompt(PASSAGE_PROMPT)
+        if passage is None:
+            return 0
+    doc_tokens = dp.convert_doc_tokens(passage)
+    if question is None:
+        answer_interactively(answerer, doc_tokens, 1)
+        return 0
+    print(f"\nPassage: {passage}")
+    print(f"\nQuestion: {question}")
+    print(format_answer(answerer.answer(doc_tokens, question), 1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
