@@ -11,10 +11,10 @@ ENV PIP_BREAK_SYSTEM_PACKAGES=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# python3-dev provides Python.h for the pybind11 module; the rest of the toolchain is in the base image.
+# The compiler and Python.h for infer_c (the base image has CUDA and TensorRT with their headers).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3-dev \
+    && apt-get install -y --no-install-recommends g++ make python3-dev \
     && rm -rf /var/lib/apt/lists/*
 
 # TensorFlow reads the NGC TF checkpoints (builder.py -m); pybind11 and CMake build infer_c;
