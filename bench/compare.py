@@ -16,6 +16,7 @@ Prints a Markdown table; writes compare.json (format_version) and compare.png in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.timing import Timing, copy_bandwidth_tbps, matmul_peak_tflops, time_cuda
 
@@ -54,6 +56,8 @@ class Row:
     max_logit_error: float = float("nan")
     timings: dict[str, dict] = field(default_factory=dict)
     goal_ms: float | None = None
+    hf_graph_capture: str = ""
+    profile: dict = field(default_factory=dict)
 
 
 def parse_list(text: str, cast=int) -> list:
@@ -123,16 +127,31 @@ class HfRunner:
         out = self.model(input_ids=self.ids, token_type_ids=self.types, attention_mask=self.mask)
         return torch.stack([out.start_logits, out.end_logits], dim=-1)
 
-    def capture(self) -> None:
+    def capture(self) -> str:
+        """Capture the forward in a CUDA graph; returns how (see ``hf_blind_to_capture``)."""
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(3):
                 self.forward()
         torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_out = self.forward()
+        fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+        attempts = [("HF blind to capture, fused SDPA", hf_blind_to_capture, fused),
+                    ("fused SDPA only", contextlib.nullcontext, fused),
+                    ("as is", contextlib.nullcontext, None)]
+        for how, blind, backends in attempts:
+            graph = torch.cuda.CUDAGraph()
+            try:
+                backend_choice = sdpa_kernel(backends) if backends else contextlib.nullcontext()
+                with blind(), backend_choice, torch.cuda.graph(graph):
+                    self.static_out = self.forward()
+            except RuntimeError as error:
+                print(f"  HF capture ({how}) failed: {str(error).splitlines()[0][:120]}", flush=True)
+                torch.cuda.synchronize()
+                continue
+            self.graph = graph
+            return how
+        raise RuntimeError("HF could not be captured in a CUDA graph")
 
     def replay(self) -> None:
         assert self.graph is not None
@@ -198,7 +217,7 @@ def timed(label: str, fn: Callable[[], Timing]) -> dict:
 
 
 def compare_shape(row: Row, make_ours: Callable[[int, int], object], hf: torch.nn.Module, iterations: int,
-                  with_compile: bool) -> None:
+                  with_compile: bool, with_profile: bool) -> None:
     print(f"{row.model} S={row.seq_len} B={row.batch}", flush=True)
     ours = make_ours(row.batch, row.seq_len)
     check_inputs = make_inputs(row.batch, row.seq_len, padded=True, seed=1)
@@ -213,12 +232,18 @@ def compare_shape(row: Row, make_ours: Callable[[int, int], object], hf: torch.n
     for graph in (False, True):
         label = "ours graph" if graph else "ours eager"
         row.timings[label] = timed(label, lambda graph=graph: ours.time(iterations, graph))
+    if with_profile:
+        row.profile = profile_kernels(ours.run)
+        spans = ", ".join(f"{k} {v:.3f}" for k, v in row.profile["category_ms"].items())
+        print(f"  kernels per forward: {row.profile['kernel_ms']:.3f} ms ({spans})", flush=True)
+        for k in row.profile["top_kernels"][:5]:
+            print(f"    {k['us_per_forward']:9.1f} us  x{k['calls_per_forward']:.0f}  {k['name']}", flush=True)
     del ours
     hf_eager = HfRunner(hf, inputs)
     row.timings["HF eager"] = timed("HF eager", lambda: time_cuda(hf_eager.forward, iterations=iterations))
 
     def hf_graph() -> Timing:
-        hf_eager.capture()
+        row.hf_graph_capture = hf_eager.capture()
         return time_cuda(hf_eager.replay, iterations=iterations)
     row.timings["HF graph"] = timed("HF graph", hf_graph)
     hf_eager.graph = None
@@ -226,6 +251,42 @@ def compare_shape(row: Row, make_ours: Callable[[int, int], object], hf: torch.n
         compiled = HfRunner(hf, inputs, compiled=True)
         row.timings["HF compile"] = timed("HF compile", lambda: time_cuda(compiled.forward, iterations=iterations))
     torch.cuda.empty_cache()
+
+
+KERNEL_CATEGORIES = (  # first match wins: attention kernels are often CUTLASS kernels too
+    ("attention", ("fmha", "flash", "attention", "sdpa", "cudnn")),
+    ("layernorm", ("layernorm",)),
+    ("gelu", ("gelu",)),
+    ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "sm90_", "cublas")),
+)
+
+
+def kernel_category(name: str) -> str:
+    lowered = name.lower()
+    return next((cat for cat, keys in KERNEL_CATEGORIES if any(k in lowered for k in keys)), "other")
+
+
+def profile_kernels(run: Callable[[], None], iterations: int = 3) -> dict:
+    """Device time per kernel category and the top kernels, per forward (eager launches)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iterations):
+            run()
+        torch.cuda.synchronize()
+    categories: dict[str, float] = {}
+    kernels = []
+    for event in prof.key_averages():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        us = getattr(event, "self_device_time_total", 0.0) / iterations
+        categories[kernel_category(event.key)] = categories.get(kernel_category(event.key), 0.0) + us
+        kernels.append({"name": event.key[:90], "us_per_forward": us, "calls_per_forward": event.count / iterations})
+    kernels.sort(key=lambda k: -k["us_per_forward"])
+    return {"category_ms": {k: v / 1e3 for k, v in sorted(categories.items())},
+            "kernel_ms": sum(categories.values()) / 1e3, "top_kernels": kernels[:8]}
 
 
 def median(row: Row, label: str) -> float | None:
@@ -293,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="only the issue's six shapes, 100 iterations")
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--compile", action="store_true", help="also time HF + torch.compile (slow to compile)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also record the engine's device time per kernel category (torch.profiler)")
     parser.add_argument("--out-dir", default=".", help="where compare.json and compare.png go")
     args = parser.parse_args(argv)
     try:
@@ -329,7 +392,8 @@ def run(shapes: list[tuple[str, int, int]], args: argparse.Namespace) -> int:
             for _, seq, batch in sorted(s for s in shapes if s[0] == model_name):
                 floor, bound = floor_ms(model_name, seq, batch, peak, bandwidth)
                 row = Row(model_name, seq, batch, floor, bound, goal_ms=GOALS_MS.get((model_name, seq, batch)))
-                compare_shape(row, lambda b, s: ProgramRunner(weights, b, s), hf, args.iterations, args.compile)
+                compare_shape(row, lambda b, s: ProgramRunner(weights, b, s), hf, args.iterations, args.compile,
+                              args.profile)
                 rows.append(row)
             del hf, weights
             torch.cuda.empty_cache()

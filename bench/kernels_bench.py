@@ -3,7 +3,7 @@
 Run on the GPU machine from the repository root: ``python -m bench.kernels_bench [--json OUT]``.
 Every variant is first checked against the reference math of ``helpers.portable.ops`` on the
 timed shape, then timed (CUDA events, median of 100); the shipped kernel is the winner of each
-group.  The Triton GEMM with a GELU epilogue lives here only: it is a rival, not shipped.
+group.  Rivals that lost are listed with their numbers in docs/perf/KERNELS.md.
 """
 
 from __future__ import annotations
@@ -16,62 +16,30 @@ import sys
 import torch
 import torch.nn.functional as F
 import triton
-import triton.language as tl
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bench.timing import copy_bandwidth_tbps, matmul_peak_tflops, time_cuda
+from bench.timing import Timing, copy_bandwidth_tbps, matmul_peak_tflops, time_cuda
 from helpers.portable import kernels, ops
-from helpers.portable.kernels.attention import key_padding_bias
+from helpers.portable.kernels.attention import attention_fixed_biased, key_padding_bias
 from helpers.portable.kernels.gelu import bias_gelu_into
 from helpers.portable.kernels.norms import skip_layernorm_into
 
 
-@triton.autotune(
-    configs=[
-        triton.Config({"BM": 128, "BN": 256, "BK": 64, "GROUP": 8}, num_stages=3, num_warps=8),
-        triton.Config({"BM": 128, "BN": 128, "BK": 64, "GROUP": 8}, num_stages=4, num_warps=8),
-        triton.Config({"BM": 64, "BN": 128, "BK": 64, "GROUP": 8}, num_stages=4, num_warps=4),
-        triton.Config({"BM": 64, "BN": 64, "BK": 128, "GROUP": 8}, num_stages=4, num_warps=4),
-    ],
-    key=["M", "N", "K"],
-)
-@triton.jit
-def _matmul_bias_gelu_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K, BM: tl.constexpr, BN: tl.constexpr,
-                             BK: tl.constexpr, GROUP: tl.constexpr):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BM)
-    num_n = tl.cdiv(N, BN)
-    group_size = GROUP * num_n
-    first_m = (pid // group_size) * GROUP
-    group_m = min(num_m - first_m, GROUP)
-    pid_m = first_m + (pid % group_size) % group_m
-    pid_n = (pid % group_size) // group_m
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
-    rk = tl.arange(0, BK)
-    a_ptrs = a_ptr + (rm[:, None] % M).to(tl.int64) * K + rk[None, :]
-    b_ptrs = b_ptr + rk[:, None] * N + (rn[None, :] % N)
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BK)):
-        a = tl.load(a_ptrs, mask=rk[None, :] < K - k * BK, other=0.0)
-        b = tl.load(b_ptrs, mask=rk[:, None] < K - k * BK, other=0.0)
-        acc = tl.dot(a, b, acc)
-        a_ptrs += BK
-        b_ptrs += BK * N
-    acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-    u = 0.79788456080286535587989211986876 * (acc + 0.044715 * acc * acc * acc)
-    acc = 0.5 * acc * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
-    c_ptrs = c_ptr + rm[:, None].to(tl.int64) * N + rn[None, :]
-    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+GRAPH_REPEATS = 10
 
 
-def triton_linear_gelu(x: torch.Tensor, weight_kn: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    m, k = x.shape
-    n = weight_kn.shape[1]
-    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    grid = lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)  # noqa: E731
-    _matmul_bias_gelu_kernel[grid](x, weight_kn, bias, out, m, n, k)
-    return out
+def time_graphed(fn) -> Timing:
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(GRAPH_REPEATS):
+            fn()
+    t = time_cuda(graph.replay)
+    return Timing(t.median_ms / GRAPH_REPEATS, t.p99_ms / GRAPH_REPEATS, t.iterations)
 
 
 def max_error(reference: torch.Tensor, candidate: torch.Tensor) -> float:
@@ -89,9 +57,11 @@ class Report:
         if not ok:
             self.failures.append(name)
 
-    def time(self, group: str, variant: str, fn, flops: float = 0.0, nbytes: float = 0.0) -> None:
+    def time(self, group: str, variant: str, fn, flops: float = 0.0, nbytes: float = 0.0,
+             graph: bool = False) -> None:
+        """``graph``: time 10 calls captured in one CUDA graph, per call (device time, no launch cost)."""
         try:
-            t = time_cuda(fn)
+            t = time_graphed(fn) if graph else time_cuda(fn)
         except RuntimeError as error:  # a backend that rejects the shape: record, keep going
             print(f"time {group} / {variant}: unsupported ({str(error).splitlines()[0][:120]})", flush=True)
             return
@@ -155,11 +125,9 @@ def bench_gemms(rep: Report, tokens: int, hidden: int) -> None:
     x = torch.randn(tokens, hidden, dtype=dt, device="cuda")
     w = (torch.randn(inter, hidden, device="cuda") / math.sqrt(hidden)).to(dt)
     b = torch.randn(inter, dtype=dt, device="cuda")
-    w_kn = w.t().contiguous()
     ref = ops.gelu_tanh(ops.linear(x, w, b))
     scale = ref.float().abs().max().item()
     rep.check(f"linear_gelu (cuBLASLt epilogue) T={tokens}", max_error(ref, kernels.linear_gelu(x, w, b)) / scale, 5e-3)
-    rep.check(f"triton matmul+gelu T={tokens}", max_error(ref, triton_linear_gelu(x, w_kn, b)) / scale, 5e-3)
     h = torch.empty(tokens, inter, dtype=dt, device="cuda")
 
     def linear_then_gelu():
@@ -172,7 +140,6 @@ def bench_gemms(rep: Report, tokens: int, hidden: int) -> None:
     rep.time(group, "F.linear only (no GELU, bound)", lambda: F.linear(x, w, b), flops=flops)
     rep.time(group, "mm + triton bias_gelu pass", linear_then_gelu, flops=flops)
     rep.time(group, "cuBLASLt GELU_BIAS epilogue", lambda: kernels.linear_gelu(x, w, b), flops=flops)
-    rep.time(group, "triton matmul + GELU epilogue", lambda: triton_linear_gelu(x, w_kn, b), flops=flops)
     rep.time(group, "ops reference (linear, gelu)", lambda: ops.gelu_tanh(ops.linear(x, w, b)), flops=flops)
     for name, n_out, k_in in (("QKV", 3 * hidden, hidden), ("attn out", hidden, hidden), ("FC2", hidden, inter)):
         a = torch.randn(tokens, k_in, dtype=dt, device="cuda")
@@ -227,6 +194,44 @@ def bench_attention(rep: Report, seq: int, batch: int, heads: int, head_size: in
     rep.time(group, "ops reference", lambda: ops.attention_fixed(qkv, mask_idx, heads), flops=flops)
 
 
+def bench_small_batches(rep: Report, hidden: int = 1024, heads: int = 16) -> None:
+    """Device time (graph-captured) of the per-layer pieces at the latency-bound shapes."""
+    dt = torch.float16
+    inter = 4 * hidden
+    weights = {n: (torch.randn(o, i, device="cuda") / math.sqrt(i)).to(dt)
+               for n, o, i in (("QKV", 3 * hidden, hidden), ("attn out", hidden, hidden), ("FC1", inter, hidden),
+                               ("FC2", hidden, inter))}
+    for tokens in (128, 384, 1024, 4096):
+        for name, w in weights.items():
+            x = torch.randn(tokens, w.shape[1], dtype=dt, device="cuda")
+            rep.time(f"{name} GEMM T={tokens} (graph)", "F.linear (cuBLAS)", lambda x=x, w=w: F.linear(x, w),
+                     nbytes=w.numel() * 2, graph=True)
+        bias = torch.randn(inter, dtype=dt, device="cuda")
+        x = torch.randn(tokens, hidden, dtype=dt, device="cuda")
+        rep.time(f"FC1 GEMM T={tokens} (graph)", "cuBLASLt GELU_BIAS epilogue",
+                 lambda x=x: kernels.linear_gelu(x, weights["FC1"], bias), nbytes=weights["FC1"].numel() * 2, graph=True)
+        h = torch.randn(tokens, hidden, dtype=dt, device="cuda")
+        gamma, beta = torch.rand(hidden, device="cuda") + 0.5, torch.randn(hidden, device="cuda")
+        out = torch.empty_like(h)
+        rep.time(f"skipLN T={tokens} (graph)", "triton, no sum",
+                 lambda h=h, out=out: skip_layernorm_into(out, None, h, h, gamma, beta, None, 0.0), graph=True)
+    for seq in (128, 384):
+        for batch in (1, 8, 32, 128):
+            qkv = torch.randn(batch, seq, 3 * hidden, dtype=dt, device="cuda")
+            mask_idx = torch.randint(seq // 2, seq + 1, (batch,), dtype=torch.int32, device="cuda")
+            bias = key_padding_bias(mask_idx, seq, dt)
+            qkv_sb = qkv.transpose(0, 1)
+            group = f"attention S={seq} B={batch} (graph)"
+            flops = 4.0 * batch * heads * seq * seq * (hidden // heads)
+            rep.time(group, "SDPA cuDNN + bias, batch-major", lambda q=qkv_sb, b=bias:
+                     attention_fixed_biased(q, b, heads), flops=flops, graph=True)
+            packed = qkv.view(batch * seq, heads, 3, hidden // heads)
+            cu = torch.arange(0, (batch + 1) * seq, seq, dtype=torch.int32, device="cuda")
+            rep.time(group, "flash varlen + seqused_k, batch-major", lambda p=packed, cu=cu, m=mask_idx, s=seq:
+                     torch.ops.aten._flash_attention_forward(p[:, :, 0], p[:, :, 1], p[:, :, 2], cu, cu, s, s, 0.0,
+                                                             False, False, seqused_k=m)[0], flops=flops, graph=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the rows and checks here")
@@ -238,10 +243,10 @@ def main() -> int:
     print(f"matmul peak fp16 8192^3: {peak:.0f} TFLOP/s; copy: {bandwidth:.2f} TB/s", flush=True)
     rep = Report()
     bench_layernorms(rep, 384 * 128, 1024)
-    for tokens in (384 * 128, 128):
-        bench_gemms(rep, tokens, 1024)
-    for seq, batch in ((384, 128), (128, 128), (128, 1), (384, 1)):
-        bench_attention(rep, seq, batch, 16, 64, check=batch > 1)
+    bench_gemms(rep, 384 * 128, 1024)
+    for seq, batch in ((384, 128), (128, 128)):
+        bench_attention(rep, seq, batch, 16, 64, check=True)
+    bench_small_batches(rep)
     print(rep.table())
     print("failures:", rep.failures or "none")
     if args.json:
