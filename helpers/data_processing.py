@@ -331,7 +331,7 @@ def get_predictions(
     prelim.sort(key=lambda p: p.start_logit + p.end_logit, reverse=True)
 
     seen_texts = set()
-    nbest = []
+    nbest: list[NbestPrediction] = []
     for pred in prelim:
         if len(nbest) >= n_best_size:
             break

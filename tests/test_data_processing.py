@@ -266,6 +266,25 @@ def test_nbest_order_and_probabilities_by_hand(tokenizer):
     )
 
 
+def test_candidates_rank_by_start_plus_end(tokenizer):
+    doc_tokens, features = _single_feature(tokenizer)
+    start, end = np.zeros(16, np.float32), np.zeros(16, np.float32)
+    start[3 + 0], end[3 + 1] = 2.0, 0.1
+    start[3 + 4], end[3 + 4] = 1.5, 3.0
+    # "one ... five" 5.0, "five" 4.5, "one two" 2.1: the third loses its place to the second.
+    _, nbest, _ = dp.get_predictions(doc_tokens, features, [dp.NetworkOutput(start, end, 0)], 2, 30)
+    assert [entry["text"] for entry in nbest] == ["one two three four five", "five"]
+
+
+def test_tied_logits_prefer_the_earliest_position(tokenizer):
+    doc_tokens = (NUMBERS.split() * 20)[:300]
+    (feature,) = dp.convert_example_to_features(doc_tokens, "what", tokenizer, 384, 128)
+    logits = np.zeros(384, np.float32)
+    logits[3 : 3 + 300] = 1.0  # every passage position ties
+    prediction, nbest, _ = dp.get_predictions(doc_tokens, [feature], [dp.NetworkOutput(logits, logits, 0)], 1, 30)
+    assert prediction == "one" and len(nbest) == 1
+
+
 def test_no_valid_span_gives_empty_placeholder(tokenizer):
     doc_tokens, features = _single_feature(tokenizer)
     start, end = np.full(16, -5.0), np.full(16, -5.0)
