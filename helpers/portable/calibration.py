@@ -24,13 +24,14 @@ of its big-endian IEEE float32 bits.  Tables from either backend read on the oth
 from __future__ import annotations
 
 import ctypes
-import enum
 import math
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from helpers.portable.enums import CalibrationAlgoType
 
 INT8_MAX = 127.0
 # Histogram resolution: TensorRT's entropy calibrator works on 2048 bins; growth beyond this
@@ -45,13 +46,6 @@ TABLE_TRT_VERSION = 101600
 
 class CalibrationError(ValueError):
     """A calibration cache or calibrator that cannot be used (one-line message)."""
-
-
-class CalibrationAlgoType(enum.IntEnum):
-    LEGACY_CALIBRATION = 0
-    ENTROPY_CALIBRATION = 1
-    ENTROPY_CALIBRATION_2 = 2
-    MINMAX_CALIBRATION = 3
 
 
 # Algorithm names as they appear in a calibration table's header line.
@@ -141,7 +135,7 @@ def write_calibration_table(
     amax: Mapping[str, float], algorithm: CalibrationAlgoType, version: int = TABLE_TRT_VERSION
 ) -> bytes:
     """Ranges → table bytes, tensors in the given order."""
-    lines = [f"TRT-{version}-{TABLE_ALGORITHM_NAMES[CalibrationAlgoType(algorithm)]}"]
+    lines = [f"TRT-{version}-{TABLE_ALGORITHM_NAMES[CalibrationAlgoType(int(algorithm))]}"]
     for name, value in amax.items():
         if "\n" in name:
             raise CalibrationError(f"tensor name {name!r} cannot be written to a calibration table")
