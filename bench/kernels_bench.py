@@ -232,9 +232,35 @@ def bench_small_batches(rep: Report, hidden: int = 1024, heads: int = 16) -> Non
                                                              False, False, seqused_k=m)[0], flops=flops, graph=True)
 
 
+def bench_weight_layouts(rep: Report, hidden: int = 1024) -> None:
+    """cuBLAS on [out, in] weights (x @ Wᵀ) against pre-transposed [in, out] ones (x @ W), with the
+    weights rotated through 12 copies (more than L2 holds) as 24 layers stream them in the model."""
+    dt = torch.float16
+    for tokens in (128, 384, 1024, 49152):
+        for name, n_out, k_in in (("QKV", 3 * hidden, hidden), ("attn out", hidden, hidden),
+                                  ("FC1", 4 * hidden, hidden), ("FC2", hidden, 4 * hidden)):
+            copies = 12 if tokens <= 1024 else 1
+            ws = [(torch.randn(n_out, k_in, device="cuda") / math.sqrt(k_in)).to(dt) for _ in range(copies)]
+            wts = [w.t().contiguous() for w in ws]
+            x = torch.randn(tokens, k_in, dtype=dt, device="cuda")
+            flops = 2.0 * tokens * n_out * k_in * copies
+
+            def out_in(x=x, ws=ws):
+                for w in ws:
+                    F.linear(x, w)
+
+            def in_out(x=x, wts=wts):
+                for w in wts:
+                    torch.mm(x, w)
+            group = f"{name} T={tokens} x{copies} weights (graph)"
+            rep.time(group, "[out, in] (F.linear)", out_in, flops=flops, nbytes=2.0 * n_out * k_in * copies, graph=True)
+            rep.time(group, "[in, out] (mm)", in_out, flops=flops, nbytes=2.0 * n_out * k_in * copies, graph=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the rows and checks here")
+    parser.add_argument("--only", choices=["layouts"], help="run one experiment only")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
@@ -242,6 +268,10 @@ def main() -> int:
     peak, bandwidth = matmul_peak_tflops(), copy_bandwidth_tbps()
     print(f"matmul peak fp16 8192^3: {peak:.0f} TFLOP/s; copy: {bandwidth:.2f} TB/s", flush=True)
     rep = Report()
+    if args.only == "layouts":
+        bench_weight_layouts(rep)
+        print(rep.table())
+        return 0
     bench_layernorms(rep, 384 * 128, 1024)
     bench_gemms(rep, 384 * 128, 1024)
     for seq, batch in ((384, 128), (128, 128)):
