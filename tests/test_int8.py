@@ -103,6 +103,19 @@ def test_int8_attention_follows_the_fused_kernel_arithmetic():
     torch.testing.assert_close(q.int8_attention(changed, mask_idx, heads, qkv_scale, ctx_scale, 1 / 127)[:13, 1], got[:13, 1])
 
 
+def test_packed_int8_attention_is_per_sequence_int8_attention():
+    heads, head_size = 2, 8
+    qkv = torch.randn(20, 3 * heads * head_size, generator=gen(20))
+    bounds = [0, 5, 12, 12, 20]  # includes an empty sequence
+    cu_seqlens = torch.tensor(bounds, dtype=torch.int32)
+    args = (heads, 0.03, 0.02, 1 / 127)
+    packed = q.int8_attention_varlen(qkv, cu_seqlens, 9, *args)
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end > start:
+            alone = q.int8_attention(qkv[start:end].unsqueeze(1), None, *args).squeeze(1)
+            torch.testing.assert_close(packed[start:end], alone)
+
+
 def test_int8_skip_layernorm_is_layernorm_of_dequantized_inputs():
     x = torch.randn(5, 2, 32, generator=gen(6))
     skip = torch.randn(5, 2, 32, generator=gen(7)) * 2

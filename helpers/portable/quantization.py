@@ -221,3 +221,31 @@ def int8_skip_layernorm(
         summed = summed + bias.float()
     normed = ops.layernorm(summed, gamma, beta, eps)
     return fake_quantize(normed, out_scale).to(x.dtype), summed.to(x.dtype)
+
+
+def int8_attention_varlen(
+    qkv: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    num_heads: int,
+    qkv_scale: float,
+    ctx_scale: float,
+    dq_probs: float,
+) -> torch.Tensor:
+    """``int8_attention`` on packed ``[T, 3E]`` tokens (``[head][q|k|v][h]`` order) → ``[T, E]``.
+
+    The sequences are gathered into a padded ``[max_seqlen, B, 3E]`` batch and scattered back, by
+    index only: no host synchronisation, so CUDA graphs can capture it.
+    """
+    tokens, width = qkv.shape
+    batch = cu_seqlens.shape[0] - 1
+    starts = cu_seqlens[:-1].long()
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    offsets = torch.arange(max_seqlen, device=qkv.device)
+    valid = offsets[:, None] < lengths[None, :]  # [S, B]
+    positions = torch.where(valid, starts[None, :] + offsets[:, None], tokens)  # row T: a padding row
+    padded_input = torch.cat([qkv, qkv.new_zeros(1, width)])[positions]  # [S, B, 3E]
+    ctx = int8_attention(padded_input, lengths.to(torch.int32), num_heads, qkv_scale, ctx_scale, dq_probs)
+    out = qkv.new_zeros(tokens + 1, width // 3)
+    out.index_copy_(0, positions.flatten(), ctx.reshape(max_seqlen * batch, -1))
+    return out[:tokens]
