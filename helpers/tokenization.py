@@ -111,10 +111,6 @@ def convert_to_unicode(text: str | bytes) -> str:
     raise TypeError(f"expected str or bytes, got {type(text).__name__}")
 
 
-def whitespace_tokenize(text: str) -> list[str]:
-    return text.split()
-
-
 def strip_accents(text: str) -> str:
     """NFD-decompose and drop the non-spacing marks (category Mn)."""
     if text.isascii():
