@@ -374,3 +374,17 @@ def test_bad_squad_files(tmp_path, content, message):
 def test_missing_squad_file(tmp_path):
     with pytest.raises(dp.SquadFormatError, match="cannot read file"):
         dp.read_squad_json(str(tmp_path / "absent.json"))
+
+
+def test_featurize_benchmark_runs_on_a_small_set():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "featurize_speed.py"
+    args = ["--passages", "4", "--questions", "20", "-s", "64", "--doc-stride", "16", "-v", minilm_vocab_file()]
+    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary, rate = result.stdout.splitlines()
+    assert summary.startswith("20 questions over 4 passages") and rate.endswith(" examples/s")
+    assert int(summary.split(": ")[1].split()[0]) > 20  # 120-250 words need several 64-token windows
