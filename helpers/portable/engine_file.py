@@ -1,0 +1,136 @@
+"""The portable engine file: a versioned, checksummed container of a JSON header and raw arrays.
+
+Layout (little-endian)::
+
+    ENGINE_MAGIC (18 bytes) | format_version u32 | header_len u64 | payload_len u64 | crc32 u32
+    header: UTF-8 JSON (backend, format version, build options, profiles, network, array table)
+    payload: the arrays, each 64-byte aligned
+
+The CRC covers header and payload, so truncation and bit flips are detected before anything is
+interpreted.  Arrays appear in the header as ``{"__array__": index}``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+
+ENGINE_MAGIC = b"DEMOBERT-PORTABLE\x00"
+FORMAT_VERSION = 1
+BACKEND = "portable"
+_PREAMBLE = struct.Struct("<IQQI")
+_ALIGN = 64
+# Serialized TensorRT plans start with this tag; used only to word the error helpfully.
+_TENSORRT_PLAN_TAGS = (b"ftrt", b"ptrt")
+
+
+class EngineFormatError(ValueError):
+    """The bytes are not a usable portable engine; the message is the one-line reason."""
+
+
+def _encode(value: Any, arrays: list[np.ndarray]) -> Any:
+    if isinstance(value, np.ndarray):
+        arrays.append(np.ascontiguousarray(value))
+        return {"__array__": len(arrays) - 1}
+    if isinstance(value, dict):
+        return {str(k): _encode(v, arrays) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, arrays) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_engine(header: dict[str, Any]) -> bytes:
+    """Serialize ``header`` (any numpy arrays inside go to the payload)."""
+    arrays: list[np.ndarray] = []
+    body = _encode(header, arrays)
+    table = []
+    offset = 0
+    for array in arrays:
+        offset = -(-offset // _ALIGN) * _ALIGN
+        table.append({"offset": offset, "dtype": array.dtype.str, "shape": list(array.shape)})
+        offset += array.nbytes
+    body["arrays"] = table
+    body["format_version"] = FORMAT_VERSION
+    body["backend"] = BACKEND
+    header_bytes = json.dumps(body, separators=(",", ":")).encode()
+    payload = bytearray(offset)
+    for array, entry in zip(arrays, table):
+        payload[entry["offset"] : entry["offset"] + array.nbytes] = array.tobytes()
+    crc = zlib.crc32(payload, zlib.crc32(header_bytes))
+    return b"".join((ENGINE_MAGIC, _PREAMBLE.pack(FORMAT_VERSION, len(header_bytes), len(payload), crc), header_bytes, payload))
+
+
+def is_portable_engine(data: bytes | bytearray | memoryview) -> bool:
+    """True when ``data`` starts with the portable engine magic (no other check)."""
+    return bytes(memoryview(data)[: len(ENGINE_MAGIC)]) == ENGINE_MAGIC
+
+
+def _split(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], memoryview]:
+    view = memoryview(data).cast("B")
+    if not is_portable_engine(view):
+        head = bytes(view[:4])
+        if not view.nbytes:
+            raise EngineFormatError("the engine data is empty")
+        if head in _TENSORRT_PLAN_TAGS:
+            raise EngineFormatError("this is a TensorRT plan, not a portable engine; it needs the tensorrt backend")
+        raise EngineFormatError("not a portable engine (no DEMOBERT-PORTABLE magic header)")
+    start = len(ENGINE_MAGIC)
+    if view.nbytes < start + _PREAMBLE.size:
+        raise EngineFormatError("truncated portable engine: the header is incomplete")
+    version, header_len, payload_len, crc = _PREAMBLE.unpack(view[start : start + _PREAMBLE.size])
+    if version != FORMAT_VERSION:
+        raise EngineFormatError(
+            f"portable engine format version {version} is not supported (this build reads version {FORMAT_VERSION}); "
+            "rebuild the engine"
+        )
+    body = start + _PREAMBLE.size
+    expected = body + header_len + payload_len
+    if view.nbytes < expected:
+        raise EngineFormatError(f"truncated portable engine: {view.nbytes} bytes, {expected} expected")
+    if view.nbytes > expected:
+        raise EngineFormatError(f"corrupt portable engine: {view.nbytes - expected} unexpected trailing bytes")
+    header_view = view[body : body + header_len]
+    payload = view[body + header_len : expected]
+    if zlib.crc32(payload, zlib.crc32(header_view)) != crc:
+        raise EngineFormatError("corrupt portable engine: checksum mismatch")
+    try:
+        header = json.loads(bytes(header_view))
+    except ValueError as err:
+        raise EngineFormatError(f"corrupt portable engine: unreadable header ({err})") from None
+    return header, payload
+
+
+def read_engine_header(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """The validated JSON header (backend, format_version, build options, network); raises EngineFormatError."""
+    return _split(data)[0]
+
+
+def _decode(value: Any, arrays: list[np.ndarray]) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__array__"}:
+            return arrays[value["__array__"]]
+        return {k: _decode(v, arrays) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v, arrays) for v in value]
+    return value
+
+
+def read_engine(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """The header with its arrays restored (read-only views into ``data``); raises EngineFormatError."""
+    header, payload = _split(data)
+    arrays = []
+    try:
+        for entry in header.pop("arrays"):
+            dtype = np.dtype(entry["dtype"])
+            count = int(np.prod(entry["shape"], dtype=np.int64))
+            array = np.frombuffer(payload, dtype=dtype, count=count, offset=entry["offset"])
+            arrays.append(array.reshape(entry["shape"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise EngineFormatError(f"corrupt portable engine: bad array table ({err})") from None
+    return _decode(header, arrays)
