@@ -32,7 +32,7 @@ from helpers.portable.enums import (
 )
 from helpers.portable.layers import BuildError, Shape, fmt_shape, is_known
 from helpers.portable.network import Dims, ILayer, INetworkDefinition, ITensor, as_shape
-from helpers.portable.plugins import IPluginRegistry, get_plugin_registry
+from helpers.portable.plugins import IPluginRegistry, get_plugin_registry, plugin_output_types
 
 PRODUCER = "helpers.portable"
 API_VERSION = "10.13.0"
@@ -342,7 +342,7 @@ def _runtime_types(layer: ILayer, declared: list[DataType], inputs: list[DataTyp
     if layer._kind == "shuffle":
         return inputs[0], [inputs[0]]
     if layer._kind == "plugin":
-        outs = [DataType.HALF if d == DataType.INT8 else d for d in declared]
+        outs = plugin_output_types(layer._plugin._params, declared, inputs)  # type: ignore[attr-defined]
         return outs[0], outs
     if layer._kind == "constant" and declared[0] not in (DataType.FLOAT, DataType.HALF):
         return declared[0], declared

@@ -16,6 +16,7 @@ engine's README section):
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -526,6 +527,24 @@ def plugin_impl(name: str, version: str) -> Callable[..., Tensors]:
     return _IMPLS[(name, version)]
 
 
+def register_plugin(definition: PluginDefinition, impl: Callable[..., Tensors]) -> None:
+    """Add a plugin version defined outside this module (creators appear in initialized namespaces)."""
+    key = (definition.name, definition.version)
+    PLUGIN_DEFINITIONS[key] = definition
+    _IMPLS[key] = impl
+    for namespace in _REGISTRY._namespaces:
+        _REGISTRY._add(definition, namespace)
+
+
+# Modules that define further plugin versions and call register_plugin() when imported.
+_PLUGIN_EXTENSIONS = ("helpers.portable.plugins_interleaved",)
+
+
+def load_plugin_extensions() -> None:
+    for module in _PLUGIN_EXTENSIONS:
+        importlib.import_module(module)
+
+
 def plugin_weights(definition: PluginDefinition, params: Params, values: dict[str, np.ndarray], dev: torch.device) -> dict[str, torch.Tensor]:
     """The weight fields as device tensors, converted once at engine load.
 
@@ -543,9 +562,20 @@ def plugin_weights(definition: PluginDefinition, params: Params, values: dict[st
     return weights
 
 
+def plugin_output_types(params: Params, declared: Sequence[DataType], input_types: Sequence[DataType]) -> list[DataType]:
+    """Types the plugin's outputs have at run time.
+
+    Plugins with a ``type_id``/``output_fp16`` field produce that type (INT8 computes as FP16);
+    the others produce float outputs in the type of their first input.
+    """
+    if "type_id" in params or "output_type" in params:
+        return [DataType.HALF if d == DataType.INT8 else d for d in declared]
+    return [input_types[0] if d in FLOAT_TYPES and input_types[0] in FLOAT_TYPES else d for d in declared]
+
+
 def plugin_input_types(name: str, params: Params, count: int) -> list[DataType | None]:
     """The type each input is converted to before the compute function (None: as given)."""
-    if name == EMB_LN:
+    if name == EMB_LN or "type_id" not in params:
         return [None] * count
     compute = compute_type(params["type_id"])
     if name == QKV:
@@ -663,11 +693,16 @@ class IPluginRegistry:
 
     def __init__(self) -> None:
         self._creators: dict[tuple[str, str, str], IPluginCreator | IPluginCreatorV3One] = {}
+        self._namespaces: set[str] = set()
+
+    def _add(self, definition: PluginDefinition, namespace: str) -> None:
+        creator_type = IPluginCreatorV3One if definition.v3 else IPluginCreator
+        self._creators[(definition.name, definition.version, namespace)] = creator_type(definition, namespace)
 
     def _register_portable(self, namespace: str) -> None:
+        self._namespaces.add(namespace)
         for definition in PLUGIN_DEFINITIONS.values():
-            creator_type = IPluginCreatorV3One if definition.v3 else IPluginCreator
-            self._creators[(definition.name, definition.version, namespace)] = creator_type(definition, namespace)
+            self._add(definition, namespace)
 
     def get_creator(self, type: str, version: str, plugin_namespace: str = "") -> IPluginCreator | IPluginCreatorV3One | None:
         return self._creators.get((type, version, plugin_namespace))
@@ -695,6 +730,7 @@ def get_plugin_registry() -> IPluginRegistry:
 def init_libnvinfer_plugins(logger: Any, namespace: str) -> bool:
     """Register the portable BERT plugins under ``namespace``; their errors go to ``logger``."""
     _PluginLogger.logger = logger
+    load_plugin_extensions()
     _REGISTRY._register_portable(namespace)
     return True
 

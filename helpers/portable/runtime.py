@@ -41,6 +41,7 @@ from helpers.portable.plugins import (
     PluginError,
     PluginField,
     get_plugin_registry,
+    load_plugin_extensions,
     parse_plugin,
     plugin_impl,
     plugin_input_types,
@@ -77,6 +78,7 @@ def execute(plan: Plan, buffers: list[Any]) -> None:
 
 class _LoadedPlugin:
     def __init__(self, p: dict[str, Any]) -> None:
+        load_plugin_extensions()
         key = (p["plugin"], p["version"])
         if key not in PLUGIN_DEFINITIONS:
             raise EngineFormatError(f"the engine uses plugin {key[0]} version {key[1]}, which this build does not have")
