@@ -87,7 +87,8 @@ def tiny_config(vocab_size: int, hidden: int = 32, layers: int = 2, heads: int =
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "intermediate_size": intermediate,
-        "hidden_act": "gelu",
+        # The engine's GELU is the tanh approximation, which HuggingFace calls "gelu_new".
+        "hidden_act": "gelu_new",
         "max_position_embeddings": max_positions,
         "type_vocab_size": 2,
         "layer_norm_eps": 1e-12,

@@ -106,12 +106,12 @@ def bind_backend_for(data: bytes, device: str | None = None) -> tuple[str, torch
 
         try:
             portable.read_engine_header(data)
+            # None goes back to the default rule (DEMOBERT_DEVICE, else CUDA when present).
+            portable.set_device(device)
         except ValueError as err:
-            raise RunnerError(f"unusable portable engine: {err}") from None
-        if device is not None:
-            os.environ["DEMOBERT_DEVICE"] = device
+            raise RunnerError(str(err)) from None
         backend.select_backend("portable")
-        return kind, portable_device()
+        return kind, portable.get_device()
     if not tensorrt_available():
         raise RunnerError(
             "this engine is a TensorRT plan, but TensorRT is not installed here; rebuild it with "
@@ -130,12 +130,10 @@ def portable_device() -> torch.device:
     """The device the portable engine executes on (it reads DEMOBERT_DEVICE, else CUDA when present)."""
     from helpers import portable
 
-    if hasattr(portable, "runtime_device"):
-        return torch.device(portable.runtime_device())
-    requested = os.environ.get("DEMOBERT_DEVICE")
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return portable.get_device()
+    except ValueError as err:
+        raise RunnerError(str(err)) from None
 
 
 def _torch_dtype(trt_dtype: Any) -> torch.dtype:
