@@ -81,8 +81,9 @@ def test_duration_keeps_each_batch_size_own_count(engine, capsys):
     records = RECORD.findall(out)
     assert len(records) == 2
     for count, _batch, total, avg, *_ in records:
-        assert int(count) > 2
+        assert int(count) >= 2
         assert float(avg) == pytest.approx(float(total) / int(count))
+    assert int(records[0][0]) > 2  # batch 1 takes far less than 0.15 s per run
 
 
 def test_batch_without_profile(engine, capsys):
