@@ -34,6 +34,7 @@ from helpers.portable.enums import (
     TensorLocation,
     nptype,
 )
+from helpers.portable.kernels.plan import optimize_plan
 from helpers.portable.layers import TORCH_DTYPE, BuildError, Shape, fmt_shape, is_known
 from helpers.portable.network import Dims, as_shape
 from helpers.portable.plugins import (
@@ -221,7 +222,7 @@ class ICudaEngine:
             for i, layer in enumerate(description["layers"])
             if layer["kind"] == "plugin"
         }
-        self._plan = build_plan(description, dev)
+        self._plan = optimize_plan(build_plan(description, dev), description, dev)
         self._shape_cache: dict[tuple[Shape, ...], dict[int, Shape] | str] = {}
         self.error_recorder = None
         self.weight_streaming_budget = 0

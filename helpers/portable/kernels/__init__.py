@@ -43,7 +43,7 @@ def embed_layernorm(
     out = torch.empty(shape, dtype=word.dtype, device=word.device)
     summed = torch.empty_like(out)
     if input_ids.numel():
-        ids, segs, pos = (t.contiguous() for t in (input_ids, segment_ids, position_ids.expand_as(input_ids)))
+        ids, segs, pos = (t.reshape(-1, 1) for t in (input_ids, segment_ids, position_ids.expand_as(input_ids)))
         embed_layernorm_into(out, summed, ids, segs, pos, word, token_type, position, gamma, beta)
     return out, summed
 

@@ -49,15 +49,22 @@ def _skip_layernorm_kernel(
 @triton.jit
 def _embed_layernorm_kernel(
     ids_ptr, segs_ptr, pos_ptr, word_ptr, type_ptr, position_ptr, gamma_ptr, beta_ptr,
-    out_ptr, sum_ptr, hidden, n_words, n_types, n_positions,
-    STORE_SUM: tl.constexpr, BLOCK: tl.constexpr,
+    out_ptr, sum_ptr, hidden, n_words, n_types, n_positions, batch,
+    ids_stride_s, ids_stride_b, segs_stride_s, segs_stride_b, pos_stride_s, pos_stride_b,
+    POSITION_IS_S: tl.constexpr, STORE_SUM: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    # Row r is token (s, b) = (r // batch, r % batch) of [S, B] id tensors of any strides.
     row = tl.program_id(0).to(tl.int64)
+    s = row // batch
+    b = row % batch
     cols = tl.arange(0, BLOCK)
     cols_mask = cols < hidden
-    token = tl.load(ids_ptr + row).to(tl.int64)
-    segment = tl.load(segs_ptr + row).to(tl.int64)
-    position = tl.load(pos_ptr + row).to(tl.int64)
+    token = tl.load(ids_ptr + s * ids_stride_s + b * ids_stride_b).to(tl.int64)
+    segment = tl.load(segs_ptr + s * segs_stride_s + b * segs_stride_b).to(tl.int64)
+    if POSITION_IS_S:
+        position = s
+    else:
+        position = tl.load(pos_ptr + s * pos_stride_s + b * pos_stride_b).to(tl.int64)
     valid = (token >= 0) & (token < n_words) & (segment >= 0) & (segment < n_types)
     valid = valid & (position >= 0) & (position < n_positions)
     token = tl.where(valid, token, 0)
@@ -75,6 +82,19 @@ def _embed_layernorm_kernel(
     tl.store(out_ptr + row * hidden + cols, tl.where(keep, y, 0.0).to(out_ptr.dtype.element_ty), mask=cols_mask)
     if STORE_SUM:
         tl.store(sum_ptr + row * hidden + cols, tl.where(keep, v, 0.0).to(sum_ptr.dtype.element_ty), mask=cols_mask)
+
+
+@triton.jit
+def _mask_bias_kernel(mask_ptr, stride_s, stride_b, seq_len, index_ptr, bias_ptr, BLOCK: tl.constexpr):
+    # Per sequence b: the first position whose mask is 0 (or S), and the additive key bias row.
+    b = tl.program_id(0).to(tl.int64)
+    positions = tl.arange(0, BLOCK)
+    inside = positions < seq_len
+    mask = tl.load(mask_ptr + positions * stride_s + b * stride_b, mask=inside, other=1)
+    first_zero = tl.min(tl.where((mask == 0) & inside, positions, seq_len), axis=0)
+    tl.store(index_ptr + b, first_zero.to(tl.int32))
+    bias = tl.where(positions < first_zero, 0.0, float("-inf"))
+    tl.store(bias_ptr + b * seq_len + positions, bias.to(bias_ptr.dtype.element_ty), mask=inside)
 
 
 def skip_layernorm_into(
@@ -105,18 +125,30 @@ def embed_layernorm_into(
     summed: torch.Tensor | None,
     input_ids: torch.Tensor,
     segment_ids: torch.Tensor,
-    position_ids: torch.Tensor,
+    position_ids: torch.Tensor | None,
     word: torch.Tensor,
     token_type: torch.Tensor,
     position: torch.Tensor,
     gamma: torch.Tensor,
     beta: torch.Tensor,
 ) -> None:
-    """Gather + sum + LayerNorm of every token of the contiguous id tensors into ``out``."""
+    """Gather + sum + LayerNorm of every token of the [S, B] id tensors (any strides) into ``out``
+    ([S, B, E] rows); ``position_ids`` None means the position of token (s, b) is s."""
     hidden = gamma.numel()
     block, warps = _row_launch(hidden)
-    _embed_layernorm_kernel[(input_ids.numel(),)](
-        input_ids, segment_ids, position_ids, word, token_type, position, gamma, beta,
-        out, summed if summed is not None else out, hidden, word.shape[0], token_type.shape[0], position.shape[0],
-        STORE_SUM=summed is not None, BLOCK=block, num_warps=warps,
+    seq_len, batch = input_ids.shape
+    positions = input_ids if position_ids is None else position_ids
+    _embed_layernorm_kernel[(seq_len * batch,)](
+        input_ids, segment_ids, positions, word, token_type, position, gamma, beta,
+        out, summed if summed is not None else out, hidden, word.shape[0], token_type.shape[0], position.shape[0], batch,
+        *input_ids.stride(), *segment_ids.stride(), *positions.stride(),
+        POSITION_IS_S=position_ids is None, STORE_SUM=summed is not None, BLOCK=block, num_warps=warps,
     )
+
+
+def mask_index_and_bias_into(index: torch.Tensor, bias: torch.Tensor, input_mask: torch.Tensor) -> None:
+    """From an [S, B] mask (any strides): ``index`` [B] int32 as ``ops.mask_index``, and ``bias``
+    [B, S] = ``attention.key_padding_bias`` of it, in one launch."""
+    seq_len, batch = input_mask.shape
+    _mask_bias_kernel[(batch,)](input_mask, *input_mask.stride(), seq_len, index, bias,
+                                BLOCK=triton.next_power_of_2(seq_len), num_warps=4)

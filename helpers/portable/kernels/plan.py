@@ -1,0 +1,382 @@
+"""The portable engine's CUDA fast path: one rewrite of a plan, applied when the plan is built.
+
+``optimize_plan`` walks the engine description next to the reference plan and replaces what it
+recognises by fused steps over the fast kernels; everything else keeps its reference step.
+
+* 1×1 convolution + the builder's 8-layer tanh GELU chain → one GEMM whose cuBLASLt epilogue adds
+  the bias and applies the GELU.
+* 1×1 convolution → skip-LayerNorm plugin → a bias-free GEMM, then one Triton pass adding the
+  convolution bias (and the plugin's), the residual, and normalising.
+* Other 1×1 convolutions (the QKV projection, the SQuAD head) → one GEMM with the bias epilogue.
+* Fixed-length embedding plugin → one Triton gather + LayerNorm reading the transposed id views in
+  place, plus one Triton pass turning the mask into the mask index and the additive key bias that
+  every attention layer then shares (a plan slot added for it).
+* Fixed-length QKV-to-context plugin → SDPA (cuDNN) on strided views of the packed QKV tensor.
+* Other skip-LayerNorm plugins → the Triton pass.
+
+Weights are converted once to the compute dtype on the device.  Steps only make views and launch
+kernels: no host synchronisation, so a CUDA graph captures ``execute_async_v3`` whole.  The
+environment variable ``DEMOBERT_FAST_KERNELS=0`` keeps the reference plan (for comparisons).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from helpers.portable import ops
+from helpers.portable.enums import ActivationType, DataType, ElementWiseOperation
+from helpers.portable.kernels.attention import attention_fixed_biased, key_padding_bias
+from helpers.portable.layers import TORCH_DTYPE
+from helpers.portable.plugins import EMB_LN, QKV, SKIP_LN, compute_type
+
+FAST_KERNELS_ENV = "DEMOBERT_FAST_KERNELS"
+FAST_DTYPES = (DataType.FLOAT, DataType.HALF)
+# The builder's GELU (builder_utils.add_gelu): (kind, op, constant operand or None, operand wiring).
+# Operands: "x" the GELU input, "prev" the previous layer's output, "c" the constant.
+_GELU_CHAIN = (
+    ("elementwise", ElementWiseOperation.POW, 3.0, ("x", "c")),
+    ("elementwise", ElementWiseOperation.PROD, 0.044715, ("prev", "c")),
+    ("elementwise", ElementWiseOperation.SUM, None, ("x", "prev")),
+    ("elementwise", ElementWiseOperation.PROD, ops.GELU_SQRT_2_OVER_PI, ("prev", "c")),
+    ("activation", ActivationType.TANH, None, ("prev",)),
+    ("elementwise", ElementWiseOperation.SUM, 1.0, ("prev", "c")),
+    ("elementwise", ElementWiseOperation.PROD, 0.5, ("prev", "c")),
+    ("elementwise", ElementWiseOperation.PROD, None, ("prev", "x")),
+)
+
+
+def fast_kernels_enabled(dev: torch.device) -> bool:
+    return dev.type == "cuda" and os.environ.get(FAST_KERNELS_ENV, "1") != "0"
+
+
+def optimize_plan(plan: Any, description: dict[str, Any], dev: torch.device) -> Any:
+    """The plan with the fast steps in place of the patterns above (unchanged off CUDA)."""
+    if not fast_kernels_enabled(dev):
+        return plan
+    return _Rewriter(plan, description, dev).rewrite()
+
+
+@dataclass
+class _Layer:
+    index: int
+    kind: str
+    params: dict[str, Any]
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+
+
+class _Rewriter:
+    def __init__(self, plan: Any, description: dict[str, Any], dev: torch.device) -> None:
+        self.plan, self.dev = plan, dev
+        self.tensors = description["tensors"]
+        self.layers = [_Layer(i, l["kind"], l["params"], tuple(l["inputs"]), tuple(l["outputs"]))
+                       for i, l in enumerate(description["layers"])]
+        # The reference plan has one step per non-constant layer, in layer order.
+        runnable = [layer.index for layer in self.layers if layer.kind != "constant"]
+        self.reference_steps = dict(zip(runnable, plan.steps))
+        self.producer = {slot: layer for layer in self.layers for slot in layer.outputs}
+        self.uses: dict[int, int] = {}
+        for layer in self.layers:
+            for slot in layer.inputs:
+                self.uses[slot] = self.uses.get(slot, 0) + 1
+        for slot in description["outputs"]:
+            self.uses[slot] = self.uses.get(slot, 0) + 1
+        self.key_bias_slot: dict[int, int] = {}  # mask-index slot -> additive key bias slot
+        self.key_bias_dtype: dict[int, torch.dtype] = {}
+        self.num_slots = plan.num_slots
+
+    # ---- helpers
+
+    def used_only_by(self, slot: int, layers: Sequence[_Layer]) -> bool:
+        return self.uses.get(slot, 0) == sum(layer.inputs.count(slot) for layer in layers)
+
+    def constant_value(self, slot: int) -> float | None:
+        layer = self.producer.get(slot)
+        if layer is None or layer.kind != "constant":
+            return None
+        values = np.asarray(layer.params["values"], dtype=np.float64).ravel()
+        return float(values[0]) if values.size == 1 else None
+
+    def trailing_ones(self, slot: int, count: int) -> bool:
+        return all(d == 1 for d in self.tensors[slot]["shape"][-count:])
+
+    def dense(self, layer: _Layer) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """A 1×1 convolution's ([out, in] weight, bias) in its compute dtype, or None if not one."""
+        p = layer.params
+        compute = DataType(p["compute_dtype"])
+        spatial = len(p["kernel_shape"])
+        if (compute not in FAST_DTYPES or any(k != 1 for k in p["kernel_shape"]) or p.get("num_groups", 1) != 1
+                or DataType(p["output_dtypes"][0]) != compute
+                or not self.trailing_ones(layer.inputs[0], spatial) or len(layer.inputs) != 1):
+            return None
+        dt = TORCH_DTYPE[compute]
+        weight = self.tensor(p["kernel"], dt).reshape(p["num_output_maps"], -1)
+        return weight, None if p["bias"] is None else self.tensor(p["bias"], dt)
+
+    def tensor(self, values: Any, dtype: torch.dtype) -> torch.Tensor:
+        """A float32 weight array as a contiguous 1-D tensor of ``dtype`` on the device."""
+        return torch.from_numpy(np.array(values, dtype=np.float32).ravel()).to(self.dev, dtype)
+
+    def plugin_weights(self, layer: _Layer) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        from helpers.portable.runtime import _LoadedPlugin
+
+        loaded = _LoadedPlugin(layer.params)
+        return loaded.params, loaded.values
+
+    # ---- the pass
+
+    def rewrite(self) -> Any:
+        from helpers.portable.runtime import Plan, Step
+
+        steps: list[Any] = []
+        consumed: set[int] = set()
+        pending: dict[int, Any] = {}  # layer index -> fused step to place there
+        for layer in self.layers:
+            if layer.kind == "constant" or layer.index in consumed:
+                if layer.index in pending:
+                    steps.append(pending.pop(layer.index))
+                continue
+            fused = self.match(layer)
+            if fused is None:
+                steps.append(self.reference_steps[layer.index])
+                continue
+            run, inputs, outputs, covered = fused
+            consumed.update(l.index for l in covered)
+            step = Step(f"fast:{covered[-1].params['name']}", run, inputs, outputs)
+            last = covered[-1].index
+            if last == layer.index:
+                steps.append(step)
+            else:
+                pending[last] = step
+        return Plan(steps=steps, num_slots=self.num_slots, constants=self.plan.constants)
+
+    def match(self, layer: _Layer):
+        if layer.kind == "convolution":
+            return self.match_dense(layer)
+        if layer.kind == "plugin":
+            return self.match_plugin(layer)
+        return None
+
+    def match_dense(self, conv: _Layer):
+        dense = self.dense(conv)
+        if dense is None:
+            return None
+        weight, bias = dense
+        spatial = len(conv.params["kernel_shape"])
+        chain = self.gelu_chain(conv)
+        if chain is not None and bias is not None:
+            return _dense_gelu(weight, bias, spatial), conv.inputs, chain[-1].outputs, [conv, *chain]
+        skip_ln = self.skip_ln_after(conv)
+        if skip_ln is not None:
+            fused = self.fused_dense_skip_ln(conv, weight, bias, skip_ln)
+            if fused is not None:
+                return fused
+        return _dense(weight, bias, spatial), conv.inputs, conv.outputs, [conv]
+
+    def gelu_chain(self, conv: _Layer) -> list[_Layer] | None:
+        x = conv.outputs[0]
+        compute = conv.params["compute_dtype"]
+        chain: list[_Layer] = []
+        prev = x
+        following = (l for l in self.layers[conv.index + 1:] if l.kind != "constant")
+        for (kind, op, constant, wiring), layer in zip(_GELU_CHAIN, following):
+            key = "op" if kind == "elementwise" else "activation"
+            if layer.kind != kind or layer.params.get(key) != int(op) or layer.params["compute_dtype"] != compute:
+                return None
+            if kind == "activation" and (layer.inputs != (prev,)):
+                return None
+            if kind == "elementwise":
+                named = {"x": x, "prev": prev}
+                for operand, slot in zip(wiring, layer.inputs):
+                    if operand == "c":
+                        value = self.constant_value(slot)
+                        if value is None or not np.isclose(value, constant, rtol=1e-6):
+                            return None
+                    elif named[operand] != slot:
+                        return None
+            chain.append(layer)
+            prev = layer.outputs[0]
+        if len(chain) != len(_GELU_CHAIN) or chain[-1].params["output_dtypes"][0] != compute:
+            return None
+        inner = [x] + [l.outputs[0] for l in chain[:-1]]
+        if not all(self.used_only_by(slot, chain) for slot in inner):
+            return None
+        return chain
+
+    def skip_ln_after(self, conv: _Layer) -> _Layer | None:
+        out = conv.outputs[0]
+        users = [l for l in self.layers if out in l.inputs]
+        if len(users) != 1 or self.uses.get(out) != 1:
+            return None
+        user = users[0]
+        if user.kind != "plugin" or user.params["plugin"] != SKIP_LN or user.inputs[0] != out:
+            return None
+        return user
+
+    def fused_dense_skip_ln(self, conv: _Layer, weight: torch.Tensor, bias: torch.Tensor | None, skip_ln: _Layer):
+        params, values = self.plugin_weights(skip_ln)
+        compute = compute_type(params["type_id"])
+        if (params["type_id"] == int(DataType.INT8) or compute != DataType(conv.params["compute_dtype"])
+                or DataType(skip_ln.params["output_dtypes"][0]) != compute):
+            return None
+        total_bias = np.array(conv.params["bias"] if conv.params["bias"] is not None else 0.0, dtype=np.float32)
+        total_bias = total_bias + np.array(values.get("bias", 0.0), dtype=np.float32).ravel()
+        total_bias = np.broadcast_to(total_bias, (params["hidden_size"],))
+        ln = self.layernorm_params(params, values)
+        run = _dense_skip_layernorm(weight, self.tensor(total_bias, torch.float32), *ln)
+        return run, (conv.inputs[0], skip_ln.inputs[1]), skip_ln.outputs, [conv, skip_ln]
+
+    def layernorm_params(self, params: dict[str, Any], values: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, float]:
+        gamma, beta = self.tensor(values["gamma"], torch.float32), self.tensor(values["beta"], torch.float32)
+        eps = ops.skip_layernorm_eps(params["hidden_size"], TORCH_DTYPE[compute_type(params["type_id"])])
+        return gamma, beta, eps
+
+    def match_plugin(self, layer: _Layer):
+        name, version = layer.params["plugin"], layer.params["version"]
+        if name == EMB_LN and version in ("1", "6"):
+            return self.fast_embedding(layer)
+        if name == QKV and version in ("1", "4"):
+            return self.fast_attention(layer)
+        if name == SKIP_LN and version in ("1", "5", "2", "6"):
+            params, values = self.plugin_weights(layer)
+            compute = TORCH_DTYPE[compute_type(params["type_id"])]
+            if params["type_id"] == int(DataType.INT8):
+                return None
+            bias = self.tensor(values["bias"], torch.float32) if "bias" in values else None
+            return _skip_layernorm(compute, bias, *self.layernorm_params(params, values)), layer.inputs, layer.outputs, [layer]
+        return None
+
+    def fast_embedding(self, layer: _Layer):
+        params, values = self.plugin_weights(layer)
+        out_type = DataType(params["output_type"])
+        if DataType(layer.params["output_dtypes"][0]) != out_type:
+            return None
+        dt = TORCH_DTYPE[out_type]
+        hidden = params["hidden_size"]
+
+        tables = [self.tensor(values[f"bert_embeddings_{k}_embeddings"], dt).reshape(-1, hidden)
+                  for k in ("word", "token_type", "position")]
+        gamma, beta = (self.tensor(values[f"bert_embeddings_layernorm_{k}"], torch.float32) for k in ("gamma", "beta"))
+        bias_slot = self.num_slots
+        self.num_slots += 1
+        self.key_bias_slot[layer.outputs[1]] = bias_slot
+        # The attention layers read the bias in their compute dtype, the MHA type of this plugin.
+        mha = TORCH_DTYPE[compute_type(params["mha_type_id"])]
+        self.key_bias_dtype[bias_slot] = mha
+        run = _embedding(tables, gamma, beta, dt, mha)
+        return run, layer.inputs, (*layer.outputs, bias_slot), [layer]
+
+    def fast_attention(self, layer: _Layer):
+        params, _ = self.plugin_weights(layer)
+        if params["type_id"] == int(DataType.INT8) or DataType(layer.params["output_dtypes"][0]) != DataType(params["type_id"]):
+            return None
+        heads, dtype = params["num_heads"], TORCH_DTYPE[DataType(params["type_id"])]
+        if not params["has_mask"]:
+            return _attention(heads, dtype), (layer.inputs[0],), layer.outputs, [layer]
+        bias_slot = self.key_bias_slot.get(layer.inputs[1])
+        if bias_slot is None or self.key_bias_dtype[bias_slot] != dtype:
+            return _attention_from_mask(heads, dtype), layer.inputs, layer.outputs, [layer]
+        return _attention(heads, dtype), (layer.inputs[0], bias_slot), layer.outputs, [layer]
+
+
+# ---- the fused steps: closures over prepared weights; tensors keep the network's shapes.
+
+Run = Callable[..., tuple[torch.Tensor, ...]]
+
+
+def _dense(weight: torch.Tensor, bias: torch.Tensor | None, spatial: int) -> Run:
+    """x [..., C, 1, ...] (``spatial`` trailing ones) → [..., K, 1, ...]."""
+    out_features, in_features = weight.shape
+    weight_t = weight.t()
+    ones = (1,) * spatial
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor]:
+        rows = x.to(weight.dtype).reshape(-1, in_features)
+        y = torch.addmm(bias, rows, weight_t) if bias is not None else torch.mm(rows, weight_t)
+        return (y.view(*x.shape[: x.dim() - spatial - 1], out_features, *ones),)
+
+    return run
+
+
+def _dense_gelu(weight: torch.Tensor, bias: torch.Tensor, spatial: int) -> Run:
+    out_features, in_features = weight.shape
+    weight_t = weight.t()
+    ones = (1,) * spatial
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor]:
+        y = torch._addmm_activation(bias, x.to(weight.dtype).reshape(-1, in_features), weight_t, use_gelu=True)
+        return (y.view(*x.shape[: x.dim() - spatial - 1], out_features, *ones),)
+
+    return run
+
+
+def _dense_skip_layernorm(weight: torch.Tensor, bias: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+                          eps: float) -> Run:
+    from helpers.portable.kernels.norms import skip_layernorm_into
+
+    out_features, in_features = weight.shape
+    weight_t = weight.t()
+
+    def run(x: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor]:
+        y = torch.mm(x.to(weight.dtype).reshape(-1, in_features), weight_t)
+        skip = skip.to(weight.dtype).contiguous()
+        out = torch.empty_like(skip)
+        skip_layernorm_into(out, None, y, skip, gamma, beta, bias, eps)
+        return (out,)
+
+    return run
+
+
+def _skip_layernorm(compute: torch.dtype, bias: torch.Tensor | None, gamma: torch.Tensor, beta: torch.Tensor,
+                    eps: float) -> Run:
+    from helpers.portable.kernels.norms import skip_layernorm_into
+
+    def run(x: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor]:
+        x, skip = x.to(compute).contiguous(), skip.to(compute).contiguous()
+        out = torch.empty_like(x)
+        skip_layernorm_into(out, None, x, skip, gamma, beta, bias, eps)
+        return (out,)
+
+    return run
+
+
+def _embedding(tables: list[torch.Tensor], gamma: torch.Tensor, beta: torch.Tensor, dtype: torch.dtype,
+               bias_dtype: torch.dtype) -> Run:
+    from helpers.portable.kernels.norms import embed_layernorm_into, mask_index_and_bias_into
+
+    word, token_type, position = tables
+    hidden = gamma.numel()
+
+    def run(ids: torch.Tensor, segs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        seq_len, batch = ids.shape
+        out = torch.empty(seq_len, batch, hidden, 1, 1, dtype=dtype, device=ids.device)
+        embed_layernorm_into(out, None, ids, segs, None, word, token_type, position, gamma, beta)
+        index = torch.empty(batch, 1, dtype=torch.int32, device=ids.device)
+        bias = torch.empty(batch, 1, 1, seq_len, dtype=bias_dtype, device=ids.device)
+        mask_index_and_bias_into(index, bias, mask)
+        return out, index, bias
+
+    return run
+
+
+def _attention(heads: int, dtype: torch.dtype) -> Run:
+    def run(qkv: torch.Tensor, key_bias: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+        ctx = attention_fixed_biased(qkv.to(dtype).flatten(2), key_bias, heads)
+        return (ctx.unflatten(-1, (-1, 1, 1)),)
+
+    return run
+
+
+def _attention_from_mask(heads: int, dtype: torch.dtype) -> Run:
+    def run(qkv: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor]:
+        bias = key_padding_bias(mask[:, 0], qkv.shape[0], dtype)
+        ctx = attention_fixed_biased(qkv.to(dtype).flatten(2), bias, heads)
+        return (ctx.unflatten(-1, (-1, 1, 1)),)
+
+    return run
