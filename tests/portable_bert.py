@@ -218,6 +218,70 @@ def skip_ln(trt: Any, network: Any, x: Any, skip: Any, w: dict[str, np.ndarray],
     return add_plugin(trt, network, [x, skip], plugin, v3)
 
 
+def build_varseqlen_network(
+    trt: Any, builder: Any, w: dict[str, np.ndarray], cfg: TinyConfig, batch_sizes: list[int], max_seq: int, v3: bool = False
+) -> tuple[Any, Any]:
+    """The non-interleaved packed network of §3.5 in FP16 (var_seqlen needs FP16 or INT8)."""
+    network = builder.create_network(0)
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.FP16)
+    ids, segs, cu, dummy = (network.add_input(n, trt.int32, (-1,)) for n in ("input_ids", "segment_ids", "cu_seqlens", "max_seqlen"))
+    for b in batch_sizes:
+        profile = builder.create_optimization_profile()
+        profile.set_shape("input_ids", (1,), (max_seq * b,), (max_seq * b,))
+        profile.set_shape("segment_ids", (1,), (max_seq * b,), (max_seq * b,))
+        profile.set_shape("cu_seqlens", (1,), (b + 1,), (b + 1,))
+        profile.set_shape("max_seqlen", (1,), (max_seq,), (max_seq,))
+        config.add_optimization_profile(profile)
+    emb_fields = [plugin_field(trt, n, w[n], "f") for n in (
+        "bert_embeddings_layernorm_beta",
+        "bert_embeddings_layernorm_gamma",
+        "bert_embeddings_word_embeddings",
+        "bert_embeddings_token_type_embeddings",
+        "bert_embeddings_position_embeddings",
+    )] + [plugin_field(trt, "output_fp16", 1, "i")]
+    emb = create_plugin(trt, "CustomEmbLayerNormPluginDynamic", "4" if v3 else "2", "emb_layer_norm_huggingface", emb_fields, v3)
+    emb_layer = add_plugin(trt, network, [ids, segs, cu, dummy], emb, v3)
+    x, mask_idx = emb_layer.get_output(0), emb_layer.get_output(1)
+    for i in range(cfg.layers):
+        p = f"l{i}_"
+        kernel, bias = packed_qkv(w, cfg, i)
+        qkv = add_dense(trt, network, x, kernel, bias)
+        fields = [
+            plugin_field(trt, "hidden_size", cfg.hidden, "i"),
+            plugin_field(trt, "num_heads", cfg.heads, "i"),
+            plugin_field(trt, "has_mask", 1, "i"),
+            plugin_field(trt, "type_id", 1, "i"),
+            # the demo's quirk (§12.4): an int32 value tagged FLOAT32
+            trt.PluginField("var_seqlen", np.array([1], dtype=np.int32), trt.PluginFieldType.FLOAT32),
+        ]
+        att = create_plugin(trt, "CustomQKVToContextPluginDynamic", "5" if v3 else "2", "qkv_to_context_varseqlen", fields, v3)
+        ctx = add_plugin(trt, network, [qkv.get_output(0), mask_idx, cu, dummy], att, v3)
+        aout = add_dense(trt, network, ctx.get_output(0), w[p + "attention_output_dense_kernel"], w[p + "attention_output_dense_bias"])
+        ln1 = skip_ln_varseqlen(trt, network, aout.get_output(0), x, w, p + "attention_output_layernorm_", cfg.hidden, v3)
+        mid = add_dense(trt, network, ln1.get_output(0), w[p + "intermediate_dense_kernel"], w[p + "intermediate_dense_bias"])
+        gelu = add_gelu(trt, network, mid.get_output(0), 4, fp32_constants=True)
+        out = add_dense(trt, network, gelu.get_output(0), w[p + "output_dense_kernel"], w[p + "output_dense_bias"])
+        x = skip_ln_varseqlen(trt, network, out.get_output(0), ln1.get_output(0), w, p + "output_layernorm_", cfg.hidden, v3).get_output(0)
+    head = add_dense(trt, network, x, w["cls_squad_output_weights"], w["cls_squad_output_bias"])
+    shuffle = network.add_shuffle(head.get_output(0))
+    shuffle.second_transpose = (1, 0, 2, 3)
+    shuffle.get_output(0).name = "logits_out"
+    network.mark_output(shuffle.get_output(0))
+    return network, config
+
+
+def skip_ln_varseqlen(trt: Any, network: Any, x: Any, skip: Any, w: dict[str, np.ndarray], prefix: str, hidden: int, v3: bool) -> Any:
+    fields = [
+        plugin_field(trt, "ld", hidden, "i"),  # sent by the demo although v2 does not declare it
+        plugin_field(trt, "beta", w[prefix + "beta"], "f"),
+        plugin_field(trt, "gamma", w[prefix + "gamma"], "f"),
+        plugin_field(trt, "type_id", 1, "i"),
+    ]
+    plugin = create_plugin(trt, "CustomSkipLayerNormPluginDynamic", "6" if v3 else "2", "skip_layer_norm_varseqlen", fields, v3)
+    return add_plugin(trt, network, [x, skip], plugin, v3)
+
+
 # ----------------------------------------------------------------------------------------------
 # Independent reference
 
@@ -290,3 +354,36 @@ def run_engine(trt: Any, engine: Any, feeds: dict[str, np.ndarray], device: torc
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return {n: b.cpu().numpy() for n, b in buffers.items() if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT}
+
+
+# ----------------------------------------------------------------------------------------------
+# Test plumbing shared by the portable-engine tests
+
+
+def devices() -> list[Any]:
+    """CPU always; CUDA when PyTorch sees a GPU (skipped with the reason otherwise)."""
+    import pytest
+
+    cuda = pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available to PyTorch"),
+    )
+    return ["cpu", cuda]
+
+
+class RecordingLogger:
+    """A TensorRT ILogger subclass keeping every message, built for whichever module is ``trt``."""
+
+    def __new__(cls, trt: Any) -> Any:
+        class _Recorder(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.records: list[tuple[Any, str]] = []
+
+            def log(self, severity: Any, msg: str) -> None:
+                self.records.append((severity, msg))
+
+            def messages(self, severity: Any) -> list[str]:
+                return [m for s, m in self.records if s == severity]
+
+        return _Recorder()

@@ -4,6 +4,10 @@ Every rule is a function of a layer's plain parameter dict (the same dict the en
 so the network API (build time, with -1 for unknown dims) and the execution context (run time,
 concrete dims) use one implementation.  Errors are raised as :class:`BuildError` with the message
 TensorRT users would look for: the layer, what is wrong, and the shapes involved.
+
+Types follow TensorRT's weakly typed networks: FLOAT and HALF tensors mix freely, and computing
+layers report FLOAT outputs unless ``set_output_type`` says otherwise; the precision a layer
+actually runs in is decided at build time (``builder.py``).
 """
 
 from __future__ import annotations
@@ -159,7 +163,7 @@ def infer_convolution(p: Params, shapes: Sequence[Shape], dtypes: Sequence[DataT
         raise BuildError(f"{where}: bias weights has count {p['bias_count']} but {outputs} was expected")
     out = list(shape)
     out[axis] = outputs
-    return [(tuple(out), dtypes[0])]
+    return [(tuple(out), DataType.FLOAT)]
 
 
 def matmul_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -226,11 +230,12 @@ def infer_elementwise(p: Params, shapes: Sequence[Shape], dtypes: Sequence[DataT
     op = ElementWiseOperation(p["op"])
     if op not in _ELEMENTWISE:
         raise BuildError(f"{where}: operation {op.name} is not supported by the portable engine")
-    if dtypes[0] != dtypes[1]:
+    floats = dtypes[0] in FLOAT_TYPES and dtypes[1] in FLOAT_TYPES
+    if not floats and dtypes[0] != dtypes[1]:
         raise BuildError(f"{where}: input types differ: {dtypes[0].name} and {dtypes[1].name}")
-    if dtypes[0] not in FLOAT_TYPES + (DataType.INT32,):
+    if not floats and dtypes[0] != DataType.INT32:
         raise BuildError(f"{where}: {dtypes[0].name} inputs are not supported")
-    return [(broadcast_shapes(shapes[0], shapes[1], where), dtypes[0])]
+    return [(broadcast_shapes(shapes[0], shapes[1], where), DataType.FLOAT if floats else dtypes[0])]
 
 
 def elementwise_step(p: Params) -> Step:
@@ -277,7 +282,7 @@ def infer_unary(p: Params, shapes: Sequence[Shape], dtypes: Sequence[DataType]) 
         raise BuildError(f"{where}: operation {op.name} is not supported by the portable engine")
     if dtypes[0] not in FLOAT_TYPES:
         raise BuildError(f"{where}: input must be FLOAT or HALF, got {dtypes[0].name}")
-    return [(shapes[0], dtypes[0])]
+    return [(shapes[0], DataType.FLOAT)]
 
 
 def unary_step(p: Params) -> Step:
@@ -312,7 +317,7 @@ _ACTIVATIONS: dict[ActivationType, Callable[[torch.Tensor, float, float], torch.
 def infer_activation(p: Params, shapes: Sequence[Shape], dtypes: Sequence[DataType]) -> list[tuple[Shape, DataType]]:
     if dtypes[0] not in FLOAT_TYPES:
         raise BuildError(f"IActivationLayer {p['name']}: input must be FLOAT or HALF, got {dtypes[0].name}")
-    return [(shapes[0], dtypes[0])]
+    return [(shapes[0], DataType.FLOAT)]
 
 
 def activation_step(p: Params) -> Step:
