@@ -72,6 +72,10 @@ NO_WEIGHTS_MESSAGE = (
     "PyTorch using option --pytorch, or Pickle weight dictionary using option --pickle to build TRT BERT model."
 )
 PTQ_MESSAGE = "Post training calibration is not supported in variable-length BERT."
+TENSORRT_FP32_MESSAGE = (
+    "variable-length BERT on TensorRT needs --fp16 or --int8: its attention plugin has no FP32 kernels "
+    "(the portable engine, --backend portable, runs FP32)"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -541,6 +545,8 @@ def run(args: argparse.Namespace) -> None:
     check_output_folder(args.output)
     config = load_config(args, logger)
     kind, path = weight_source(args)
+    if backend == "tensorrt" and not (args.fp16 or args.int8):
+        raise RuntimeError(TENSORRT_FP32_MESSAGE)
     weights = load_weights(kind, path, config, args.max_sequence_length)
     logger.log(trt.Logger.INFO, f"Found {len(weights)} entries in weight map")
 

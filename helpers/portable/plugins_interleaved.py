@@ -22,9 +22,15 @@ call over all sequences; on the CPU it is the reference of ``ops.attention_varle
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
+import numpy as np
 import torch
 
 from helpers.portable import kernels, ops
+from helpers.portable.enums import DataType, PluginFieldType
+from helpers.portable.layers import FLOAT_TYPES, BuildError, Params, Shape, fmt_shape
+from helpers.portable.plugins import QKV, SKIP_LN, FieldSpec, PluginDefinition, PluginError, Tensors, register_plugin
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -81,3 +87,98 @@ def skip_layernorm_interleaved(
     impl = kernels if x_tokens.is_cuda else ops
     normalized, summed = impl.skip_layernorm(x_tokens, skip_tokens, gamma, beta, None, eps)
     return channels_first(normalized), channels_first(summed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plugin definitions (fields, shape/type rules) and registration
+
+
+_QKV_FIELDS = (
+    FieldSpec("hidden_size", PluginFieldType.INT32),
+    FieldSpec("num_heads", PluginFieldType.INT32),
+    FieldSpec("dq_probs", PluginFieldType.FLOAT32, required=False),
+    FieldSpec("use_int8_scale_max", PluginFieldType.INT32, required=False),
+    FieldSpec("use_explicit_int8", PluginFieldType.INT32, required=False),
+    FieldSpec("input_qkv_scale", PluginFieldType.FLOAT32, required=False),
+    FieldSpec("output_ctx_scale", PluginFieldType.FLOAT32, required=False),
+)
+_SKIP_FIELDS = (
+    FieldSpec("beta", PluginFieldType.FLOAT32, count=None),
+    FieldSpec("gamma", PluginFieldType.FLOAT32, count=None),
+)
+_INT8_PROBS_SCALE = 1.0 / 127.0
+
+
+def _parse_qkv(plugin: str, values: dict[str, np.ndarray]) -> Params:
+    hidden, heads = int(values["hidden_size"][0]), int(values["num_heads"][0])
+    if hidden <= 0 or heads <= 0 or hidden % heads:
+        raise PluginError(f"{plugin}: hidden_size ({hidden}) must be a positive multiple of num_heads ({heads})")
+    dq_probs = float(values["dq_probs"][0]) if "dq_probs" in values else _INT8_PROBS_SCALE
+    if dq_probs <= 0:
+        raise PluginError(f"{plugin}: field 'dq_probs' must be > 0, got {dq_probs}")
+    return {"hidden_size": hidden, "num_heads": heads, "dq_probs": dq_probs}
+
+
+def _parse_skip(plugin: str, values: dict[str, np.ndarray]) -> Params:
+    hidden = values["beta"].size
+    if values["gamma"].size != hidden:
+        raise PluginError(f"{plugin}: gamma has {values['gamma'].size} values, beta {hidden}")
+    return {"hidden_size": hidden}
+
+
+def _check_interleaved(plugin: str, index: int, shape: Shape, dtype: DataType, channels: int) -> None:
+    if len(shape) != 4 or shape[0] not in (1, -1) or shape[3] not in (1, -1) or shape[1] not in (channels, -1):
+        raise BuildError(f"{plugin}: input {index} must be [1, {channels}, T, 1], got {fmt_shape(shape)}")
+    if dtype not in FLOAT_TYPES + (DataType.INT8,):
+        raise BuildError(f"{plugin}: input {index} must be FLOAT, HALF or INT8, got {dtype.name}")
+
+
+def _infer_qkv(p: Params, shapes: Sequence[Shape], dtypes: Sequence[DataType]) -> list[tuple[Shape, DataType]]:
+    plugin = f"{QKV} {p['instance']}"
+    if len(shapes) != 3:
+        raise BuildError(f"{plugin}: expects 3 inputs (qkv, cu_seqlens, max_seqlen), got {len(shapes)}")
+    hidden = p["hidden_size"]
+    _check_interleaved(plugin, 0, shapes[0], dtypes[0], 3 * hidden)
+    for index in (1, 2):
+        if len(shapes[index]) != 1:
+            raise BuildError(f"{plugin}: input {index} must be 1-D, got {fmt_shape(shapes[index])}")
+    if dtypes[1] != DataType.INT32:
+        raise BuildError(f"{plugin}: cu_seqlens must be INT32, got {dtypes[1].name}")
+    return [((1, hidden, shapes[0][2], 1), dtypes[0])]
+
+
+def _infer_skip(outputs: int) -> Callable[[Params, Sequence[Shape], Sequence[DataType]], list[tuple[Shape, DataType]]]:
+    def infer(p: Params, shapes: Sequence[Shape], dtypes: Sequence[DataType]) -> list[tuple[Shape, DataType]]:
+        plugin = f"{SKIP_LN} {p['instance']}"
+        if len(shapes) != 2:
+            raise BuildError(f"{plugin}: expects 2 inputs (input, skip), got {len(shapes)}")
+        for index in (0, 1):
+            _check_interleaved(plugin, index, shapes[index], dtypes[index], p["hidden_size"])
+        if shapes[0] != shapes[1] or dtypes[0] != dtypes[1]:
+            raise BuildError(f"{plugin}: input {fmt_shape(shapes[0])} and skip {fmt_shape(shapes[1])} differ")
+        return [(shapes[0], dtypes[0])] * outputs
+
+    return infer
+
+
+def _qkv_impl(p: Params, w: dict[str, torch.Tensor], qkv: torch.Tensor, cu: torch.Tensor, dummy: torch.Tensor) -> Tensors:
+    return (attention_interleaved(qkv, cu, p["num_heads"], dummy.shape[0]),)
+
+
+def _skip_impl(outputs: int) -> Callable[..., Tensors]:
+    def run(p: Params, w: dict[str, torch.Tensor], x: torch.Tensor, skip: torch.Tensor) -> Tensors:
+        return skip_layernorm_interleaved(x, skip, w["gamma"], w["beta"])[:outputs]
+
+    return run
+
+
+def _register() -> None:
+    for version, v3 in (("3", False), ("6", True)):
+        register_plugin(PluginDefinition(QKV, version, v3, _QKV_FIELDS, 1, _parse_qkv, _infer_qkv, ()), _qkv_impl)
+    # HFace: v3 / v7 (one output); Megatron: v4 / v8 (LN result and pre-LN sum).
+    for version, v3, outputs in (("3", False, 1), ("7", True, 1), ("4", False, 2), ("8", True, 2)):
+        definition = PluginDefinition(SKIP_LN, version, v3, _SKIP_FIELDS, outputs, _parse_skip, _infer_skip(outputs), ("beta", "gamma"))
+        register_plugin(definition, _skip_impl(outputs))
+
+
+_register()
