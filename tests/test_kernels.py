@@ -128,3 +128,96 @@ def test_attention_varlen_matches_reference(kernels, dtype, hidden, heads, lengt
     got = kernels.attention_varlen(qkv, cu_seqlens, heads, max_seqlen)
     assert got.shape == expected.shape and got.dtype == expected.dtype
     torch.testing.assert_close(got, expected, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("hidden", [48, 1024])
+@pytest.mark.parametrize("seq,batch", [(7, 3), (384, 2)])
+def test_embedding_reads_transposed_ids_with_positions_from_the_sequence_axis(hidden, seq, batch):
+    from helpers.portable.kernels.norms import embed_layernorm_into
+
+    ids_bs = torch.randint(0, 101, (batch, seq), dtype=torch.int32, device="cuda")
+    segs_bs = torch.randint(0, 2, (batch, seq), dtype=torch.int32, device="cuda")
+    tables = [torch.randn(n, hidden, device="cuda").half() for n in (101, 2, 512)]
+    gamma, beta = layernorm_params(hidden)
+    out = torch.full((seq, batch, hidden), float("nan"), dtype=torch.float16, device="cuda")
+    embed_layernorm_into(out, None, ids_bs.t(), segs_bs.t(), None, *tables, gamma, beta)
+    positions = torch.arange(seq, device="cuda").unsqueeze(1).expand(seq, batch)
+    expected, _ = ops.embed_layernorm(ids_bs.t(), segs_bs.t(), positions, *tables, gamma, beta)
+    torch.testing.assert_close(out, expected, **tolerance(torch.float16))
+
+
+@pytest.mark.parametrize("seq,batch", [(7, 3), (128, 1), (384, 5)])
+def test_mask_index_and_key_bias_match_reference(seq, batch):
+    from helpers.portable.kernels.attention import key_padding_bias
+    from helpers.portable.kernels.norms import mask_index_and_bias_into
+
+    mask_bs = torch.ones(batch, seq, dtype=torch.int32, device="cuda")
+    for b, valid in enumerate(torch.randint(0, seq + 1, (batch,)).tolist()):
+        mask_bs[b, valid:] = 0
+    mask_bs[0, :] = 1
+    index = torch.full((batch,), -7, dtype=torch.int32, device="cuda")
+    bias = torch.full((batch, 1, 1, seq), 3.0, dtype=torch.float16, device="cuda")
+    mask_index_and_bias_into(index, bias, mask_bs.t())
+    expected_index = ops.mask_index(mask_bs.t())
+    assert torch.equal(index, expected_index)
+    assert torch.equal(bias, key_padding_bias(expected_index, seq, torch.float16))
+
+
+def build_tiny_engine(folder, fp16: bool, batch: int, seq: int) -> bytes:
+    import builder
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    config = BertConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=256, max_position_embeddings=128, hidden_act="gelu_pytorch_tanh")
+    BertForQuestionAnswering(config).save_pretrained(folder)
+    path = folder / "tiny.engine"
+    argv = ["--hf", str(folder), "-o", str(path), "-b", str(batch), "-s", str(seq), "--backend", "portable",
+            "--device", "cuda"] + (["--fp16"] if fp16 else [])
+    assert builder.main(argv) == 0
+    return path.read_bytes()
+
+
+def run_plan(plan, description, inputs):
+    from helpers.portable import runtime
+
+    buffers = [None] * plan.num_slots
+    for slot, value in plan.constants.items():
+        buffers[slot] = value
+    for slot, value in zip(description["inputs"], inputs):
+        buffers[slot] = value
+    runtime.execute(plan, buffers)
+    return buffers[description["outputs"][0]].float()
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_fast_plan_matches_reference_plan_of_a_built_engine(tmp_path, fp16):
+    from helpers.portable import runtime
+    from helpers.portable.engine_file import read_engine
+    from helpers.portable.kernels.plan import optimize_plan
+
+    batch, seq = 3, 37
+    description = read_engine(build_tiny_engine(tmp_path, fp16, batch, seq))
+    dev = torch.device("cuda")
+    reference = runtime.build_plan(description, dev)
+    fast = optimize_plan(runtime.build_plan(description, dev), description, dev)
+    # Per layer: QKV GEMM, attention, GEMM+skipLN, GEMM+GELU, GEMM+skipLN; plus the embedding,
+    # the head GEMM and the four shuffles.
+    assert len(fast.steps) == 2 * 5 + 1 + 1 + 4 < len(reference.steps)
+    mask = torch.ones(batch, seq, dtype=torch.int32, device="cuda")
+    mask[1, 20:], mask[2, 1:] = 0, 0
+    inputs = (torch.randint(0, 97, (batch, seq), dtype=torch.int32, device="cuda"),
+              torch.randint(0, 2, (batch, seq), dtype=torch.int32, device="cuda"), mask)
+    expected = run_plan(reference, description, inputs)
+    got = run_plan(fast, description, inputs)
+    torch.testing.assert_close(got, expected, **({"atol": 2e-2, "rtol": 2e-2} if fp16 else tolerance(torch.float32)))
+
+
+def test_fast_kernels_can_be_switched_off(tmp_path, monkeypatch):
+    from helpers.portable import runtime
+    from helpers.portable.engine_file import read_engine
+    from helpers.portable.kernels.plan import FAST_KERNELS_ENV, optimize_plan
+
+    description = read_engine(build_tiny_engine(tmp_path, True, 2, 16))
+    plan = runtime.build_plan(description, torch.device("cuda"))
+    monkeypatch.setenv(FAST_KERNELS_ENV, "0")
+    assert optimize_plan(plan, description, torch.device("cuda")) is plan

@@ -1,9 +1,10 @@
 """Fast CUDA versions of ``helpers.portable.ops``, with the same signatures and results.
 
-Winners of ``bench/kernels_bench.py`` on the H100 (see docs/perf/): Triton kernels for the
-embedding LayerNorm, the residual LayerNorm and the GELU pass; cuBLAS (through PyTorch) for the
-GEMMs, with bias + tanh GELU in the cuBLASLt epilogue; SDPA cuDNN / FlashAttention on strided
-views of the packed QKV tensor.  Triton is imported on first use only: CPU machines need none.
+Winners of ``bench/kernels_bench.py`` on the H100 (numbers in docs/perf/KERNELS.md): Triton
+kernels for the embedding LayerNorm, the residual LayerNorm and the GELU pass; cuBLAS (through
+PyTorch) for the GEMMs, with bias + tanh GELU in the cuBLASLt epilogue; SDPA cuDNN /
+FlashAttention on strided views of the packed QKV tensor.  ``plan.optimize_plan`` puts them into
+the portable engine.  Triton is imported on first use only: CPU machines need none.
 """
 
 from __future__ import annotations
