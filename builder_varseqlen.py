@@ -62,6 +62,7 @@ from builder_utils import (
     write_file_atomically,
 )
 from helpers.backend import BACKENDS, BackendError, backend_name, select_backend, trt
+from helpers.sparsity import structured_layers
 
 INPUT_NAMES = ("input_ids", "segment_ids", "cu_seqlens", "max_seqlen")
 XAVIER_MESSAGE = "This variable-length BERT demo only support Xavier+ GPU."
@@ -333,6 +334,7 @@ class VarSeqLenNetwork:
         config = self.config
         hidden = config.hidden_size
         qkv = add_dense(self.network, x, 3 * hidden, self.weights[prefix + WQKV], self.weights[prefix + BQKV])
+        qkv.name = prefix + "attention_qkv"
         if config.use_qat:
             names = ("qv_a", "qv_b", "av_b")
             set_output_range(qkv, max(self.amax(f"{prefix}attention_self_{n}_input_quantizer_amax") for n in names))
@@ -401,6 +403,7 @@ class VarSeqLenNetwork:
 
         context = self.add_attention(prefix, x, mask_idx, cu_seqlens, max_seqlen)
         attention_dense = add_dense(network, context.get_output(0), hidden, weights[prefix + W_AOUT], weights[prefix + B_AOUT])
+        attention_dense.name = prefix + "attention_output_dense"
         if config.use_int8 and config.use_qat:
             set_output_range(attention_dense, self.amax(prefix + "attention_output_add_local_input_quantizer_amax"))
 
@@ -421,12 +424,14 @@ class VarSeqLenNetwork:
         intermediate = add_dense(
             network, attention_ln.get_output(0), config.intermediate_size, weights[prefix + W_MID], weights[prefix + B_MID]
         )
+        intermediate.name = prefix + "intermediate_dense"
         gelu = add_gelu(network, intermediate.get_output(0), force_fp32=True)
         gelu.get_output(0).name = prefix + "gelu"
         if config.use_int8 and config.use_qat:
             set_output_range(gelu, self.amax(prefix + "output_dense_input_amax"))
 
         output_dense = add_dense(network, gelu.get_output(0), hidden, weights[prefix + W_LOUT], weights[prefix + B_LOUT])
+        output_dense.name = prefix + "output_dense"
         if config.use_int8 and config.use_qat:
             set_output_range(output_dense, self.amax(prefix + "output_add_local_input_quantizer_amax"))
         output_dense.get_output(0).name = prefix + "output_dense"
@@ -445,6 +450,7 @@ class VarSeqLenNetwork:
 
     def add_squad_head(self, x: trt.ITensor) -> trt.ITensor:
         logits = add_dense(self.network, x, 2, self.weights["cls_" + SQD_W], self.weights["cls_" + SQD_B])
+        logits.name = "cls_squad_output"
         # [T, 2, 1, 1] or interleaved [1, 2, T, 1] -> [2, T, 1, 1]
         order = (1, 2, 0, 3) if self.interleaved else (1, 0, 2, 3)
         output = self.transpose(logits.get_output(0), order)
@@ -505,6 +511,15 @@ def configure_builder(
         builder_config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
 
 
+def log_sparse_layers(network: trt.INetworkDefinition, logger: trt.ILogger) -> None:
+    """Which dense layers can use sparse kernels under -sp: only those whose weights are 2:4."""
+    structured, dense = structured_layers(network)
+    logger.log(trt.Logger.INFO, f"Sparse (2:4) weights in {len(structured)} of {len(structured) + len(dense)} dense layers: "
+               + (", ".join(structured) or "none"))
+    if dense:
+        logger.log(trt.Logger.INFO, f"Dense weights (not 2:4), kept dense: {', '.join(dense)}")
+
+
 def build_engine(
     logger: trt.ILogger,
     config: BertConfig,
@@ -521,6 +536,8 @@ def build_engine(
     builder_config = builder.create_builder_config()
     configure_builder(builder_config, config, workspace_size, verbose, logger)
     VarSeqLenNetwork(network, config, weights, megatron).populate(builder, builder_config, batch_sizes, max_sequence_length)
+    if config.use_sparsity:
+        log_sparse_layers(network, logger)
 
     start = time.time()
     serialized = builder.build_serialized_network(network, builder_config)

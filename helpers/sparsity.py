@@ -96,6 +96,25 @@ def to_semi_structured(weight: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
+def structured_layers(network: Any) -> tuple[list[str], list[str]]:
+    """(2:4-structured, not 2:4) names of the 1×1 convolutions (dense layers) of a TensorRT network.
+
+    A layer counts as 2:4 when its ``[out, in]`` kernel is; only those can run on sparse kernels
+    under ``-sp`` (TensorRT's SPARSE_WEIGHTS, or PyTorch's semi-structured GEMMs on the portable engine).
+    """
+    from helpers.backend import trt
+
+    structured: list[str] = []
+    dense: list[str] = []
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type != trt.LayerType.CONVOLUTION:
+            continue
+        kernel = np.asarray(layer.kernel).reshape(layer.num_output_maps, -1)
+        (structured if is_2to4(kernel) else dense).append(layer.name)
+    return structured, dense
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoint pruning
 
