@@ -229,11 +229,13 @@ def add_inputs(
     batch_sizes: Sequence[int],
     sequence_lengths: Sequence[int],
 ) -> list[trt.ITensor]:
-    # The single distributive-independence profile starts at batch 1, so its batch axis is dynamic.
-    dynamic_batch = len(batch_sizes) > 1 or config.distributive_independence
+    profiles = profile_shapes(batch_sizes, sequence_lengths, config.distributive_independence)
+    # Profiles start at batch 1.  The original keeps a single batch size static even then, which
+    # TensorRT rejects for sizes above 1 (e.g. -b 4 -s 128 -s 384): such an axis is dynamic here.
+    dynamic_batch = any(low[0] != high[0] for low, high in profiles)
     shape = (-1 if dynamic_batch else batch_sizes[0], -1 if len(sequence_lengths) > 1 else sequence_lengths[0])
     inputs = [network.add_input(name, trt.int32, shape) for name in INPUT_NAMES]
-    for min_shape, max_shape in profile_shapes(batch_sizes, sequence_lengths, config.distributive_independence):
+    for min_shape, max_shape in profiles:
         profile = builder.create_optimization_profile()
         for name in INPUT_NAMES:
             profile.set_shape(name, min_shape, max_shape, max_shape)

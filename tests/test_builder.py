@@ -207,6 +207,13 @@ def test_distributive_independence_builds_one_profile(tmp_path, tiny_model, tiny
     assert max_error(engine, tiny_model, 2, 24) <= FP32_TOLERANCE
 
 
+def test_single_batch_size_above_one_with_several_sequence_lengths(tmp_path, tiny_model, tiny_files):
+    # The original declares batch 3 static here, and TensorRT rejects the profiles' min batch of 1.
+    engine = build(tmp_path, "--hf", tiny_files["hf"], "-b", 3, "-s", 16, "-s", 24)
+    for batch, seq in ((3, 16), (2, 24)):
+        assert max_error(engine, tiny_model, batch, seq) <= FP32_TOLERANCE
+
+
 def test_log_lines_and_timing_cache(tmp_path, tiny_files, capfd):
     cache = tmp_path / "timing.cache"
     build(tmp_path, "--hf", tiny_files["hf"], "-s", 16, "-tcf", cache, "-sp")
