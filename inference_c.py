@@ -70,17 +70,20 @@ class InferCRunner:
     def __init__(self, engine_path: str, sequence_length: int, enable_graph: bool):
         try:
             import infer_c
-        except ImportError as err:
+
+            bert_inf = infer_c.bert_inf
+        # Without build/infer_c*.so, `import infer_c` finds the source folder infer_c/ instead.
+        except (ImportError, AttributeError):
             raise RunnerError(
                 "this engine is a TensorRT plan, which inference_c.py runs through the C++ module infer_c, "
-                f"but it cannot be imported ({err}); build it with infer_c/build.sh (see infer_c/README.md)"
+                "but build/ holds no infer_c module; build it with infer_c/build.sh (see infer_c/README.md)"
             ) from None
         self.sequence_length = sequence_length
         self._inputs: dict[str, np.ndarray] = {}
         self._logits: np.ndarray | None = None
         sys.stdout.flush()  # the C++ logger writes to the same stdout
         try:
-            self.bert = infer_c.bert_inf(engine_path, 1, sequence_length, enable_graph)
+            self.bert = bert_inf(engine_path, 1, sequence_length, enable_graph)
         except (RuntimeError, ValueError) as err:
             raise RunnerError(str(err)) from None
 
@@ -119,9 +122,24 @@ class InferCRunner:
         return torch.from_numpy(logits)
 
 
+# Enough of an engine file to tell a portable engine from a TensorRT plan.
+ENGINE_HEADER_BYTES = 64
+
+
+def engine_kind(path: str) -> str:
+    """'tensorrt' or 'portable', from the first bytes of the engine file."""
+    try:
+        with open(path, "rb") as engine_file:
+            head = engine_file.read(ENGINE_HEADER_BYTES)
+    except OSError:
+        read_engine_file(path)  # raises the runner's one-line error for this path
+        raise
+    return engine_backend(head)
+
+
 def make_runner(args: argparse.Namespace) -> Any:
     """InferCRunner for a TensorRT plan, EngineRunner for a portable engine."""
-    if engine_backend(read_engine_file(args.engine)) == "tensorrt":
+    if engine_kind(args.engine) == "tensorrt":
         return InferCRunner(args.engine, args.sequence_length, args.enable_graph)
     return EngineRunner(args.engine, device=args.device, enable_graph=args.enable_graph)
 

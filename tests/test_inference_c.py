@@ -7,12 +7,13 @@ import contextlib
 import io
 import json
 import re
+import subprocess
 import sys
 import types
 
 import numpy as np
 import pytest
-from engines import PASSAGE, QUESTION, SEQ_LEN, tiny_engine, tiny_model_dir
+from engines import PASSAGE, QUESTION, REPO_ROOT, SEQ_LEN, tiny_engine, tiny_model_dir
 from squad_fixtures import make_qa, write_squad_file
 
 import inference
@@ -103,6 +104,18 @@ def test_tensorrt_plan_without_infer_c_is_one_line_error(vocab, capsys, tmp_path
     status, out, err = run(inference_c.main, ["-e", str(plan), "-v", str(vocab), "-p", "x", "-q", "y"], capsys)
     assert status == 1
     assert err.count("\n") == 1 and err.startswith("inference_c.py: error: ") and "infer_c/build.sh" in err
+
+
+def test_tensorrt_plan_from_the_command_line_is_one_line_error(vocab, tmp_path):
+    """Through the real import: infer_c missing (the usual case here) or, where built, no GPU."""
+    plan = tmp_path / "bert.engine"
+    plan.write_bytes(TENSORRT_PLAN_BYTES)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "inference_c.py"), "-e", str(plan), "-v", str(vocab), "-p", "x", "-q", "y"],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("inference_c.py: error: "), result.stderr
 
 
 def fake_infer_c(portable_engine, packed_output: bool, calls: list):
