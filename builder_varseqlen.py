@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from builder import DEVICE_ENV, add_dense, add_plugin, amax, compute_capability, describe_backend, network_creation_flags
+from builder import LOADERS as FIXED_LENGTH_LOADERS
 from builder_utils import (
     B_AOUT,
     B_LOUT,
@@ -49,11 +50,7 @@ from builder_utils import (
     first_line,
     load_bert_config,
     load_hf_config,
-    load_hf_weights,
     load_megatron_pickle_weights,
-    load_onnx_weights_and_quant,
-    load_pytorch_weights_and_quant,
-    load_tf_weights,
     load_timing_cache,
     pack_qkv,
     plugin_field,
@@ -209,13 +206,7 @@ def weight_source(args: argparse.Namespace) -> tuple[str, str]:
     raise RuntimeError(NO_WEIGHTS_MESSAGE)
 
 
-LOADERS = {
-    "onnx": load_onnx_weights_and_quant,
-    "pytorch": load_pytorch_weights_and_quant,
-    "ckpt": load_tf_weights,
-    "pickle": load_megatron_pickle_weights,
-    "hf": load_hf_weights,
-}
+LOADERS = {**FIXED_LENGTH_LOADERS, "pickle": load_megatron_pickle_weights}
 
 
 def uses_interleaved_network(args: argparse.Namespace) -> bool:
