@@ -193,7 +193,7 @@ def run_plan(plan, description, inputs):
 def test_fast_plan_matches_reference_plan_of_a_built_engine(tmp_path, fp16):
     from helpers.portable import runtime
     from helpers.portable.engine_file import read_engine
-    from helpers.portable.kernels.plan import optimize_plan
+    from helpers.portable.kernels.plan import RELEASE_STEP, optimize_plan
 
     batch, seq = 3, 37
     description = read_engine(build_tiny_engine(tmp_path, fp16, batch, seq))
@@ -202,7 +202,8 @@ def test_fast_plan_matches_reference_plan_of_a_built_engine(tmp_path, fp16):
     fast = optimize_plan(runtime.build_plan(description, dev), description, dev)
     # Per layer: QKV GEMM, attention, GEMM+skipLN, GEMM+GELU, GEMM+skipLN; plus the embedding,
     # the head GEMM and the four shuffles.
-    assert len(fast.steps) == 2 * 5 + 1 + 1 + 4 < len(reference.steps)
+    computing = [step for step in fast.steps if step.name != RELEASE_STEP]
+    assert len(computing) == 2 * 5 + 1 + 1 + 4 < len(reference.steps)
     mask = torch.ones(batch, seq, dtype=torch.int32, device="cuda")
     mask[1, 20:], mask[2, 1:] = 0, 0
     inputs = (torch.randint(0, 97, (batch, seq), dtype=torch.int32, device="cuda"),
