@@ -211,18 +211,18 @@ def test_doctor_reports_versions_backend_and_features():
         assert "  CUDA graphs (--enable-graph): missing a CUDA GPU visible to PyTorch" in out
 
 
-def test_minilm_demo_model_builds_and_answers(tmp_path):
+def test_minilm_demo_model_builds_and_answers(tmp_path, capsys):
     """The offline quick start's steps (scripts/quickstart.sh without the venv set-up)."""
-    model = tmp_path / "minilm"
+    import builder
+    import inference
+    from helpers.demo_model import write_minilm_qa_model
+
+    model = write_minilm_qa_model(tmp_path / "minilm")
     engine = tmp_path / "minilm.engine"
-    steps = [
-        [sys.executable, "-m", "helpers.demo_model", "minilm", str(model)],
-        [sys.executable, "builder.py", "--hf", str(model), "-o", str(engine), "-b", "1", "-s", "128", "--backend", "portable", "--device", "cpu"],
-        [sys.executable, "inference.py", "-e", str(engine), "-v", str(model / "vocab.txt"), "-s", "128", "--device", "cpu",
-         "-p", "TensorRT is a high performance deep learning inference platform.", "-q", "What is TensorRT?"],
-    ]
-    for step in steps:
-        result = subprocess.run(step, cwd=REPO_ROOT, capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    assert builder.main(["--hf", str(model), "-o", str(engine), "-b", "1", "-s", "128", "--backend", "portable", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    status = inference.main(["-e", str(engine), "-v", str(model / "vocab.txt"), "-s", "128", "--device", "cpu",
+                             "-p", "TensorRT is a high performance deep learning inference platform.", "-q", "What is TensorRT?"])
+    assert status == 0
+    lines = capsys.readouterr().out.splitlines()
     assert lines[4] == "-" * 24 and lines[7].startswith("Answer: '") and lines[8].startswith("With probability: ")
