@@ -67,7 +67,7 @@ for mount in "models:$models_dir" "engines:$engines_dir" "squad:$squad_dir"; do
     host_dir=${mount#*:}
     # Created here so that Docker does not create it as root.
     [ "$dry_run" = true ] || mkdir -p "$host_dir"
-    host_dir=$(cd "$host_dir" 2> /dev/null && pwd || realpath -m "$host_dir")
+    host_dir=$(realpath -m "$host_dir")
     command+=(-v "$host_dir:$workdir/$name")
 done
 if [ -n "$jupyter_port" ]; then
