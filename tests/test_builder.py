@@ -310,3 +310,106 @@ def test_command_line_failure_in_a_subprocess(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"error: configuration file not found: {tmp_path / 'bert_config.json'}"
     assert not output.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Network structure (§3.2) and INT8 annotations (§3.3, §6), inspected before any build
+
+
+def network_tensors(config, weights):
+    """{tensor name: tensor} of the network builder.py defines, and the network itself."""
+    from helpers.backend import select_backend, trt
+
+    select_backend("portable")
+    logger = trt.Logger(trt.Logger.ERROR)
+    trt.init_libnvinfer_plugins(logger, "")
+    trt_builder = trt.Builder(logger)
+    network = trt_builder.create_network(0)
+    builder.populate_network(trt_builder, network, trt_builder.create_builder_config(), config, weights, [1], [16])
+    tensors = {}
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        for output in range(layer.num_outputs):
+            tensors[layer.get_output(output).name] = layer.get_output(output)
+    return tensors, network
+
+
+def qat_weights(model, tmp_path):
+    import builder_utils as bu
+
+    names = checkpoints.qat_amax_names(model.config.num_hidden_layers)
+    amax = {name: 2.0 + index for index, name in enumerate(names)}
+    for layer in range(model.config.num_hidden_layers):  # one input range for the fused QKV
+        for projection in ("key", "value"):
+            amax[f"bert.encoder.layer.{layer}.attention.self.{projection}._input_quantizer._amax"] = amax[
+                f"bert.encoder.layer.{layer}.attention.self.query._input_quantizer._amax"]
+    path = checkpoints.write_onnx_model(model, tmp_path / "qat.onnx", amax)
+    c = model.config
+    config = bu.BertConfig(c.num_attention_heads, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
+                           use_int8=True, use_qat=True)
+    return config, bu.load_onnx_weights_and_quant(str(path), config), amax
+
+
+def test_network_tensor_names_and_gelu_chain(tiny_model, tiny_files):
+    import builder_utils as bu
+    from helpers.backend import trt
+
+    config = bu.load_hf_config(str(tiny_files["hf"]))
+    tensors, network = network_tensors(config, bu.load_hf_weights(str(tiny_files["hf"]), config))
+    expected = ["embeddings_output", "logits_out"] + [
+        f"l{i}_{name}" for i in range(2)
+        for name in ("attention_qkv_mult", "attention_context_layer", "gelu", "output_dense", "output_reshape")
+    ]
+    assert set(expected) <= set(tensors)
+    assert [network.get_output(i).name for i in range(network.num_outputs)] == ["logits_out"]
+    assert tuple(tensors["logits_out"].shape) == (1, 16, 2, 1, 1)
+    assert tuple(tensors["l0_attention_qkv_mult"].shape) == (16, 1, 3 * 48, 1, 1)
+    assert tuple(tensors["embeddings_output"].shape) == (16, 1, 48, 1, 1)
+    constants = [network.get_layer(i) for i in range(network.num_layers)
+                 if network.get_layer(i).type == trt.LayerType.CONSTANT]
+    assert len(constants) == 5 * 2  # five GELU constants per layer, no dangling head constant
+    assert {tuple(layer.get_output(0).shape) for layer in constants} == {(1, 1, 1, 1, 1)}
+    values = sorted(float(np.asarray(layer.weights).reshape(-1)[0]) for layer in constants[:5])
+    assert values == sorted(float(np.float32(v)) for v in (3.0, 0.044715, 0.79788456080286535587989211986876, 1.0, 0.5))
+
+
+def test_qat_dynamic_ranges(tiny_model, tmp_path):
+    config, weights, amax = qat_weights(tiny_model, tmp_path)
+    tensors, _ = network_tensors(config, weights)
+
+    def check(tensor_name, value):
+        assert tensors[tensor_name].dynamic_range == (-value, value), tensor_name
+
+    for i in range(2):
+        p = f"bert.encoder.layer.{i}."
+        check(f"l{i}_attention_qkv_mult", max(amax[p + f"attention.self.matmul_{m}_input_quantizer._amax"] for m in "qkv"))
+        check(f"l{i}_attention_context_layer", amax[p + "attention.output.dense._input_quantizer._amax"])
+        check(f"l{i}_gelu", amax[p + "output.dense._input_quantizer._amax"])
+        check(f"l{i}_output_dense", amax[p + "output.add_local_input_quantizer._amax"])
+    check("embeddings_output", amax["bert.encoder.layer.0.attention.self.query._input_quantizer._amax"])
+    check("l0_output_reshape", amax["bert.encoder.layer.1.attention.self.query._input_quantizer._amax"])
+    check("l1_output_reshape", amax["bert.encoder.final_input_quantizer._amax"])
+
+
+def test_qat_model_with_unequal_qkv_input_ranges_is_refused(tiny_model, tmp_path):
+    import builder_utils as bu
+
+    config, weights, _ = qat_weights(tiny_model, tmp_path)
+    weights["l1_attention_self_value_input_amax"] = weights["l1_attention_self_value_input_amax"] + 1
+    with pytest.raises(bu.WeightLoadError, match="l1_attention_self_value_input_amax"):
+        network_tensors(config, weights)
+    del weights["l0_output_add_local_input_quantizer_amax"]
+    with pytest.raises(bu.WeightLoadError, match="has no 'l0_output_add_local_input_quantizer_amax' entry"):
+        network_tensors(config, weights)
+
+
+def test_ptq_clips_gelu_and_keeps_dense_outputs_unquantized(tiny_model, tiny_files):
+    import builder_utils as bu
+    from helpers.backend import trt
+
+    config = bu.load_hf_config(str(tiny_files["hf"]), use_int8=True, use_fp16=True)
+    tensors, network = network_tensors(config, bu.load_hf_weights(str(tiny_files["hf"]), config))
+    assert tensors["l1_gelu"].dynamic_range == (-10.0, 10.0)
+    dense_outputs = [network.get_layer(i) for i in range(network.num_layers)
+                     if network.get_layer(i).get_output(0).name in ("l0_output_dense", "l1_output_dense")]
+    assert [layer.get_output_type(0) for layer in dense_outputs] == [trt.DataType.HALF] * 2
