@@ -157,3 +157,13 @@ def test_tensorrt_plans_run_through_infer_c(
     assert without_timings(out) == without_timings(inference_py_output)
     assert calls[:2] == [("init", 1, SEQ_LEN, True), ("prepare", 1)]
     assert calls[2:] and all(call == ("run", np.dtype(np.int32), (SEQ_LEN,)) for call in calls[2:])
+
+
+def test_interactive_mode_prints_only_the_framed_blocks(engine, vocab, capsys, monkeypatch, inference_py_output):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{QUESTION}\n  quit \n"))
+    argv = ["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN), "-p", *PASSAGE.split(" "), "--device", "cpu"]
+    status, out, err = run(inference_c.main, argv, capsys)
+    assert status == 0, err
+    prompt = "Question (to exit, type one of ['exit', 'quit']): "
+    framed_block = inference_py_output.split(f"Question: {QUESTION}\n", 1)[1]
+    assert without_timings(out) == without_timings(prompt + framed_block + prompt)
