@@ -300,12 +300,17 @@ def test_input_shape_outside_the_active_profile_is_refused(logger):
     assert context.set_optimization_profile_async(4, 0) is False
 
 
-def test_mismatched_input_shapes_are_refused(logger):
+def test_mismatched_input_shapes_fail_shape_inference_and_execution(logger):
     network, config = build_fixed_network(trt, trt.Builder(logger), random_weights(SMALL), SMALL, [1, 4], [32])
     context = build(logger, network, config).create_execution_context()
     context.set_optimization_profile_async(1, 0)
-    assert context.set_input_shape("input_ids", (2, 32)) and context.set_input_shape("segment_ids", (2, 32))
-    assert context.set_input_shape("input_mask", (3, 32)) is False
+    # Each shape is within the profile, so each set_input_shape succeeds (inputs are set one by one).
+    for name, batch in (("input_ids", 2), ("segment_ids", 2), ("input_mask", 3)):
+        assert context.set_input_shape(name, (batch, 32))
+    with pytest.raises(RuntimeError, match="differ in shape"):
+        context.infer_shapes()
+    assert context.get_tensor_shape("logits_out") == (-1, 32, 2, 1, 1)  # the build-time shape
+    assert context.execute_async_v3(0) is False
     assert "differ in shape" in logger.messages(trt.Logger.ERROR)[-1]
 
 

@@ -180,7 +180,6 @@ def test_field_values_and_counts_are_checked(logger):
     assert create(QKV, "1", qkv_fields(E=12, N=5)) is None  # 12 is not a multiple of 5 heads
     assert create(QKV, "1", qkv_fields(has_mask=2)) is None
     assert create(QKV, "1", qkv_fields(type_id=7)) is None
-    assert create(QKV, "2", qkv_fields(type_id=0, var_seqlen=1)) is None  # var_seqlen needs FP16/INT8
     two_heads = trt.PluginField("num_heads", np.array([3, 3], np.int32), I32)
     assert create(QKV, "1", [f if f.name != "num_heads" else two_heads for f in qkv_fields()]) is None
     assert "1 value(s), got 2" in logger.messages(trt.Logger.ERROR)[-1]
@@ -257,25 +256,27 @@ def test_embedding_layernorm_fp16_output(logger, device):
 @pytest.mark.parametrize("version,megatron", [("2", False), ("4", False), ("3", True), ("5", True)])
 def test_embedding_layernorm_varseqlen(logger, device, version, megatron):
     E = 8
-    fields, w = emb_fields(E=E, positions=140, output_fp16=1)
+    fields, w = emb_fields(E=E, positions=128, output_fp16=1)
     lengths = [5, 130, 0, 3]
     cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     rng = np.random.default_rng(2)
-    ids = rng.integers(0, 11, cu[-1]).astype(np.int32)
-    segs = rng.integers(0, 2, cu[-1]).astype(np.int32)
-    dummy = np.zeros(100, np.int32)  # max_seqlen 100 → bucket 128: positions ≥ 128 are not processed
+    tokens = cu[-1] + 2  # two padding tokens after the last sequence are not embedded
+    ids = rng.integers(0, 11, tokens).astype(np.int32)
+    segs = rng.integers(0, 2, tokens).astype(np.int32)
+    dummy = np.zeros(130, np.int32)
     out0, out1 = run_plugin(logger, device, EMB, version, fields, [ids, segs, cu, dummy])
-    assert out0.shape == (cu[-1], E, 1, 1) and out0.dtype == torch.float16
-    positions = torch.cat([torch.arange(n) for n in lengths])
+    assert out0.shape == (tokens, E, 1, 1) and out0.dtype == torch.float16
+    positions = torch.cat([torch.arange(n) for n in lengths] + [torch.zeros(2, dtype=torch.long)])
     summed = (
         w["bert_embeddings_word_embeddings"].half()[torch.from_numpy(ids).long()]
         + w["bert_embeddings_token_type_embeddings"].half()[torch.from_numpy(segs).long()]
-        + w["bert_embeddings_position_embeddings"].half()[positions]
+        + w["bert_embeddings_position_embeddings"].half()[positions.clamp(max=127)]
     )
     want = layernorm(summed.float(), w["bert_embeddings_layernorm_gamma"], w["bert_embeddings_layernorm_beta"], 0.0)
-    skipped = positions >= 128
+    # Positions 128 and 129 are outside the position table: skipped, like the padding tokens.
+    skipped = (positions >= 128) | (torch.arange(tokens) >= cu[-1])
+    assert skipped.sum() == 4
     want[skipped] = 0
-    assert skipped.sum() == 2
     torch.testing.assert_close(out0[..., 0, 0].double(), want, atol=1e-2, rtol=0)
     if megatron:
         summed[skipped] = 0
@@ -319,18 +320,19 @@ def test_attention_without_mask(logger, device):
     torch.testing.assert_close(ctx[..., 0, 0].double(), want, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("version", ["2", "5"])
-def test_attention_varseqlen(logger, device, version):
+@pytest.mark.parametrize("version,fp16", [("2", True), ("5", True), ("2", False)])
+def test_attention_varseqlen(logger, device, version, fp16):
+    """Packed attention; FP32 too, which TensorRT's fused-only varseqlen kernels lack."""
     N, H = 2, 6
     E = N * H
     lengths = [4, 1, 0, 9]
     cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    qkv = np.random.default_rng(3).standard_normal((cu[-1], 3 * E, 1, 1)).astype(np.float16)
+    qkv = np.random.default_rng(3).standard_normal((cu[-1], 3 * E, 1, 1)).astype(np.float16 if fp16 else np.float32)
     dummy = np.zeros(12, np.int32)
     tagged = trt.PluginField("var_seqlen", np.array([1], np.int32), F32)
-    fields = qkv_fields(type_id=1, E=E, N=N) + [tagged]
-    (ctx,) = run_plugin(logger, device, QKV, version, fields, [qkv, np.zeros(1, np.int32), cu, dummy], fp16=True)
-    assert ctx.shape == (cu[-1], E, 1, 1) and ctx.dtype == torch.float16
+    fields = qkv_fields(type_id=int(fp16), E=E, N=N) + [tagged]
+    (ctx,) = run_plugin(logger, device, QKV, version, fields, [qkv, np.zeros(1, np.int32), cu, dummy], fp16=fp16)
+    assert ctx.shape == (cu[-1], E, 1, 1) and ctx.dtype == (torch.float16 if fp16 else torch.float32)
     t = torch.from_numpy(qkv[..., 0, 0])
     want = torch.cat(
         [attention_reference(t[a:b].unsqueeze(1), [b - a], N)[:, 0] for a, b in zip(cu[:-1], cu[1:]) if b > a]

@@ -11,6 +11,10 @@ engine's README section):
   fused-MHA mask exists only for TensorRT's SM-specific fused kernels, and the portable attention
   reads the mask index.
 * INT8 (``type_id`` 2) plugins compute in FP16 until INT8 execution lands; the build warns.
+* Attention runs for any sequence length and head size, and ``var_seqlen=1`` also in FP32: these
+  TensorRT limits come from its fused kernels (FP16/INT8, H ≤ 64, S ≤ 512), not from the math.
+  Likewise the varseqlen embedding embeds every token, where TensorRT's kernels skip positions
+  past their sequence bucket (at most 384, so a 512-token sequence loses its tail there).
 * The interleaved INT8 versions (QKV v3/v6, SkipLN v3/v4/v7/v8) are not registered.
 """
 
@@ -274,8 +278,6 @@ def _parse_qkv_varseqlen(plugin: str, values: dict[str, np.ndarray]) -> Params:
     params = _parse_qkv(plugin, values)
     params["var_seqlen"] = _choice(plugin, "var_seqlen", _scalar(values, "var_seqlen", 0), (0, 1))
     params["use_int8_scale_max"] = _choice(plugin, "use_int8_scale_max", _scalar(values, "use_int8_scale_max", 1), (0, 1))
-    if params["var_seqlen"] and params["type_id"] == int(DataType.FLOAT):
-        raise PluginError(f"{plugin}: var_seqlen=1 supports type_id FP16 (1) or INT8 (2) only, got FP32 (0)")
     return params
 
 
@@ -431,27 +433,18 @@ def emb_layernorm_fixed(p: Params, w: dict[str, torch.Tensor], ids: torch.Tensor
     return normed.unflatten(-1, (-1, 1, 1)), ops.mask_index(mask).unsqueeze(1)
 
 
-def varseqlen_bucket(max_seqlen: int) -> int:
-    """The embedding kernels' sequence bucket; positions at or past it are not processed."""
-    for bucket in (128, 192, 256):
-        if max_seqlen <= bucket:
-            return bucket
-    return 384
-
-
-def _packed_positions(cu_seqlens: torch.Tensor, tokens: int, limit: int) -> torch.Tensor:
-    """Position of every packed token in its sequence; -1 (skipped) past the batch or ``limit``."""
+def _packed_positions(cu_seqlens: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Position of every packed token in its sequence; -1 (skipped) past the last sequence."""
     positions = ops.varlen_position_ids(cu_seqlens, tokens)
     index = torch.arange(tokens, device=cu_seqlens.device)
-    inside = (index < cu_seqlens[-1].long()) & (positions < limit)
-    return torch.where(inside, positions, -1)
+    return torch.where(index < cu_seqlens[-1].long(), positions, -1)
 
 
 def emb_layernorm_varseqlen(megatron: bool) -> Callable[..., Tensors]:
     def run(
         p: Params, w: dict[str, torch.Tensor], ids: torch.Tensor, segs: torch.Tensor, cu: torch.Tensor, dummy: torch.Tensor
     ) -> Tensors:
-        positions = _packed_positions(cu, ids.shape[0], varseqlen_bucket(dummy.shape[0]))
+        positions = _packed_positions(cu, ids.shape[0])
         normed, summed = ops.embed_layernorm(
             ids,
             segs,

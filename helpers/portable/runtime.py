@@ -467,16 +467,9 @@ class IExecutionContext:
                 f"{fmt_shape(low)}..{fmt_shape(high)}.)",
             )
             return False
-        previous = self._input_shapes.get(name)
+        # Like TensorRT, only the profile is checked here: inputs are set one at a time, so their
+        # mutual consistency is checked by infer_shapes() and execute_async_v3().
         self._input_shapes[name] = dims
-        resolved = self._resolved()
-        if isinstance(resolved, str):
-            self._logger.log(Severity.ERROR, f"{where}: {resolved}")
-            if previous is None:
-                del self._input_shapes[name]
-            else:
-                self._input_shapes[name] = previous
-            return False
         return True
 
     def _resolved(self) -> dict[int, Shape] | str | None:
@@ -545,7 +538,10 @@ class IExecutionContext:
     def execute_async_v3(self, stream_handle: int) -> bool:
         where = "IExecutionContext::enqueueV3"
         resolved = self._resolved()
-        if not isinstance(resolved, dict):
+        if isinstance(resolved, str):
+            self._logger.log(Severity.ERROR, f"{where}: {resolved}")
+            return False
+        if resolved is None:
             missing = [name for name, _ in self._inputs() if name not in self._input_shapes]
             self._logger.log(Severity.ERROR, f"{where}: input shapes not specified for: {', '.join(missing)}")
             return False
