@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2, help="batch size (default: 2)")
     parser.add_argument("--seq", type=int, action="append", help="sequence length, repeatable (default: 128 and 384)")
     parser.add_argument("--vocab", type=int, default=30522, help="vocabulary size (default: 30522)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default: 0)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "portable"),
+                        help="builder.py --backend (default: auto)")
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() or not args.tiny else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -108,29 +110,32 @@ def main(argv: list[str] | None = None) -> int:
             model.save_pretrained(folder)
             for precision in precisions:
                 engine = Path(work) / f"{name}_{precision}.engine"
-                argv_build = ["--hf", str(folder), "-o", str(engine), "-b", str(args.batch), "--backend", "portable"]
+                argv_build = ["--hf", str(folder), "-o", str(engine), "-b", str(args.batch), "--backend", args.backend]
                 argv_build += [item for seq in seqs for item in ("-s", str(seq))]
                 if precision == "fp16":
                     argv_build.append("-f")
                 if builder.main(argv_build) != 0:
-                    rows.append((name, precision, args.batch, "-", float("nan"), float("nan"), "BUILD FAILED"))
+                    rows.append((name, precision, args.batch, "-", float("nan"), float("nan"), float("nan"), "BUILD FAILED"))
                     continue
                 runner = EngineRunner(engine, device=device)
                 for seq in seqs:
                     inputs = random_inputs(args.batch, seq, args.vocab, args.seed + seq)
                     runner.activate(args.batch, seq)
                     got = runner.infer(inputs).reshape(args.batch, seq, 2)
-                    error = np.abs(got - reference_logits(model, inputs, device))
+                    expected = reference_logits(model, inputs, device)
+                    error = np.abs(got - expected)
                     verdict = "ok" if error.max() <= TOLERANCE[precision] else "FAIL"
-                    rows.append((name, precision, args.batch, seq, float(error.max()), float(error.mean()), verdict))
+                    scale = float(np.abs(expected).max())
+                    rows.append((name, precision, args.batch, seq, scale, float(error.max()), float(error.mean()), verdict))
                 del runner
 
     device_name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "CPU"
     print(f"\nbuilder.py engines vs HF BertForQuestionAnswering (float64), device: {device_name}")
-    print("| model | precision | batch | seq | max abs err | mean abs err | tolerance | result |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, precision, batch, seq, worst, mean, verdict in rows:
-        print(f"| {name} | {precision} | {batch} | {seq} | {worst:.3e} | {mean:.3e} | {TOLERANCE[precision]:.0e} | {verdict} |")
+    print("| model | precision | batch | seq | max abs logit | max abs err | mean abs err | tolerance | result |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, precision, batch, seq, scale, worst, mean, verdict in rows:
+        print(f"| {name} | {precision} | {batch} | {seq} | {scale:.3g} | {worst:.3e} | {mean:.3e} "
+              f"| {TOLERANCE[precision]:.0e} | {verdict} |")
     if not device.startswith("cuda"):
         print("FP16 skipped: FP16 engines run on CUDA only.")
     return 0 if all(row[-1] == "ok" for row in rows) else 1
