@@ -51,19 +51,33 @@ def configure(build_dir: Path, *definitions: str) -> subprocess.CompletedProcess
     )  # fmt: skip
 
 
+def assert_one_configure_error(result: subprocess.CompletedProcess[str], build_dir: Path) -> str:
+    """The configure failed with exactly one error and generated no build system; returns its text."""
+    assert result.returncode != 0
+    assert result.stderr.count("CMake Error") == 1, result.stderr
+    assert not (build_dir / "Makefile").exists() and not (build_dir / "build.ninja").exists()
+    message = " ".join(result.stderr.split())
+    assert "-DTRT_INCLUDE_DIR=<dir with NvInfer.h> -DTRT_LIB_DIR=<dir with libnvinfer.so>" in message
+    assert "TRT_OSSPATH" in message and "TRT_LIBPATH" in message
+    return message
+
+
 @needs_cmake
 def test_configure_without_tensorrt_stops_with_one_message(tmp_path):
+    result = configure(tmp_path / "build")
+    if result.returncode == 0:
+        pytest.skip("TensorRT is installed on this machine")
+    message = assert_one_configure_error(result, tmp_path / "build")
+    assert "missing: - TensorRT headers (NvInfer.h) - TensorRT library libnvinfer" in message
+
+
+@needs_cmake
+def test_configure_with_a_wrong_tensorrt_folder_names_it(tmp_path):
     empty = tmp_path / "no_tensorrt"
     empty.mkdir()
     result = configure(tmp_path / "build", f"-DTRT_INCLUDE_DIR={empty}")
-    assert result.returncode != 0
-    assert result.stderr.count("CMake Error") == 1, result.stderr
-    message = " ".join(result.stderr.split())
-    assert "TensorRT headers (NvInfer.h)" in message
-    assert "-DTRT_INCLUDE_DIR=<dir with NvInfer.h>" in message and "TRT_LIBPATH" in message
-    # Nothing to build from: no generated build system.
-    assert not (tmp_path / "build" / "Makefile").exists()
-    assert not (tmp_path / "build" / "build.ninja").exists()
+    message = assert_one_configure_error(result, tmp_path / "build")
+    assert f"TensorRT headers (NvInfer.h is not in TRT_INCLUDE_DIR={empty})" in message
 
 
 @needs_headers
