@@ -78,7 +78,7 @@ def _split(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], memory
         if not view.nbytes:
             raise EngineFormatError("the engine data is empty")
         if head in _TENSORRT_PLAN_TAGS:
-            raise EngineFormatError("this is a TensorRT plan, not a portable engine; it needs the tensorrt backend")
+            raise EngineFormatError("this looks like a TensorRT plan, not a portable engine; it needs the tensorrt backend")
         raise EngineFormatError("not a portable engine (no DEMOBERT-PORTABLE magic header)")
     start = len(ENGINE_MAGIC)
     if view.nbytes < start + _PREAMBLE.size:
