@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib
 import json
 import os
 import sys
@@ -69,9 +70,7 @@ class InferCRunner:
 
     def __init__(self, engine_path: str, sequence_length: int, enable_graph: bool):
         try:
-            import infer_c
-
-            bert_inf = infer_c.bert_inf
+            bert_inf = importlib.import_module("infer_c").bert_inf
         # Without build/infer_c*.so, `import infer_c` finds the source folder infer_c/ instead.
         except (ImportError, AttributeError):
             raise RunnerError(
