@@ -15,7 +15,7 @@ PASSAGE="TensorRT is a high performance deep learning inference platform that de
 mkdir -p engines
 [ -f "$ENGINE" ] || "$PY" builder.py --hf "$MODEL" -o "$ENGINE" -b 1 -s 128
 "$PY" inference.py -e "$ENGINE" -v "$MODEL/vocab.txt" -s 128 -p "$PASSAGE" -q "What is TensorRT?"
-"$PY" perf.py -e "$ENGINE" -b 1 -s 128 -w 5 -i 50
+"$PY" perf.py -e "$ENGINE" -b 1 -s 128 -w 3 -i 20
 cat <<'NOTE'
 
 NOTE: this engine's encoder (MiniLM-L6) is not fine-tuned for SQuAD and its answer head is random,

@@ -210,3 +210,16 @@ def test_command_line_error_is_one_line_with_status_1(tmp_path):
     )
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("inference.py: error: ")
+
+
+def test_engine_of_another_format_version(engine, vocab, capsys, tmp_path):
+    from helpers.portable import ENGINE_MAGIC, FORMAT_VERSION
+
+    data = bytearray(engine.read_bytes())
+    offset = len(ENGINE_MAGIC)
+    assert int.from_bytes(data[offset : offset + 4], "little") == FORMAT_VERSION
+    data[offset : offset + 4] = (FORMAT_VERSION + 1).to_bytes(4, "little")
+    newer = tmp_path / "newer.engine"
+    newer.write_bytes(bytes(data))
+    status, _, err = run(["-e", str(newer), "-v", str(vocab), "-p", "x", "-q", "y"], capsys)
+    assert_one_line_error(status, err, f"format version {FORMAT_VERSION + 1} is not supported")
