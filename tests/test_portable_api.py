@@ -134,6 +134,23 @@ def test_default_names_types_and_queries(logger):
     assert not conv.precision_is_set
 
 
+def test_shapes_follow_later_changes_to_layers(logger):
+    network = trt.Builder(logger).create_network(0)
+    x = network.add_input("x", trt.float32, (2, 3, 4))
+    shuffle = network.add_shuffle(x)
+    after = network.add_activation(shuffle.get_output(0), trt.ActivationType.RELU).get_output(0)
+    assert after.shape == (2, 3, 4)
+    shuffle.second_transpose = (2, 0, 1)
+    assert after.shape == (4, 2, 3)
+    shuffle.reshape_dims = (0, -1)  # (2, 12); a placeholder 0 copies the input dimension
+    shuffle.second_transpose = (1, 0)
+    assert after.shape == (12, 2)
+    x.shape = (5, 3, 4)
+    assert shuffle.get_output(0).shape == (12, 5)
+    shuffle.first_transpose = (1, 0, 2)
+    assert shuffle.get_output(0).shape == (20, 3)
+
+
 # ----------------------------------------------------------------------------------------------
 # Build-time shape inference and profile errors (build returns None and logs one ERROR)
 

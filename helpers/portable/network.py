@@ -158,6 +158,7 @@ class ITensor:
         if self._producer is not None:
             raise AttributeError("ITensor.shape can only be set on network inputs")
         self._input_shape = as_shape(value)
+        self._network._invalidate()
 
     @property
     def dtype(self) -> DataType:
@@ -173,6 +174,7 @@ class ITensor:
             self._input_dtype = value
         else:
             self._explicit_dtype = value
+        self._network._invalidate()
 
     def set_dynamic_range(self, min: float, max: float) -> bool:
         if not min <= max:
@@ -216,6 +218,14 @@ class ILayer:
     _kind = ""
     _type_name = ""
     _layer_type = LayerType.IDENTITY
+    _registered = False
+    # Attributes that cannot change any tensor's shape or type.
+    _SHAPE_NEUTRAL = frozenset({"name", "metadata", "_precision", "_registered"})
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        object.__setattr__(self, key, value)
+        if self._registered and key not in self._SHAPE_NEUTRAL:
+            self._network._invalidate()
 
     def __init__(self, network: INetworkDefinition, inputs: Sequence[ITensor], num_outputs: int) -> None:
         self._network = network
@@ -250,6 +260,7 @@ class ILayer:
         if not 0 <= index < len(self._inputs):
             raise IndexError(f"{self.name}: no input {index}")
         self._inputs[index] = tensor
+        self._network._invalidate()
 
     @property
     def precision(self) -> DataType:
@@ -268,6 +279,7 @@ class ILayer:
 
     def set_output_type(self, index: int, dtype: DataType) -> None:
         self._output_types[index] = dtype
+        self._network._invalidate()
 
     def get_output_type(self, index: int) -> DataType:
         return self._output_types.get(index, DataType.FLOAT)
@@ -277,6 +289,7 @@ class ILayer:
 
     def reset_output_type(self, index: int) -> None:
         self._output_types.pop(index, None)
+        self._network._invalidate()
 
     def _params(self) -> Params:
         """The layer's parameters as stored in the engine (weights as numpy arrays)."""
@@ -515,6 +528,13 @@ class INetworkDefinition:
         self._outputs: list[ITensor] = []
         self._layers: list[ILayer] = []
         self.name = "Unnamed Network 0"
+        # Shapes/types of the first _inferred_count layers' outputs, by tensor id.
+        self._known: dict[int, tuple[Shape, DataType]] = {}
+        self._inferred_count = 0
+
+    def _invalidate(self) -> None:
+        self._known = {}
+        self._inferred_count = 0
 
     def _log(self, severity: Severity, msg: str) -> None:
         self._builder.logger.log(severity, msg)
@@ -528,8 +548,9 @@ class INetworkDefinition:
 
     def _add(self, layer: ILayer) -> ILayer:
         self._layers.append(layer)
+        layer._registered = True
         try:
-            self.infer_all(upto=layer)
+            self._infer_upto(layer)
         except BuildError as err:
             self._log(Severity.ERROR, str(err))
         return layer
@@ -634,24 +655,37 @@ class INetworkDefinition:
 
     # ---- shape inference
 
-    def infer_all(self, upto: ILayer | None = None) -> dict[int, tuple[Shape, DataType]]:
-        """Shape and type of every tensor (by id) in layer order; raises BuildError."""
+    def _infer_layer(self, layer: ILayer, known: dict[int, tuple[Shape, DataType]]) -> None:
+        missing = [t for t in layer._inputs if id(t) not in known]
+        if missing:
+            raise BuildError(f"{layer.name}: input {missing[0].name} is not produced before this layer")
+        results = layer._infer([known[id(t)][0] for t in layer._inputs], [known[id(t)][1] for t in layer._inputs])
+        for tensor, (shape, dtype) in zip(layer._outputs, results):
+            dtype = layer._output_types.get(tensor._index, dtype)
+            known[id(tensor)] = (shape, tensor._explicit_dtype or dtype)
+
+    def infer_all(self) -> dict[int, tuple[Shape, DataType]]:
+        """Shape and type of every tensor (by id), computed afresh in layer order; raises BuildError."""
         known: dict[int, tuple[Shape, DataType]] = {id(t): (t._input_shape, t.dtype) for t in self._inputs}
         for layer in self._layers:
-            missing = [t for t in layer._inputs if id(t) not in known]
-            if missing:
-                raise BuildError(f"{layer.name}: input {missing[0].name} is not produced before this layer")
-            results = layer._infer([known[id(t)][0] for t in layer._inputs], [known[id(t)][1] for t in layer._inputs])
-            for tensor, (shape, dtype) in zip(layer._outputs, results):
-                index = tensor._index
-                dtype = layer._output_types.get(index, dtype)
-                known[id(tensor)] = (shape, tensor._explicit_dtype or dtype)
+            self._infer_layer(layer, known)
+        return known
+
+    def _infer_upto(self, upto: ILayer) -> dict[int, tuple[Shape, DataType]]:
+        """Like infer_all, but incremental: layers already inferred since the last change are kept."""
+        known = self._known
+        known.update({id(t): (t._input_shape, t.dtype) for t in self._inputs})
+        if upto in self._layers[: self._inferred_count]:
+            return known
+        for layer in self._layers[self._inferred_count :]:
+            self._infer_layer(layer, known)
+            self._inferred_count += 1
             if layer is upto:
                 break
         return known
 
     def _inferred(self, tensor: ITensor) -> tuple[Shape, DataType]:
         try:
-            return self.infer_all(upto=tensor._producer)[id(tensor)]
+            return self._infer_upto(tensor._producer)[id(tensor)]  # type: ignore[arg-type]
         except BuildError:
             return (), DataType.FLOAT
