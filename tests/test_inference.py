@@ -135,6 +135,7 @@ def test_squad_predictions_and_evaluation(engine, vocab, capsys, tmp_path, tmp_p
 
     status, out, err = run(["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN), "-sq", str(gold), "-o", str(predictions)], capsys)
     assert status == 0, err
+    assert err == ""  # the progress bar only appears when stderr is a terminal
     assert out == f"\nOutput dump to {predictions}\n"
     assert predictions.read_text(encoding="utf-8") == json.dumps(expected, indent=4)
     assert [p.name for p in tmp_path.iterdir()].count("predictions.json") == 1 and len(list(tmp_path.iterdir())) == 2
