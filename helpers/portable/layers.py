@@ -62,8 +62,8 @@ def is_known(shape: Sequence[int]) -> bool:
 def _full_permutation(perm: Sequence[int], rank: int, where: str) -> list[int]:
     """A TensorRT Permutation shorter than the rank is the identity on the remaining axes."""
     order = list(perm)
-    if len(order) > rank:
-        order = order[:rank] if sorted(order[rank:]) == list(range(rank, len(order))) else order
+    if len(order) > rank and order[rank:] == list(range(rank, len(order))):
+        order = order[:rank]  # the identity tail of TensorRT's fixed-size Permutation
     if len(order) > rank or sorted(order) != list(range(len(order))):
         raise BuildError(f"{where}: {tuple(perm)} is not a permutation of a rank-{rank} tensor")
     return order + list(range(len(order), rank))

@@ -104,8 +104,7 @@ def _convolution(p: dict[str, Any], dev: torch.device) -> Callable[..., Sequence
     return layers.convolution_step(p, weight, bias)
 
 
-def _plugin_step(p: dict[str, Any], dev: torch.device) -> Callable[..., Sequence[torch.Tensor]]:
-    loaded = _LoadedPlugin(p)
+def _plugin_step(p: dict[str, Any], loaded: _LoadedPlugin, dev: torch.device) -> Callable[..., Sequence[torch.Tensor]]:
     name, params = loaded.definition.name, loaded.params
     weights = plugin_weights(loaded.definition, params, loaded.values, dev)
     compute = plugin_impl(name, loaded.definition.version)
@@ -123,10 +122,16 @@ def _plugin_step(p: dict[str, Any], dev: torch.device) -> Callable[..., Sequence
     return run
 
 
-def build_plan(description: dict[str, Any], dev: torch.device) -> Plan:
+def load_plugins(description: dict[str, Any]) -> dict[int, _LoadedPlugin]:
+    """The engine's plugin layers (by layer index), their fields validated again."""
+    return {i: _LoadedPlugin(layer["params"]) for i, layer in enumerate(description["layers"]) if layer["kind"] == "plugin"}
+
+
+def build_plan(description: dict[str, Any], dev: torch.device, plugins: dict[int, _LoadedPlugin] | None = None) -> Plan:
     plan = Plan(steps=[], num_slots=len(description["tensors"]))
     tensors = description["tensors"]
-    for layer in description["layers"]:
+    plugins = load_plugins(description) if plugins is None else plugins
+    for index, layer in enumerate(description["layers"]):
         p = layer["params"]
         kind = layer["kind"]
         if kind == "constant":
@@ -145,7 +150,7 @@ def build_plan(description: dict[str, Any], dev: torch.device) -> Plan:
         elif kind == "activation":
             run = layers.activation_step(p)
         elif kind == "plugin":
-            run = _plugin_step(p, dev)
+            run = _plugin_step(p, plugins[index], dev)
         else:
             raise EngineFormatError(f"corrupt portable engine: unknown layer kind {kind!r}")
         plan.steps.append(Step(layer["name"], run, tuple(layer["inputs"]), tuple(layer["outputs"])))
@@ -217,12 +222,9 @@ class ICudaEngine:
         self._io = [(tensors[s]["name"], s, TensorIOMode.INPUT) for s in description["inputs"]]
         self._io += [(tensors[s]["name"], s, TensorIOMode.OUTPUT) for s in description["outputs"]]
         self._by_name = {name: (slot, mode) for name, slot, mode in self._io}
-        self._plugin_params = {
-            i: _LoadedPlugin(layer["params"]).params
-            for i, layer in enumerate(description["layers"])
-            if layer["kind"] == "plugin"
-        }
-        self._plan = optimize_plan(build_plan(description, dev), description, dev)
+        plugins = load_plugins(description)
+        self._plugin_params = {i: loaded.params for i, loaded in plugins.items()}
+        self._plan = optimize_plan(build_plan(description, dev, plugins), description, dev)
         self._shape_cache: dict[tuple[Shape, ...], dict[int, Shape] | str] = {}
         self.error_recorder = None
         self.weight_streaming_budget = 0
