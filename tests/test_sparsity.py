@@ -139,3 +139,60 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
         assert message in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.pkl", "garbage.pkl"]
     assert (tmp_path / "exists.pkl").read_bytes() == b"keep"
+
+
+# ---------------------------------------------------------------------------------------------
+# -sp builds
+
+
+@pytest.fixture(scope="module")
+def pruned_model_folder(tmp_path_factory):
+    import checkpoints
+
+    folder = tmp_path_factory.mktemp("sparse")
+    # Intermediate size 64, so every encoder dense kernel can be pruned.
+    dense = checkpoints.write_hf_folder(checkpoints.tiny_qa_model(intermediate=64, max_positions=128), folder / "dense")
+    assert sparsity.main([str(dense), str(folder / "pruned")]) == 0
+    return folder / "pruned"
+
+
+def _packed_logits(engine, device: str) -> np.ndarray:
+    from helpers.runner import EngineRunner
+
+    lengths = [1, 33, 128, 70]
+    rng = np.random.default_rng(3)
+    batch = {
+        "input_ids": rng.integers(0, 101, size=sum(lengths), dtype=np.int32),
+        "segment_ids": np.concatenate([(np.arange(n) >= n // 2).astype(np.int32) for n in lengths]),
+        "cu_seqlens": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32),
+    }
+    runner = EngineRunner(engine, device=device)
+    runner.activate(len(lengths), 128, total_tokens=sum(lengths))
+    return runner.infer(batch)
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="FP16 sparse GEMMs need CUDA"))],
+)
+def test_pruned_model_gives_the_same_logits_with_and_without_sp(pruned_model_folder, tmp_path, capfd, device):
+    import builder_varseqlen
+
+    precision = ["--fp16"] if device == "cuda" else []
+    logits = {}
+    for flag in ([], ["-sp"]):
+        engine = tmp_path / f"engine{len(flag)}"
+        argv = ["--hf", str(pruned_model_folder), "-o", str(engine), "-b", "4", "-s", "128", "--backend", "portable",
+                "--device", device, *precision, *flag]
+        assert builder_varseqlen.main(argv) == 0
+        log = capfd.readouterr().err
+        if flag:
+            assert "Setting sparsity flag on builder_config." in log
+            # Q/K/V, attention output, intermediate and output per layer; the SQuAD head stays dense.
+            assert "Sparse (2:4) weights in 8 of 9 dense layers: l0_attention_qkv, l0_attention_output_dense," in log
+            assert "Dense weights (not 2:4), kept dense: cls_squad_output" in log
+        else:
+            assert "Sparse (2:4)" not in log
+        logits[bool(flag)] = _packed_logits(engine, device)
+    tolerance = 2e-2 if device == "cuda" else 1e-6
+    np.testing.assert_allclose(logits[True], logits[False], atol=tolerance, rtol=tolerance)
