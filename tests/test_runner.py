@@ -178,3 +178,28 @@ def test_cpu_and_cuda_give_the_same_logits(tmp_path_factory):
         runner.activate(1, SEQ_LEN)
         outputs.append(runner.infer(inputs))
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
+
+
+def test_varseqlen_engine_runs_packed_through_the_same_runner(tmp_path, tmp_path_factory):
+    import builder_varseqlen
+
+    import helpers.data_processing as dp
+    from engines import PASSAGE, QUESTION
+    from helpers.question_answering import QuestionAnswerer
+
+    model = tiny_model_dir(tmp_path_factory)
+    engine = tmp_path / "varseqlen.engine"
+    argv = ["--hf", str(model), "-o", str(engine), "-b", "1", "-s", str(SEQ_LEN), "--backend", "portable", "--device", "cpu"]
+    assert builder_varseqlen.main(argv) == 0
+    runner = EngineRunner(engine, device="cpu")
+    assert runner.varseqlen
+    answerer = QuestionAnswerer(runner, str(model / "vocab.txt"), max_seq_length=SEQ_LEN)
+    features = answerer.features(dp.convert_doc_tokens(PASSAGE), QUESTION)
+    lengths = [int(sum(f.input_mask)) for f in features]
+    assert len(features) == 2 and lengths[1] < SEQ_LEN  # one full window, one short one
+    for feature, length in zip(features, lengths):
+        start, end, _ = answerer.feature_logits(feature)
+        assert start.shape == end.shape == (length,)  # packed: only the real tokens
+        inputs = {name: np.asarray(getattr(feature, name), dtype=np.int32)[None] for name in ("input_ids", "segment_ids", "input_mask")}
+        expected = hf_logits(model, inputs)[0, :length]
+        np.testing.assert_allclose(np.stack([start, end], -1), expected, rtol=1e-4, atol=1e-4)
