@@ -58,7 +58,8 @@ def inspect_machine() -> Machine:
 
 
 def auto_backend(machine: Machine) -> str:
-    return "tensorrt" if machine.tensorrt_version and machine.plugin_library else "portable"
+    """What helpers.backend.select_backend("auto") binds: TensorRT whenever it imports."""
+    return "tensorrt" if machine.tensorrt_version else "portable"
 
 
 def feature_needs(machine: Machine) -> list[tuple[str, list[str]]]:

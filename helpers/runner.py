@@ -257,6 +257,10 @@ class EngineRunner:
     def profile_shapes(self, name: str, profile: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(min, max) shape of input ``name`` in ``profile``."""
         low, _opt, high = self.engine.get_tensor_profile_shape(name, profile)
+        if len(low) == 0:
+            # A static-shape engine may report no profile shapes; its one shape is the only one.
+            static = tuple(self.engine.get_tensor_shape(name))
+            return static, static
         return tuple(low), tuple(high)
 
     def select_profile(self, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
