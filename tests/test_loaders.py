@@ -144,6 +144,16 @@ def test_hf_folder_without_bert_prefix(tiny_model, tmp_path):
     np.testing.assert_array_equal(weights["l1_output_dense_bias"], state["encoder.layer.1.output.dense.bias"].numpy())
 
 
+def test_hf_folder_with_pytorch_model_bin(tiny_model, tmp_path):
+    folder = checkpoints.write_hf_folder(tiny_model, tmp_path / "hf")
+    (folder / "model.safetensors").unlink()
+    torch.save(tiny_model.state_dict(), folder / "pytorch_model.bin")
+    config = bu.load_hf_config(str(folder))
+    weights = bu.load_hf_weights(str(folder), config)
+    bu.check_weights(weights, config)
+    np.testing.assert_array_equal(weights["cls_squad_output_bias"], tiny_model.qa_outputs.bias.detach().numpy())
+
+
 def test_configs_give_heads_hidden_intermediate_layers(tiny_model, tiny_files):
     for config in (bu.load_bert_config(str(tiny_files["config_dir"] / "bert_config.json")),
                    bu.load_hf_config(str(tiny_files["hf"]))):
