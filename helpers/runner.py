@@ -136,6 +136,11 @@ def portable_device() -> torch.device:
         raise RunnerError(str(err)) from None
 
 
+def dims_tuple(dims: Any) -> tuple[int, ...]:
+    """A ``trt.Dims`` (or any sequence of ints) as a tuple."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
+
+
 def _torch_dtype(trt_dtype: Any) -> torch.dtype:
     trt = backend.trt
     table = {
@@ -259,9 +264,9 @@ class EngineRunner:
         low, _opt, high = self.engine.get_tensor_profile_shape(name, profile)
         if len(low) == 0:
             # A static-shape engine may report no profile shapes; its one shape is the only one.
-            static = tuple(self.engine.get_tensor_shape(name))
+            static = dims_tuple(self.engine.get_tensor_shape(name))
             return static, static
-        return tuple(low), tuple(high)
+        return dims_tuple(low), dims_tuple(high)
 
     def select_profile(self, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
         """Index of the first profile whose min/max cover every given input shape, or None."""
@@ -297,7 +302,7 @@ class EngineRunner:
             raise RunnerError(f"the engine could not infer shapes of {list(missing)}")
         self._shapes = dict(shapes)
         for name in self.io_names:
-            shape = shapes.get(name) or tuple(self.context.get_tensor_shape(name))
+            shape = shapes.get(name) or dims_tuple(self.context.get_tensor_shape(name))
             self.buffers[name] = self._buffer(name, shape)
             self.context.set_tensor_address(name, self.buffers[name].data_ptr())
         self._active_graph = None
