@@ -6,6 +6,8 @@ beyond TensorRT's API: :func:`set_device`/:func:`get_device`, :data:`ENGINE_MAGI
 :func:`is_portable_engine` and :func:`read_engine_header`.
 """
 
+from collections.abc import Iterable
+
 from helpers.portable.builder import (
     Builder,
     IBuilderConfig,
@@ -89,7 +91,7 @@ uint8 = DataType.UINT8
 bool = DataType.BOOL  # noqa: A001  (tensorrt exports this name too)
 
 
-def volume(iterable) -> int:  # type: ignore[no-untyped-def]
+def volume(iterable: Iterable[int]) -> int:
     """Product of the dimensions (``tensorrt.volume``)."""
     result = 1
     for d in iterable:

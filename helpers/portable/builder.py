@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from helpers.portable import device as portable_device
+from helpers.portable import enums
 from helpers.portable.engine_file import write_engine
 from helpers.portable.enums import (
     BuilderFlag,
@@ -48,7 +49,7 @@ class ILogger:
     INFO = Severity.INFO
     VERBOSE = Severity.VERBOSE
 
-    def log(self, severity: Severity, msg: str) -> None:
+    def log(self, severity: enums.Severity, msg: str) -> None:
         raise NotImplementedError
 
 
@@ -63,10 +64,10 @@ class Logger(ILogger):
         Severity.VERBOSE: "V",
     }
 
-    def __init__(self, min_severity: Severity = Severity.WARNING) -> None:
+    def __init__(self, min_severity: enums.Severity = Severity.WARNING) -> None:
         self.min_severity = min_severity
 
-    def log(self, severity: Severity, msg: str) -> None:
+    def log(self, severity: enums.Severity, msg: str) -> None:
         if severity <= self.min_severity:
             stamp = datetime.datetime.now().strftime("%m/%d/%Y-%H:%M:%S")
             print(f"[{stamp}] [TRT] [{self._LETTER[severity]}] {msg}", file=sys.stderr, flush=True)

@@ -49,19 +49,21 @@ def write_engine(header: dict[str, Any]) -> bytes:
     """Serialize ``header`` (any numpy arrays inside go to the payload)."""
     arrays: list[np.ndarray] = []
     body = _encode(header, arrays)
-    table = []
+    offsets = []
     offset = 0
     for array in arrays:
         offset = -(-offset // _ALIGN) * _ALIGN
-        table.append({"offset": offset, "dtype": array.dtype.str, "shape": list(array.shape)})
+        offsets.append(offset)
         offset += array.nbytes
-    body["arrays"] = table
+    body["arrays"] = [
+        {"offset": start, "dtype": array.dtype.str, "shape": list(array.shape)} for start, array in zip(offsets, arrays)
+    ]
     body["format_version"] = FORMAT_VERSION
     body["backend"] = BACKEND
     header_bytes = json.dumps(body, separators=(",", ":")).encode()
     payload = bytearray(offset)
-    for array, entry in zip(arrays, table):
-        payload[entry["offset"] : entry["offset"] + array.nbytes] = array.tobytes()
+    for start, array in zip(offsets, arrays):
+        payload[start : start + array.nbytes] = array.tobytes()
     crc = zlib.crc32(payload, zlib.crc32(header_bytes))
     return b"".join((ENGINE_MAGIC, _PREAMBLE.pack(FORMAT_VERSION, len(header_bytes), len(payload), crc), header_bytes, payload))
 

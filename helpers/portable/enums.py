@@ -39,6 +39,10 @@ class DataType(_TrtEnum):
     FP4 = 10
     E8M0 = 11
 
+    @property
+    def itemsize(self) -> int:
+        return _datatype_itemsize(self)
+
 
 class BuilderFlag(_TrtEnum):
     FP16 = 0
@@ -350,7 +354,7 @@ class Severity(_TrtEnum):
         return self.value >= other.value
 
 
-_NUMPY_OF_DATATYPE = {
+_NUMPY_OF_DATATYPE: dict[DataType, np.dtype] = {
     DataType.FLOAT: np.dtype(np.float32),
     DataType.HALF: np.dtype(np.float16),
     DataType.INT8: np.dtype(np.int8),
@@ -359,18 +363,15 @@ _NUMPY_OF_DATATYPE = {
     DataType.UINT8: np.dtype(np.uint8),
     DataType.INT64: np.dtype(np.int64),
 }
-_ITEMSIZE = {DataType.FP8: 1, DataType.BF16: 2, DataType.E8M0: 1}
+_ITEMSIZE: dict[DataType, int] = {DataType.FP8: 1, DataType.BF16: 2, DataType.E8M0: 1}
 
 
-def _datatype_itemsize(self: DataType) -> int:
-    if self in _NUMPY_OF_DATATYPE:
-        return _NUMPY_OF_DATATYPE[self].itemsize
-    if self in _ITEMSIZE:
-        return _ITEMSIZE[self]
-    raise ValueError(f"{self} has no whole-byte item size")
-
-
-DataType.itemsize = property(_datatype_itemsize)  # type: ignore[attr-defined]
+def _datatype_itemsize(trt_type: DataType) -> int:
+    if trt_type in _NUMPY_OF_DATATYPE:
+        return _NUMPY_OF_DATATYPE[trt_type].itemsize
+    if trt_type in _ITEMSIZE:
+        return _ITEMSIZE[trt_type]
+    raise ValueError(f"{trt_type} has no whole-byte item size")
 
 
 def nptype(trt_type: DataType) -> type:

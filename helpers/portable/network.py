@@ -8,7 +8,7 @@ behaves as in TensorRT.  A layer whose inputs are already invalid logs the error
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -58,7 +58,7 @@ class Dims:
         else:
             self._dims[index] = int(value)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[int]:
         return iter(self._dims)
 
     def __eq__(self, other: object) -> bool:
@@ -76,7 +76,7 @@ class Dims:
 
 class Dims2(Dims):
     def __init__(self, *dims: int) -> None:
-        super().__init__(dims[0] if len(dims) == 1 else dims)
+        super().__init__(dims[0] if len(dims) == 1 else dims)  # type: ignore[arg-type,unused-ignore]
 
 
 Dims3 = Dims2
@@ -93,7 +93,7 @@ class Weights:
 
     def __init__(self, a: Any = DataType.FLOAT) -> None:
         if isinstance(a, DataType):
-            self._array = np.zeros(0, dtype=nptype(a))
+            self._array: np.ndarray = np.zeros(0, dtype=nptype(a))
             self._dtype = a
             return
         array = np.asarray(a)
@@ -438,8 +438,8 @@ class IActivationLayer(ILayer):
         self.alpha = 0.0
         self.beta = 0.0
 
-    @property
-    def type(self) -> ActivationType:  # type: ignore[override]
+    @property  # type: ignore[override]  # TensorRT's IActivationLayer.type is the activation
+    def type(self) -> ActivationType:
         return self._activation
 
     @type.setter

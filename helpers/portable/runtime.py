@@ -139,6 +139,7 @@ def build_plan(description: dict[str, Any], dev: torch.device, plugins: dict[int
             dtype = TORCH_DTYPE[DataType(tensors[out]["runtime_dtype"])]
             plan.constants[out] = _tensor(p["values"], dtype, dev).reshape(p["shape"])
             continue
+        run: Callable[..., Sequence[torch.Tensor]]
         if kind == "shuffle":
             run = layers.shuffle_step(p)
         elif kind == "convolution":
@@ -397,7 +398,7 @@ def wrap_pointer(ptr: int, shape: Shape, dtype: DataType, dev: torch.device) -> 
     if dev.type == "cuda":
         return torch.as_tensor(_CudaArray(ptr, shape, np_dtype), device=dev)
     raw = (ctypes.c_char * (layers.volume(shape) * np_dtype.itemsize)).from_address(ptr)
-    return torch.from_numpy(np.frombuffer(raw, dtype=np_dtype).reshape(shape))
+    return torch.from_numpy(np.frombuffer(memoryview(raw), dtype=np_dtype).reshape(shape))
 
 
 class IExecutionContext:
