@@ -106,12 +106,11 @@ def bind_backend_for(data: bytes, device: str | None = None) -> tuple[str, torch
 
         try:
             portable.read_engine_header(data)
-            # None goes back to the default rule (DEMOBERT_DEVICE, else CUDA when present).
-            portable.set_device(device)
+            chosen = portable.get_device() if device is None else portable.set_device(device)
         except ValueError as err:
             raise RunnerError(str(err)) from None
         backend.select_backend("portable")
-        return kind, portable.get_device()
+        return kind, chosen
     if not tensorrt_available():
         raise RunnerError(
             "this engine is a TensorRT plan, but TensorRT is not installed here; rebuild it with "
@@ -215,6 +214,12 @@ class EngineRunner:
             self.engine = self.runtime.deserialize_cuda_engine(data)
         except (ValueError, RuntimeError) as err:
             raise RunnerError(f"cannot deserialize engine {engine_path}: {err}") from None
+        finally:
+            if self.backend == "portable" and device is not None:
+                from helpers import portable
+
+                # The engine keeps its device; later deserializations go back to the default rule.
+                portable.set_device(None)
         if self.engine is None:
             raise RunnerError(f"cannot deserialize engine {engine_path} (built by another TensorRT version or for another GPU?)")
         self.context = self.engine.create_execution_context()
