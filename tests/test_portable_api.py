@@ -433,3 +433,50 @@ def test_execution_is_cuda_graph_capturable(logger):
         graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out, eager)
+
+
+def test_rebinding_addresses_and_execute_v2(logger, device):
+    """Views are cached per address: binding new buffers must send results to the new ones."""
+    weights = random_weights(ODD)
+    network, config = build_fixed_network(trt, trt.Builder(logger), weights, ODD, [2], [9])
+    engine = build(logger, network, config)
+    context = engine.create_execution_context()
+    data = {k: torch.from_numpy(v).to(device) for k, v in feeds(ODD, 2, 9).items()}
+    first, second = (torch.zeros(2, 9, 2, 1, 1, device=device) for _ in range(2))
+    for name, tensor in data.items():
+        context.set_tensor_address(name, tensor.data_ptr())
+    for out in (first, second):
+        context.set_tensor_address("logits_out", out.data_ptr())
+        assert context.get_tensor_address("logits_out") == out.data_ptr()
+        assert context.execute_async_v3(torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    third = torch.zeros_like(first)
+    assert context.execute_v2([data["input_ids"].data_ptr(), data["segment_ids"].data_ptr(), data["input_mask"].data_ptr(), third.data_ptr()])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    want = reference_logits(weights, ODD, *(v.cpu().numpy() for v in data.values()))
+    for out in (first, second, third):
+        np.testing.assert_allclose(out.cpu().numpy().reshape(2, 9, 2), want, atol=1e-4, rtol=0)
+
+
+def test_missing_address_fails_execution(logger):
+    network, config = build_fixed_network(trt, trt.Builder(logger), random_weights(ODD), ODD, [1], [4])
+    context = build(logger, network, config).create_execution_context()
+    assert context.execute_async_v3(0) is False
+    assert "no address set" in logger.messages(trt.Logger.ERROR)[-1]
+
+
+def test_device_selection(monkeypatch):
+    previous = trt.get_device()
+    try:
+        trt.set_device(None)
+        monkeypatch.setenv("DEMOBERT_DEVICE", "cpu")
+        assert trt.get_device() == torch.device("cpu")
+        monkeypatch.setenv("DEMOBERT_DEVICE", "tpu")
+        with pytest.raises(ValueError, match="unknown device 'tpu'"):
+            trt.get_device()
+        if not torch.cuda.is_available():
+            with pytest.raises(ValueError, match="CUDA is not available"):
+                trt.set_device("cuda:0")
+        assert trt.set_device("cpu") == torch.device("cpu")  # set_device wins over the variable
+    finally:
+        trt.set_device(previous)
