@@ -14,7 +14,8 @@ recognises by fused steps over the fast kernels; everything else keeps its refer
 * Fixed-length QKV-to-context plugin → SDPA (cuDNN) on strided views of the packed QKV tensor.
 * Other skip-LayerNorm plugins → the Triton pass.
 
-Weights are converted once to the compute dtype on the device.  Steps only make views and launch
+Steps an earlier pass already replaced (INT8 lowering renames them) are left alone.  Weights are
+converted once to the compute dtype on the device.  Steps only make views and launch
 kernels: no host synchronisation, so a CUDA graph captures ``execute_async_v3`` whole.  Slots are
 dropped after their last use, so a run holds about one layer's activations, not all of them.  The
 environment variable ``DEMOBERT_FAST_KERNELS=0`` keeps the reference plan (for comparisons).
@@ -67,6 +68,7 @@ def optimize_plan(plan: Any, description: dict[str, Any], dev: torch.device) -> 
 @dataclass
 class _Layer:
     index: int
+    name: str
     kind: str
     params: dict[str, Any]
     inputs: tuple[int, ...]
@@ -77,7 +79,7 @@ class _Rewriter:
     def __init__(self, plan: Any, description: dict[str, Any], dev: torch.device) -> None:
         self.plan, self.dev = plan, dev
         self.tensors = description["tensors"]
-        self.layers = [_Layer(i, l["kind"], l["params"], tuple(l["inputs"]), tuple(l["outputs"]))
+        self.layers = [_Layer(i, l["name"], l["kind"], l["params"], tuple(l["inputs"]), tuple(l["outputs"]))
                        for i, l in enumerate(description["layers"])]
         # The reference plan has one step per non-constant layer, in layer order.
         runnable = [layer.index for layer in self.layers if layer.kind != "constant"]
@@ -95,6 +97,10 @@ class _Rewriter:
         self.num_slots = plan.num_slots
 
     # ---- helpers
+
+    def untouched(self, layer: _Layer) -> bool:
+        """Still the reference step: an earlier pass (INT8 lowering) renames the steps it replaces."""
+        return self.reference_steps[layer.index].name == layer.name
 
     def used_only_by(self, slot: int, layers: Sequence[_Layer]) -> bool:
         return self.uses.get(slot, 0) == sum(layer.inputs.count(slot) for layer in layers)
@@ -146,12 +152,12 @@ class _Rewriter:
                     steps.append(pending.pop(layer.index))
                 continue
             fused = self.match(layer)
-            if fused is None:
+            if fused is None or not all(self.untouched(l) for l in fused[3]):
                 steps.append(self.reference_steps[layer.index])
                 continue
             run, inputs, outputs, covered = fused
             consumed.update(l.index for l in covered)
-            step = Step(f"fast:{covered[-1].params['name']}", run, inputs, outputs)
+            step = Step(f"fast:{covered[-1].name}", run, inputs, outputs)
             last = covered[-1].index
             if last == layer.index:
                 steps.append(step)
