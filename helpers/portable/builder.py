@@ -73,7 +73,7 @@ class Logger(ILogger):
             print(f"[{stamp}] [TRT] [{self._LETTER[severity]}] {msg}", file=sys.stderr, flush=True)
 
 
-class IHostMemory(bytes):
+class IHostMemory(bytearray):
     """Serialized engine or timing cache; supports the buffer protocol, so ``f.write(mem)`` works."""
 
     @property
@@ -279,7 +279,7 @@ class Builder:
         except BuildError as err:
             self.logger.log(Severity.ERROR, f"IBuilder::buildSerializedNetwork: Error Code 4: {err}")
             return None
-        return IHostMemory(write_engine(header))
+        return write_engine(header, allocate=IHostMemory)  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -45,8 +46,11 @@ def _encode(value: Any, arrays: list[np.ndarray]) -> Any:
     return value
 
 
-def write_engine(header: dict[str, Any]) -> bytes:
-    """Serialize ``header`` (any numpy arrays inside go to the payload)."""
+def write_engine(header: dict[str, Any], allocate: Callable[[int], bytearray] = bytearray) -> bytearray:
+    """Serialize ``header`` (any numpy arrays inside go to the payload) into one ``allocate(size)`` buffer.
+
+    Large models are written straight into the final buffer: no intermediate copies of the weights.
+    """
     arrays: list[np.ndarray] = []
     body = _encode(header, arrays)
     offsets = []
@@ -61,11 +65,18 @@ def write_engine(header: dict[str, Any]) -> bytes:
     body["format_version"] = FORMAT_VERSION
     body["backend"] = BACKEND
     header_bytes = json.dumps(body, separators=(",", ":")).encode()
-    payload = bytearray(offset)
+    body_start = len(ENGINE_MAGIC) + _PREAMBLE.size
+    payload_start = body_start + len(header_bytes)
+    blob = allocate(payload_start + offset)
+    view = memoryview(blob)
+    view[: len(ENGINE_MAGIC)] = ENGINE_MAGIC
+    view[body_start:payload_start] = header_bytes
     for start, array in zip(offsets, arrays):
-        payload[start : start + array.nbytes] = array.tobytes()
-    crc = zlib.crc32(payload, zlib.crc32(header_bytes))
-    return b"".join((ENGINE_MAGIC, _PREAMBLE.pack(FORMAT_VERSION, len(header_bytes), len(payload), crc), header_bytes, payload))
+        view[payload_start + start : payload_start + start + array.nbytes] = array.reshape(-1).view(np.uint8).data
+    crc = zlib.crc32(view[payload_start:], zlib.crc32(header_bytes))
+    view[len(ENGINE_MAGIC) : body_start] = _PREAMBLE.pack(FORMAT_VERSION, len(header_bytes), offset, crc)
+    view.release()
+    return blob
 
 
 def is_portable_engine(data: bytes | bytearray | memoryview) -> bool:

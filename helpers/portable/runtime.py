@@ -202,7 +202,8 @@ class Runtime:
 
     def deserialize_cuda_engine(self, serialized_engine: Any) -> ICudaEngine | None:
         try:
-            data = serialized_engine if isinstance(serialized_engine, bytes) else bytes(serialized_engine)
+            # Keep the caller's buffer (no copy of the weights); serialize() copies it out.
+            data = serialized_engine if isinstance(serialized_engine, (bytes, bytearray)) else bytes(serialized_engine)
             description = read_engine(data)
             return ICudaEngine(data, description, portable_device.get_device(), self.logger)
         except (EngineFormatError, TypeError) as err:
@@ -214,7 +215,7 @@ class Runtime:
 
 
 class ICudaEngine:
-    def __init__(self, data: bytes, description: dict[str, Any], dev: torch.device, logger: ILogger) -> None:
+    def __init__(self, data: bytes | bytearray, description: dict[str, Any], dev: torch.device, logger: ILogger) -> None:
         self._data = data
         self._description = description
         self._logger = logger
