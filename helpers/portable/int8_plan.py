@@ -1,0 +1,261 @@
+"""INT8 (and FP8) in the portable engine: calibration at build time, lowering at load time.
+
+Build (``calibrate_engine_description``, called by ``build_serialized_network`` for INT8 builds
+with a calibrator): the engine description is run in FP32 over the calibrator's batches, every
+float tensor goes through ``helpers.portable.calibration``, and each tensor without a range set by
+the network (``ITensor.set_dynamic_range``, e.g. GELU10) gets the calibrated one.  The ranges are
+stored in the engine file with the tensors.
+
+Load (``lower_int8``, called on the reference plan of an INT8 engine before the CUDA fast-path
+rewrite): steps that TensorRT would run in INT8 are replaced by the exact integer arithmetic of
+``helpers.portable.quantization``; everything else keeps its float step.  The rules:
+
+* a 1×1 convolution whose input has a dynamic range is an INT8 GEMM: the input quantized with its
+  range, per-output-channel weight scales, int32 accumulation, float output plus bias (its output
+  is quantized by whoever consumes it in INT8).  ``--strict`` (PREFER/OBEY_PRECISION_CONSTRAINTS)
+  keeps a convolution whose layer precision was set to a float type in that type.  With the FP8
+  builder flag, these GEMMs are FP8 E4M3 with the same ranges instead;
+* a QKV-to-context plugin with ``type_id`` INT8 (``-imh``), and the interleaved versions, run the
+  fused INT8 attention: Q·Kᵀ and P·V on int8 codes, probabilities quantized with ``dq_probs``,
+  the context quantized with its output range;
+* a skip-LayerNorm plugin with ``type_id`` INT8 (``-iln``), and the interleaved versions, take
+  INT8 input and skip and produce an INT8 output (Megatron: both outputs);
+* a tensor whose range is missing keeps its layer in float, as TensorRT falls back to higher
+  precision for tensors it has no scale for.
+
+Replaced steps are named ``int8:<layer name>`` and keep the plan's one-step-per-layer order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from helpers.portable import ops
+from helpers.portable import quantization as q
+from helpers.portable.calibration import CalibrationError, calibrate
+from helpers.portable.enums import DataType
+from helpers.portable.layers import TORCH_DTYPE, BuildError, is_known
+from helpers.portable.plugins import QKV, SKIP_LN
+
+STEP_PREFIX = "int8:"
+_STRICT_FLAGS = ("PREFER_PRECISION_CONSTRAINTS", "OBEY_PRECISION_CONSTRAINTS")
+_FLOAT_PRECISIONS = (int(DataType.FLOAT), int(DataType.HALF))
+
+Run = Callable[..., Sequence[torch.Tensor]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Build time: calibration
+
+
+def _calibration_input_specs(description: dict[str, Any]) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    """(name, shape, dtype) of every input: its static shape, else the first profile's opt shape."""
+    specs = []
+    for slot in description["inputs"]:
+        tensor = description["tensors"][slot]
+        shape = tensor["shape"]
+        if not is_known(shape):
+            shape = description["profiles"][0][tensor["name"]][1]
+        specs.append((tensor["name"], tuple(shape), TORCH_DTYPE[DataType(tensor["dtype"])]))
+    return specs
+
+
+def calibrate_engine_description(description: dict[str, Any], calibrator: Any, dev: torch.device) -> None:
+    """Fill the missing ``dynamic_range`` of the description's tensors from ``calibrator``.
+
+    Raises ``BuildError`` with a one-line message when calibration cannot run.
+    """
+    from helpers.portable.runtime import build_plan
+
+    tensors = description["tensors"]
+    names = [t["name"] for t in tensors]
+    plan = build_plan(description, dev)
+    input_slots = {tensors[slot]["name"]: slot for slot in description["inputs"]}
+
+    def run_fp32(feeds: dict[str, torch.Tensor], observe: Callable[[str, torch.Tensor], None]) -> None:
+        buffers: list[Any] = [None] * plan.num_slots
+        for slot, value in plan.constants.items():
+            buffers[slot] = value
+            observe(names[slot], value)
+        for name, value in feeds.items():
+            buffers[input_slots[name]] = value
+        for step in plan.steps:
+            results = step.run(*[buffers[i] for i in step.inputs])
+            for slot, value in zip(step.outputs, results):
+                buffers[slot] = value
+                observe(names[slot], value)
+
+    try:
+        ranges = calibrate(_calibration_input_specs(description), calibrator, run_fp32, dev)
+    except (CalibrationError, ValueError, OSError) as err:
+        raise BuildError(f"INT8 calibration failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    for tensor in tensors:
+        if tensor["dynamic_range"] is None and tensor["name"] in ranges:
+            amax = float(ranges[tensor["name"]])
+            tensor["dynamic_range"] = [-amax, amax]
+
+
+# ---------------------------------------------------------------------------------------------
+# Load time: lowering
+
+
+def is_quantized_build(description: dict[str, Any]) -> bool:
+    flags = description["build"]["flags"]
+    return "INT8" in flags or "FP8" in flags
+
+
+def lower_int8(plan: Any, description: dict[str, Any], dev: torch.device) -> Any:
+    """The plan with its INT8 (FP8) layers' steps replaced; unchanged for float engines."""
+    from helpers.portable.runtime import Plan, Step
+
+    if not is_quantized_build(description):
+        return plan
+    flags = description["build"]["flags"]
+    lowering = _Lowering(description, dev, strict=any(f in flags for f in _STRICT_FLAGS), fp8="FP8" in flags)
+    runnable = [layer for layer in description["layers"] if layer["kind"] != "constant"]
+    steps = []
+    for layer, step in zip(runnable, plan.steps):
+        run = lowering.run_for(layer)
+        steps.append(step if run is None else Step(STEP_PREFIX + layer["name"], run, step.inputs, step.outputs))
+    return Plan(steps=steps, num_slots=plan.num_slots, constants=plan.constants)
+
+
+class _Lowering:
+    def __init__(self, description: dict[str, Any], dev: torch.device, strict: bool, fp8: bool) -> None:
+        self.dev, self.strict, self.fp8 = dev, strict, fp8
+        self.amax: dict[int, float] = {}
+        for slot, tensor in enumerate(description["tensors"]):
+            if tensor["dynamic_range"] is not None:
+                self.amax[slot] = max(abs(float(v)) for v in tensor["dynamic_range"])
+
+    def scales(self, slots: Sequence[int]) -> list[float] | None:
+        if any(slot not in self.amax for slot in slots):
+            return None
+        return [q.scale_from_amax(self.amax[slot]) for slot in slots]
+
+    def run_for(self, layer: dict[str, Any]) -> Run | None:
+        if layer["kind"] == "convolution":
+            return self.convolution(layer)
+        if layer["kind"] == "plugin" and layer["params"]["plugin"] in (QKV, SKIP_LN):
+            return self.plugin(layer)
+        return None
+
+    def float32(self, values: Any) -> torch.Tensor:
+        return torch.from_numpy(np.array(values, dtype=np.float32)).to(self.dev)
+
+    # ---- GEMMs
+
+    def convolution(self, layer: dict[str, Any]) -> Run | None:
+        p = layer["params"]
+        source = layer["inputs"][0]
+        if source not in self.amax or any(k != 1 for k in p["kernel_shape"]) or p.get("num_groups", 1) != 1:
+            return None
+        if self.strict and layer.get("precision") in _FLOAT_PRECISIONS:
+            return None
+        weight = self.float32(p["kernel"]).reshape(p["num_output_maps"], -1)
+        bias = None if p["bias"] is None else self.float32(p["bias"])
+        gemm = fp8_gemm(weight, bias, self.amax[source]) if self.fp8 else int8_gemm(weight, bias, self.amax[source])
+        return _channel_gemm(gemm, len(p["kernel_shape"]), TORCH_DTYPE[DataType(p["output_dtypes"][0])])
+
+    # ---- plugins
+
+    def plugin(self, layer: dict[str, Any]) -> Run | None:
+        from helpers.portable.plugins_interleaved import channels_first, channels_last, qkv_blocks_to_per_head
+        from helpers.portable.runtime import _LoadedPlugin
+
+        loaded = _LoadedPlugin(layer["params"])
+        params, values = loaded.params, loaded.values
+        name, version = layer["params"]["plugin"], layer["params"]["version"]
+        interleaved = version in (("3", "6") if name == QKV else ("3", "4", "7", "8"))
+        if not interleaved and params.get("type_id") != int(DataType.INT8):
+            return None
+        out_types = [TORCH_DTYPE[DataType(t)] for t in layer["params"]["output_dtypes"]]
+        if name == QKV:
+            scales = self.scales([layer["inputs"][0], layer["outputs"][0]])
+            if scales is None:
+                return None
+            heads, dq_probs = params["num_heads"], float(params["dq_probs"])
+            qkv_scale, ctx_scale = scales
+            if interleaved:
+
+                def attention(qkv: torch.Tensor, cu: torch.Tensor, dummy: torch.Tensor) -> Sequence[torch.Tensor]:
+                    tokens = qkv_blocks_to_per_head(channels_last(qkv), heads)
+                    ctx = q.int8_attention_varlen(tokens, cu, dummy.shape[0], heads, qkv_scale, ctx_scale, dq_probs)
+                    return (channels_first(ctx).to(out_types[0]),)
+
+                return attention
+            if params.get("var_seqlen"):
+
+                def attention_packed(qkv: torch.Tensor, mask: torch.Tensor, cu: torch.Tensor, dummy: torch.Tensor) -> Sequence[torch.Tensor]:
+                    ctx = q.int8_attention_varlen(qkv.flatten(1), cu, dummy.shape[0], heads, qkv_scale, ctx_scale, dq_probs)
+                    return (ctx.unflatten(-1, (-1, 1, 1)).to(out_types[0]),)
+
+                return attention_packed
+            has_mask = bool(params["has_mask"])
+
+            def attention_fixed(qkv: torch.Tensor, mask: torch.Tensor | None = None) -> Sequence[torch.Tensor]:
+                mask_idx = mask[:, 0] if has_mask and mask is not None else None
+                ctx = q.int8_attention(qkv.flatten(2), mask_idx, heads, qkv_scale, ctx_scale, dq_probs)
+                return (ctx.unflatten(-1, (-1, 1, 1)).to(out_types[0]),)
+
+            return attention_fixed
+
+        # skip-LayerNorm: INT8 input, skip and output(s)
+        scales = self.scales([*layer["inputs"][:2], *layer["outputs"]])
+        if scales is None:
+            return None
+        x_scale, skip_scale, out_scale = scales[:3]
+        sum_scale = scales[3] if len(scales) > 3 else None
+        gamma, beta = self.float32(values["gamma"]).ravel(), self.float32(values["beta"]).ravel()
+        bias = self.float32(values["bias"]).ravel() if "bias" in values else None
+        eps = ops.skip_layernorm_eps(gamma.numel(), torch.int8)
+
+        def skip_layernorm(x: torch.Tensor, skip: torch.Tensor) -> Sequence[torch.Tensor]:
+            if interleaved:
+                x_rows, skip_rows = channels_last(x), channels_last(skip)
+            else:
+                axis = 2 if x.dim() == 5 else 1
+                x_rows, skip_rows = x.movedim(axis, -1), skip.movedim(axis, -1)
+            normed, summed = q.int8_skip_layernorm(x_rows, skip_rows, gamma, beta, x_scale, skip_scale, out_scale, eps, bias)
+            results = [normed]
+            if sum_scale is not None:
+                results.append(q.fake_quantize(summed, sum_scale))
+            if interleaved:
+                return tuple(channels_first(r).to(t) for r, t in zip(results, out_types))
+            return tuple(r.movedim(-1, axis).to(t) for r, t in zip(results, out_types))
+
+        return skip_layernorm
+
+
+def int8_gemm(weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """rows [M, C] → [M, K] through ``quantization.int8_linear`` with prepared weight codes."""
+    codes = q.quantize_linear_weights(weight)
+    in_scale = q.scale_from_amax(in_amax)
+    return lambda rows: q.int8_linear(rows, codes, bias, in_scale)
+
+
+def fp8_gemm(weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    codes = q.quantize_fp8_weights(weight)
+    return lambda rows: q.fp8_linear(rows, codes, bias, in_amax)
+
+
+def _channel_gemm(gemm: Callable[[torch.Tensor], torch.Tensor], spatial: int, out_dtype: torch.dtype) -> Run:
+    """A 1×1 convolution over the channel axis (``spatial`` trailing axes) from a row GEMM."""
+
+    def run(x: torch.Tensor) -> Sequence[torch.Tensor]:
+        channel_axis = x.dim() - spatial - 1
+        trailing = x.shape[channel_axis + 1 :]
+        if all(d == 1 for d in trailing):
+            rows = gemm(x.reshape(-1, x.shape[channel_axis]))
+            y = rows.reshape(*x.shape[:channel_axis], rows.shape[-1], *trailing)
+        else:
+            moved = x.movedim(channel_axis, -1)
+            rows = gemm(moved.reshape(-1, moved.shape[-1]))
+            y = rows.reshape(*moved.shape[:-1], rows.shape[-1]).movedim(-1, channel_axis)
+        return (y.to(out_dtype),)
+
+    return run
