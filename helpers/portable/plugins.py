@@ -5,8 +5,7 @@ counts, required or not), how the fields turn into parameters, and its shape/typ
 plugin computes is looked up in ONE place, :func:`plugin_impl`, so a fast-kernel pass can replace
 the reference math of ``ops.py`` without touching the rest of the engine.
 
-Decisions where the portable engine differs from TensorRT on purpose (all documented in the
-engine's README section):
+Decisions where the portable engine differs from TensorRT on purpose (see README.md here):
 * The fixed-length embedding plugin always emits the unfused mask index ``[B, 1]``: the packed
   fused-MHA mask exists only for TensorRT's SM-specific fused kernels, and the portable attention
   reads the mask index.
@@ -15,7 +14,8 @@ engine's README section):
   TensorRT limits come from its fused kernels (FP16/INT8, H ≤ 64, S ≤ 512), not from the math.
   Likewise the varseqlen embedding embeds every token, where TensorRT's kernels skip positions
   past their sequence bucket (at most 384, so a 512-token sequence loses its tail there).
-* The interleaved INT8 versions (QKV v3/v6, SkipLN v3/v4/v7/v8) are not registered.
+* The interleaved versions (QKV v3/v6, SkipLN v3/v4/v7/v8) live in ``plugins_interleaved.py``,
+  which registers them through :func:`register_plugin`.
 """
 
 from __future__ import annotations
