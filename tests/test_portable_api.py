@@ -411,8 +411,8 @@ def test_varseqlen_bert_matches_reference(logger, device):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available to PyTorch")
-def test_execution_is_cuda_graph_capturable(logger):
-    trt.set_device("cuda")
+def test_execution_is_cuda_graph_capturable(logger, monkeypatch):
+    monkeypatch.setattr("helpers.portable.device._selected", torch.device("cuda", torch.cuda.current_device()))
     weights = random_weights(SMALL)
     network, config = build_fixed_network(trt, trt.Builder(logger), weights, SMALL, [2], [16], fp16=True)
     engine = build(logger, network, config)
