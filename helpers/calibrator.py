@@ -24,13 +24,16 @@ import helpers.data_processing as dp
 import helpers.tokenization as tokenization
 from builder_utils import write_file_atomically
 from helpers.backend import backend_name, trt
-from helpers.portable.calibration import CalibrationError, parse_calibration_table
+from helpers.portable.calibration import (
+    LEGACY_QUANTILE,
+    LEGACY_REGRESSION_CUTOFF,
+    CalibrationError,
+    parse_calibration_table,
+)
 
 INPUT_NAMES = ("input_ids", "segment_ids", "input_mask")
 DOC_STRIDE = 128
 MAX_QUERY_LENGTH = 64
-LEGACY_QUANTILE = 0.9999
-LEGACY_REGRESSION_CUTOFF = 1.0
 
 
 def calibration_device() -> torch.device:

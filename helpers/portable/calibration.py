@@ -39,6 +39,9 @@ INT8_MAX = 127.0
 HISTOGRAM_BINS = 2048
 _MAX_BINS = 4 * HISTOGRAM_BINS
 _ENTROPY_LEVELS = 128
+# The demo's legacy calibrator parameters (§6.1).
+LEGACY_QUANTILE = 0.9999
+LEGACY_REGRESSION_CUTOFF = 1.0
 
 # The TensorRT version written into table headers this engine produces (10.16.0 → 101600).
 TABLE_TRT_VERSION = 101600
@@ -84,6 +87,11 @@ class IInt8EntropyCalibrator2(IInt8Calibrator):
         return CalibrationAlgoType.ENTROPY_CALIBRATION_2
 
 
+class IInt8EntropyCalibrator(IInt8Calibrator):
+    def get_algorithm(self) -> CalibrationAlgoType:
+        return CalibrationAlgoType.ENTROPY_CALIBRATION
+
+
 class IInt8MinMaxCalibrator(IInt8Calibrator):
     def get_algorithm(self) -> CalibrationAlgoType:
         return CalibrationAlgoType.MINMAX_CALIBRATION
@@ -94,10 +102,10 @@ class IInt8LegacyCalibrator(IInt8Calibrator):
         return CalibrationAlgoType.LEGACY_CALIBRATION
 
     def get_quantile(self) -> float:
-        return 0.9999
+        return LEGACY_QUANTILE
 
     def get_regression_cutoff(self) -> float:
-        return 1.0
+        return LEGACY_REGRESSION_CUTOFF
 
     def read_histogram_cache(self, length: int = 0) -> bytes | None:
         return None
@@ -279,7 +287,10 @@ def entropy_amax(hist: AbsHistogram, levels: int = _ENTROPY_LEVELS) -> float:
 def amax_from_histogram(hist: AbsHistogram, calibrator: IInt8Calibrator) -> float:
     algorithm = CalibrationAlgoType(int(calibrator.get_algorithm()))
     if algorithm == CalibrationAlgoType.LEGACY_CALIBRATION:
-        return legacy_amax(hist, float(calibrator.get_quantile()), float(calibrator.get_regression_cutoff()))  # type: ignore[attr-defined]
+        # Legacy calibrators written against other base classes may lack the two getters.
+        quantile = getattr(calibrator, "get_quantile", lambda: LEGACY_QUANTILE)()
+        cutoff = getattr(calibrator, "get_regression_cutoff", lambda: LEGACY_REGRESSION_CUTOFF)()
+        return legacy_amax(hist, float(quantile), float(cutoff))
     if algorithm == CalibrationAlgoType.MINMAX_CALIBRATION:
         return float(hist.max)
     return entropy_amax(hist)
