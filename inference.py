@@ -24,10 +24,12 @@ from helpers.question_answering import (
 from helpers.runner import EngineRunner, RunnerError, check_writable_output, exit_on_error, write_text_atomically
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+def build_parser(description: str | None = __doc__, with_batch_size: bool = True) -> argparse.ArgumentParser:
+    """The options of §1.3 (inference_varseqlen.py shares them, without -b)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("-e", "--engine", help="Path to the BERT engine (TensorRT plan or portable engine)")
-    parser.add_argument("-b", "--batch-size", default=1, type=int, help="Batch size; each feature is replicated this many times")
+    if with_batch_size:
+        parser.add_argument("-b", "--batch-size", default=1, type=int, help="Batch size; each feature is replicated this many times")
     parser.add_argument("-p", "--passage", nargs="*", default="", help="Text of the passage")
     parser.add_argument("-pf", "--passage-file", default="", help="File whose whole text is the passage")
     parser.add_argument("-q", "--question", nargs="*", default="", help="Text of the question")
@@ -41,8 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-best-size", default=20, type=int, help="Number of candidate answers kept")
     parser.add_argument("--doc-stride", default=128, type=int, help="Stride between the windows of a long passage")
     parser.add_argument("--device", default=None, help="Portable engines only: cpu, cuda or cuda:N (default: DEMOBERT_DEVICE, else CUDA if present)")
-    args, _ = parser.parse_known_args(argv)
-    return args
+    return parser
 
 
 def read_prompt(prompt: str) -> str | None:
@@ -72,11 +73,10 @@ def answer_interactively(answerer: QuestionAnswerer, doc_tokens: list[str], batc
         question = read_prompt(QUESTION_PROMPT)
 
 
-@exit_on_error
-def main(argv: list[str] | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Answer the question(s) of parsed options; shared with inference_varseqlen.py."""
     import helpers.data_processing as dp
 
-    args = parse_args(argv)
     if not args.engine:
         raise RunnerError("no engine given; pass one with -e/--engine")
     if not args.vocab_file:
@@ -126,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nQuestion: {question}")
     print(format_answer(answerer.answer(doc_tokens, question), answerer.batch_size))
     return 0
+
+
+@exit_on_error
+def main(argv: list[str] | None = None) -> int:
+    # Like the original: unknown options are ignored.
+    args, _ = build_parser().parse_known_args(argv)
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Shared by perf.py and perf_varseqlen.py; the engine layout decides the input sha
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
@@ -36,16 +37,26 @@ def random_inputs(runner: EngineRunner, max_batch: int, sequence_length: int, se
     }
 
 
-def inputs_for_batch(runner: EngineRunner, inputs: dict[str, np.ndarray], batch_size: int, sequence_length: int) -> dict[str, np.ndarray]:
-    """The leading part of the max-batch inputs that a batch of ``batch_size`` uses."""
-    if runner.varseqlen:
-        tokens = batch_size * sequence_length
-        return {
-            "input_ids": inputs["input_ids"][:tokens],
-            "segment_ids": inputs["segment_ids"][:tokens],
-            "cu_seqlens": inputs["cu_seqlens"][: batch_size + 1],
-        }
-    return {name: value[:batch_size] for name, value in inputs.items()}
+def inputs_for_batch(
+    runner: EngineRunner, inputs: dict[str, np.ndarray], batch_size: int, sequence_length: int, lengths: list[int] | None = None
+) -> dict[str, np.ndarray]:
+    """The leading part of the max-batch inputs that a batch of ``batch_size`` uses.
+
+    ``lengths`` (variable-length engines only) packs sequences of those lengths instead of
+    ``batch_size`` full-length ones.
+    """
+    if not runner.varseqlen:
+        if lengths is not None:
+            raise ValueError("sequence length mixes need a variable-length engine")
+        return {name: value[:batch_size] for name, value in inputs.items()}
+    if lengths is None:
+        lengths = [sequence_length] * batch_size
+    tokens = int(sum(lengths))
+    return {
+        "input_ids": inputs["input_ids"][:tokens],
+        "segment_ids": inputs["segment_ids"][:tokens],
+        "cu_seqlens": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32),
+    }
 
 
 def benchmark(
@@ -56,14 +67,21 @@ def benchmark(
     iterations: int,
     duration_s: float,
     seed: int,
+    lengths: Callable[[int], list[int]] | None = None,
 ) -> list[TimingSummary]:
-    """Time the engine at each batch size (ascending); raises NoProfileError for an uncovered one."""
+    """Time the engine at each batch size (ascending); raises NoProfileError for an uncovered one.
+
+    ``lengths(batch_size)`` (variable-length engines only) gives the sequence lengths of a batch;
+    by default every sequence is ``sequence_length`` long.
+    """
     ordered = sorted(batch_sizes)
     inputs = random_inputs(runner, ordered[-1], sequence_length, seed)
     summaries = []
     for batch_size in ordered:
-        runner.activate(batch_size, sequence_length)
-        runner.copy_inputs(inputs_for_batch(runner, inputs, batch_size, sequence_length))
+        batch_lengths = None if lengths is None else list(lengths(batch_size))
+        total_tokens = None if batch_lengths is None else int(sum(batch_lengths))
+        runner.activate(batch_size, sequence_length, total_tokens)
+        runner.copy_inputs(inputs_for_batch(runner, inputs, batch_size, sequence_length, batch_lengths))
         runner.synchronize()
         times = runner.time_executions(warm_up_runs, iterations, duration_s)
         summaries.append(TimingSummary.from_times(batch_size, times))

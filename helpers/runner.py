@@ -154,6 +154,19 @@ def _torch_dtype(trt_dtype: Any) -> torch.dtype:
         raise RunnerError(f"unsupported engine I/O data type {trt_dtype}") from None
 
 
+def check_packed_inputs(cu_seqlens: np.ndarray, total_tokens: int, max_seqlen: int) -> None:
+    """Raise RunnerError unless cu_seqlens = [0, s0, s0+s1, ..., T] with 1 <= s_i <= max_seqlen."""
+    if len(cu_seqlens) < 2 or cu_seqlens[0] != 0:
+        raise RunnerError(f"cu_seqlens must start at 0 and hold batch size + 1 entries, got {cu_seqlens.tolist()}")
+    lengths = np.diff(cu_seqlens)
+    if np.any(lengths <= 0):
+        raise RunnerError(f"cu_seqlens must be strictly increasing, got {cu_seqlens.tolist()}")
+    if cu_seqlens[-1] != total_tokens:
+        raise RunnerError(f"cu_seqlens ends at {cu_seqlens[-1]}, but the batch has {total_tokens} tokens")
+    if lengths.max() > max_seqlen:
+        raise RunnerError(f"a sequence of {lengths.max()} tokens is more than the maximum {max_seqlen} (max_seqlen)")
+
+
 # --------------------------------------------------------------------------------------------
 # Timing statistics
 
@@ -331,7 +344,12 @@ class EngineRunner:
         return self.stream.cuda_stream if self.stream is not None else 0
 
     def copy_inputs(self, arrays: Mapping[str, np.ndarray | torch.Tensor]) -> None:
-        """Copy host arrays into the bound input buffers (asynchronously on CUDA)."""
+        """Copy host arrays into the bound input buffers (asynchronously on CUDA).
+
+        Packed inputs are checked first: the plugins would read out of bounds on a bad cu_seqlens.
+        """
+        if "cu_seqlens" in arrays:
+            check_packed_inputs(np.asarray(arrays["cu_seqlens"]), self.buffers["input_ids"].numel(), self.buffers["max_seqlen"].numel())
         for name, value in arrays.items():
             source = torch.as_tensor(value).reshape(self.buffers[name].shape)
             if self.stream is not None:

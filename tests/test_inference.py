@@ -132,6 +132,7 @@ def test_squad_predictions_and_evaluation(engine, vocab, capsys, tmp_path, tmp_p
     # Two gold answers equal the oracle's, the third shares no word with anything: EM = F1 = 200/3.
     gold = squad_file(tmp_path / "dev.json", {"q1": expected["q1"], "q2": expected["q2"], "q3": "zqxj"})
     predictions = tmp_path / "predictions.json"
+    capsys.readouterr()  # the oracle's model loading
 
     status, out, err = run(["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN), "-sq", str(gold), "-o", str(predictions)], capsys)
     assert status == 0, err

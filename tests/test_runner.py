@@ -211,3 +211,17 @@ def test_varseqlen_engine_runs_packed_through_the_same_runner(tmp_path, tmp_path
         inputs = {name: np.asarray(getattr(feature, name), dtype=np.int32)[None] for name in ("input_ids", "segment_ids", "input_mask")}
         expected = hf_logits(model, inputs)[0, :length]
         np.testing.assert_allclose(np.stack([start, end], -1), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "cu_seqlens, message",
+    [([1, 5, 8], "start at 0"), ([0], "start at 0"), ([0, 6, 5, 8], "strictly increasing"), ([0, 5, 5, 8], "strictly increasing"),
+     ([0, 5, 7], "ends at 7, but the batch has 8 tokens"), ([0, 1, 8], "7 tokens is more than the maximum 6")],
+)
+def test_packed_inputs_are_checked(cu_seqlens, message):
+    with pytest.raises(RunnerError, match=message):
+        runner_module.check_packed_inputs(np.array(cu_seqlens, np.int32), total_tokens=8, max_seqlen=6)
+
+
+def test_good_packed_inputs_pass():
+    runner_module.check_packed_inputs(np.array([0, 6, 8], np.int32), total_tokens=8, max_seqlen=6)
