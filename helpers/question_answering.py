@@ -31,7 +31,6 @@ class Answer:
     """Mean time per feature of input copy + execute + synchronize (what Sentences/Sec divides by)."""
     end_to_end_seconds: float
     """Tokenization + all features through the network + post-processing."""
-    feature_count: int
 
 
 def read_text_file(path: str, what: str) -> str:
@@ -140,7 +139,6 @@ class QuestionAnswerer:
             nbest=nbest,
             network_seconds=network_seconds / max(len(features), 1),
             end_to_end_seconds=time.perf_counter() - started,
-            feature_count=len(features),
         )
 
     def answer_text(self, passage: str, question: str) -> Answer:
