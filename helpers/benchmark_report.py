@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.latency import JSON_FORMAT_VERSION
+
 RESULT_NAME = re.compile(r"seqlen(\d+)_bs(\d+)\.json")
 PRECISION_LABELS = {"int8-qat": "INT8 QAT", "int8": "INT8", "fp16": "FP16", "fp32": "FP32"}
 STATISTICS = (("p95_ms", "95th Percentile"), ("p99_ms", "99th Percentile"), ("avg_ms", "Average"))
@@ -44,6 +46,8 @@ def load_measurements(results_dir: str | Path) -> list[Measurement]:
             continue
         model, precision = path.parent.parent.name, path.parent.name
         report = json.loads(path.read_text(encoding="utf-8"))
+        if report.get("format_version") != JSON_FORMAT_VERSION:
+            raise ValueError(f"{path}: perf JSON format_version {report.get('format_version')!r}, expected {JSON_FORMAT_VERSION}")
         for record in report["results"]:
             measurements.append(
                 Measurement(
@@ -103,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or not Path(args[0]).is_dir():
         print("usage: python3 -m helpers.benchmark_report RESULTS_DIR", file=sys.stderr)
         return 1
-    measurements = load_measurements(args[0])
+    try:
+        measurements = load_measurements(args[0])
+    except (ValueError, KeyError) as err:
+        print(f"error: unreadable benchmark result: {err}", file=sys.stderr)
+        return 1
     if not measurements:
         print(f"error: no benchmark results under {args[0]}", file=sys.stderr)
         return 1

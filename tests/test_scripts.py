@@ -176,6 +176,14 @@ def test_report_tables_in_the_readme_layout(tmp_path):
     ])
 
 
+def test_report_refuses_another_format_version(tmp_path):
+    write_result(tmp_path, "base", "fp16", 128, 1, 0.5, 0.5, 0.5)
+    path = result_path(tmp_path, "base", "fp16", 128, 1)
+    path.write_text(path.read_text().replace('"format_version": 1', '"format_version": 2'))
+    with pytest.raises(ValueError, match="format_version 2, expected 1"):
+        load_measurements(tmp_path)
+
+
 def test_benchmark_quick_mode_end_to_end(tmp_path):
     result = benchmark("--quick", "--workdir", str(tmp_path))
     assert result.returncode == 0, result.stderr
