@@ -225,3 +225,35 @@ def test_engine_of_another_format_version(engine, vocab, capsys, tmp_path):
     newer.write_bytes(bytes(data))
     status, _, err = run(["-e", str(newer), "-v", str(vocab), "-p", "x", "-q", "y"], capsys)
     assert_one_line_error(status, err, f"format version {FORMAT_VERSION + 1} is not supported")
+
+
+def test_progress_bar_on_a_terminal(engine, vocab, tmp_path):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    gold = squad_file(tmp_path / "dev.json", {"q1": "a", "q2": "b", "q3": "c"})
+    leader, follower = pty.openpty()
+    # A new pseudo-terminal is 0 columns wide; give it a real terminal's size.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    result = subprocess.run(
+        [sys.executable, "inference.py", "-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN), "--device", "cpu",
+         "-sq", str(gold), "-o", str(tmp_path / "predictions.json")],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=follower, text=True,
+    )
+    os.close(follower)
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(leader)
+    assert result.returncode == 0
+    assert "3/3" in terminal.decode() and "SQuAD" in terminal.decode()
+    assert "SQuAD" not in result.stdout
