@@ -115,11 +115,11 @@ class QuestionAnswerer:
         runner.execute()
         runner.synchronize()
         elapsed = time.perf_counter() - started
-        logits = runner.output().float().cpu().numpy()
+        logits = runner.output_array()
         if runner.varseqlen:
             return logits[0].reshape(-1), logits[1].reshape(-1), elapsed
         first = logits[0].reshape(-1, 2)
-        return first[:, 0].copy(), first[:, 1].copy(), elapsed
+        return first[:, 0], first[:, 1], elapsed
 
     def answer(self, doc_tokens: list[str], question: str) -> Answer:
         import helpers.data_processing as dp

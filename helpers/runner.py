@@ -391,14 +391,19 @@ class EngineRunner:
             self.stream.synchronize()
 
     def output(self) -> torch.Tensor:
+        """``logits_out`` in the device buffer (overwritten by the next execution)."""
         return self.buffers[OUTPUT_NAME]
 
+    def output_array(self) -> np.ndarray:
+        """A float32 host copy of ``logits_out`` (call after synchronize)."""
+        return self.output().to("cpu", torch.float32, copy=True).numpy()
+
     def infer(self, arrays: Mapping[str, np.ndarray | torch.Tensor]) -> np.ndarray:
-        """Copy inputs, execute, wait, and return ``logits_out`` as a float32 host array."""
+        """Copy inputs, execute, wait, and return a float32 host copy of ``logits_out``."""
         self.copy_inputs(arrays)
         self.execute()
         self.synchronize()
-        return self.output().float().cpu().numpy()
+        return self.output_array()
 
     def time_executions(self, warm_up_runs: int, iterations: int, duration_s: float = 0.0) -> list[float]:
         """Milliseconds of each timed execution, after ``warm_up_runs`` untimed ones.

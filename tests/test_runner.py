@@ -103,7 +103,8 @@ def test_fixed_engine_matches_huggingface(tmp_path_factory):
     inputs = random_batch(3, SEQ_LEN, vocab=30522, seed=5)
     runner.activate(3, SEQ_LEN)
     out = runner.infer(inputs)
-    assert out.shape == (3, SEQ_LEN, 2, 1, 1)
+    other = runner.infer(random_batch(3, SEQ_LEN, vocab=30522, seed=6))
+    assert out.shape == (3, SEQ_LEN, 2, 1, 1) and not np.allclose(out, other)  # a copy, not the reused buffer
     expected = hf_logits(tiny_model_dir(tmp_path_factory), inputs)
     np.testing.assert_allclose(out.reshape(3, SEQ_LEN, 2), expected, rtol=1e-4, atol=1e-4)
 
@@ -205,8 +206,8 @@ def test_varseqlen_engine_runs_packed_through_the_same_runner(tmp_path, tmp_path
     features = answerer.features(dp.convert_doc_tokens(PASSAGE), QUESTION)
     lengths = [int(sum(f.input_mask)) for f in features]
     assert len(features) == 2 and lengths[1] < SEQ_LEN  # one full window, one short one
-    for feature, length in zip(features, lengths):
-        start, end, _ = answerer.feature_logits(feature)
+    logits = [answerer.feature_logits(feature) for feature in features]  # all first: results must not alias
+    for feature, length, (start, end, _) in zip(features, lengths, logits):
         assert start.shape == end.shape == (length,)  # packed: only the real tokens
         inputs = {name: np.asarray(getattr(feature, name), dtype=np.int32)[None] for name in ("input_ids", "segment_ids", "input_mask")}
         expected = hf_logits(model, inputs)[0, :length]
