@@ -263,7 +263,7 @@ def run_engine(engine: str | Path, inputs: dict[str, np.ndarray], device: str | 
         if rows < chunk:  # static-shape engines: pad the last chunk with empty features
             part = {k: np.concatenate([v, np.zeros((chunk - rows, seq), np.int32)]) for k, v in part.items()}
         runner.activate(chunk, seq)
-        outputs.append(runner.infer(part).reshape(chunk, seq, 2)[:rows].copy())  # infer reuses its buffer
+        outputs.append(runner.infer(part).reshape(chunk, seq, 2)[:rows])
     return np.concatenate(outputs)
 
 
