@@ -80,7 +80,7 @@ def skip_layernorm_interleaved(
     The epsilon is the packed varseqlen plugin's (``ops.skip_layernorm_eps``): these float versions
     have no TensorRT counterpart whose INT8 statistics rules would apply.
     """
-    x_tokens, skip_tokens = channels_last(x), channels_last(skip)
+    x_tokens, skip_tokens = channels_last(x), channels_last(skip).to(x.dtype)
     if x_tokens.shape != skip_tokens.shape:
         raise ValueError(f"skip-LayerNorm inputs differ in shape: {tuple(x.shape)} and {tuple(skip.shape)}")
     eps = ops.skip_layernorm_eps(x_tokens.shape[1], x_tokens.dtype)
@@ -154,7 +154,8 @@ def _infer_skip(outputs: int) -> Callable[[Params, Sequence[Shape], Sequence[Dat
             raise BuildError(f"{plugin}: expects 2 inputs (input, skip), got {len(shapes)}")
         for index in (0, 1):
             _check_interleaved(plugin, index, shapes[index], dtypes[index], p["hidden_size"])
-        if shapes[0] != shapes[1] or dtypes[0] != dtypes[1]:
+        # Declared types may differ (e.g. an INT8 range on one side): the engine converts at run time.
+        if shapes[0] != shapes[1]:
             raise BuildError(f"{plugin}: input {fmt_shape(shapes[0])} and skip {fmt_shape(shapes[1])} differ")
         return [(shapes[0], dtypes[0])] * outputs
 
