@@ -40,7 +40,9 @@ def calibration_device() -> torch.device:
     """Where the backend reads calibration batches: the GPU for TensorRT, the runtime device otherwise."""
     if backend_name() == "tensorrt":
         return torch.device("cuda")
-    return torch.device(os.environ.get("DEMOBERT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from helpers.portable import get_device
+
+    return get_device()
 
 
 def read_calibration_cache_file(cache_file: str) -> bytes | None:

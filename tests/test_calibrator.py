@@ -12,6 +12,8 @@ import torch
 import helpers.data_processing as dp
 import helpers.tokenization as tokenization
 from helpers.portable import calibration as cal
+from helpers.portable.enums import DataType
+from helpers.portable.runtime import wrap_pointer
 from tests import squad_fixtures
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +163,7 @@ def toy_network(feeds, observe):
 def test_calibrate_runs_batches_and_writes_the_table():
     batches = [{"x": torch.tensor([[0.5, -1.0]])}, {"x": torch.tensor([[3.0, 0.25]])}]
     calibrator = ListCalibrator(batches)
-    specs = [("x", (1, 2), torch.float32)]
+    specs = [("x", (1, 2), DataType.FLOAT)]
     ranges = cal.calibrate(specs, calibrator, toy_network, torch.device("cpu"))
     assert set(ranges) == {"x", "doubled"}
     hist_x = histogram_of(torch.tensor([0.5, -1.0]), torch.tensor([3.0, 0.25]))
@@ -178,7 +180,7 @@ def test_calibrate_runs_batches_and_writes_the_table():
 
 def test_calibrate_without_batches_fails():
     with pytest.raises(cal.CalibrationError, match="at least one batch"):
-        cal.calibrate([("x", (1, 2), torch.float32)], ListCalibrator([]), toy_network, torch.device("cpu"))
+        cal.calibrate([("x", (1, 2), DataType.FLOAT)], ListCalibrator([]), toy_network, torch.device("cpu"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +232,7 @@ def test_bert_calibrator_feeds_first_features_in_file_order(portable_backend, sq
         pointers = calibrator.get_batch(names)
         expected = dp.convert_example_to_features(example.doc_tokens, example.question_text, tokenizer, 64, 128, 64)[0]
         for name, pointer in zip(names, pointers):
-            got = cal.tensor_at(pointer, (1, 64), torch.int32, torch.device("cpu")).numpy()[0]
+            got = wrap_pointer(pointer, (1, 64), DataType.INT32, torch.device("cpu")).numpy()[0]
             np.testing.assert_array_equal(got, getattr(expected, name))
     assert calibrator.get_batch(names) is None
     out = capsys.readouterr().out.splitlines()

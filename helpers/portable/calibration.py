@@ -23,7 +23,6 @@ of its big-endian IEEE float32 bits.  Tables from either backend read on the oth
 
 from __future__ import annotations
 
-import ctypes
 import math
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from helpers.portable.enums import CalibrationAlgoType
+from helpers.portable.enums import CalibrationAlgoType, DataType
 
 INT8_MAX = 127.0
 # Histogram resolution: TensorRT's entropy calibrator works on 2048 bins; growth beyond this
@@ -300,31 +299,11 @@ def amax_from_histogram(hist: AbsHistogram, calibrator: IInt8Calibrator) -> floa
 # The calibration pass
 
 
-def tensor_at(pointer: int, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A tensor view of memory a calibrator handed over as a raw pointer (CPU or CUDA)."""
-    count = math.prod(shape)
-    if device.type == "cuda":
-        typestr = {torch.int32: "<i4", torch.float32: "<f4", torch.float16: "<f2"}[dtype]
-
-        class _Memory:
-            __cuda_array_interface__ = {
-                "shape": tuple(shape),
-                "typestr": typestr,
-                "data": (int(pointer), False),
-                "version": 3,
-            }
-
-        return torch.as_tensor(_Memory(), device=device)
-    element = torch.empty((), dtype=dtype).element_size()
-    raw = (ctypes.c_byte * (count * element)).from_address(int(pointer))
-    return torch.frombuffer(raw, dtype=dtype).reshape(tuple(shape))
-
-
 RunNetwork = Callable[[dict[str, torch.Tensor], Callable[[str, torch.Tensor], None]], None]
 
 
 def calibrate(
-    input_specs: Iterable[tuple[str, Sequence[int], torch.dtype]],
+    input_specs: Iterable[tuple[str, Sequence[int], DataType]],
     calibrator: IInt8Calibrator,
     run_fp32: RunNetwork,
     device: torch.device,
@@ -332,10 +311,12 @@ def calibrate(
 ) -> dict[str, float]:
     """Ranges for every float tensor the network produces, from the cache or from batches.
 
-    ``input_specs``: (name, static shape, dtype) of each network input, in order;
+    ``input_specs``: (name, static shape, TensorRT dtype) of each network input, in order;
     ``run_fp32(feeds, observe)`` runs the FP32 network and calls ``observe(name, tensor)`` for
     every tensor it produces.  A freshly computed table goes to ``write_calibration_cache``.
     """
+    from helpers.portable.runtime import wrap_pointer
+
     cached = calibrator.read_calibration_cache()
     if cached:
         _, ranges = parse_calibration_table(cached, source)
@@ -356,7 +337,7 @@ def calibrate(
         if len(pointers) != len(specs):
             raise CalibrationError(f"calibrator returned {len(pointers)} buffers for {len(specs)} network inputs")
         feeds = {
-            name: tensor_at(pointer, shape, dtype, device).clone()
+            name: wrap_pointer(pointer, tuple(shape), dtype, device).clone()
             for (name, shape, dtype), pointer in zip(specs, pointers)
         }
         for name, value in feeds.items():

@@ -52,7 +52,7 @@ Run = Callable[..., Sequence[torch.Tensor]]
 # Build time: calibration
 
 
-def _calibration_input_specs(description: dict[str, Any]) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+def _calibration_input_specs(description: dict[str, Any]) -> list[tuple[str, tuple[int, ...], DataType]]:
     """(name, shape, dtype) of every input: its static shape, else the first profile's opt shape."""
     specs = []
     for slot in description["inputs"]:
@@ -60,7 +60,7 @@ def _calibration_input_specs(description: dict[str, Any]) -> list[tuple[str, tup
         shape = tensor["shape"]
         if not is_known(shape):
             shape = description["profiles"][0][tensor["name"]][1]
-        specs.append((tensor["name"], tuple(shape), TORCH_DTYPE[DataType(tensor["dtype"])]))
+        specs.append((tensor["name"], tuple(shape), DataType(tensor["dtype"])))
     return specs
 
 
@@ -73,10 +73,13 @@ def calibrate_engine_description(description: dict[str, Any], calibrator: Any, d
 
     tensors = description["tensors"]
     names = [t["name"] for t in tensors]
-    plan = build_plan(description, dev)
     input_slots = {tensors[slot]["name"]: slot for slot in description["inputs"]}
+    plans: list[Any] = []  # built on the first batch: a build that reads a cache needs none
 
     def run_fp32(feeds: dict[str, torch.Tensor], observe: Callable[[str, torch.Tensor], None]) -> None:
+        if not plans:
+            plans.append(build_plan(description, dev))
+        plan = plans[0]
         buffers: list[Any] = [None] * plan.num_slots
         for slot, value in plan.constants.items():
             buffers[slot] = value
