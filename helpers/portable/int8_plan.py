@@ -119,12 +119,57 @@ def lower_int8(plan: Any, description: dict[str, Any], dev: torch.device) -> Any
         return plan
     flags = description["build"]["flags"]
     lowering = _Lowering(description, dev, strict=any(f in flags for f in _STRICT_FLAGS), fp8="FP8" in flags)
-    runnable = [layer for layer in description["layers"] if layer["kind"] != "constant"]
-    steps = []
-    for layer, step in zip(runnable, plan.steps):
+    runnable = [index for index, layer in enumerate(description["layers"]) if layer["kind"] != "constant"]
+    step_of = dict(zip(runnable, plan.steps))
+    gelu_chains = _gelu_chains(plan, description, dev)
+    replaced: dict[int, Any] = {}
+    for index in runnable:
+        layer, step = description["layers"][index], step_of[index]
         run = lowering.run_for(layer)
-        steps.append(step if run is None else Step(STEP_PREFIX + layer["name"], run, step.inputs, step.outputs))
+        if run is None or index in replaced:
+            continue
+        chain = gelu_chains.get(index) if layer["kind"] == "convolution" else None
+        if chain is None:
+            replaced[index] = Step(STEP_PREFIX + layer["name"], run, step.inputs, step.outputs)
+            continue
+        # The builder's 8-layer GELU after an INT8 GEMM becomes one fast GELU pass on the GEMM's
+        # output; the chain's steps stay in place as empty steps (one step per layer).
+        last = description["layers"][chain[-1]]
+        replaced[index] = Step(STEP_PREFIX + layer["name"], _then_gelu(run), step.inputs, tuple(last["outputs"]))
+        for member in chain:
+            replaced[member] = Step(STEP_PREFIX + description["layers"][member]["name"], _nothing, (), ())
+    steps = [replaced.get(index, step_of[index]) for index in runnable]
     return Plan(steps=steps, num_slots=plan.num_slots, constants=plan.constants)
+
+
+def _gelu_chains(plan: Any, description: dict[str, Any], dev: torch.device) -> dict[int, list[int]]:
+    """Convolution index → indices of the GELU chain right after it, where the fast path fuses (CUDA)."""
+    from helpers.portable.kernels.plan import _Rewriter, fast_kernels_enabled
+
+    if not fast_kernels_enabled(dev):
+        return {}
+    rewriter = _Rewriter(plan, description, dev)
+    chains = {}
+    for layer in rewriter.layers:
+        if layer.kind == "convolution":
+            chain = rewriter.gelu_chain(layer)
+            if chain is not None:
+                chains[layer.index] = [member.index for member in chain]
+    return chains
+
+
+def _then_gelu(run: Run) -> Run:
+    from helpers.portable import kernels
+
+    def fused(x: torch.Tensor) -> Sequence[torch.Tensor]:
+        (y,) = run(x)
+        return (kernels.gelu_tanh(y),)
+
+    return fused
+
+
+def _nothing() -> Sequence[torch.Tensor]:
+    return ()
 
 
 class _Lowering:
