@@ -502,3 +502,36 @@ def test_minilm_ptq_int8_meets_the_issue_goal(tmp_path):
     print("MiniLM, PTQ INT8 vs FP32:", agreement.as_text())
     assert agreement.cosine >= 0.99
     assert min(agreement.start_match, agreement.end_match) >= 0.95
+
+
+@pytest.mark.parametrize("layout", [(), ("-il",)])
+def test_varseqlen_qat_int8_tracks_fp32(int8_workdir, layout):
+    """builder_varseqlen.py -i with QAT ranges, packed and interleaved (-il) layouts, on packed features."""
+    import builder_varseqlen
+    from helpers.runner import EngineRunner
+    from tests.checkpoints import write_bert_config, write_onnx_model
+
+    env = int8_workdir
+    onnx_path = write_onnx_model(env["model"], env["work"] / "qat_varseqlen.onnx", activation_amax(env["model"], env["features"]))
+    config_dir = write_bert_config(env["model"], env["work"] / "cfg_varseqlen")
+    features = env["features"]
+    lengths = features.input_mask.sum(axis=1)
+    batch = {
+        "input_ids": np.concatenate([ids[:n] for ids, n in zip(features.input_ids, lengths)]).astype(np.int32),
+        "segment_ids": np.concatenate([seg[:n] for seg, n in zip(features.segment_ids, lengths)]).astype(np.int32),
+        "cu_seqlens": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32),
+    }
+    logits = []
+    for name, options in (("fp32", ()), ("int8", ("-i", *layout))):
+        engine = env["work"] / f"varseqlen_{name}{''.join(layout)}.engine"
+        argv = ["-x", str(onnx_path), "-c", str(config_dir), "-o", str(engine), "-b", str(len(lengths)), "-s", str(SEQ),
+                "--backend", "portable", "--device", "cpu", *options]
+        assert builder_varseqlen.main(argv) == 0
+        runner = EngineRunner(engine, device="cpu")
+        runner.activate(len(lengths), SEQ, total_tokens=len(batch["input_ids"]))
+        logits.append(runner.infer(batch).reshape(2, -1))
+    reference, quantized = (l.astype(np.float64).ravel() for l in logits)
+    cosine = reference @ quantized / (np.linalg.norm(reference) * np.linalg.norm(quantized))
+    print(f"tiny random BERT, varseqlen QAT INT8 {' '.join(layout)} vs FP32: cosine {cosine:.5f}")
+    assert cosine >= 0.99
+    assert not np.allclose(reference, quantized, rtol=0, atol=1e-5)
