@@ -107,9 +107,9 @@ def int8_linear(
     """
     rows = x.reshape(-1, x.shape[-1])
     acc = int_matmul(quantize(rows, in_scale), weight.codes)
-    y = acc.float() * (weight.scales * in_scale)
-    if bias is not None:
-        y = y + bias.float()
+    scales = weight.scales * in_scale
+    # One pass: int32 accumulators promote to float32 inside the multiply(-add).
+    y = acc * scales if bias is None else torch.addcmul(bias.float(), acc, scales)
     if out_scale is not None:
         y = fake_quantize(y, out_scale)
     return y.to(x.dtype).reshape(*x.shape[:-1], weight.codes.shape[0])
