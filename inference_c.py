@@ -109,16 +109,15 @@ class InferCRunner:
     def synchronize(self) -> None:
         """Nothing to wait for: execute() already copied the logits back."""
 
-    def output(self) -> Any:
-        import torch
-
+    def output_array(self) -> np.ndarray:
+        """The float32 logits of the last execution, in the fixed-length layout."""
         assert self._logits is not None, "execute() first"
-        logits = self._logits
+        logits = np.asarray(self._logits, dtype=np.float32)
         if logits.ndim == 1:
             # Variable-length output [2, T]: T start logits, then T end logits.
             tokens = logits.size // 2
             logits = np.stack([logits[:tokens], logits[tokens:]], axis=-1).reshape(1, tokens, 2, 1, 1)
-        return torch.from_numpy(logits)
+        return logits
 
 
 # Enough of an engine file to tell a portable engine from a TensorRT plan.
