@@ -178,6 +178,18 @@ def test_calibrate_runs_batches_and_writes_the_table():
     assert again.requests == 0 and again.written is None
 
 
+def test_calibrate_with_the_entropy_algorithm():
+    class EntropyList(ListCalibrator):
+        get_algorithm = cal.IInt8EntropyCalibrator2.get_algorithm
+
+    gen = torch.Generator().manual_seed(3)
+    values = torch.cat([torch.randn(1, 20_000, generator=gen), torch.tensor([[40.0]])], dim=1)
+    calibrator = EntropyList([{"x": values}])
+    ranges = cal.calibrate([("x", tuple(values.shape), DataType.FLOAT)], calibrator, toy_network, torch.device("cpu"))
+    assert ranges["x"] == cal.entropy_amax(histogram_of(values)) and 3.0 < ranges["x"] < 10.0
+    assert calibrator.written.startswith(b"TRT-") and calibrator.written.split(b"\n")[0].endswith(b"-EntropyCalibration2")
+
+
 def test_calibrate_without_batches_fails():
     with pytest.raises(cal.CalibrationError, match="at least one batch"):
         cal.calibrate([("x", (1, 2), DataType.FLOAT)], ListCalibrator([]), toy_network, torch.device("cpu"))

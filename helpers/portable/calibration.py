@@ -209,7 +209,7 @@ class AbsHistogram:
         if self.counts is None:
             self.width = (batch_max or 1.0) / HISTOGRAM_BINS
             self.counts = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
-        needed = max(len(self.counts), math.floor(self.max / self.width) + 1)
+        needed = max(len(self.counts), math.ceil(self.max / self.width))  # histc keeps x == max in the last bin
         if needed > len(self.counts):
             factor = 1
             while needed > _MAX_BINS * factor:
@@ -219,7 +219,7 @@ class AbsHistogram:
                 padded[: len(self.counts)] = self.counts
                 self.counts = padded.reshape(-1, factor).sum(axis=1)
                 self.width *= factor
-                needed = math.floor(self.max / self.width) + 1
+                needed = math.ceil(self.max / self.width)
             self.counts = np.concatenate([self.counts, np.zeros(needed - len(self.counts), dtype=np.int64)])
         bins = len(self.counts)
         hist = torch.histc(magnitudes, bins=bins, min=0.0, max=bins * self.width)
@@ -272,7 +272,7 @@ def entropy_amax(hist: AbsHistogram, levels: int = _ENTROPY_LEVELS) -> float:
         # over its bins that were non-empty (empty bins stay empty, as in the reference).
         group = (np.arange(bins) * levels) // bins
         candidate = np.zeros(bins)
-        present = counts[:bins] > 0
+        present = reference > 0
         group_mass = np.bincount(group, weights=counts[:bins], minlength=levels)
         group_present = np.bincount(group, weights=present.astype(np.float64), minlength=levels)
         share = np.divide(group_mass, group_present, out=np.zeros(levels), where=group_present > 0)
