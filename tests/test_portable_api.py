@@ -361,7 +361,7 @@ def test_int8_and_sparsity_flags_warn_and_run_unquantized(logger, device):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-def test_precision_constraints_keep_layers_in_fp32(logger):
+def test_precision_constraints_keep_layers_in_fp32(logger, device):
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     x = network.add_input("x", trt.float32, (2, 3, 4, 1, 1))
@@ -376,12 +376,12 @@ def test_precision_constraints_keep_layers_in_fp32(logger):
             conv.precision = trt.float32
         engine = build(logger, network, config)
         context = engine.create_execution_context()
-        data = torch.randn(2, 3, 4, 1, 1) * 3
-        out = torch.empty(2, 3, 4, 1, 1)
+        data = torch.randn(2, 3, 4, 1, 1, generator=torch.Generator().manual_seed(0)).to(device) * 3
+        out = torch.empty(2, 3, 4, 1, 1, device=device)
         context.set_tensor_address("x", data.data_ptr())
         context.set_tensor_address(engine.get_tensor_name(1), out.data_ptr())
-        assert context.execute_async_v3(0)
-        exact = torch.einsum("sbc,oc->sbo", data[..., 0, 0].double(), torch.from_numpy(kernel).double())
+        assert context.execute_async_v3(0), logger.messages(trt.Logger.ERROR)
+        exact = torch.einsum("sbc,oc->sbo", data[..., 0, 0].double(), torch.from_numpy(kernel).to(device).double())
         outputs[constrained] = (out[..., 0, 0].double() - exact).abs().max().item()
     assert outputs[True] < 1e-5 < outputs[False]
 
@@ -456,6 +456,23 @@ def test_rebinding_addresses_and_execute_v2(logger, device):
     want = reference_logits(weights, ODD, *(v.cpu().numpy() for v in data.values()))
     for out in (first, second, third):
         np.testing.assert_allclose(out.cpu().numpy().reshape(2, 9, 2), want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available to PyTorch")
+def test_host_buffers_on_a_cuda_engine_fail_cleanly(logger, monkeypatch):
+    """A host address is refused before any kernel reads it, and CUDA stays usable afterwards."""
+    monkeypatch.setattr("helpers.portable.device._selected", torch.device("cuda", torch.cuda.current_device()))
+    weights = random_weights(ODD)
+    network, config = build_fixed_network(trt, trt.Builder(logger), weights, ODD, [1], [4])
+    context = build(logger, network, config).create_execution_context()
+    data = {k: torch.from_numpy(v) for k, v in feeds(ODD, 1, 4).items()}
+    out = torch.zeros(1, 4, 2, 1, 1, device="cuda")
+    assert not context.execute_v2([*(t.data_ptr() for t in data.values()), out.data_ptr()])
+    assert "where this engine runs" in logger.messages(trt.Logger.ERROR)[-1]
+    on_gpu = [t.cuda() for t in data.values()]
+    assert context.execute_v2([*(t.data_ptr() for t in on_gpu), out.data_ptr()])
+    want = reference_logits(weights, ODD, *(v.numpy() for v in data.values()))
+    np.testing.assert_allclose(out.cpu().numpy().reshape(1, 4, 2), want, atol=1e-4, rtol=0)
 
 
 def test_missing_address_fails_execution(logger):

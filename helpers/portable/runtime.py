@@ -397,7 +397,16 @@ def wrap_pointer(ptr: int, shape: Shape, dtype: DataType, dev: torch.device) -> 
     if layers.volume(shape) == 0:
         return torch.empty(shape, dtype=TORCH_DTYPE[dtype], device=dev)
     if dev.type == "cuda":
-        return torch.as_tensor(_CudaArray(ptr, shape, np_dtype), device=dev)
+        # No device argument: torch then asks CUDA where the pointer lives (and refuses host memory).
+        # A kernel reading a host address would raise an illegal-address fault instead, and that
+        # poisons the CUDA context of the whole process.
+        try:
+            tensor = torch.as_tensor(_CudaArray(ptr, shape, np_dtype))
+        except RuntimeError:
+            tensor = None
+        if tensor is None or tensor.device != dev:
+            raise RuntimeError(f"address {ptr:#x} is not memory of {dev}, where this engine runs")
+        return tensor
     raw = (ctypes.c_char * (layers.volume(shape) * np_dtype.itemsize)).from_address(ptr)
     return torch.from_numpy(np.frombuffer(memoryview(raw), dtype=np_dtype).reshape(shape))
 
