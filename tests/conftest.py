@@ -7,16 +7,31 @@ import pytest
 import checkpoints
 
 
+class FormatFiles(dict):
+    """{format: path}; the TF checkpoint ("ckpt") is written on first use, so that only the tests
+    that read it need TensorFlow (the GPU machines have none)."""
+
+    def __init__(self, model, folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        super().__init__(
+            config_dir=checkpoints.write_bert_config(model, folder),
+            hf=checkpoints.write_hf_folder(model, folder / "hf"),
+            pytorch=checkpoints.write_pytorch_checkpoint(model, folder / "model.pt"),
+            onnx=checkpoints.write_onnx_model(model, folder / "model.onnx"),
+        )
+        self._model, self._folder = model, folder
+
+    def __missing__(self, key):
+        if key != "ckpt":
+            raise KeyError(key)
+        pytest.importorskip("tensorflow")
+        self[key] = checkpoints.write_tf_checkpoint(self._model, self._folder / "model.ckpt")
+        return self[key]
+
+
 def write_all_formats(model, folder):
     """{format: path} for the builder's sources, plus the matching bert_config.json folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return {
-        "config_dir": checkpoints.write_bert_config(model, folder),
-        "hf": checkpoints.write_hf_folder(model, folder / "hf"),
-        "pytorch": checkpoints.write_pytorch_checkpoint(model, folder / "model.pt"),
-        "onnx": checkpoints.write_onnx_model(model, folder / "model.onnx"),
-        "ckpt": checkpoints.write_tf_checkpoint(model, folder / "model.ckpt"),
-    }
+    return FormatFiles(model, folder)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+from pathlib import Path
 
 import checkpoints
 import numpy as np
@@ -214,7 +215,7 @@ def test_corrupt_files_give_one_line_errors(tiny_model, tiny_files, tmp_path):
     assert_one_line(excinfo, "cannot read", "model.safetensors")
 
     prefix = tmp_path / "model.ckpt"
-    for source in tiny_files["config_dir"].glob("model.ckpt.*"):
+    for source in Path(tiny_files["ckpt"]).parent.glob("model.ckpt.*"):
         shutil.copy(source, tmp_path / source.name)
     shard = next(tmp_path.glob("model.ckpt.data-*"))
     shard.write_bytes(shard.read_bytes()[:100])
@@ -245,8 +246,7 @@ def test_unknown_tensor_names_are_refused(tiny_model, tmp_path):
         bu.load_pytorch_weights_and_quant(str(tmp_path / "extra.pt"), config)
     assert_one_line(excinfo, "unknown tensor 'bert.encoder.layer.0.attention.self.rotary.weight'")
 
-    import tensorflow as tf
-
+    tf = pytest.importorskip("tensorflow")
     variables = checkpoints.tf_variables(tiny_model)
     variables["bert/encoder/layer_0/attention/self/rotary/kernel"] = np.zeros((2, 2), np.float32)
     names = sorted(variables)
