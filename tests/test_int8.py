@@ -535,3 +535,26 @@ def test_varseqlen_qat_int8_tracks_fp32(int8_workdir, layout):
     print(f"tiny random BERT, varseqlen QAT INT8 {' '.join(layout)} vs FP32: cosine {cosine:.5f}")
     assert cosine >= 0.99
     assert not np.allclose(reference, quantized, rtol=0, atol=1e-5)
+
+
+def test_fp8_gemms_with_the_int8_ranges(int8_workdir, fp32_and_ptq_engines, monkeypatch):
+    """BuilderFlag.FP8 next to INT8: the portable engine runs its GEMMs as FP8 E4M3 (CPU emulation here)."""
+    import builder
+    from bench.int8_accuracy import logits_agreement
+
+    env = int8_workdir
+    configure = builder.configure_builder
+
+    def with_fp8(builder_config, *args, **kwargs):
+        configure(builder_config, *args, **kwargs)
+        builder_config.set_flag(builder.trt.BuilderFlag.FP8)
+
+    monkeypatch.setattr(builder, "configure_builder", with_fp8)
+    engine = env["work"] / "fp8.engine"
+    build(env, engine, *ptq_options(env, env["work"] / "cache"))
+    reference = engine_logits(fp32_and_ptq_engines[0], env["features"])
+    quantized = engine_logits(engine, env["features"])
+    agreement = logits_agreement(reference, quantized, env["features"].input_mask)
+    print("tiny random BERT, FP8 GEMMs vs FP32:", agreement.as_text())
+    assert agreement.cosine >= 0.99
+    assert not np.allclose(engine_logits(fp32_and_ptq_engines[1], env["features"]), quantized, rtol=0, atol=1e-5)
