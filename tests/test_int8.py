@@ -134,7 +134,7 @@ def test_fp8_linear_stays_close_to_the_float_gemm():
     x = torch.randn(40, 64, generator=gen(10))
     weight = torch.randn(48, 64, generator=gen(11)) / 8
     bias = torch.randn(48, generator=gen(12))
-    y = q.fp8_linear(x, q.quantize_fp8_weights(weight), bias, float(x.abs().max()))
+    y = q.fp8_linear(x, q.quantize_fp8_weights(weight), bias, q.fp8_input_scale(float(x.abs().max()), "cpu"))
     assert F.cosine_similarity(y.flatten(), F.linear(x, weight, bias).flatten(), dim=0) > 0.995
 
 
@@ -175,8 +175,9 @@ def test_cuda_fp8_linear_agrees_with_the_cpu_emulation():
     x = torch.randn(64, 256, generator=gen(18))
     weight = torch.randn(128, 256, generator=gen(19)) / 16
     w8 = q.quantize_fp8_weights(weight)
-    cpu = q.fp8_linear(x, w8, None, float(x.abs().max()))
-    gpu = q.fp8_linear(x.cuda(), q.Fp8Weight(w8.codes.cuda(), w8.scale.cuda()), None, float(x.abs().max())).cpu()
+    amax = float(x.abs().max())
+    cpu = q.fp8_linear(x, w8, None, q.fp8_input_scale(amax, "cpu"))
+    gpu = q.fp8_linear(x.cuda(), q.Fp8Weight(w8.codes.cuda(), w8.scale.cuda()), None, q.fp8_input_scale(amax, "cuda")).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)
 
 

@@ -288,7 +288,8 @@ def int8_gemm(weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float) -
 
 def fp8_gemm(weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float) -> Callable[[torch.Tensor], torch.Tensor]:
     codes = q.quantize_fp8_weights(weight)
-    return lambda rows: q.fp8_linear(rows, codes, bias, in_amax)
+    in_scale = q.fp8_input_scale(in_amax, weight.device)
+    return lambda rows: q.fp8_linear(rows, codes, bias, in_scale)
 
 
 def _channel_gemm(gemm: Callable[[torch.Tensor], torch.Tensor], spatial: int, out_dtype: torch.dtype) -> Run:

@@ -133,28 +133,29 @@ def quantize_fp8_weights(weight: torch.Tensor) -> Fp8Weight:
     return Fp8Weight(codes.contiguous(), torch.tensor(scale, dtype=torch.float32, device=w.device))
 
 
-def fp8_linear(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None, in_amax: float) -> torch.Tensor:
-    """FP8 E4M3 GEMM with the activation range ``in_amax`` (per tensor) and float32 accumulation."""
-    in_scale = abs(float(in_amax)) / FP8_E4M3_MAX if in_amax else 1.0
+def fp8_input_scale(amax: float, device: torch.device | str) -> torch.Tensor:
+    """The per-tensor FP8 scale of an activation range, as the device scalar ``_scaled_mm`` takes
+    (made once when the plan is built: creating it per call would copy host→device under capture)."""
+    amax = abs(float(amax))
+    return torch.tensor(amax / FP8_E4M3_MAX if amax > 0 else 1.0, dtype=torch.float32, device=device)
+
+
+def fp8_linear(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None, in_scale: torch.Tensor) -> torch.Tensor:
+    """FP8 E4M3 GEMM: ``x`` scaled by ``in_scale`` (from ``fp8_input_scale``), float32 accumulation."""
     rows = x.reshape(-1, x.shape[-1])
     codes = (rows.float() / in_scale).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
-    scale_a = torch.tensor(in_scale, dtype=torch.float32, device=x.device)
     out_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.float32
-    if x.is_cuda:
-        m, k = codes.shape
-        n = weight.codes.shape[0]
-        if k % 16 == 0 and n % 16 == 0:
-            rows_padded = -(-m // 16) * 16
-            a = _pad_to(codes.view(torch.int8), rows_padded, k).view(torch.float8_e4m3fn)
-            y = torch._scaled_mm(a, weight.codes.t(), scale_a=scale_a, scale_b=weight.scale, out_dtype=out_dtype)[:m]
-        else:
-            y = (codes.float() @ weight.codes.float().t()) * (scale_a * weight.scale)
+    m, k = codes.shape
+    n = weight.codes.shape[0]
+    if x.is_cuda and k % 16 == 0 and n % 16 == 0:
+        a = _pad_to(codes.view(torch.int8), -(-m // 16) * 16, k).view(torch.float8_e4m3fn)
+        y = torch._scaled_mm(a, weight.codes.t(), scale_a=in_scale, scale_b=weight.scale, out_dtype=out_dtype)[:m]
     else:
-        y = (codes.float() @ weight.codes.float().t()) * (scale_a * weight.scale)
+        y = (codes.float() @ weight.codes.float().t()) * (in_scale * weight.scale)
     y = y.float()
     if bias is not None:
         y = y + bias.float()
-    return y.to(x.dtype).reshape(*x.shape[:-1], weight.codes.shape[0])
+    return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
 # ---------------------------------------------------------------------------------------------
