@@ -148,15 +148,14 @@ def handmade_features(vocab_file: str, max_seq_length: int) -> Features:
 
 
 def encoder_states(model, features: Features) -> torch.Tensor:
-    """Last hidden states ``[n, S, E]`` of a HF BERT (float64)."""
+    """Last hidden states ``[n, S, E]`` of a HF BERT, as float64."""
     with torch.no_grad():
-        out = model.bert.double()(
+        out = model.bert(
             input_ids=torch.as_tensor(features.input_ids, dtype=torch.long),
             token_type_ids=torch.as_tensor(features.segment_ids, dtype=torch.long),
             attention_mask=torch.as_tensor(features.input_mask, dtype=torch.long),
         )
-    model.float()
-    return out.last_hidden_state
+    return out.last_hidden_state.double()
 
 
 def fit_squad_head(model, features: Features, ridge: float = 1e-2, margin: float = 8.0) -> None:

@@ -496,7 +496,7 @@ def test_minilm_ptq_int8_meets_the_issue_goal(tmp_path):
     squad = ia.write_handmade_squad(tmp_path / "squad.json")
     common = ["--hf", str(tmp_path / "hf"), "-b", "4", "-s", str(SEQ), "--backend", "portable", "--device", "cpu"]
     assert builder.main([*common, "-o", str(tmp_path / "fp32.engine")]) == 0
-    assert builder.main([*common, "-o", str(tmp_path / "int8.engine"), "-i", "-j", squad, "-v", vocab, "-n", "20",
+    assert builder.main([*common, "-o", str(tmp_path / "int8.engine"), "-i", "-j", squad, "-v", vocab, "-n", "8",
                          "-p", str(tmp_path / "cache")]) == 0
     reference = engine_logits(tmp_path / "fp32.engine", features)
     agreement = ia.logits_agreement(reference, engine_logits(tmp_path / "int8.engine", features), features.input_mask)
