@@ -1,4 +1,13 @@
-"""INT8 arithmetic of the portable engine against float references, and CPU vs CUDA agreement."""
+"""INT8 on the portable engine.
+
+* Arithmetic: quantization, the integer GEMM, INT8 attention and skip-LayerNorm against float64
+  references and the fused-kernel formulas; CUDA against the CPU simulation (GPU machine only).
+* Engines built by builder.py / builder_varseqlen.py (portable, CPU) from a tiny random BERT with
+  the real vocabulary and a SQuAD head fitted on the hand-made set of bench/int8_accuracy.py:
+  PTQ (calibration cache, GELU10), QAT ranges (§6.2), -imh / -iln, FP8, against the FP32 engine
+  and against an independent oracle (HF with fake-quantized Linear inputs); bad input.
+* MiniLM: the issue's accuracy goal, recorded as an expected failure with the measured numbers.
+"""
 
 from __future__ import annotations
 
@@ -208,13 +217,11 @@ def int8_workdir(tmp_path_factory):
     }
 
 
-def build(env, output, *options, expect_ok=True, capsys=None):
+def build(env, output, *options):
     import builder
 
-    status = builder.main(["--hf", str(env["work"] / "hf"), "-o", str(output), "-b", "4", "-s", str(SEQ),
-                           "--backend", "portable", "--device", "cpu", *options])
-    assert (status == 0) == expect_ok
-    return status
+    assert builder.main(["--hf", str(env["work"] / "hf"), "-o", str(output), "-b", "4", "-s", str(SEQ),
+                         "--backend", "portable", "--device", "cpu", *options]) == 0
 
 
 def ptq_options(env, cache, calib_num=20):
