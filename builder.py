@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-imh", "--force-int8-multihead", action="store_true", help="Run multi-head attention with INT8 input and output (default: false)"
     )
     parser.add_argument("-sp", "--sparse", action="store_true", help="Let TensorRT use structured-sparsity kernels (default: false)")
+    parser.add_argument(
+        "--fp8",
+        action="store_true",
+        help="Portable engine only: run the INT8 GEMMs as FP8 E4M3 with the same ranges; needs --int8 (default: false)",
+    )
     parser.add_argument("-tcf", "--timing-cache-file", help="Timing cache to read before and write after the build (default: None)")
     parser.add_argument(
         "--distributive_independence",
@@ -197,6 +202,10 @@ def compute_capability(backend: str) -> int:
 
 
 def check_int8_options(args: argparse.Namespace, backend: str) -> None:
+    if args.fp8 and not args.int8:
+        raise RuntimeError("--fp8 needs --int8: the FP8 GEMMs use the INT8 dynamic ranges")
+    if args.fp8 and backend != "portable":
+        raise RuntimeError("--fp8 is only available on the portable engine (--backend portable)")
     if not (args.force_int8_multihead or args.force_int8_skipln):
         return
     capability = compute_capability(backend)
@@ -453,6 +462,8 @@ def configure_builder(
         if calibrator is not None:
             builder_config.set_quantization_flag(trt.QuantizationFlag.CALIBRATE_BEFORE_FUSION)
             builder_config.int8_calibrator = calibrator
+        if config.use_fp8:
+            builder_config.set_flag(trt.BuilderFlag.FP8)
     if config.use_strict:
         builder_config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
         builder_config.set_flag(trt.BuilderFlag.DIRECT_IO)
@@ -554,6 +565,7 @@ def load_config(args: argparse.Namespace, logger: trt.ILogger) -> BertConfig:
         use_int8_multihead=args.force_int8_multihead,
         use_qat=args.int8 and args.onnx is not None,
         use_sparsity=args.sparse,
+        use_fp8=args.fp8,
         timing_cache=args.timing_cache_file,
         distributive_independence=args.distributive_independence,
         use_deprecated_plugins=args.use_deprecated_plugins,
@@ -593,18 +605,11 @@ def run(args: argparse.Namespace) -> None:
 
     calibrator = None
     if config.use_int8 and not config.use_qat:
-        # The portable builder does not run calibrators yet (its INT8 execution is a later step).
-        if backend == "portable":
-            logger.log(
-                trt.Logger.WARNING,
-                f"INT8 calibration is not available on the {backend} engine yet; building without a calibrator",
-            )
-        else:
-            cache_file = args.calib_path or default_calibration_cache_name(config, args.sequence_length)
-            # Like the original, a PyTorch checkpoint skips the FP32 calibration pre-pass.
-            if kind in ("ckpt", "hf"):
-                generate_calibration_cache(args, logger, config, weights, cache_file)
-            calibrator = make_calibrator(args, cache_file, args.sequence_length[-1])
+        cache_file = args.calib_path or default_calibration_cache_name(config, args.sequence_length)
+        # Like the original, a PyTorch checkpoint skips the FP32 calibration pre-pass.
+        if kind in ("ckpt", "hf"):
+            generate_calibration_cache(args, logger, config, weights, cache_file)
+        calibrator = make_calibrator(args, cache_file, args.sequence_length[-1])
     serialized = build_engine(
         logger, config, weights, args.batch_size, args.sequence_length, args.workspace_size, args.verbose, calibrator
     )

@@ -97,6 +97,7 @@ class BertConfig:
     use_deprecated_plugins: bool = True
     interleaved: bool = False
     is_calib_mode: bool = False
+    use_fp8: bool = False
 
     @property
     def head_size(self) -> int:

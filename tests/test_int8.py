@@ -187,7 +187,9 @@ def test_cuda_fp8_linear_agrees_with_the_cpu_emulation():
     amax = float(x.abs().max())
     cpu = q.fp8_linear(x, w8, None, q.fp8_input_scale(amax, "cpu"))
     gpu = q.fp8_linear(x.cuda(), q.Fp8Weight(w8.codes.cuda(), w8.scale.cuda()), None, q.fp8_input_scale(amax, "cuda")).cpu()
-    torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)
+    # Hopper's FP8 tensor cores accumulate in a narrower format inside each 128-wide K block
+    # (measured 1.1e-3 off the exact product here), so only the CPU emulation is exact.
+    torch.testing.assert_close(gpu, cpu, rtol=0, atol=2e-3 * float(cpu.abs().max()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,6 +462,10 @@ def test_calibration_json_with_fewer_questions_than_calib_num_fails_cleanly(int8
     expect_clean_failure(env, capsys, options, "has 20 questions, fewer than the 21")
 
 
+def test_fp8_without_int8_fails_cleanly(int8_workdir, capsys):
+    expect_clean_failure(int8_workdir, capsys, ["--fp8"], "--fp8 needs --int8")
+
+
 def test_corrupt_calibration_cache_fails_cleanly(int8_workdir, capsys):
     env = int8_workdir
     cache = env["work"] / "bad_cache"
@@ -545,21 +551,13 @@ def test_varseqlen_qat_int8_tracks_fp32(int8_workdir, layout):
     assert not np.allclose(reference, quantized, rtol=0, atol=1e-5)
 
 
-def test_fp8_gemms_with_the_int8_ranges(int8_workdir, fp32_and_ptq_engines, monkeypatch):
-    """BuilderFlag.FP8 next to INT8: the portable engine runs its GEMMs as FP8 E4M3 (CPU emulation here)."""
-    import builder
+def test_fp8_gemms_with_the_int8_ranges(int8_workdir, fp32_and_ptq_engines):
+    """--fp8: the portable engine runs its INT8 GEMMs as FP8 E4M3 with the same ranges (CPU emulation here)."""
     from bench.int8_accuracy import logits_agreement
 
     env = int8_workdir
-    configure = builder.configure_builder
-
-    def with_fp8(builder_config, *args, **kwargs):
-        configure(builder_config, *args, **kwargs)
-        builder_config.set_flag(builder.trt.BuilderFlag.FP8)
-
-    monkeypatch.setattr(builder, "configure_builder", with_fp8)
     engine = env["work"] / "fp8.engine"
-    build(env, engine, *ptq_options(env, env["work"] / "cache"))
+    build(env, engine, *ptq_options(env, env["work"] / "cache"), "--fp8")
     reference = engine_logits(fp32_and_ptq_engines[0], env["features"])
     quantized = engine_logits(engine, env["features"])
     agreement = logits_agreement(reference, quantized, env["features"].input_mask)

@@ -17,6 +17,13 @@ from helpers.portable.builder import (
     ITimingCache,
     Logger,
 )
+from helpers.portable.calibration import (
+    IInt8Calibrator,
+    IInt8EntropyCalibrator,
+    IInt8EntropyCalibrator2,
+    IInt8LegacyCalibrator,
+    IInt8MinMaxCalibrator,
+)
 from helpers.portable.device import get_device, set_device
 from helpers.portable.engine_file import ENGINE_MAGIC, FORMAT_VERSION, EngineFormatError, is_portable_engine, read_engine_header
 from helpers.portable.enums import (
@@ -97,41 +104,3 @@ def volume(iterable: Iterable[int]) -> int:
     for d in iterable:
         result *= d
     return result
-
-
-class IInt8Calibrator:
-    """Base class of INT8 calibrators; the portable engine stores but does not run calibration yet."""
-
-    def get_batch_size(self) -> int:
-        return 1
-
-    def get_batch(self, names: list[str]) -> list[int] | None:
-        return None
-
-    def read_calibration_cache(self) -> bytes | None:
-        return None
-
-    def write_calibration_cache(self, cache: bytes) -> None:
-        return None
-
-    def get_algorithm(self) -> CalibrationAlgoType:
-        return CalibrationAlgoType.ENTROPY_CALIBRATION_2
-
-
-class IInt8EntropyCalibrator2(IInt8Calibrator):
-    pass
-
-
-class IInt8EntropyCalibrator(IInt8Calibrator):
-    def get_algorithm(self) -> CalibrationAlgoType:
-        return CalibrationAlgoType.ENTROPY_CALIBRATION
-
-
-class IInt8MinMaxCalibrator(IInt8Calibrator):
-    def get_algorithm(self) -> CalibrationAlgoType:
-        return CalibrationAlgoType.MINMAX_CALIBRATION
-
-
-class IInt8LegacyCalibrator(IInt8Calibrator):
-    def get_algorithm(self) -> CalibrationAlgoType:
-        return CalibrationAlgoType.LEGACY_CALIBRATION

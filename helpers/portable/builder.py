@@ -367,12 +367,11 @@ def compile_network(network: INetworkDefinition, config: IBuilderConfig, logger:
     profiles = _profiles(network._inputs, config)
 
     fp16 = config.get_flag(BuilderFlag.FP16)
-    reduced = [f.name for f in (BuilderFlag.INT8, BuilderFlag.SPARSE_WEIGHTS) if config.get_flag(f)]
-    if reduced:
+    if config.get_flag(BuilderFlag.SPARSE_WEIGHTS):
         logger.log(
             Severity.WARNING,
-            f"portable engine: {' and '.join(reduced)} requested, but INT8 and sparse execution are not implemented "
-            f"yet; this engine runs in {'FP16' if fp16 else 'FP32'} (INT8 plugins compute in FP16)",
+            "portable engine: SPARSE_WEIGHTS requested, but sparse execution is not implemented yet; "
+            "the GEMMs run dense",
         )
 
     slots: dict[int, int] = {}
@@ -410,12 +409,13 @@ def compile_network(network: INetworkDefinition, config: IBuilderConfig, logger:
                 "inputs": [slots[id(t)] for t in layer._inputs],
                 "outputs": [add_tensor(t, rt) for t, rt in zip(layer._outputs, out_types)],
                 "params": params,
+                "precision": None if layer._precision is None else int(layer._precision),
             }
         )
     for tensor in network._outputs:
         if id(tensor) not in slots:
             raise BuildError(f"output {tensor.name} is a network input; the portable engine needs a layer output")
-    return {
+    header = {
         "producer": PRODUCER,
         "api_version": API_VERSION,
         "build": {
@@ -434,3 +434,8 @@ def compile_network(network: INetworkDefinition, config: IBuilderConfig, logger:
         "tensors": tensors,
         "layers": layers,
     }
+    if config.get_flag(BuilderFlag.INT8) and config.int8_calibrator is not None:
+        from helpers.portable.int8_plan import calibrate_engine_description
+
+        calibrate_engine_description(header, config.int8_calibrator, portable_device.get_device())
+    return header

@@ -147,8 +147,9 @@ def infer_convolution(p: Params, shapes: Sequence[Shape], dtypes: Sequence[DataT
             f"{where}: input {fmt_shape(shape)} has rank {len(shape)}, but a {len(kernel)}-D kernel needs rank "
             f">= {need} (batch..., C, spatial...)"
         )
-    if dtypes[0] not in FLOAT_TYPES:
-        raise BuildError(f"{where}: input must be FLOAT or HALF, got {dtypes[0].name}")
+    # INT8 comes from INT8 plugins (their data reaches the step as float values, see int8_plan).
+    if dtypes[0] not in FLOAT_TYPES + (DataType.INT8,):
+        raise BuildError(f"{where}: input must be FLOAT, HALF or INT8, got {dtypes[0].name}")
     axis = len(shape) - len(kernel) - 1
     channels = shape[axis]
     if channels < 0:

@@ -14,7 +14,8 @@ So the CPU simulation and the CUDA path differ only where their float inputs alr
 enough to move a value across a rounding boundary: by at most one quantization step.
 
 FP8 (E4M3, ``--fp8``) uses the same activation ranges, with ``s = amax / 448`` per tensor and a
-per-tensor weight scale, through ``torch._scaled_mm`` on CUDA and a float32 emulation on CPU.
+per-tensor weight scale, through ``torch._scaled_mm`` on CUDA and a float32 emulation on CPU
+(close to, not bit-equal with, the GPU: see ``fp8_linear``).
 """
 
 from __future__ import annotations
@@ -141,7 +142,12 @@ def fp8_input_scale(amax: float, device: torch.device | str) -> torch.Tensor:
 
 
 def fp8_linear(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None, in_scale: torch.Tensor) -> torch.Tensor:
-    """FP8 E4M3 GEMM: ``x`` scaled by ``in_scale`` (from ``fp8_input_scale``), float32 accumulation."""
+    """FP8 E4M3 GEMM: ``x`` scaled by ``in_scale`` (from ``fp8_input_scale``).
+
+    The CPU emulation accumulates in float32 (exact for these codes); Hopper's FP8 tensor cores
+    accumulate each 128-wide K block in a narrower format before promoting to float32, which
+    moves results by about 2^-11 of the accumulated magnitude.
+    """
     rows = x.reshape(-1, x.shape[-1])
     codes = (rows.float() / in_scale).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
     out_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.float32

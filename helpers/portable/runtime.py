@@ -34,6 +34,7 @@ from helpers.portable.enums import (
     TensorLocation,
     nptype,
 )
+from helpers.portable.int8_plan import lower_int8
 from helpers.portable.kernels.plan import optimize_plan
 from helpers.portable.layers import TORCH_DTYPE, BuildError, Shape, fmt_shape, is_known
 from helpers.portable.network import Dims, as_shape
@@ -226,7 +227,7 @@ class ICudaEngine:
         self._by_name = {name: (slot, mode) for name, slot, mode in self._io}
         plugins = load_plugins(description)
         self._plugin_params = {i: loaded.params for i, loaded in plugins.items()}
-        self._plan = optimize_plan(build_plan(description, dev, plugins), description, dev)
+        self._plan = optimize_plan(lower_int8(build_plan(description, dev, plugins), description, dev), description, dev)
         self._shape_cache: dict[tuple[Shape, ...], dict[int, Shape] | str] = {}
         self.error_recorder = None
         self.weight_streaming_budget = 0
