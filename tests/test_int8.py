@@ -564,3 +564,34 @@ def test_fp8_gemms_with_the_int8_ranges(int8_workdir, fp32_and_ptq_engines):
     print("tiny random BERT, FP8 GEMMs vs FP32:", agreement.as_text())
     assert agreement.cosine >= 0.99
     assert not np.allclose(engine_logits(fp32_and_ptq_engines[1], env["features"]), quantized, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_strict_keeps_a_float_precision_layer_out_of_int8(strict):
+    """-t/--strict (PREFER_PRECISION_CONSTRAINTS) keeps a convolution whose precision was set to FLOAT in
+    float; without it the precision is a hint and the layer runs INT8 like the others."""
+    import helpers.portable as trt
+
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    x = network.add_input("x", trt.float32, (2, 3, 16, 1, 1))
+    x.set_dynamic_range(-4.0, 4.0)
+    kernel = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    conv = network.add_convolution_nd(x, 8, (1, 1), trt.Weights(kernel), trt.Weights(np.zeros(8, np.float32)))
+    conv.precision = trt.float32
+    network.mark_output(conv.get_output(0))
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.INT8)
+    if strict:
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(builder.build_serialized_network(network, config))
+    context = engine.create_execution_context()
+    data = torch.randn(2, 3, 16, 1, 1, generator=gen(30)).to(engine.device)
+    out = torch.empty(2, 3, 8, 1, 1, device=engine.device)
+    context.set_tensor_address("x", data.data_ptr())
+    context.set_tensor_address(engine.get_tensor_name(1), out.data_ptr())
+    assert context.execute_async_v3(0)
+    exact = (data[..., 0, 0].double() @ torch.from_numpy(kernel).double().to(data.device).t()).float()
+    int8 = q.int8_linear(data[..., 0, 0], q.quantize_linear_weights(torch.from_numpy(kernel).to(data.device)), None, 4.0 / 127)
+    torch.testing.assert_close(out[..., 0, 0], exact if strict else int8, rtol=1e-5, atol=1e-5)
