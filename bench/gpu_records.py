@@ -1,0 +1,593 @@
+#!/usr/bin/env python3
+"""The GPU records that issues 3, 5, 6 and 8 ask for, measured in one process on one GPU.
+
+Sections (``--only`` picks some; default: all):
+
+* ``builder`` (issue 3): ``bench/check_builder_gpu.py``'s table, FP32 and FP16 engines of
+  BERT-base/large-shaped random weights against HF (float64) on CUDA.
+* ``varseqlen`` (issue 5): ``perf_varseqlen.py --squad-lengths`` on a packed engine against
+  ``perf.py`` on a padded engine at S=384, FP16, CUDA graphs for both.
+* ``sparsity`` (issue 5): packed FP16 engines of the 2:4-pruned model (``helpers.sparsity``) with
+  and without ``-sp``: speed of both and the largest logit difference between them.
+* ``int8`` (issue 6): ``perf.py`` on FP16 and INT8 (PTQ-calibrated on a hand-made SQuAD set;
+  FP8 too when ``builder.py`` offers ``--fp8``) engines at 128/384 × batch 1/32/128, and
+  ``bench/int8_accuracy.py``'s cosine / argmax agreement of each against an FP32 engine.
+* ``inference_c`` (issue 8): ``inference_c.py --enable-graph`` against ``inference.py`` on the
+  same portable engine (the printed answer and format, timings masked).
+
+One random BERT-large folder (HF ``BertForQuestionAnswering``, seeded) is written per run into a
+temp folder and reused by every engine.  Each timed engine also gets its peak GPU memory
+(``torch.cuda.max_memory_allocated`` over the perf run) next to its engine-file size.
+
+    python -m bench.gpu_records --out-dir docs/perf [--only varseqlen,sparsity] [--tiny]
+    python -m bench.gpu_records --merge A/records.json B/records.json --out-dir docs/perf
+
+``--tiny`` runs every section on a small model on the CPU in seconds (FP32 instead of FP16, tiny
+lengths and batches), to check the script itself.  Writes records.json (``format_version``) and
+records.md into ``--out-dir`` after every section, so a run cut short keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+FORMAT_VERSION = 1
+SECTIONS = ("builder", "varseqlen", "sparsity", "int8", "inference_c")
+PACKED_GOAL = 2.2  # issue 5: packed ≥ 2.2× padded sequences/s on the SQuAD length mix
+INT8_GOAL = 1.6  # issue 6: INT8 ≥ 1.6× FP16 sequences/s at batch 128
+# What scripts/inference_benchmark.sh builds on Ampere and later; builder.py refuses -imh without a GPU.
+INT8_BUILD_FLAGS = ["-i", "--strict", "-iln", "-imh"]
+ACCURACY_MIN_SEQ = 128  # every answer of the hand-made SQuAD set fits one window from here on
+TIMING_LINE = re.compile(r"^(Running inference in |Network time: |End-to-end time: )\d+\.\d{3}", re.MULTILINE)
+PASSAGE = (
+    "The Apollo program was the third United States human spaceflight program carried out by NASA. It "
+    "succeeded in preparing and landing the first humans on the Moon from 1968 to 1972."
+)
+QUESTION = "Who carried out the Apollo program?"
+
+
+class RecordsError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Sizes of one run: the real records, or ``--tiny``'s CPU check of the script."""
+
+    device: str
+    model_shape: dict
+    float_flags: list[str]  # ["-f"] on CUDA; FP16 engines do not run on the CPU
+    seq_lengths: tuple[int, int]  # issue 6's 128 / 384
+    batches: tuple[int, ...]  # issue 6's 1 / 32 / 128
+    packed_batches: tuple[int, ...]  # issue 5's 32 / 128
+    iterations: int
+    warm_up: int
+    check_builder_args: list[str]
+    int8_flags: list[str]
+
+    @property
+    def float_name(self) -> str:
+        return "fp16" if self.float_flags else "fp32"
+
+    @property
+    def accuracy_batch(self) -> int:
+        """Features per engine call in the accuracy check."""
+        return min(8, max(self.batches))
+
+    @property
+    def long_seq(self) -> int:
+        return self.seq_lengths[-1]
+
+
+def make_setup(tiny: bool) -> Setup:
+    from bench.check_builder_gpu import SHAPES
+
+    if tiny:
+        return Setup("cpu", dict(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=2),
+                     [], (64, 128), (1, 4), (2, 4), 3, 1, ["--tiny", "--device", "cpu", "--seq", "37"],
+                     [f for f in INT8_BUILD_FLAGS if f not in ("-imh", "-iln")])
+    if not torch.cuda.is_available():
+        raise RecordsError("needs a CUDA GPU (use --tiny to check the script on a CPU)")
+    return Setup("cuda", SHAPES["bert-large"], ["-f"], (128, 384), (1, 32, 128), (32, 128), 100, 10, [], INT8_BUILD_FLAGS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the project's own scripts in this process
+
+
+def call_main(main: Callable[[list[str]], int | None], argv: list[str]) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of a script's main(); the output is also echoed to our log."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(argv)
+        except SystemExit as exit_:
+            status = exit_.code if isinstance(exit_.code, int) else 1
+    sys.stdout.write(out.getvalue())
+    sys.stderr.write(err.getvalue())
+    return int(status or 0), out.getvalue(), err.getvalue()
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def build(script: str, argv: list[str]) -> str:
+    """Run builder.py / builder_varseqlen.py main(); return its log (raises on failure)."""
+    import builder
+    import builder_varseqlen
+
+    main = builder.main if script == "builder.py" else builder_varseqlen.main
+    print(f"+ {script} {' '.join(argv)}", flush=True)
+    status, out, err = call_main(main, argv)
+    if status != 0:
+        raise RecordsError(f"{script} {' '.join(argv)} failed: {last_line(err) or last_line(out)}")
+    return out + err
+
+
+def free_gpu_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def perf(script: str, engine: Path, seq: int, batches: tuple[int, ...], setup: Setup, extra: list[str] = ()) -> dict:
+    """perf.py / perf_varseqlen.py --enable-graph --json on ``engine``; returns its JSON report
+    plus the engine file size.  The peak memory it reports covers this engine's run alone."""
+    import perf as perf_fixed
+    import perf_varseqlen
+
+    main = perf_fixed.main if script == "perf.py" else perf_varseqlen.main
+    free_gpu_memory()
+    with tempfile.TemporaryDirectory() as scratch:
+        report_path = Path(scratch) / "perf.json"
+        argv = ["-e", str(engine), "-s", str(seq), *[a for b in batches for a in ("-b", str(b))], "--enable-graph",
+                "-i", str(setup.iterations), "-w", str(setup.warm_up), "--device", setup.device, "--json", str(report_path),
+                *extra]
+        print(f"+ {script} {' '.join(argv)}", flush=True)
+        status, out, err = call_main(main, argv)
+        if status != 0:
+            raise RecordsError(f"{script} failed: {last_line(err) or last_line(out)}")
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    free_gpu_memory()
+    report["engine_bytes"] = engine.stat().st_size
+    return report
+
+
+def by_batch(report: dict) -> dict[int, dict]:
+    return {row["batch_size"]: row for row in report["results"]}
+
+
+def memory_cells(report: dict) -> str:
+    peak = report.get("peak_gpu_memory_mib")
+    return f"{report['engine_bytes'] / 2**20:.0f} | " + ("—" if peak is None else f"{peak:.0f}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared model and engines
+
+
+class Workspace:
+    """One temp folder per run: the random model folder, the hand-made SQuAD set and engines,
+    each made on first use and reused by later sections."""
+
+    def __init__(self, root: Path, setup: Setup):
+        self.root, self.setup = root, setup
+        self._made: dict[str, Path] = {}
+
+    def once(self, key: str, make: Callable[[Path], None], name: str | None = None) -> Path:
+        if key not in self._made:
+            path = self.root / (name or key)
+            make(path)
+            self._made[key] = path
+        return self._made[key]
+
+    def model(self) -> Path:
+        from bench.check_builder_gpu import random_qa_model
+
+        def make(path: Path) -> None:
+            print(f"writing a random BERT model {self.setup.model_shape} to {path}", flush=True)
+            random_qa_model(self.setup.model_shape, vocab_size=30522, seed=0).save_pretrained(path)
+        return self.once("model", make)
+
+    def vocab(self) -> str:
+        from tests.squad_fixtures import minilm_vocab_file
+
+        return minilm_vocab_file()
+
+    def squad(self) -> Path:
+        from bench.int8_accuracy import write_handmade_squad
+
+        return self.once("squad", lambda path: write_handmade_squad(path), "handmade_squad.json")
+
+    def common(self) -> list[str]:
+        return ["--hf", str(self.model()), "--backend", "portable", "--device", self.setup.device]
+
+    def padded_engine(self, precision: str) -> Path:
+        """Fixed-length engine with one profile per (batch, seq) of issue 6 (issue 5 uses its S=384)."""
+        setup = self.setup
+        flags = {"float": setup.float_flags, "fp32": [],
+                 "int8": [*setup.float_flags, *setup.int8_flags, "-j", str(self.squad()), "-v", self.vocab(), "-n", "20",
+                          "-p", str(self.root / "calib.cache")],
+                 "fp8": [*setup.float_flags, *setup.int8_flags, "--fp8", "-j", str(self.squad()), "-v", self.vocab(),
+                         "-n", "20", "-p", str(self.root / "calib.cache")]}[precision]
+        batches = (setup.accuracy_batch,) if precision == "fp32" else setup.batches  # FP32: the accuracy reference only
+
+        def make(path: Path) -> None:
+            build("builder.py", [*self.common(), "-o", str(path), *flags,
+                                 *[a for b in batches for a in ("-b", str(b))],
+                                 *[a for s in setup.seq_lengths for a in ("-s", str(s))]])
+        return self.once(f"padded_{precision}", make, f"padded_{precision}.engine")
+
+    def packed_engine(self, key: str, folder: Path, extra: list[str] = ()) -> tuple[Path, str]:
+        """Variable-length engine (profiles for issue 5's batches) and its build log."""
+        logs: dict[str, str] = {}
+
+        def make(path: Path) -> None:
+            common = ["--hf", str(folder), "--backend", "portable", "--device", self.setup.device]
+            logs[key] = build("builder_varseqlen.py", [*common, "-o", str(path), *self.setup.float_flags, *extra,
+                                                       *[a for b in self.setup.packed_batches for a in ("-b", str(b))],
+                                                       "-s", str(self.setup.long_seq)])
+        path = self.once(key, make, f"{key}.engine")
+        return path, logs.get(key, "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+def section_builder(ws: Workspace) -> dict:
+    """Issue 3: check_builder_gpu.py's table as it prints it."""
+    from bench import check_builder_gpu
+
+    status, out, err = call_main(check_builder_gpu.main, ws.setup.check_builder_args)
+    table = "\n".join(line for line in out.splitlines() if line.startswith("|"))
+    heading = next((line for line in out.splitlines() if line.startswith("builder.py engines vs HF")), "")
+    notes = [heading] if heading else []
+    if status != 0:
+        notes.append(f"check_builder_gpu.py exit status {status}: {last_line(err) or 'an error above tolerance'}")
+    return {"title": "Issue 3: builder.py engines vs HuggingFace", "passed": status == 0, "table": table,
+            "notes": notes, "command": "python3 bench/check_builder_gpu.py " + " ".join(ws.setup.check_builder_args)}
+
+
+def squad_length_summary(batch: int, seq: int) -> tuple[int, float]:
+    """(tokens, mean length) of the lengths perf_varseqlen.py --squad-lengths draws (its default seed)."""
+    import perf_varseqlen
+
+    lengths = perf_varseqlen.squad_like_lengths(batch, seq, np.random.default_rng((12345, batch)))
+    return int(lengths.sum()), float(lengths.mean())
+
+
+def section_varseqlen(ws: Workspace) -> dict:
+    """Issue 5: packed (SQuAD lengths) vs padded at the long sequence length, CUDA graphs for both."""
+    setup = ws.setup
+    seq, batches = setup.long_seq, setup.packed_batches
+    padded = perf("perf.py", ws.padded_engine("float"), seq, batches, setup)
+    packed_path, _ = ws.packed_engine("packed_float", ws.model())
+    packed_squad = perf("perf_varseqlen.py", packed_path, seq, batches, setup, ["--squad-lengths"])
+    packed_full = perf("perf_varseqlen.py", packed_path, seq, batches, setup)
+    rows = []
+    for batch in batches:
+        tokens, mean_length = squad_length_summary(batch, seq)
+        pad, squad, full = by_batch(padded)[batch], by_batch(packed_squad)[batch], by_batch(packed_full)[batch]
+        ratio = squad["sequences_per_second"] / pad["sequences_per_second"]
+        rows.append(dict(batch=batch, seq=seq, squad_tokens=tokens, squad_mean_length=mean_length,
+                         padded_ms=pad["avg_ms"], padded_seq_per_s=pad["sequences_per_second"],
+                         packed_squad_ms=squad["avg_ms"], packed_squad_seq_per_s=squad["sequences_per_second"],
+                         packed_full_ms=full["avg_ms"], packed_full_seq_per_s=full["sequences_per_second"],
+                         ratio=ratio, goal_met=ratio >= PACKED_GOAL))
+    table = ["| batch | SQuAD-mix tokens (mean length) | padded perf.py ms | padded seq/s | packed perf_varseqlen.py "
+             "--squad-lengths ms | packed seq/s | packed / padded | goal ≥ 2.2× | packed, all 384 long: ms / seq/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        table.append(f"| {r['batch']} | {r['squad_tokens']} ({r['squad_mean_length']:.1f}) | {r['padded_ms']:.2f} | "
+                     f"{r['padded_seq_per_s']:.0f} | {r['packed_squad_ms']:.2f} | {r['packed_squad_seq_per_s']:.0f} | "
+                     f"{r['ratio']:.2f}× | {'met' if r['goal_met'] else 'MISSED'} | "
+                     f"{r['packed_full_ms']:.2f} / {r['packed_full_seq_per_s']:.0f} |")
+    memory = ["| engine | engine file MiB | peak GPU MiB (perf run) |", "|---|---|---|",
+              f"| padded {setup.float_name}, profiles b≤{max(setup.batches)} × S {setup.seq_lengths} | {memory_cells(padded)} |",
+              f"| packed {setup.float_name}, b≤{max(batches)}, S≤{seq}, SQuAD mix | {memory_cells(packed_squad)} |",
+              f"| packed {setup.float_name}, b≤{max(batches)}, S≤{seq}, all {seq} long | {memory_cells(packed_full)} |"]
+    return {"title": f"Issue 5: packed vs padded, {setup.float_name.upper()}, S={seq}, CUDA graphs",
+            "passed": all(r["goal_met"] for r in rows), "rows": rows, "table": "\n".join(table),
+            "memory_table": "\n".join(memory), "reports": [padded, packed_squad, packed_full], "notes": []}
+
+
+def packed_logits(engine: Path, seq: int, device: str, batch: int) -> np.ndarray:
+    """``logits_out`` of one packed batch of SQuAD-like lengths (fixed seed)."""
+    import perf_varseqlen
+    from helpers.runner import EngineRunner
+
+    lengths = [int(x) for x in perf_varseqlen.squad_like_lengths(batch, seq, np.random.default_rng(7))]
+    tokens = sum(lengths)
+    rng = np.random.default_rng(8)
+    runner = EngineRunner(engine, device=device)
+    runner.activate(batch, seq, tokens)
+    logits = runner.infer({"input_ids": rng.integers(0, 30522, tokens, dtype=np.int32),
+                           "segment_ids": rng.integers(0, 2, tokens, dtype=np.int32),
+                           "cu_seqlens": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)})
+    del runner
+    free_gpu_memory()
+    return logits
+
+
+def section_sparsity(ws: Workspace) -> dict:
+    """Issue 5: the 2:4-pruned model's packed engine with and without -sp."""
+    from helpers.sparsity import prune_checkpoint
+
+    setup = ws.setup
+    seq, batches = setup.long_seq, setup.packed_batches
+    pruned = ws.once("pruned", lambda path: prune_checkpoint(str(ws.model()), str(path)), "model_2to4")
+    dense_path, _ = ws.packed_engine("pruned_dense", pruned)
+    sparse_path, sparse_log = ws.packed_engine("pruned_sparse", pruned, ["-sp"])
+    notes = [line.strip() for line in sparse_log.splitlines() if "sparse" in line.lower()][:3]
+    dense = perf("perf_varseqlen.py", dense_path, seq, batches, setup, ["--squad-lengths"])
+    sparse = perf("perf_varseqlen.py", sparse_path, seq, batches, setup, ["--squad-lengths"])
+    check_batch = min(8, max(batches))
+    difference = float(np.abs(packed_logits(dense_path, seq, setup.device, check_batch)
+                              - packed_logits(sparse_path, seq, setup.device, check_batch)).max())
+    rows = []
+    table = ["| batch (SQuAD mix) | without -sp ms | seq/s | with -sp ms | seq/s | -sp speed-up |", "|---|---|---|---|---|---|"]
+    for batch in batches:
+        d, s = by_batch(dense)[batch], by_batch(sparse)[batch]
+        rows.append(dict(batch=batch, dense_ms=d["avg_ms"], dense_seq_per_s=d["sequences_per_second"],
+                         sparse_ms=s["avg_ms"], sparse_seq_per_s=s["sequences_per_second"]))
+        table.append(f"| {batch} | {d['avg_ms']:.2f} | {d['sequences_per_second']:.0f} | {s['avg_ms']:.2f} | "
+                     f"{s['sequences_per_second']:.0f} | {s['sequences_per_second'] / d['sequences_per_second']:.2f}× |")
+    tolerance = 2e-2 if setup.float_flags else 1e-4
+    notes.append(f"max |Δlogits| between the engines with and without -sp on {check_batch} packed SQuAD-like sequences: "
+                 f"{difference:.3g} (tolerance {tolerance:g})")
+    memory = ["| engine | engine file MiB | peak GPU MiB (perf run) |", "|---|---|---|",
+              f"| packed 2:4-pruned, without -sp | {memory_cells(dense)} |",
+              f"| packed 2:4-pruned, with -sp | {memory_cells(sparse)} |"]
+    return {"title": f"Issue 5: 2:4-pruned model with and without -sp, {setup.float_name.upper()}, S={seq}",
+            "passed": difference <= tolerance, "rows": rows, "max_logit_difference": difference,
+            "table": "\n".join(table), "memory_table": "\n".join(memory), "reports": [dense, sparse], "notes": notes}
+
+
+def builder_offers(option: str) -> bool:
+    import builder
+
+    return option in builder.build_parser().format_help()
+
+
+def section_int8(ws: Workspace) -> dict:
+    """Issue 6: FP16 vs INT8 (vs FP8) speed at 128/384 × 1/32/128, and agreement with FP32."""
+    from bench.int8_accuracy import handmade_features, logits_agreement, run_engine
+
+    setup = ws.setup
+    precisions = ["float", "int8"] + (["fp8"] if builder_offers("--fp8") else [])
+    names = {"float": setup.float_name.upper(), "int8": "INT8", "fp8": "FP8"}
+    notes = [f"INT8/FP8 engines: builder.py {' '.join([*setup.float_flags, *setup.int8_flags])} "
+             "(scripts/inference_benchmark.sh's Ampere+ flags; -imh/-iln on GPUs only), PTQ on the 20 questions of bench/int8_accuracy.py's "
+             "hand-made SQuAD set (-n 20)"]
+    if "fp8" not in precisions:
+        notes.append("FP8 not measured: builder.py has no --fp8 option")
+    reports: dict[str, dict[int, dict]] = {}
+    errors: dict[str, str] = {}
+    for precision in precisions:
+        try:
+            engine = ws.padded_engine(precision)
+            reports[precision] = {seq: perf("perf.py", engine, seq, setup.batches, setup) for seq in setup.seq_lengths}
+        except Exception as error:  # one precision failing still leaves the others' figures
+            errors[precision] = f"{type(error).__name__}: {last_line(str(error))}"
+            notes.append(f"{names[precision]} failed: {errors[precision]}")
+            traceback.print_exc()
+    rows = []
+    head = ["S", "batch"] + [f"{names[p]} ms / seq/s" for p in precisions] + [f"INT8 / {names['float']}"]
+    head += [f"FP8 / {names['float']}"] if "fp8" in precisions else []
+    table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for seq in setup.seq_lengths:
+        for batch in setup.batches:
+            row: dict[str, Any] = dict(seq=seq, batch=batch)
+            cells = [str(seq), str(batch)]
+            for precision in precisions:
+                result = reports.get(precision, {}).get(seq)
+                entry = by_batch(result)[batch] if result else None
+                row[precision] = None if entry is None else dict(avg_ms=entry["avg_ms"], p99_ms=entry["p99_ms"],
+                                                                   seq_per_s=entry["sequences_per_second"])
+                cells.append("—" if entry is None else f"{entry['avg_ms']:.3f} / {entry['sequences_per_second']:.0f}")
+            for precision in precisions[1:]:
+                if row["float"] and row[precision]:
+                    row[f"{precision}_speedup"] = row[precision]["seq_per_s"] / row["float"]["seq_per_s"]
+                    cells.append(f"{row[f'{precision}_speedup']:.2f}×")
+                else:
+                    cells.append("—")
+            rows.append(row)
+            table.append("| " + " | ".join(cells) + " |")
+    goal_rows = [r for r in rows if r["batch"] == max(setup.batches) and "int8_speedup" in r]
+    goal_met = bool(goal_rows) and all(r["int8_speedup"] >= INT8_GOAL for r in goal_rows)
+    memory = ["| engine | S | engine file MiB | peak GPU MiB (perf run) |", "|---|---|---|---|"]
+    for precision, per_seq in reports.items():
+        for seq, report in per_seq.items():
+            memory.append(f"| {names[precision]} padded, b≤{max(setup.batches)} | {seq} | {memory_cells(report)} |")
+
+    accuracy = ["| engine vs FP32 engine | S | cosine of logits | argmax start | argmax end | both | features |",
+                "|---|---|---|---|---|---|---|"]
+    agreements = []
+    try:
+        reference_engine = ws.padded_engine("fp32")
+        for seq in (s for s in setup.seq_lengths if s >= ACCURACY_MIN_SEQ):
+            features = handmade_features(ws.vocab(), seq)
+            reference = run_engine(reference_engine, features.inputs(), setup.device, setup.accuracy_batch)
+            for precision in precisions:
+                if precision in errors:
+                    continue
+                candidate = run_engine(ws.padded_engine(precision), features.inputs(), setup.device, setup.accuracy_batch)
+                agreement = logits_agreement(reference, candidate, features.input_mask)
+                free_gpu_memory()
+                agreements.append(dict(precision=names[precision], seq=seq, **agreement.__dict__))
+                accuracy.append(f"| {names[precision]} | {seq} | {agreement.cosine:.5f} | {100 * agreement.start_match:.0f}% | "
+                                f"{100 * agreement.end_match:.0f}% | {100 * agreement.both_match:.0f}% | {agreement.features} |")
+    except Exception as error:
+        notes.append(f"accuracy check failed: {type(error).__name__}: {last_line(str(error))}")
+        traceback.print_exc()
+    int8_accurate = [a for a in agreements if a["precision"] == "INT8"]
+    accuracy_met = bool(int8_accurate) and all(a["cosine"] >= 0.99 and a["both_match"] >= 0.95 for a in int8_accurate)
+    notes.append(f"goal INT8 ≥ {INT8_GOAL}× {names['float']} seq/s at batch {max(setup.batches)}: "
+                 f"{'met' if goal_met else 'MISSED'}; goal cosine ≥ 0.99 and argmax ≥ 95%: "
+                 f"{'met' if accuracy_met else 'MISSED'}")
+    return {"title": f"Issue 6: {names['float']} vs INT8" + (" vs FP8" if "fp8" in precisions else "")
+            + ", padded engines, CUDA graphs", "passed": goal_met and accuracy_met and not errors,
+            "rows": rows, "agreements": agreements, "table": "\n".join(table), "memory_table": "\n".join(memory),
+            "accuracy_table": "\n".join(accuracy), "notes": notes}
+
+
+def section_inference_c(ws: Workspace) -> dict:
+    """Issue 8: inference_c.py --enable-graph prints what inference.py prints (timings masked)."""
+    import inference
+    import inference_c
+    from helpers.demo_model import write_tiny_qa_model
+
+    setup = ws.setup
+    folder = ws.once("tiny_qa", lambda path: write_tiny_qa_model(path, seed=1234), "tiny_qa")
+    engine = ws.once("tiny_engine", lambda path: build("builder.py", [
+        "--hf", str(folder), "--backend", "portable", "--device", setup.device, "-o", str(path), "-b", "1", "-s", "128"]),
+        "tiny.engine")
+    args = ["-e", str(engine), "-v", str(folder / "vocab.txt"), "-s", "128", "--device", setup.device,
+            "-p", *PASSAGE.split(" "), "-q", *QUESTION.split(" ")]
+    python_status, python_out, python_err = call_main(inference.main, args)
+    c_status, c_out, c_err = call_main(inference_c.main, [*args, "--enable-graph"])
+    same = python_status == 0 and c_status == 0 and TIMING_LINE.sub(r"\1<t>", python_out) == TIMING_LINE.sub(r"\1<t>", c_out)
+    notes = [f"device: {setup.device}; inference.py exit {python_status}, inference_c.py --enable-graph exit {c_status}; "
+             f"outputs identical apart from timings: {'yes' if same else 'NO'}"]
+    if not same:
+        notes.append(f"stderr: {last_line(python_err)} / {last_line(c_err)}")
+    return {"title": "Issue 8: inference_c.py --enable-graph vs inference.py (tiny portable engine)", "passed": same,
+            "inference_py": python_out, "inference_c_py": c_out, "notes": notes}
+
+
+SECTION_FUNCTIONS: dict[str, Callable[[Workspace], dict]] = {
+    "builder": section_builder, "varseqlen": section_varseqlen, "sparsity": section_sparsity,
+    "int8": section_int8, "inference_c": section_inference_c,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def environment(setup: Setup) -> dict:
+    import transformers
+
+    return {"device": torch.cuda.get_device_name() if setup.device == "cuda" else "cpu",
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "model_shape": setup.model_shape, "iterations": setup.iterations, "warm_up": setup.warm_up}
+
+
+def render_markdown(records: dict) -> str:
+    lines = ["# GPU records of issues 3, 5, 6 and 8", "",
+             "Written by `bench/gpu_records.py` (raw figures: [records.json](records.json)).  Every speed is",
+             "perf.py's / perf_varseqlen.py's average over its timed CUDA-graph replays (CUDA events, copies",
+             "excluded); sequences/s = batch / average.  The engines are this project's portable engine (no",
+             "TensorRT can be installed on the GPU machine), built by builder.py / builder_varseqlen.py.", ""]
+    for name in SECTIONS:
+        section = records["sections"].get(name)
+        if section is None:
+            continue
+        env = section["environment"]
+        lines += [f"## {section['title']}", "",
+                  f"{env['device']}, {env['date']}, torch {env['torch']}, transformers {env['transformers']}; "
+                  f"model shape {env['model_shape']}; {env['iterations']} timed runs after {env['warm_up']} warm-up. "
+                  f"Result: **{'ok' if section.get('passed') else 'goal missed or check failed'}**.", ""]
+        if "error" in section:
+            lines += [f"Failed: `{section['error']}`", ""]
+        for key in ("table", "accuracy_table", "memory_table"):
+            if section.get(key):
+                lines += [section[key], ""]
+        for key, label in (("inference_py", "inference.py"), ("inference_c_py", "inference_c.py --enable-graph")):
+            if section.get(key):
+                lines += [f"{label} printed:", "", "```", section[key].rstrip(), "```", ""]
+        lines += [f"* {note}" for note in section.get("notes", [])] + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_records(records: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (("records.json", json.dumps(records, indent=1) + "\n"), ("records.md", render_markdown(records))):
+        tmp = out_dir / (name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out_dir / name)
+
+
+def load_records(path: Path) -> dict:
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise RecordsError(f"cannot read {path}: {error}") from None
+    if records.get("format_version") != FORMAT_VERSION:
+        raise RecordsError(f"{path} has format_version {records.get('format_version')!r}, expected {FORMAT_VERSION}")
+    return records
+
+
+def run_sections(names: list[str], setup: Setup, out_dir: Path) -> int:
+    records: dict[str, Any] = {"format_version": FORMAT_VERSION, "sections": {}}
+    with tempfile.TemporaryDirectory(prefix="gpu_records.") as scratch:
+        ws = Workspace(Path(scratch), setup)
+        for name in names:
+            print(f"==== {name} ====", flush=True)
+            try:
+                section = SECTION_FUNCTIONS[name](ws)
+            except Exception as error:  # a failed section is recorded, the others still run
+                traceback.print_exc()
+                section = {"title": name, "passed": False, "error": f"{type(error).__name__}: {last_line(str(error))}"}
+            section["environment"] = environment(setup)
+            records["sections"][name] = section
+            write_records(records, out_dir)
+            print(render_markdown({"sections": {name: section}}), flush=True)
+    return 0 if all(s.get("passed") for s in records["sections"].values()) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections (default: all): {', '.join(SECTIONS)}")
+    parser.add_argument("--tiny", action="store_true", help="a tiny model on the CPU, to check the script")
+    parser.add_argument("--out-dir", default="docs/perf", help="where records.json and records.md go (default: docs/perf)")
+    parser.add_argument("--merge", nargs="+", metavar="RECORDS_JSON",
+                        help="combine the sections of earlier records.json files (later files win) instead of measuring")
+    args = parser.parse_args(argv)
+    try:
+        if args.merge:
+            merged: dict[str, Any] = {"format_version": FORMAT_VERSION, "sections": {}}
+            for path in args.merge:
+                merged["sections"].update(load_records(Path(path))["sections"])
+            write_records(merged, Path(args.out_dir))
+            return 0
+        names = [n for n in args.only.split(",") if n]
+        unknown = [n for n in names if n not in SECTIONS]
+        if unknown:
+            raise RecordsError(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+        setup = make_setup(args.tiny)
+        os.environ["DEMOBERT_DEVICE"] = setup.device
+        return run_sections(names, setup, Path(args.out_dir))
+    except RecordsError as error:
+        print(f"gpu_records.py: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
