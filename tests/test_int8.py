@@ -518,9 +518,10 @@ def test_minilm_ptq_int8_meets_the_issue_goal(tmp_path):
     assert min(agreement.start_match, agreement.end_match) >= 0.95
 
 
-@pytest.mark.parametrize("layout", [(), ("-il",)])
+@pytest.mark.parametrize("layout", [(), ("-il",), ("-f",)])
 def test_varseqlen_qat_int8_tracks_fp32(int8_workdir, layout):
-    """builder_varseqlen.py -i with QAT ranges, packed and interleaved (-il) layouts, on packed features."""
+    """builder_varseqlen.py -i with QAT ranges: packed (FP32 and -f FP16 around the INT8 layers) and
+    interleaved (-il) networks, on the packed hand-made features."""
     import builder_varseqlen
     from helpers.runner import EngineRunner
     from tests.checkpoints import write_bert_config, write_onnx_model
