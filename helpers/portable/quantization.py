@@ -150,17 +150,22 @@ def fp8_linear(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None, in
     """
     rows = x.reshape(-1, x.shape[-1])
     codes = (rows.float() / in_scale).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
-    out_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.float32
     m, k = codes.shape
     n = weight.codes.shape[0]
     if x.is_cuda and k % 16 == 0 and n % 16 == 0:
+        # Output dtype and bias in cuBLASLt's epilogue: no extra pass over the [M, N] result.
+        out_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.float32
+        epilogue_bias = None if bias is None or out_dtype == torch.float32 else bias.to(out_dtype)
         a = _pad_to(codes.view(torch.int8), -(-m // 16) * 16, k).view(torch.float8_e4m3fn)
-        y = torch._scaled_mm(a, weight.codes.t(), scale_a=in_scale, scale_b=weight.scale, out_dtype=out_dtype)[:m]
+        y = torch._scaled_mm(
+            a, weight.codes.t(), scale_a=in_scale, scale_b=weight.scale, bias=epilogue_bias, out_dtype=out_dtype
+        )[:m]
+        if bias is not None and epilogue_bias is None:
+            y = y + bias
     else:
         y = (codes.float() @ weight.codes.float().t()) * (in_scale * weight.scale)
-    y = y.float()
-    if bias is not None:
-        y = y + bias.float()
+        if bias is not None:
+            y = y + bias.float()
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
