@@ -389,3 +389,24 @@ def test_pickle_weights_without_megatron_run_the_packed_network(tiny_model, mode
     batch = packed_batch([64, 9], tiny_model.config.vocab_size, 4)
     logits = run_packed(EngineRunner(engine, device="cpu"), batch, 64)
     np.testing.assert_allclose(logits, hf_packed_logits(tiny_model, batch), atol=1e-4, rtol=1e-4)
+
+
+def test_int8_interleaved_engine_matches_the_packed_int8_engine(tiny_model, model_files, tmp_path):
+    """QAT ONNX, -i -il: the [1, E, T, 1] network (q|k|v channel blocks) computes what the packed -i one does.
+
+    The tolerance leaves room for the two layouts' INT8 kernels to round differently; a wrong
+    channel order or layout gives differences of order 1.
+    """
+    from helpers.runner import EngineRunner
+
+    amax = {name: 4.0 for name in checkpoints.qat_amax_names(tiny_model.config.num_hidden_layers)}
+    onnx = checkpoints.write_onnx_model(tiny_model, tmp_path / "qat.onnx", amax)
+    batch = packed_batch([64, 9, 33], tiny_model.config.vocab_size, 1)
+    logits = {}
+    for layout in (["-il"], []):
+        engine = tmp_path / f"int8{len(layout)}.engine"
+        argv = ["-x", str(onnx), "-c", str(model_files["config_dir"]), "-o", str(engine), "-b", "3", "-s", "64",
+                "-i", "-f", *layout, "--backend", "portable", "--device", "cpu"]
+        assert builder_varseqlen.main(argv) == 0
+        logits[bool(layout)] = run_packed(EngineRunner(engine, device="cpu"), batch, 64)
+    np.testing.assert_allclose(logits[True], logits[False], atol=5e-2, rtol=0)
