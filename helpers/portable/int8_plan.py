@@ -1,7 +1,7 @@
 """INT8 (and FP8) in the portable engine: calibration at build time, lowering at load time.
 
-Build (``calibrate_engine_description``, called by ``build_serialized_network`` for INT8 builds
-with a calibrator): the engine description is run in FP32 over the calibrator's batches, every
+Build (``calibrate_engine_description``, called by the portable builder's ``compile_network`` for
+INT8 builds with a calibrator): the engine description is run in FP32 over the calibrator's batches, every
 float tensor goes through ``helpers.portable.calibration``, and each tensor without a range set by
 the network (``ITensor.set_dynamic_range``, e.g. GELU10) gets the calibrated one.  The ranges are
 stored in the engine file with the tensors.
@@ -23,7 +23,9 @@ rewrite): steps that TensorRT would run in INT8 are replaced by the exact intege
 * a tensor whose range is missing keeps its layer in float, as TensorRT falls back to higher
   precision for tensors it has no scale for.
 
-Replaced steps are named ``int8:<layer name>`` and keep the plan's one-step-per-layer order.
+Replaced steps are named ``int8:<layer name>`` and keep the plan's one-step-per-layer order, so the
+CUDA fast-path rewrite (``kernels/plan.py``) leaves them alone.  On CUDA the builder's 8-layer GELU
+after an INT8 GEMM becomes one fast GELU pass (its other steps become empty steps).
 """
 
 from __future__ import annotations
