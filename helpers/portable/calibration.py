@@ -1,6 +1,7 @@
 """INT8 post-training calibration for the portable engine, and TensorRT's calibration-table format.
 
-The portable builder calls ``calibrate`` once per INT8 build that has a calibrator.  It either
+The portable builder calls ``calibrate`` (through ``int8_plan``) once per INT8 build that has a
+calibrator.  It either
 reads the calibrator's cache, or runs the network in FP32 over the calibrator's batches, feeds
 every float tensor the network produces into a histogram of |x|, and turns each histogram into a
 symmetric range ``amax`` with the calibrator's algorithm:
@@ -18,7 +19,9 @@ symmetric range ``amax`` with the calibrator's algorithm:
 
 The cache is TensorRT's calibration table: a header line ``TRT-<version>-<Algorithm>``, then one
 ``<tensor name>: <scale>`` line per tensor, the scale (``amax / 127``) written as the hex digits
-of its big-endian IEEE float32 bits.  Tables from either backend read on the other.
+of its big-endian IEEE float32 bits.  Tables from either backend read on the other.  A table is
+used whatever algorithm its header names (TensorRT would recalibrate on a mismatch); its tensor
+names are the network's, so names it has that the network lacks are ignored.
 """
 
 from __future__ import annotations
