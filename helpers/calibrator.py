@@ -4,7 +4,8 @@
 interface) one SQuAD question per batch: the first feature of each example, in file order,
 until ``num_inputs`` examples were used.  The calibration table is cached in ``cache_file``
 (TensorRT's text format, see ``helpers.portable.calibration``); when that file exists, the
-builder reads it instead of calibrating again.
+builder reads it instead of calibrating again.  ``BertEntropyCalibrator`` feeds the same batches
+to TensorRT's entropy algorithm (``IInt8EntropyCalibrator2``) instead of the legacy quantile.
 
 Device buffers are PyTorch tensors on the device the backend runs on; ``get_batch`` returns
 their addresses in the order of the names it is given.  Bad input (a missing or short SQuAD
