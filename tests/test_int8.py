@@ -267,6 +267,26 @@ def test_ptq_engine_calibrates_and_tracks_the_fp32_engine(int8_workdir, fp32_and
     assert not np.array_equal(reference, quantized)  # INT8 really ran
 
 
+def test_a_tensorrt_table_is_read_by_the_portable_build(int8_workdir, fp32_and_ptq_engines):
+    """A table in TensorRT's own spelling (another version and algorithm, names of layers this network
+    lacks) is taken as is: its ranges land on the tensors it names, no calibration runs."""
+    from helpers.portable.calibration import CalibrationAlgoType, parse_calibration_table, write_calibration_table
+    from helpers.portable.engine_file import read_engine
+
+    env = int8_workdir
+    _, table = parse_calibration_table((env["work"] / "cache").read_bytes())
+    table["l0_attention_qkv_mult"] = 3.25
+    table["(Unnamed Layer* 999) [Convolution]_output"] = 1.0
+    foreign = env["work"] / "trt_cache"
+    foreign.write_bytes(write_calibration_table(table, CalibrationAlgoType.ENTROPY_CALIBRATION_2, version=100300))
+    engine = env["work"] / "from_trt_cache.engine"
+    build(env, engine, "-i", "-j", str(env["work"] / "no_such.json"), "-v", env["vocab"], "-p", str(foreign))
+    ranges = {t["name"]: t["dynamic_range"] for t in read_engine(engine.read_bytes())["tensors"]}
+    assert ranges["l0_attention_qkv_mult"] == pytest.approx([-3.25, 3.25])
+    assert ranges["l0_gelu"] == [-10.0, 10.0]
+    assert foreign.read_bytes().startswith(b"TRT-100300-EntropyCalibration2\n")
+
+
 @pytest.mark.parametrize("flags", [("-imh",), ("-iln",), ("-imh", "-iln")])
 def test_int8_attention_and_skip_layernorm_io(int8_workdir, fp32_and_ptq_engines, monkeypatch, flags):
     """-imh / -iln: INT8 attention and skip-LN I/O (the CPU passes builder.py's GPU check here)."""
