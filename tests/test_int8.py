@@ -360,57 +360,14 @@ def test_ptq_engine_is_the_int8_arithmetic_of_an_independent_oracle(int8_workdir
     assert agreement.both_match >= 0.95
 
 
-def activation_amax(model, features) -> dict[str, float]:
-    """NVIDIA QAT amax entries (ONNX names, §5.3) taken as max |x| of the FP32 activations."""
-    from tests.checkpoints import qat_amax_names
-
-    seen: dict[str, float] = {}
-
-    def record(name, value):
-        seen[name] = max(seen.get(name, 0.0), float(value.detach().abs().max()))
-
-    hooks = []
-    for i, layer in enumerate(model.bert.encoder.layer):
-        p = f"bert.encoder.layer.{i}."
-        attention = layer.attention
-
-        def on_qkv(module, args, out, p=p, kind=None):
-            record(p + f"attention.self.{kind}._input_quantizer._amax", args[0])
-            record(p + f"attention.self.matmul_{ {'query': 'q', 'key': 'k', 'value': 'v'}[kind] }_input_quantizer._amax", out)
-
-        for kind in ("query", "key", "value"):
-            hooks.append(getattr(attention.self, kind).register_forward_hook(lambda m, a, o, p=p, k=kind: on_qkv(m, a, o, p, k)))
-        for module, source in ((attention.output.dense, "attention.output"), (layer.output.dense, "output")):
-            def on_dense(m, a, o, p=p, source=source):
-                record(p + f"{source}.dense._input_quantizer._amax", a[0])
-                record(p + f"{source}.add_local_input_quantizer._amax", o)
-
-            hooks.append(module.register_forward_hook(on_dense))
-        hooks.append(layer.intermediate.dense.register_forward_hook(
-            lambda m, a, o, p=p: record(p + "intermediate.dense._input_quantizer._amax", a[0])))
-        seen[p + "attention.self.matmul_a_input_quantizer._amax"] = 1.0
-    last = model.bert.encoder.layer[-1]
-    hooks.append(last.register_forward_hook(lambda m, a, o: record("bert.encoder.final_input_quantizer._amax", o[0] if isinstance(o, tuple) else o)))
-    with torch.no_grad():
-        model(
-            input_ids=torch.as_tensor(features.input_ids, dtype=torch.long),
-            token_type_ids=torch.as_tensor(features.segment_ids, dtype=torch.long),
-            attention_mask=torch.as_tensor(features.input_mask, dtype=torch.long),
-        )
-    for hook in hooks:
-        hook.remove()
-    for name in qat_amax_names(len(model.bert.encoder.layer)):
-        if name not in seen:  # weight quantizers: read but unused by the builders (§6.2)
-            seen[name] = 1.0
-    return seen
-
-
 def test_qat_ranges_land_on_the_tensors_of_section_6_2(int8_workdir, fp32_and_ptq_engines):
     from bench.int8_accuracy import logits_agreement
     from helpers.portable.engine_file import read_engine
     from tests.checkpoints import write_onnx_model
 
     env = int8_workdir
+    from bench.int8_accuracy import activation_amax
+
     amax = activation_amax(env["model"], env["features"])
     onnx_path = write_onnx_model(env["model"], env["work"] / "qat.onnx", amax)
     engine = env["work"] / "qat.engine"
@@ -548,6 +505,8 @@ def test_varseqlen_qat_int8_tracks_fp32(int8_workdir, layout):
     from tests.checkpoints import write_bert_config, write_onnx_model
 
     env = int8_workdir
+    from bench.int8_accuracy import activation_amax
+
     onnx_path = write_onnx_model(env["model"], env["work"] / "qat_varseqlen.onnx", activation_amax(env["model"], env["features"]))
     config_dir = write_bert_config(env["model"], env["work"] / "cfg_varseqlen")
     features = env["features"]
