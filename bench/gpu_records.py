@@ -316,6 +316,12 @@ def section_varseqlen(ws: Workspace) -> dict:
             "memory_table": "\n".join(memory), "reports": [padded, packed_squad, packed_full], "notes": []}
 
 
+def short_log_line(line: str, limit: int = 160) -> str:
+    """A builder log line without its time/severity prefix, cut to ``limit`` characters."""
+    text = re.sub(r"^\[[^]]*\] \[TRT\] \[\w\] ", "", line.strip())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def packed_logits(engine: Path, seq: int, device: str, batch: int) -> np.ndarray:
     """``logits_out`` of one packed batch of SQuAD-like lengths (fixed seed)."""
     import perf_varseqlen
@@ -343,7 +349,8 @@ def section_sparsity(ws: Workspace) -> dict:
     pruned = ws.once("pruned", lambda path: prune_checkpoint(str(ws.model()), str(path)), "model_2to4")
     dense_path, _ = ws.packed_engine("pruned_dense", pruned)
     sparse_path, sparse_log = ws.packed_engine("pruned_sparse", pruned, ["-sp"])
-    notes = [line.strip() for line in sparse_log.splitlines() if "sparse" in line.lower()][:3]
+    notes = [f"builder_varseqlen.py -sp log: {short_log_line(line)}" for line in sparse_log.splitlines()
+             if "sparse" in line.lower() and "Saving Engine" not in line]
     dense = perf("perf_varseqlen.py", dense_path, seq, batches, setup, ["--squad-lengths"])
     sparse = perf("perf_varseqlen.py", sparse_path, seq, batches, setup, ["--squad-lengths"])
     check_batch = min(8, max(batches))
