@@ -14,6 +14,8 @@ Sections (``--only`` picks some; default: all):
   ``bench/int8_accuracy.py``'s cosine / argmax agreement of each against an FP32 engine.
 * ``inference_c`` (issue 8): ``inference_c.py --enable-graph`` against ``inference.py`` on the
   same portable engine (the printed answer and format, timings masked).
+* ``profile`` (diagnosis): device time per kernel category (torch.profiler) of the FP16, INT8
+  (-imh / -iln / --strict one by one) and FP8 engines at 128 × 32, and of the packed engine.
 
 One random BERT-large folder (HF ``BertForQuestionAnswering``, seeded) is written per run into a
 temp folder and reused by every engine.  Each timed engine also gets its peak GPU memory
@@ -53,7 +55,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 FORMAT_VERSION = 1
-SECTIONS = ("builder", "varseqlen", "sparsity", "int8", "inference_c")
+SECTIONS = ("builder", "varseqlen", "sparsity", "int8", "inference_c", "profile")
 PACKED_GOAL = 2.2  # issue 5: packed ≥ 2.2× padded sequences/s on the SQuAD length mix
 INT8_GOAL = 1.6  # issue 6: INT8 ≥ 1.6× FP16 sequences/s at batch 128
 # What scripts/inference_benchmark.sh builds on Ampere and later; builder.py refuses -imh without a GPU.
@@ -487,9 +489,88 @@ def section_inference_c(ws: Workspace) -> dict:
             "inference_py": python_out, "inference_c_py": c_out, "notes": notes}
 
 
+def profile_engine(engine: Path, batch: int, seq: int, inputs: dict[str, np.ndarray], device: str,
+                   total_tokens: int | None = None) -> dict:
+    """Graph-replay median (bench.timing) and, on CUDA, device time per kernel category of one
+    eager forward (bench.compare.profile_kernels)."""
+    from bench.compare import profile_kernels
+    from bench.timing import time_cuda
+    from helpers.runner import EngineRunner
+
+    runner = EngineRunner(engine, device=device, enable_graph=device == "cuda")
+    runner.activate(batch, seq, total_tokens)
+    runner.copy_inputs(inputs)
+    runner.synchronize()
+    if device != "cuda":
+        times = runner.time_executions(1, 3)
+        del runner
+        return {"graph_ms": None, "eager_ms": float(np.median(times)), "kernel_ms": None, "category_ms": {}, "top_kernels": []}
+    with torch.cuda.stream(runner.stream):
+        graph = time_cuda(runner.execute, warmup=5, iterations=30)
+        runner.enable_graph = False
+        profile = profile_kernels(runner.execute, iterations=2)
+    del runner
+    free_gpu_memory()
+    return {"graph_ms": graph.median_ms, "eager_ms": None, **profile}
+
+
+def section_profile(ws: Workspace) -> dict:
+    """Where the time goes: the FP16, INT8 (flag by flag) and FP8 padded engines at one shape, and
+    the packed FP16 engine on the SQuAD mix (diagnosis of the issue 5 and 6 rows)."""
+    import perf_varseqlen
+
+    setup = ws.setup
+    batch, seq = setup.packed_batches[0], setup.seq_lengths[0]
+    calibration = ["-j", str(ws.squad()), "-v", ws.vocab(), "-n", "20", "-p", str(ws.root / "calib.cache")]
+    gpu_only = {"-imh", "-iln"} if setup.device != "cuda" else set()
+    variants = {setup.float_name.upper(): [],
+                "INT8 -i": ["-i", *calibration], "INT8 -i -imh": ["-i", "-imh", *calibration],
+                "INT8 -i -iln": ["-i", "-iln", *calibration],
+                "INT8 -i --strict -iln -imh": ["-i", "--strict", "-iln", "-imh", *calibration]}
+    if builder_offers("--fp8"):
+        variants["FP8 -i --fp8"] = ["-i", "--fp8", *calibration]
+    rng = np.random.default_rng(0)
+    fixed_inputs = {"input_ids": rng.integers(0, 30522, (batch, seq), dtype=np.int32),
+                    "segment_ids": rng.integers(0, 2, (batch, seq), dtype=np.int32),
+                    "input_mask": np.ones((batch, seq), np.int32)}
+    results: dict[str, dict] = {}
+    for name, flags in variants.items():
+        if gpu_only & set(flags):
+            continue
+        engine = ws.root / "profiled.engine"
+        build("builder.py", [*ws.common(), "-o", str(engine), *setup.float_flags, *flags, "-b", str(batch), "-s", str(seq)])
+        results[f"padded {name}, {seq} × {batch}"] = profile_engine(engine, batch, seq, fixed_inputs, setup.device)
+        engine.unlink()
+    packed_path, _ = ws.packed_engine("packed_float", ws.model())
+    lengths = perf_varseqlen.squad_like_lengths(batch, setup.long_seq, np.random.default_rng((12345, batch)))
+    tokens = int(lengths.sum())
+    packed_inputs = {"input_ids": rng.integers(0, 30522, tokens, dtype=np.int32), "segment_ids": np.zeros(tokens, np.int32),
+                     "cu_seqlens": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)}
+    results[f"packed {setup.float_name.upper()}, SQuAD mix of {batch} ({tokens} tokens, S≤{setup.long_seq})"] = profile_engine(
+        packed_path, batch, setup.long_seq, packed_inputs, setup.device, tokens)
+
+    categories = ("gemm", "attention", "layernorm", "gelu", "other")
+    table = ["| engine | graph ms | kernels ms | " + " | ".join(categories) + " | largest kernel (µs per forward × calls) |",
+             "|---|---|---|" + "---|" * len(categories) + "---|"]
+    for name, r in results.items():
+        def ms(value: float | None) -> str:
+            return "—" if value is None else f"{value:.2f}"
+        top = r["top_kernels"][0] if r["top_kernels"] else None
+        top_text = f"{top['name'][:60]} ({top['us_per_forward']:.0f} × {top['calls_per_forward']:.0f})" if top else "—"
+        table.append(f"| {name} | {ms(r['graph_ms'] if r['graph_ms'] is not None else r['eager_ms'])} | {ms(r['kernel_ms'])} | "
+                     + " | ".join(ms(r["category_ms"].get(c)) for c in categories) + f" | {top_text} |")
+    notes = ["torch.profiler over eager launches of each engine (bench.compare.profile_kernels, 2 forwards); graph ms: "
+             "median of 30 CUDA-graph replays (bench.timing.time_cuda). Categories by kernel name; 'other' is mostly "
+             "PyTorch elementwise kernels (casts, quantize/dequantize passes, masking)."]
+    if setup.device != "cuda":
+        notes.append("CPU: no kernel profile; the graph column holds the eager median of 3 runs, -imh/-iln skipped.")
+    return {"title": f"Diagnosis: device time per kernel category, {seq} × {batch}", "passed": True,
+            "profiles": results, "table": "\n".join(table), "notes": notes}
+
+
 SECTION_FUNCTIONS: dict[str, Callable[[Workspace], dict]] = {
     "builder": section_builder, "varseqlen": section_varseqlen, "sparsity": section_sparsity,
-    "int8": section_int8, "inference_c": section_inference_c,
+    "int8": section_int8, "inference_c": section_inference_c, "profile": section_profile,
 }
 
 
