@@ -163,13 +163,27 @@ def test_mask_index_and_key_bias_match_reference(seq, batch):
     assert torch.equal(bias, key_padding_bias(expected_index, seq, torch.float16))
 
 
-def build_tiny_engine(folder, fp16: bool, batch: int, seq: int) -> bytes:
-    import builder
+def save_tiny_model(folder, max_positions: int = 128, pruned: bool = False) -> None:
+    """A random 2-layer BERT QA model (E = 64, 4 heads); ``pruned``: encoder kernels pruned to 2:4."""
     from transformers import BertConfig, BertForQuestionAnswering
 
+    from helpers.sparsity import is_prunable_name, prune_2to4
+
     config = BertConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=256, max_position_embeddings=128, hidden_act="gelu_pytorch_tanh")
-    BertForQuestionAnswering(config).save_pretrained(folder)
+                        intermediate_size=256, max_position_embeddings=max_positions, hidden_act="gelu_pytorch_tanh")
+    model = BertForQuestionAnswering(config)
+    if pruned:
+        with torch.no_grad():
+            for name, weight in model.named_parameters():
+                if is_prunable_name(name):
+                    weight.copy_(prune_2to4(weight))
+    model.save_pretrained(folder)
+
+
+def build_tiny_engine(folder, fp16: bool, batch: int, seq: int) -> bytes:
+    import builder
+
+    save_tiny_model(folder)
     path = folder / "tiny.engine"
     argv = ["--hf", str(folder), "-o", str(path), "-b", str(batch), "-s", str(seq), "--backend", "portable",
             "--device", "cuda"] + (["--fp16"] if fp16 else [])
@@ -222,3 +236,161 @@ def test_fast_kernels_can_be_switched_off(tmp_path, monkeypatch):
     plan = runtime.build_plan(description, torch.device("cuda"))
     monkeypatch.setenv(FAST_KERNELS_ENV, "0")
     assert optimize_plan(plan, description, torch.device("cuda")) is plan
+
+
+# ---- the packed (variable-length) network
+
+PACKED_LENGTHS = [1, 2, 17, 64, 129, 384, 512]  # one sequence of each; the engine's longest is 512
+PACKED_MAX_SEQ = 512
+
+
+def packed_inputs(lengths: list[int], vocab: int = 97) -> tuple[torch.Tensor, ...]:
+    tokens = sum(lengths)
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    return (torch.randint(0, vocab, (tokens,), dtype=torch.int32, device="cuda"),
+            torch.randint(0, 2, (tokens,), dtype=torch.int32, device="cuda"), cu_seqlens,
+            torch.zeros(PACKED_MAX_SEQ, dtype=torch.int32, device="cuda"))
+
+
+def build_tiny_packed_engine(folder, fp16: bool, *extra: str, pruned: bool = False) -> dict:
+    import builder_varseqlen
+    from helpers.portable.engine_file import read_engine
+
+    save_tiny_model(folder, max_positions=PACKED_MAX_SEQ, pruned=pruned)
+    path = folder / "packed.engine"
+    argv = ["--hf", str(folder), "-o", str(path), "-b", str(len(PACKED_LENGTHS)), "-s", str(PACKED_MAX_SEQ),
+            "--backend", "portable", "--device", "cuda", *(["--fp16"] if fp16 else []), *extra]
+    assert builder_varseqlen.main(argv) == 0
+    return read_engine(path.read_bytes())
+
+
+class RecordingLogger:
+    def __init__(self) -> None:
+        self.messages: list[tuple[object, str]] = []
+
+    def log(self, severity, msg: str) -> None:
+        self.messages.append((severity, msg))
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_fast_plan_matches_reference_plan_of_a_packed_engine(tmp_path, fp16):
+    from helpers.portable import runtime
+    from helpers.portable.kernels.plan import optimize_plan
+
+    description = build_tiny_packed_engine(tmp_path, fp16)
+    dev = torch.device("cuda")
+    reference = runtime.build_plan(description, dev)
+    fast = optimize_plan(runtime.build_plan(description, dev), description, dev)
+    # Every plugin, GEMM and GELU layer has a fast step; only shuffles keep their reference steps.
+    kinds = {layer["name"]: layer["kind"] for layer in description["layers"]}
+    left = {kinds[step.name] for step in fast.steps if step.name in kinds}
+    assert left <= {"shuffle"}, left
+    inputs = packed_inputs(PACKED_LENGTHS)
+    expected = run_plan(reference, description, inputs)
+    got = run_plan(fast, description, inputs)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, **({"atol": 2e-2, "rtol": 2e-2} if fp16 else tolerance(torch.float32)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden,heads", [(48, 3), (1024, 16)])
+def test_packed_attention_step_matches_the_plugin(dtype, hidden, heads):
+    from helpers.portable import plugins
+    from helpers.portable.kernels.plan import _attention_varlen
+
+    _, _, cu_seqlens, max_seqlen = packed_inputs(PACKED_LENGTHS)
+    qkv = torch.randn(sum(PACKED_LENGTHS), 3 * hidden, 1, 1, device="cuda").to(dtype)
+    params = {"var_seqlen": 1, "num_heads": heads, "has_mask": 0}
+    mask = torch.zeros((), dtype=torch.int32, device="cuda")
+    (expected,) = plugins.qkv_to_context_varseqlen(params, {}, qkv, mask, cu_seqlens, max_seqlen)
+    (got,) = _attention_varlen(heads, dtype)(qkv, cu_seqlens, max_seqlen)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    torch.testing.assert_close(got, expected, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("megatron", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [40, 1024])
+def test_packed_embedding_step_matches_the_plugin(megatron, dtype, hidden):
+    from helpers.portable import plugins
+    from helpers.portable.kernels.plan import _embedding_varlen
+
+    ids, segs, cu_seqlens, max_seqlen = packed_inputs(PACKED_LENGTHS)
+    ids = torch.cat([ids, torch.tensor([5, 6, 7], dtype=torch.int32, device="cuda")])  # 3 tokens past the last sequence
+    segs = torch.cat([segs, torch.ones(3, dtype=torch.int32, device="cuda")])
+    ids[0], ids[100] = -1, 97  # out-of-range ids embed as zeros
+    tables = [torch.randn(n, hidden, device="cuda").to(dtype) for n in (97, 2, PACKED_MAX_SEQ)]
+    gamma, beta = layernorm_params(hidden)
+    weights = dict(zip(("bert_embeddings_word_embeddings", "bert_embeddings_token_type_embeddings",
+                        "bert_embeddings_position_embeddings", "bert_embeddings_layernorm_gamma",
+                        "bert_embeddings_layernorm_beta"), (*tables, gamma, beta)))
+    expected = plugins.emb_layernorm_varseqlen(megatron)({}, weights, ids, segs, cu_seqlens, max_seqlen)
+    got = _embedding_varlen(tables, gamma, beta, megatron)(ids, segs, cu_seqlens, max_seqlen)
+    for e, g in zip(expected, got):
+        assert g.shape == e.shape and g.dtype == e.dtype
+        torch.testing.assert_close(g, e, **tolerance(dtype))
+    assert got[0][-3:].abs().max() == 0 and got[0][0].abs().max() == 0
+
+
+def test_packed_positions_count_from_each_sequence_start():
+    from helpers.portable.kernels.plan import packed_positions
+
+    cu_seqlens = torch.tensor([0, 1, 1, 4, 6], dtype=torch.int32, device="cuda")
+    expected = [0, 0, 1, 2, 0, 1, -1, -1]  # an empty third sequence; two tokens past the last one
+    assert packed_positions(cu_seqlens, 8).tolist() == expected
+
+
+def graph_replay(plan, description, inputs) -> torch.Tensor:
+    """The plan's first output from a CUDA graph capture of one run, replayed on the inputs."""
+    from helpers.portable import runtime
+
+    buffers = [None] * plan.num_slots
+    for slot, value in plan.constants.items():
+        buffers[slot] = value
+    for slot, value in zip(description["inputs"], inputs):
+        buffers[slot] = value
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        runtime.execute(plan, list(buffers))  # warm-up: Triton compiles, cuBLAS / cuSPARSELt set up
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        runtime.execute(plan, buffers)
+    graph.replay()
+    torch.cuda.synchronize()
+    return buffers[description["outputs"][0]].float()
+
+
+def test_sparse_weights_run_sparse_gemms_with_the_dense_logits(tmp_path):
+    from helpers.portable import runtime
+    from helpers.portable.enums import Severity
+    from helpers.portable.kernels.plan import optimize_plan
+
+    dev = torch.device("cuda")
+    dense = build_tiny_packed_engine(tmp_path / "dense", True, pruned=True)
+    sparse = build_tiny_packed_engine(tmp_path / "sparse", True, "-sp", pruned=True)
+    assert "SPARSE_WEIGHTS" in sparse["build"]["flags"] and "SPARSE_WEIGHTS" not in dense["build"]["flags"]
+    logger = RecordingLogger()
+    sparse_plan = optimize_plan(runtime.build_plan(sparse, dev), sparse, dev, logger)
+    dense_plan = optimize_plan(runtime.build_plan(dense, dev), dense, dev, logger)
+    went_sparse = {msg.rsplit(" ", 1)[-1] for severity, msg in logger.messages
+                   if severity == Severity.INFO and "sparse GEMM:" in msg}
+    # The pruned encoder GEMMs of both layers; the SQuAD head is not 2:4 and stays dense.
+    kernels = ("attention_qkv", "attention_output_dense", "intermediate_dense", "output_dense")
+    assert went_sparse == {f"l{i}_{k}" for i in range(2) for k in kernels}, logger.messages
+    inputs = packed_inputs(PACKED_LENGTHS)
+    expected = run_plan(dense_plan, dense, inputs)
+    torch.testing.assert_close(run_plan(sparse_plan, sparse, inputs), expected, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(graph_replay(sparse_plan, sparse, inputs), expected, atol=2e-2, rtol=2e-2)
+
+
+def test_packed_fast_plan_runs_in_a_cuda_graph(tmp_path):
+    from helpers.portable import runtime
+    from helpers.portable.kernels.plan import optimize_plan
+
+    description = build_tiny_packed_engine(tmp_path, True)
+    dev = torch.device("cuda")
+    plan = optimize_plan(runtime.build_plan(description, dev), description, dev)
+    inputs = packed_inputs(PACKED_LENGTHS)
+    torch.testing.assert_close(graph_replay(plan, description, inputs), run_plan(plan, description, inputs))

@@ -227,7 +227,9 @@ class ICudaEngine:
         self._by_name = {name: (slot, mode) for name, slot, mode in self._io}
         plugins = load_plugins(description)
         self._plugin_params = {i: loaded.params for i, loaded in plugins.items()}
-        self._plan = optimize_plan(lower_int8(build_plan(description, dev, plugins), description, dev), description, dev)
+        self._plan = optimize_plan(
+            lower_int8(build_plan(description, dev, plugins), description, dev), description, dev, logger
+        )
         self._shape_cache: dict[tuple[Shape, ...], dict[int, Shape] | str] = {}
         self.error_recorder = None
         self.weight_streaming_budget = 0

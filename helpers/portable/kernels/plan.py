@@ -12,7 +12,18 @@ recognises by fused steps over the fast kernels; everything else keeps its refer
   place, plus one Triton pass turning the mask into the mask index and the additive key bias that
   every attention layer then shares (a plan slot added for it).
 * Fixed-length QKV-to-context plugin → SDPA (cuDNN) on strided views of the packed QKV tensor.
+* Packed (variable-length) embedding plugins v2–v5 → the same Triton gather + LayerNorm, with the
+  positions computed on the device from ``cu_seqlens`` (Megatron's second output is the pre-LN sum).
+* Packed QKV-to-context plugins v2/v5 (``var_seqlen=1``) → FlashAttention's varlen kernel on
+  strided views of the [T, 3E] tensor (FP32: the memory-efficient kernel's varlen mode), with the
+  longest length taken from the host-known shape of the ``max_seqlen`` input.  Tokens past
+  ``cu_seqlens[-1]`` belong to no sequence: their context is left unspecified, as TensorRT's is.
+* The varseqlen network's GELU chain pinned to FP32 after an FP16 GEMM is fused like an FP16 one
+  (the epilogue computes the GELU in float registers) when only GEMMs read its result.
 * Other skip-LayerNorm plugins → the Triton pass.
+* Engines built with ``SPARSE_WEIGHTS``: the fast GEMMs of FP16 dense layers whose [out, in] weight
+  is 2:4-structured run on PyTorch's semi-structured sparse kernels (``helpers.sparsity``); other
+  layers stay dense.  The engine's logger says which layers went sparse.
 
 Steps an earlier pass already replaced (INT8 lowering renames them) are left alone.  Weights are
 converted once to the compute dtype on the device.  Steps only make views and launch
@@ -30,16 +41,20 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from helpers.portable import ops
-from helpers.portable.enums import ActivationType, DataType, ElementWiseOperation
-from helpers.portable.kernels.attention import attention_fixed_biased, key_padding_bias
+from helpers.portable.enums import ActivationType, DataType, ElementWiseOperation, Severity
+from helpers.portable.kernels.attention import attention_fixed_biased, attention_varlen, key_padding_bias
 from helpers.portable.layers import TORCH_DTYPE
 from helpers.portable.plugins import EMB_LN, QKV, SKIP_LN, compute_type
 
 FAST_KERNELS_ENV = "DEMOBERT_FAST_KERNELS"
 RELEASE_STEP = "release"
 FAST_DTYPES = (DataType.FLOAT, DataType.HALF)
+SPARSE_FLAG = "SPARSE_WEIGHTS"
+FIXED_SKIP_LN_VERSIONS = ("1", "5", "2", "6")  # [.., E, 1, 1] layouts; v3/v4/v7/v8 are interleaved
+VARLEN_EMB_LN_VERSIONS = {"2": False, "4": False, "3": True, "5": True}  # version -> Megatron
 # The builder's GELU (builder_utils.add_gelu): (kind, op, constant operand or None, operand wiring).
 # Operands: "x" the GELU input, "prev" the previous layer's output, "c" the constant.
 _GELU_CHAIN = (
@@ -58,11 +73,18 @@ def fast_kernels_enabled(dev: torch.device) -> bool:
     return dev.type == "cuda" and os.environ.get(FAST_KERNELS_ENV, "1") != "0"
 
 
-def optimize_plan(plan: Any, description: dict[str, Any], dev: torch.device) -> Any:
-    """The plan with the fast steps in place of the patterns above (unchanged off CUDA)."""
+def optimize_plan(plan: Any, description: dict[str, Any], dev: torch.device, logger: Any = None) -> Any:
+    """The plan with the fast steps in place of the patterns above (unchanged off CUDA).
+
+    ``logger`` (an ``ILogger``) hears which dense layers run on sparse GEMMs under SPARSE_WEIGHTS.
+    """
     if not fast_kernels_enabled(dev):
         return plan
-    return _Rewriter(plan, description, dev).rewrite()
+    rewriter = _Rewriter(plan, description, dev)
+    fast = rewriter.rewrite()
+    if rewriter.sparse and logger is not None:
+        rewriter.log_sparsity(logger)
+    return fast
 
 
 @dataclass
@@ -95,6 +117,9 @@ class _Rewriter:
         self.key_bias_slot: dict[int, int] = {}  # mask-index slot -> additive key bias slot
         self.key_bias_dtype: dict[int, torch.dtype] = {}
         self.num_slots = plan.num_slots
+        self.sparse = SPARSE_FLAG in description.get("build", {}).get("flags", ())
+        self.sparse_layers: list[str] = []
+        self.dense_layers: list[str] = []  # fast dense layers that stay dense under SPARSE_WEIGHTS
 
     # ---- helpers
 
@@ -114,6 +139,28 @@ class _Rewriter:
 
     def trailing_ones(self, slot: int, count: int) -> bool:
         return all(d == 1 for d in self.tensors[slot]["shape"][-count:])
+
+    def users(self, slot: int) -> list[_Layer]:
+        return [layer for layer in self.layers if slot in layer.inputs]
+
+    def semi_structured(self, layer: _Layer, weight: torch.Tensor) -> torch.Tensor | None:
+        """The sparse form of a dense layer's weight under SPARSE_WEIGHTS, None where it stays dense."""
+        if not self.sparse:
+            return None
+        from helpers.sparsity import to_semi_structured
+
+        sparse = to_semi_structured(weight) if weight.dtype == torch.float16 else None
+        (self.dense_layers if sparse is None else self.sparse_layers).append(layer.name)
+        return sparse
+
+    def log_sparsity(self, logger: Any) -> None:
+        total = len(self.sparse_layers) + len(self.dense_layers)
+        logger.log(Severity.INFO, f"portable engine: SPARSE_WEIGHTS: {len(self.sparse_layers)} of {total} dense "
+                                  "layers run on 2:4 semi-structured sparse GEMMs (FP16 weights that are 2:4)")
+        for name in self.sparse_layers:
+            logger.log(Severity.INFO, f"portable engine: sparse GEMM: {name}")
+        for name in self.dense_layers:
+            logger.log(Severity.VERBOSE, f"portable engine: dense GEMM (weight not 2:4, or not FP16): {name}")
 
     def dense(self, layer: _Layer) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """A 1×1 convolution's ([out, in] weight, bias) in its compute dtype, or None if not one."""
@@ -179,25 +226,32 @@ class _Rewriter:
             return None
         weight, bias = dense
         spatial = len(conv.params["kernel_shape"])
+        gemm = _Gemm(weight, self.semi_structured(conv, weight))
         chain = self.gelu_chain(conv)
         if chain is not None and bias is not None:
-            return _dense_gelu(weight, bias, spatial), conv.inputs, chain[-1].outputs, [conv, *chain]
+            return _dense_gelu(gemm, bias, spatial), conv.inputs, chain[-1].outputs, [conv, *chain]
         skip_ln = self.skip_ln_after(conv)
         if skip_ln is not None:
-            fused = self.fused_dense_skip_ln(conv, weight, bias, skip_ln)
+            fused = self.fused_dense_skip_ln(conv, gemm, bias, skip_ln)
             if fused is not None:
                 return fused
-        return _dense(weight, bias, spatial), conv.inputs, conv.outputs, [conv]
+        return _dense(gemm, bias, spatial), conv.inputs, conv.outputs, [conv]
 
     def gelu_chain(self, conv: _Layer) -> list[_Layer] | None:
         x = conv.outputs[0]
         compute = conv.params["compute_dtype"]
+        following = [l for l in self.layers[conv.index + 1:] if l.kind != "constant"]
+        if not following:
+            return None
+        # The chain computes in the GEMM's type, or is pinned to FP32 after an FP16 GEMM.
+        chain_compute = following[0].params.get("compute_dtype")
+        if chain_compute != compute and (compute, chain_compute) != (int(DataType.HALF), int(DataType.FLOAT)):
+            return None
         chain: list[_Layer] = []
         prev = x
-        following = (l for l in self.layers[conv.index + 1:] if l.kind != "constant")
         for (kind, op, constant, wiring), layer in zip(_GELU_CHAIN, following):
             key = "op" if kind == "elementwise" else "activation"
-            if layer.kind != kind or layer.params.get(key) != int(op) or layer.params["compute_dtype"] != compute:
+            if layer.kind != kind or layer.params.get(key) != int(op) or layer.params["compute_dtype"] != chain_compute:
                 return None
             if kind == "activation" and (layer.inputs != (prev,)):
                 return None
@@ -212,10 +266,15 @@ class _Rewriter:
                         return None
             chain.append(layer)
             prev = layer.outputs[0]
-        if len(chain) != len(_GELU_CHAIN) or chain[-1].params["output_dtypes"][0] != compute:
+        if len(chain) != len(_GELU_CHAIN) or chain[-1].params["output_dtypes"][0] != chain_compute:
             return None
         inner = [x] + [l.outputs[0] for l in chain[:-1]]
         if not all(self.used_only_by(slot, chain) for slot in inner):
+            return None
+        result = chain[-1].outputs[0]
+        # The fused step writes the GEMM's type; only GEMMs (which cast their input) may read it then.
+        if chain_compute != compute and (result in self.engine_outputs
+                                         or any(user.kind != "convolution" for user in self.users(result))):
             return None
         return chain
 
@@ -225,11 +284,12 @@ class _Rewriter:
         if len(users) != 1 or self.uses.get(out) != 1:
             return None
         user = users[0]
-        if user.kind != "plugin" or user.params["plugin"] != SKIP_LN or user.inputs[0] != out:
+        if (user.kind != "plugin" or user.params["plugin"] != SKIP_LN or user.params["version"] not in FIXED_SKIP_LN_VERSIONS
+                or user.inputs[0] != out):
             return None
         return user
 
-    def fused_dense_skip_ln(self, conv: _Layer, weight: torch.Tensor, bias: torch.Tensor | None, skip_ln: _Layer):
+    def fused_dense_skip_ln(self, conv: _Layer, gemm: "_Gemm", bias: torch.Tensor | None, skip_ln: _Layer):
         params, values = self.plugin_weights(skip_ln)
         compute = compute_type(params["type_id"])
         if (params["type_id"] == int(DataType.INT8) or compute != DataType(conv.params["compute_dtype"])
@@ -239,7 +299,7 @@ class _Rewriter:
         total_bias = total_bias + np.array(values.get("bias", 0.0), dtype=np.float32).ravel()
         total_bias = np.broadcast_to(total_bias, (params["hidden_size"],))
         ln = self.layernorm_params(params, values)
-        run = _dense_skip_layernorm(weight, self.tensor(total_bias, torch.float32), *ln)
+        run = _dense_skip_layernorm(gemm, self.tensor(total_bias, torch.float32), *ln)
         return run, (conv.inputs[0], skip_ln.inputs[1]), skip_ln.outputs, [conv, skip_ln]
 
     def layernorm_params(self, params: dict[str, Any], values: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -251,9 +311,13 @@ class _Rewriter:
         name, version = layer.params["plugin"], layer.params["version"]
         if name == EMB_LN and version in ("1", "6"):
             return self.fast_embedding(layer)
+        if name == EMB_LN and version in VARLEN_EMB_LN_VERSIONS:
+            return self.fast_embedding_varlen(layer, VARLEN_EMB_LN_VERSIONS[version])
         if name == QKV and version in ("1", "4"):
             return self.fast_attention(layer)
-        if name == SKIP_LN and version in ("1", "5", "2", "6"):
+        if name == QKV and version in ("2", "5"):
+            return self.fast_attention_varlen(layer)
+        if name == SKIP_LN and version in FIXED_SKIP_LN_VERSIONS:
             params, values = self.plugin_weights(layer)
             compute = TORCH_DTYPE[compute_type(params["type_id"])]
             if params["type_id"] == int(DataType.INT8):
@@ -262,17 +326,32 @@ class _Rewriter:
             return _skip_layernorm(compute, bias, *self.layernorm_params(params, values)), layer.inputs, layer.outputs, [layer]
         return None
 
-    def fast_embedding(self, layer: _Layer):
+    def embedding_weights(self, layer: _Layer):
+        """(params, [word, token type, position] tables, gamma, beta), or None if the types differ."""
         params, values = self.plugin_weights(layer)
         out_type = DataType(params["output_type"])
         if DataType(layer.params["output_dtypes"][0]) != out_type:
             return None
         dt = TORCH_DTYPE[out_type]
         hidden = params["hidden_size"]
-
         tables = [self.tensor(values[f"bert_embeddings_{k}_embeddings"], dt).reshape(-1, hidden)
                   for k in ("word", "token_type", "position")]
         gamma, beta = (self.tensor(values[f"bert_embeddings_layernorm_{k}"], torch.float32) for k in ("gamma", "beta"))
+        return params, tables, gamma, beta
+
+    def fast_embedding_varlen(self, layer: _Layer, megatron: bool):
+        weights = self.embedding_weights(layer)
+        if weights is None:
+            return None
+        _, tables, gamma, beta = weights
+        return _embedding_varlen(tables, gamma, beta, megatron), layer.inputs, layer.outputs, [layer]
+
+    def fast_embedding(self, layer: _Layer):
+        weights = self.embedding_weights(layer)
+        if weights is None:
+            return None
+        params, tables, gamma, beta = weights
+        dt = tables[0].dtype
         bias_slot = self.num_slots
         self.num_slots += 1
         self.key_bias_slot[layer.outputs[1]] = bias_slot
@@ -293,6 +372,19 @@ class _Rewriter:
         if bias_slot is None or self.key_bias_dtype[bias_slot] != dtype:
             return _attention_from_mask(heads, dtype), layer.inputs, layer.outputs, [layer]
         return _attention(heads, dtype), (layer.inputs[0], bias_slot), layer.outputs, [layer]
+
+    def fast_attention_varlen(self, layer: _Layer):
+        params, _ = self.plugin_weights(layer)
+        if not params["var_seqlen"]:
+            return self.fast_attention(layer)
+        heads, type_id = params["num_heads"], params["type_id"]
+        head_size = params["hidden_size"] // heads
+        # The fused varlen kernels take head sizes that are multiples of 8, up to 256.
+        if (type_id == int(DataType.INT8) or DataType(layer.params["output_dtypes"][0]) != DataType(type_id)
+                or head_size % 8 or head_size > 256):
+            return None
+        qkv, _, cu_seqlens, max_seqlen = layer.inputs
+        return _attention_varlen(heads, TORCH_DTYPE[DataType(type_id)]), (qkv, cu_seqlens, max_seqlen), layer.outputs, [layer]
 
 
 def _with_releases(steps: list[Any], keep: set[int], step_type: type) -> list[Any]:
@@ -325,42 +417,71 @@ def _release(count: int) -> Callable[[], tuple[None, ...]]:
 Run = Callable[..., tuple[torch.Tensor, ...]]
 
 
-def _dense(weight: torch.Tensor, bias: torch.Tensor | None, spatial: int) -> Run:
+@dataclass(frozen=True)
+class _Gemm:
+    """``rows [M, in] @ weightᵀ``: cuBLAS on the dense [out, in] weight, or the semi-structured
+    sparse GEMM when ``sparse`` holds the weight's 2:4 form.  Results are contiguous [M, out]."""
+
+    weight: torch.Tensor
+    sparse: torch.Tensor | None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weight.dtype
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, rows: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.sparse is not None:
+            return F.linear(rows, self.sparse, bias).contiguous()
+        weight_t = self.weight.t()
+        return torch.addmm(bias, rows, weight_t) if bias is not None else torch.mm(rows, weight_t)
+
+
+def _dense(gemm: _Gemm, bias: torch.Tensor | None, spatial: int) -> Run:
     """x [..., C, 1, ...] (``spatial`` trailing ones) → [..., K, 1, ...]."""
-    out_features, in_features = weight.shape
-    weight_t = weight.t()
     ones = (1,) * spatial
 
     def run(x: torch.Tensor) -> tuple[torch.Tensor]:
-        rows = x.to(weight.dtype).reshape(-1, in_features)
-        y = torch.addmm(bias, rows, weight_t) if bias is not None else torch.mm(rows, weight_t)
-        return (y.view(*x.shape[: x.dim() - spatial - 1], out_features, *ones),)
+        y = gemm(x.to(gemm.dtype).reshape(-1, gemm.in_features), bias)
+        return (y.view(*x.shape[: x.dim() - spatial - 1], gemm.out_features, *ones),)
 
     return run
 
 
-def _dense_gelu(weight: torch.Tensor, bias: torch.Tensor, spatial: int) -> Run:
-    out_features, in_features = weight.shape
-    weight_t = weight.t()
+def _dense_gelu(gemm: _Gemm, bias: torch.Tensor, spatial: int) -> Run:
+    """Dense: one GEMM with the cuBLASLt bias + GELU epilogue; sparse: the GEMM, then one Triton
+    bias + GELU pass."""
     ones = (1,) * spatial
 
     def run(x: torch.Tensor) -> tuple[torch.Tensor]:
-        y = torch._addmm_activation(bias, x.to(weight.dtype).reshape(-1, in_features), weight_t, use_gelu=True)
-        return (y.view(*x.shape[: x.dim() - spatial - 1], out_features, *ones),)
+        rows = x.to(gemm.dtype).reshape(-1, gemm.in_features)
+        if gemm.sparse is None:
+            y = torch._addmm_activation(bias, rows, gemm.weight.t(), use_gelu=True)
+        else:
+            from helpers.portable.kernels.gelu import bias_gelu_into
+
+            product = gemm(rows)
+            y = torch.empty_like(product)
+            bias_gelu_into(y, product, bias)
+        return (y.view(*x.shape[: x.dim() - spatial - 1], gemm.out_features, *ones),)
 
     return run
 
 
-def _dense_skip_layernorm(weight: torch.Tensor, bias: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+def _dense_skip_layernorm(gemm: _Gemm, bias: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
                           eps: float) -> Run:
     from helpers.portable.kernels.norms import skip_layernorm_into
 
-    out_features, in_features = weight.shape
-    weight_t = weight.t()
-
     def run(x: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor]:
-        y = torch.mm(x.to(weight.dtype).reshape(-1, in_features), weight_t)
-        skip = skip.to(weight.dtype).contiguous()
+        y = gemm(x.to(gemm.dtype).reshape(-1, gemm.in_features))
+        skip = skip.to(gemm.dtype).contiguous()
         out = torch.empty_like(skip)
         skip_layernorm_into(out, None, y, skip, gamma, beta, bias, eps)
         return (out,)
@@ -396,6 +517,48 @@ def _embedding(tables: list[torch.Tensor], gamma: torch.Tensor, beta: torch.Tens
         bias = torch.empty(batch, 1, 1, seq_len, dtype=bias_dtype, device=ids.device)
         mask_index_and_bias_into(index, bias, mask)
         return out, index, bias
+
+    return run
+
+
+def packed_positions(cu_seqlens: torch.Tensor, tokens: int) -> torch.Tensor:
+    """[T] position of every packed token in its sequence, -1 past ``cu_seqlens[-1]``; on the
+    device, no host synchronisation."""
+    index = torch.arange(tokens, device=cu_seqlens.device)
+    ends = cu_seqlens[1:].long()
+    sequence = torch.searchsorted(ends, index, right=True)
+    starts = torch.cat([cu_seqlens[:1].long(), ends])
+    positions = index - starts[sequence]
+    return torch.where(index < ends[-1:], positions, -1)
+
+
+def _embedding_varlen(tables: list[torch.Tensor], gamma: torch.Tensor, beta: torch.Tensor, megatron: bool) -> Run:
+    from helpers.portable.kernels.norms import embed_layernorm_into
+
+    word, token_type, position = tables
+    hidden = gamma.numel()
+
+    def run(ids: torch.Tensor, segs: torch.Tensor, cu_seqlens: torch.Tensor, _max_seqlen: torch.Tensor
+            ) -> tuple[torch.Tensor, ...]:
+        tokens = ids.shape[0]
+        out = torch.empty(tokens, hidden, 1, 1, dtype=word.dtype, device=ids.device)
+        summed = torch.empty_like(out) if megatron else None
+        if tokens:
+            positions = packed_positions(cu_seqlens, tokens)
+            embed_layernorm_into(out, summed, ids.view(tokens, 1), segs.view(tokens, 1), positions.view(tokens, 1),
+                                 word, token_type, position, gamma, beta)
+        second = summed if megatron else torch.zeros((), dtype=torch.int32, device=ids.device)
+        return out, second
+
+    return run
+
+
+def _attention_varlen(heads: int, dtype: torch.dtype) -> Run:
+    def run(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: torch.Tensor) -> tuple[torch.Tensor]:
+        tokens = qkv.shape[0]
+        # The length of max_seqlen bounds every sequence's length and is known on the host.
+        ctx = attention_varlen(qkv.to(dtype).reshape(tokens, -1), cu_seqlens, heads, max_seqlen.shape[0])
+        return (ctx.view(tokens, -1, 1, 1),)
 
     return run
 
