@@ -192,6 +192,68 @@ def test_cuda_fp8_linear_agrees_with_the_cpu_emulation():
     torch.testing.assert_close(gpu, cpu, rtol=0, atol=2e-3 * float(cpu.abs().max()))
 
 
+@CUDA
+@pytest.mark.parametrize("gelu", [False, True])
+def test_cuda_fused_int8_gemm_is_the_reference_gemm(gelu):
+    from helpers.portable.int8_plan import fast_int8_gemm, int8_gemm
+
+    x = torch.randn(300, 1024, generator=gen(30)).cuda().half()
+    weight = (torch.randn(520, 1024, generator=gen(31)) / 32).cuda()
+    bias = torch.randn(520, generator=gen(32)).cuda()
+    amax = float(x.abs().max())
+    reference = int8_gemm(weight, bias, amax)(x)
+    if gelu:
+        reference = ops.gelu_tanh(reference.float())
+    fused = fast_int8_gemm(weight, bias, amax, gelu, torch.float16)(x).float()
+    # Same codes except where a float32 division rounds across a tie: one input step.
+    step = q.scale_from_amax(amax) * float(weight.abs().max())
+    assert (fused - reference.float()).abs().max() <= step + 2e-3 * float(reference.abs().max())
+
+
+@CUDA
+def test_cuda_fused_fp8_gemm_is_the_reference_gemm():
+    from helpers.portable.int8_plan import fast_fp8_gemm, fp8_gemm
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need SM 8.9+")
+    x = torch.randn(300, 1024, generator=gen(33)).cuda().half()
+    weight = (torch.randn(512, 1024, generator=gen(34)) / 32).cuda()
+    bias = torch.randn(512, generator=gen(35)).cuda()
+    amax = float(x.abs().max())
+    reference = fp8_gemm(weight, bias, amax)(x).float()
+    fused = fast_fp8_gemm(weight, bias, amax, False, torch.float16)(x).float()
+    torch.testing.assert_close(fused, reference, rtol=0, atol=5e-3 * float(reference.abs().max()))
+
+
+@CUDA
+def test_cuda_fused_int8_skip_layernorm_is_the_reference():
+    from helpers.portable.kernels import quant_kernels
+
+    x, skip = (t.cuda().half() for t in torch.randn(2, 64, 8, 1024, generator=gen(36)))
+    gamma, beta, bias = (t.cuda() for t in torch.randn(3, 1024, generator=gen(37)))
+    scales = (0.03, 0.025, 0.04)
+    reference, _ = q.int8_skip_layernorm(x, skip, gamma, beta, *scales, 1e-5, bias)
+    fused = torch.empty_like(x)
+    quant_kernels.int8_skip_layernorm_into(fused, x, skip, gamma, beta, bias, *scales, 1e-5)
+    assert (fused.float() - reference.float()).abs().max() <= scales[2] * 1.001
+
+
+@CUDA
+def test_cuda_int8_attention_runs_fp16_attention_on_int8_values():
+    """-imh on CUDA: fused FP16 attention of the INT8 Q, K, V values (no probability quantization),
+    its context quantized: within one context step of the float attention of the same values."""
+    from helpers.portable.int8_plan import _fast_int8_attention
+
+    raw = torch.randn(128, 4, 3 * 4 * 64, 1, 1, generator=gen(38))
+    qkv_scale, ctx_scale = q.scale_from_amax(float(raw.abs().max())), 0.02
+    qkv = q.fake_quantize(raw, qkv_scale)  # already on the INT8 grid: FP16 keeps its codes
+    mask = torch.tensor([128, 100, 7, 64], dtype=torch.int32)[:, None]
+    oracle = q.fake_quantize(ops.attention_fixed(qkv.flatten(2), mask[:, 0], 4), ctx_scale)
+    attention = _fast_int8_attention(4, True, qkv_scale, ctx_scale, torch.float16)
+    (fused,) = attention(qkv.cuda().half(), mask.cuda())
+    assert (fused.float().cpu().flatten(2) - oracle).abs().max() <= ctx_scale * 1.001
+
+
 # ---------------------------------------------------------------------------------------------
 # Engines: builder.py on the portable engine (CPU), INT8 vs FP32 of the same weights
 

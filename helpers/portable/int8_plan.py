@@ -127,17 +127,19 @@ def lower_int8(plan: Any, description: dict[str, Any], dev: torch.device) -> Any
     replaced: dict[int, Any] = {}
     for index in runnable:
         layer, step = description["layers"][index], step_of[index]
-        run = lowering.run_for(layer)
-        if run is None or index in replaced:
+        if index in replaced:
             continue
         chain = gelu_chains.get(index) if layer["kind"] == "convolution" else None
+        run = lowering.run_for(layer, gelu=chain is not None)
+        if run is None:
+            continue
         if chain is None:
             replaced[index] = Step(STEP_PREFIX + layer["name"], run, step.inputs, step.outputs)
             continue
-        # The builder's 8-layer GELU after an INT8 GEMM becomes one fast GELU pass on the GEMM's
-        # output; the chain's steps stay in place as empty steps (one step per layer).
+        # The builder's 8-layer GELU after an INT8 GEMM is applied by the GEMM's step (in its
+        # dequantize pass); the chain's steps stay in place as empty steps (one step per layer).
         last = description["layers"][chain[-1]]
-        replaced[index] = Step(STEP_PREFIX + layer["name"], _then_gelu(run), step.inputs, tuple(last["outputs"]))
+        replaced[index] = Step(STEP_PREFIX + layer["name"], run, step.inputs, tuple(last["outputs"]))
         for member in chain:
             replaced[member] = Step(STEP_PREFIX + description["layers"][member]["name"], _nothing, (), ())
     steps = [replaced.get(index, step_of[index]) for index in runnable]
@@ -176,7 +178,10 @@ def _nothing() -> Sequence[torch.Tensor]:
 
 class _Lowering:
     def __init__(self, description: dict[str, Any], dev: torch.device, strict: bool, fp8: bool) -> None:
+        from helpers.portable.kernels.plan import fast_kernels_enabled
+
         self.dev, self.strict, self.fp8 = dev, strict, fp8
+        self.fast = fast_kernels_enabled(dev)
         self.amax: dict[int, float] = {}
         for slot, tensor in enumerate(description["tensors"]):
             if tensor["dynamic_range"] is not None:
@@ -187,9 +192,10 @@ class _Lowering:
             return None
         return [q.scale_from_amax(self.amax[slot]) for slot in slots]
 
-    def run_for(self, layer: dict[str, Any]) -> Run | None:
+    def run_for(self, layer: dict[str, Any], gelu: bool = False) -> Run | None:
+        """The layer's INT8 step (a convolution's followed by the tanh GELU when ``gelu``)."""
         if layer["kind"] == "convolution":
-            return self.convolution(layer)
+            return self.convolution(layer, gelu)
         if layer["kind"] == "plugin" and layer["params"]["plugin"] in (QKV, SKIP_LN):
             return self.plugin(layer)
         return None
@@ -199,7 +205,7 @@ class _Lowering:
 
     # ---- GEMMs
 
-    def convolution(self, layer: dict[str, Any]) -> Run | None:
+    def convolution(self, layer: dict[str, Any], gelu: bool) -> Run | None:
         p = layer["params"]
         source = layer["inputs"][0]
         if source not in self.amax or any(k != 1 for k in p["kernel_shape"]) or p.get("num_groups", 1) != 1:
@@ -208,8 +214,16 @@ class _Lowering:
             return None
         weight = self.float32(p["kernel"]).reshape(p["num_output_maps"], -1)
         bias = None if p["bias"] is None else self.float32(p["bias"])
+        out_dtype = TORCH_DTYPE[DataType(p["output_dtypes"][0])]
+        spatial = len(p["kernel_shape"])
+        if self.fast:
+            make_fast = fast_fp8_gemm if self.fp8 else fast_int8_gemm
+            fast = make_fast(weight, bias, self.amax[source], gelu, out_dtype)
+            if fast is not None:
+                return _channel_gemm(fast, spatial, out_dtype)
         gemm = fp8_gemm(weight, bias, self.amax[source]) if self.fp8 else int8_gemm(weight, bias, self.amax[source])
-        return _channel_gemm(gemm, len(p["kernel_shape"]), TORCH_DTYPE[DataType(p["output_dtypes"][0])])
+        run = _channel_gemm(gemm, spatial, out_dtype)
+        return _then_gelu(run) if gelu else run
 
     # ---- plugins
 
@@ -246,6 +260,8 @@ class _Lowering:
 
                 return attention_packed
             has_mask = bool(params["has_mask"])
+            if self.fast:
+                return _fast_int8_attention(heads, has_mask, qkv_scale, ctx_scale, out_types[0])
 
             def attention_fixed(qkv: torch.Tensor, mask: torch.Tensor | None = None) -> Sequence[torch.Tensor]:
                 mask_idx = mask[:, 0] if has_mask and mask is not None else None
@@ -263,6 +279,8 @@ class _Lowering:
         gamma, beta = self.float32(values["gamma"]).ravel(), self.float32(values["beta"]).ravel()
         bias = self.float32(values["bias"]).ravel() if "bias" in values else None
         eps = ops.skip_layernorm_eps(gamma.numel(), torch.int8)
+        if self.fast and not interleaved and sum_scale is None:
+            return _fast_int8_skip_layernorm(gamma, beta, bias, x_scale, skip_scale, out_scale, eps, out_types[0])
 
         def skip_layernorm(x: torch.Tensor, skip: torch.Tensor) -> Sequence[torch.Tensor]:
             if interleaved:
@@ -310,3 +328,108 @@ def _channel_gemm(gemm: Callable[[torch.Tensor], torch.Tensor], spatial: int, ou
         return (y.to(out_dtype),)
 
     return run
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA: the same arithmetic with the quantize / dequantize passes in Triton (kernels/quant_kernels.py)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def fast_int8_gemm(
+    weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float, gelu: bool, out_dtype: torch.dtype
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``int8_gemm`` (then the tanh GELU when ``gelu``) as three kernels: one quantize pass,
+    ``torch._int_mm`` on the column-major weight codes, one dequantize + bias (+ GELU) pass."""
+    from helpers.portable.kernels import quant_kernels as qk
+
+    codes_w = q.quantize_linear_weights(weight)
+    in_scale = q.scale_from_amax(in_amax)
+    n, k = codes_w.codes.shape
+    depth, cols = _round_up(k, q._INT_MM_MULTIPLE), _round_up(n, q._INT_MM_MULTIPLE)
+    weight_t = q._pad_to(codes_w.codes, cols, depth).contiguous().t()
+    col_scales = torch.nn.functional.pad(codes_w.scales * in_scale, (0, cols - n)).contiguous()
+    bias_cols = None if bias is None else torch.nn.functional.pad(bias.float(), (0, cols - n)).contiguous()
+
+    def gemm(rows: torch.Tensor) -> torch.Tensor:
+        m = rows.shape[0]
+        codes = torch.empty(m, k, dtype=torch.int8, device=rows.device)
+        qk.elementwise_into(codes, rows.contiguous(), qk.INT8_CODES, in_scale)
+        acc = torch._int_mm(q._pad_to(codes, max(m, q._INT_MM_MIN_ROWS), depth), weight_t)[:m]
+        y = torch.empty(m, cols, dtype=out_dtype, device=rows.device)
+        qk.elementwise_into(y, acc, qk.FLOAT_VALUES, col_scales=col_scales, bias=bias_cols, gelu=gelu)
+        return y[:, :n]
+
+    return gemm
+
+
+def fast_fp8_gemm(
+    weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float, gelu: bool, out_dtype: torch.dtype
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``fp8_gemm`` with its input cast in one Triton pass and the bias in cuBLASLt's epilogue;
+    None where ``_scaled_mm`` does not apply (sizes not multiples of 16, float32 output)."""
+    from helpers.portable import kernels
+    from helpers.portable.kernels import quant_kernels as qk
+
+    n, k = weight.shape
+    if k % 16 or n % 16 or out_dtype not in (torch.float16, torch.bfloat16):
+        return None
+    codes_w = q.quantize_fp8_weights(weight)
+    in_scale = q.fp8_input_scale(in_amax, weight.device)
+    scale_value = float(in_scale)
+    bias_out = None if bias is None else bias.to(out_dtype)
+
+    def gemm(rows: torch.Tensor) -> torch.Tensor:
+        m = rows.shape[0]
+        codes = torch.zeros(_round_up(m, 16), k, dtype=torch.float8_e4m3fn, device=rows.device) if m % 16 else \
+            torch.empty(m, k, dtype=torch.float8_e4m3fn, device=rows.device)
+        qk.elementwise_into(codes[:m], rows.contiguous(), qk.FP8_CODES, scale_value)
+        y = torch._scaled_mm(codes, codes_w.codes.t(), scale_a=in_scale, scale_b=codes_w.scale, bias=bias_out,
+                             out_dtype=out_dtype)[:m]
+        return kernels.gelu_tanh(y) if gelu else y
+
+    return gemm
+
+
+def _fake_quantize_fast(x: torch.Tensor, scale: float) -> torch.Tensor:
+    from helpers.portable.kernels import quant_kernels as qk
+
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    qk.elementwise_into(out, x, qk.INT8_VALUES, scale)
+    return out
+
+
+def _fast_int8_attention(heads: int, has_mask: bool, qkv_scale: float, ctx_scale: float, out_type: torch.dtype) -> Run:
+    """``-imh`` attention on CUDA: Q, K, V and the context hold INT8 values (quantized with their
+    ranges), the attention itself runs on them in FP16 (cuDNN / flash through SDPA).  Unlike
+    ``quantization.int8_attention`` the probabilities stay unquantized (no ``dq_probs`` step):
+    fused FP16 attention never materializes them."""
+    from helpers.portable import kernels
+
+    def attention(qkv: torch.Tensor, mask: torch.Tensor | None = None) -> Sequence[torch.Tensor]:
+        mask_idx = mask[:, 0] if has_mask and mask is not None else None
+        values = _fake_quantize_fast(qkv.flatten(2), qkv_scale)
+        ctx = _fake_quantize_fast(kernels.attention_fixed(values, mask_idx, heads), ctx_scale)
+        return (ctx.unflatten(-1, (-1, 1, 1)).to(out_type),)
+
+    return attention
+
+
+def _fast_int8_skip_layernorm(
+    gamma: torch.Tensor, beta: torch.Tensor, bias: torch.Tensor | None, x_scale: float, skip_scale: float,
+    out_scale: float, eps: float, out_type: torch.dtype,
+) -> Run:
+    """``-iln`` skip-LayerNorm on CUDA: ``quantization.int8_skip_layernorm`` as one Triton row pass."""
+    from helpers.portable.kernels import quant_kernels as qk
+
+    def skip_layernorm(x: torch.Tensor, skip: torch.Tensor) -> Sequence[torch.Tensor]:
+        axis = 2 if x.dim() == 5 else 1
+        x_rows, skip_rows = x.movedim(axis, -1).contiguous(), skip.movedim(axis, -1).contiguous()
+        out = torch.empty_like(x_rows)
+        qk.int8_skip_layernorm_into(out, x_rows, skip_rows, gamma, beta, bias, x_scale, skip_scale, out_scale, eps)
+        return (out.movedim(-1, axis).to(out_type),)
+
+    return skip_layernorm

@@ -1,0 +1,100 @@
+"""Issue 6 on the GPU: FP16 vs INT8 vs FP8 portable engines, BERT-large, batch 128, S = 128 / 384.
+
+Builds the three fixed-length engines from one random BERT-large (INT8 with
+scripts/inference_benchmark.sh's ``-i --strict -iln -imh``, PTQ on the hand-made SQuAD set of
+bench/int8_accuracy.py; FP8 the same plus ``--fp8``), times CUDA-graph replays (bench.timing), reads
+each run's peak GPU memory, and profiles one eager forward per engine at the first length (device
+time per kernel category and the largest kernels, bench.compare.profile_kernels).  Prints one JSON
+line per measurement and writes them all to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VARIANTS = {"fp16": ["-f"], "int8": ["-f", "-i", "--strict", "-iln", "-imh"],
+            "fp8": ["-f", "-i", "--strict", "-iln", "-imh", "--fp8"]}
+
+
+def fixed_inputs(batch: int, seq: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"input_ids": rng.integers(0, 30522, (batch, seq), dtype=np.int32),
+            "segment_ids": rng.integers(0, 2, (batch, seq), dtype=np.int32),
+            "input_mask": np.ones((batch, seq), np.int32)}
+
+
+def measure(engine: Path, batch: int, seq: int, iterations: int, profile: bool) -> dict:
+    from bench.compare import profile_kernels
+    from bench.gpu_records import free_gpu_memory
+    from bench.timing import time_cuda
+    from helpers.runner import EngineRunner
+
+    free_gpu_memory()
+    runner = EngineRunner(engine, device="cuda", enable_graph=True)
+    runner.activate(batch, seq)
+    runner.copy_inputs(fixed_inputs(batch, seq))
+    runner.synchronize()
+    with torch.cuda.stream(runner.stream):
+        graph = time_cuda(runner.execute, warmup=3, iterations=iterations)
+        result = {"graph_ms": graph.median_ms, "peak_mib": torch.cuda.max_memory_allocated() / 2**20}
+        if profile:
+            runner.enable_graph = False
+            result.update(profile_kernels(runner.execute, iterations=1))
+    del runner
+    free_gpu_memory()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="JSON file of all measurements")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--seq", type=int, action="append", help="sequence lengths (default 128 and 384)")
+    parser.add_argument("--precision", action="append", choices=sorted(VARIANTS), help="engines (default all)")
+    parser.add_argument("--iterations", type=int, default=10)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("error: bench/int8_speed.py needs a CUDA GPU", file=sys.stderr)
+        return 1
+    from bench.gpu_records import Setup, Workspace, build
+    from bench.check_builder_gpu import SHAPES
+
+    seqs = tuple(args.seq or (128, 384))
+    setup = Setup("cuda", SHAPES["bert-large"], ["-f"], (seqs[0], seqs[-1]), (args.batch,), (args.batch,), 10, 3, [], [])
+    records = []
+    with tempfile.TemporaryDirectory() as scratch:
+        ws = Workspace(Path(scratch), setup)
+        calibration = ["-j", str(ws.squad()), "-v", ws.vocab(), "-n", "4", "-p", str(ws.root / "calib.cache")]
+        for precision in args.precision or list(VARIANTS):
+            engine = ws.root / f"{precision}.engine"
+            flags = VARIANTS[precision] + (calibration if "-i" in VARIANTS[precision] else [])
+            build("builder.py", [*ws.common(), "-o", str(engine), *flags, "-b", str(args.batch),
+                                 *[a for s in seqs for a in ("-s", str(s))]])
+            for index, seq in enumerate(seqs):
+                record = {"precision": precision, "batch": args.batch, "seq": seq,
+                          **measure(engine, args.batch, seq, args.iterations, profile=index == 0)}
+                print(json.dumps(record), flush=True)
+                records.append(record)
+            engine.unlink()
+    by_key = {(r["precision"], r["seq"]): r["graph_ms"] for r in records}
+    for (precision, seq), ms in sorted(by_key.items()):
+        base = by_key.get(("fp16", seq))
+        ratio = f"{base / ms:.2f}x FP16 throughput" if base else ""
+        print(f"{precision} S={seq} B={args.batch}: {ms:.2f} ms {ratio}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_suffix(".partial")
+    partial.write_text(json.dumps(records, indent=1), encoding="utf-8")
+    os.replace(partial, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
