@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -76,14 +77,18 @@ def main(argv: list[str] | None = None) -> int:
         for precision in args.precision or list(VARIANTS):
             engine = ws.root / f"{precision}.engine"
             flags = VARIANTS[precision] + (calibration if "-i" in VARIANTS[precision] else [])
-            build("builder.py", [*ws.common(), "-o", str(engine), *flags, "-b", str(args.batch),
-                                 *[a for s in seqs for a in ("-s", str(s))]])
-            for index, seq in enumerate(seqs):
-                record = {"precision": precision, "batch": args.batch, "seq": seq,
-                          **measure(engine, args.batch, seq, args.iterations, profile=index == 0)}
-                print(json.dumps(record), flush=True)
-                records.append(record)
-            engine.unlink()
+            try:  # one engine's failure still leaves the others' numbers
+                build("builder.py", [*ws.common(), "-o", str(engine), *flags, "-b", str(args.batch),
+                                     *[a for s in seqs for a in ("-s", str(s))]])
+                for index, seq in enumerate(seqs):
+                    record = {"precision": precision, "batch": args.batch, "seq": seq,
+                              **measure(engine, args.batch, seq, args.iterations, profile=index == 0)}
+                    print(json.dumps(record), flush=True)
+                    records.append(record)
+            except Exception:
+                print(f"{precision} failed:", file=sys.stderr)
+                traceback.print_exc()
+            engine.unlink(missing_ok=True)
     by_key = {(r["precision"], r["seq"]): r["graph_ms"] for r in records}
     for (precision, seq), ms in sorted(by_key.items()):
         base = by_key.get(("fp16", seq))

@@ -24,8 +24,16 @@ rewrite): steps that TensorRT would run in INT8 are replaced by the exact intege
   precision for tensors it has no scale for.
 
 Replaced steps are named ``int8:<layer name>`` and keep the plan's one-step-per-layer order, so the
-CUDA fast-path rewrite (``kernels/plan.py``) leaves them alone.  On CUDA the builder's 8-layer GELU
-after an INT8 GEMM becomes one fast GELU pass (its other steps become empty steps).
+CUDA fast-path rewrite (``kernels/plan.py``) leaves them alone.
+
+On CUDA (where ``kernels/plan.py`` runs its fast path) the same arithmetic runs with few passes over
+memory (Triton kernels of ``kernels/quant_kernels.py``): a GEMM is one quantize pass, the tensor-core
+GEMM on weight codes made once at load (``torch._int_mm`` on the column-major int8 codes, or FP8
+``torch._scaled_mm`` with the bias in its epilogue), and for INT8 one dequantize + bias pass; the
+builder's 8-layer GELU after a GEMM is applied in that pass (its other steps become empty steps);
+``-iln`` skip-LayerNorm is one row pass; ``-imh`` attention quantizes Q, K, V and the context
+with their ranges and runs fused FP16 attention (SDPA) in between, so, unlike the CPU
+simulation, it does not quantize the probabilities with ``dq_probs``.
 """
 
 from __future__ import annotations
