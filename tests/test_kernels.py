@@ -252,12 +252,14 @@ def packed_inputs(lengths: list[int], vocab: int = 97) -> tuple[torch.Tensor, ..
             torch.zeros(PACKED_MAX_SEQ, dtype=torch.int32, device="cuda"))
 
 
-def build_tiny_packed_engine(folder, fp16: bool, *extra: str, pruned: bool = False) -> dict:
+def build_tiny_packed_engine(folder, fp16: bool, *extra: str, name: str = "packed") -> dict:
+    """A packed engine of the model in ``folder`` (saved there first if there is none)."""
     import builder_varseqlen
     from helpers.portable.engine_file import read_engine
 
-    save_tiny_model(folder, max_positions=PACKED_MAX_SEQ, pruned=pruned)
-    path = folder / "packed.engine"
+    if not (folder / "config.json").exists():
+        save_tiny_model(folder, max_positions=PACKED_MAX_SEQ)
+    path = folder / f"{name}.engine"
     argv = ["--hf", str(folder), "-o", str(path), "-b", str(len(PACKED_LENGTHS)), "-s", str(PACKED_MAX_SEQ),
             "--backend", "portable", "--device", "cuda", *(["--fp16"] if fp16 else []), *extra]
     assert builder_varseqlen.main(argv) == 0
@@ -368,8 +370,9 @@ def test_sparse_weights_run_sparse_gemms_with_the_dense_logits(tmp_path):
     from helpers.portable.kernels.plan import optimize_plan
 
     dev = torch.device("cuda")
-    dense = build_tiny_packed_engine(tmp_path / "dense", True, pruned=True)
-    sparse = build_tiny_packed_engine(tmp_path / "sparse", True, "-sp", pruned=True)
+    save_tiny_model(tmp_path, max_positions=PACKED_MAX_SEQ, pruned=True)
+    dense = build_tiny_packed_engine(tmp_path, True, name="dense")
+    sparse = build_tiny_packed_engine(tmp_path, True, "-sp", name="sparse")
     assert "SPARSE_WEIGHTS" in sparse["build"]["flags"] and "SPARSE_WEIGHTS" not in dense["build"]["flags"]
     logger = RecordingLogger()
     sparse_plan = optimize_plan(runtime.build_plan(sparse, dev), sparse, dev, logger)
