@@ -104,7 +104,7 @@ class Setup:
         return self.seq_lengths[-1]
 
 
-def make_setup(tiny: bool) -> Setup:
+def make_setup(tiny: bool, iterations: int | None = None) -> Setup:
     from bench.check_builder_gpu import SHAPES
 
     if tiny:
@@ -113,7 +113,8 @@ def make_setup(tiny: bool) -> Setup:
                      [f for f in INT8_BUILD_FLAGS if f not in ("-imh", "-iln")])
     if not torch.cuda.is_available():
         raise RecordsError("needs a CUDA GPU (use --tiny to check the script on a CPU)")
-    return Setup("cuda", SHAPES["bert-large"], ["-f"], (128, 384), (1, 32, 128), (32, 128), 100, 10, [], INT8_BUILD_FLAGS)
+    return Setup("cuda", SHAPES["bert-large"], ["-f"], (128, 384), (1, 32, 128), (32, 128), iterations or 100, 10, [],
+                 INT8_BUILD_FLAGS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -660,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections (default: all): {', '.join(SECTIONS)}")
     parser.add_argument("--tiny", action="store_true", help="a tiny model on the CPU, to check the script")
+    parser.add_argument("--iterations", type=int, default=None, help="timed runs per perf measurement (default: 100)")
     parser.add_argument("--out-dir", default="docs/perf", help="where records.json and records.md go (default: docs/perf)")
     parser.add_argument("--merge", nargs="+", metavar="RECORDS_JSON",
                         help="combine the sections of earlier records.json files (later files win) instead of measuring")
@@ -675,7 +677,9 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [n for n in names if n not in SECTIONS]
         if unknown:
             raise RecordsError(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
-        setup = make_setup(args.tiny)
+        if args.iterations is not None and args.iterations < 20:
+            raise RecordsError("--iterations must be at least 20")
+        setup = make_setup(args.tiny, args.iterations)
         os.environ["DEMOBERT_DEVICE"] = setup.device
         return run_sections(names, setup, Path(args.out_dir))
     except RecordsError as error:
