@@ -353,7 +353,10 @@ def test_int8_without_ranges_runs_unquantized_and_sparsity_warns(logger, device)
     config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
     engine = build(logger, network, config)
     warnings = logger.messages(trt.Logger.WARNING)
-    assert len(warnings) == 1 and "SPARSE_WEIGHTS" in warnings[0]
+    if device.type == "cuda":  # sparse GEMMs exist there (tests/test_kernels.py checks them)
+        assert not warnings
+    else:
+        assert len(warnings) == 1 and "SPARSE_WEIGHTS" in warnings[0]
     assert set(engine.build_info["flags"]) == {"INT8", "SPARSE_WEIGHTS"}
     data = feeds(ODD, 2, 9)
     got = run_engine(trt, engine, data, device)["logits_out"].reshape(2, 9, 2)

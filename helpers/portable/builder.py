@@ -368,11 +368,19 @@ def compile_network(network: INetworkDefinition, config: IBuilderConfig, logger:
 
     fp16 = config.get_flag(BuilderFlag.FP16)
     if config.get_flag(BuilderFlag.SPARSE_WEIGHTS):
-        logger.log(
-            Severity.INFO,
-            "portable engine: SPARSE_WEIGHTS: on CUDA, FP16 dense layers whose weights are 2:4 run on "
-            "semi-structured sparse GEMMs (the engine names them when it is loaded); the others run dense",
-        )
+        dev = portable_device.get_device()
+        if dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 8:
+            logger.log(
+                Severity.INFO,
+                "portable engine: SPARSE_WEIGHTS: FP16 dense layers whose weights are 2:4 run on "
+                "semi-structured sparse GEMMs (the engine names them when it is loaded); the others run dense",
+            )
+        else:
+            logger.log(
+                Severity.WARNING,
+                f"portable engine: SPARSE_WEIGHTS: sparse GEMMs need a CUDA GPU of compute capability 8.0+; "
+                f"on {dev} the GEMMs run dense",
+            )
 
     slots: dict[int, int] = {}
     tensors: list[dict[str, Any]] = []
