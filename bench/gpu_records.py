@@ -584,10 +584,23 @@ SECTION_FUNCTIONS: dict[str, Callable[[Workspace], dict]] = {
 # Output
 
 
+def git_commit() -> str:
+    """The checkout's commit (and whether files differ from it), or "unknown" outside a git tree."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                               text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + (" + local changes" if dirty.stdout.strip() else "")
+
+
 def environment(setup: Setup) -> dict:
     import transformers
 
-    return {"device": torch.cuda.get_device_name() if setup.device == "cuda" else "cpu",
+    return {"commit": git_commit(), "device": torch.cuda.get_device_name() if setup.device == "cuda" else "cpu",
             "torch": torch.__version__, "transformers": transformers.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "model_shape": setup.model_shape, "iterations": setup.iterations, "warm_up": setup.warm_up}
@@ -607,7 +620,8 @@ def render_markdown(records: dict) -> str:
         model = (f"random BERT {env['model_shape']}; {env['iterations']} timed runs after {env['warm_up']} warm-up"
                  if name in SHARED_MODEL_SECTIONS else "models: see below")
         lines += [f"## {section['title']}", "",
-                  f"{env['device']}, {env['date']}, torch {env['torch']}, transformers {env['transformers']}; {model}. "
+                  f"{env['device']}, {env['date']}, commit {env.get('commit', 'unknown')}, torch {env['torch']}, "
+                  f"transformers {env['transformers']}; {model}. "
                   f"Result: **{'ok' if section.get('passed') else 'goal missed or check failed'}**.", ""]
         if "error" in section:
             lines += [f"Failed: `{section['error']}`", ""]
