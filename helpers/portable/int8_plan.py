@@ -55,8 +55,6 @@ STEP_PREFIX = "int8:"
 _STRICT_FLAGS = ("PREFER_PRECISION_CONSTRAINTS", "OBEY_PRECISION_CONSTRAINTS")
 _FLOAT_PRECISIONS = (int(DataType.FLOAT), int(DataType.HALF))
 
-_CODE_DTYPES = (torch.int8, torch.float8_e4m3fn)
-
 Run = Callable[..., Sequence[torch.Tensor]]
 
 
@@ -134,34 +132,22 @@ def lower_int8(plan: Any, description: dict[str, Any], dev: torch.device) -> Any
     runnable = [index for index, layer in enumerate(description["layers"]) if layer["kind"] != "constant"]
     step_of = dict(zip(runnable, plan.steps))
     gelu_chains = _gelu_chains(plan, description, dev)
-    consumers: dict[int, list[int]] = {}
-    for index in runnable:
-        for slot in description["layers"][index]["inputs"]:
-            consumers.setdefault(slot, []).append(index)
     replaced: dict[int, Any] = {}
     for index in runnable:
         layer, step = description["layers"][index], step_of[index]
         if index in replaced:
             continue
         chain = gelu_chains.get(index) if layer["kind"] == "convolution" else None
+        run = lowering.run_for(layer, gelu=chain is not None)
+        if run is None:
+            continue
         if chain is None:
-            run = lowering.run_for(layer)
-            if run is not None:
-                replaced[index] = Step(STEP_PREFIX + layer["name"], run, step.inputs, step.outputs)
+            replaced[index] = Step(STEP_PREFIX + layer["name"], run, step.inputs, step.outputs)
             continue
         # The builder's 8-layer GELU after an INT8 GEMM is applied by the GEMM's step (in its
         # dequantize pass); the chain's steps stay in place as empty steps (one step per layer).
-        # Where the GELU output feeds only another fast GEMM, that pass writes its input codes.
         last = description["layers"][chain[-1]]
-        (gelu_out,) = last["outputs"]
-        readers = consumers.get(gelu_out, [])
-        codes_for = None
-        if len(readers) == 1 and gelu_out not in description["outputs"] and lowering.fast_gemm(description["layers"][readers[0]]):
-            codes_for = gelu_out
-        run = lowering.run_for(layer, gelu=True, codes_for=codes_for)
-        if run is None:
-            continue
-        replaced[index] = Step(STEP_PREFIX + layer["name"], run, step.inputs, (gelu_out,))
+        replaced[index] = Step(STEP_PREFIX + layer["name"], run, step.inputs, tuple(last["outputs"]))
         for member in chain:
             replaced[member] = Step(STEP_PREFIX + description["layers"][member]["name"], _nothing, (), ())
     steps = [replaced.get(index, step_of[index]) for index in runnable]
@@ -214,11 +200,10 @@ class _Lowering:
             return None
         return [q.scale_from_amax(self.amax[slot]) for slot in slots]
 
-    def run_for(self, layer: dict[str, Any], gelu: bool = False, codes_for: int | None = None) -> Run | None:
-        """The layer's INT8 step (a convolution's followed by the tanh GELU when ``gelu``; one
-        that writes the input codes of the GEMM reading tensor ``codes_for`` when set)."""
+    def run_for(self, layer: dict[str, Any], gelu: bool = False) -> Run | None:
+        """The layer's INT8 step (a convolution's followed by the tanh GELU when ``gelu``)."""
         if layer["kind"] == "convolution":
-            return self.convolution(layer, gelu, codes_for)
+            return self.convolution(layer, gelu)
         if layer["kind"] == "plugin" and layer["params"]["plugin"] in (QKV, SKIP_LN):
             return self.plugin(layer)
         return None
@@ -228,35 +213,22 @@ class _Lowering:
 
     # ---- GEMMs
 
-    def lowers(self, layer: dict[str, Any]) -> bool:
-        """Whether ``layer`` is a convolution that runs as an INT8 (FP8) GEMM."""
-        p = layer["params"]
-        if layer["kind"] != "convolution" or layer["inputs"][0] not in self.amax:
-            return False
-        if any(k != 1 for k in p["kernel_shape"]) or p.get("num_groups", 1) != 1:
-            return False
-        return not (self.strict and layer.get("precision") in _FLOAT_PRECISIONS)
-
-    def fast_gemm(self, layer: dict[str, Any]) -> bool:
-        """Whether ``layer`` runs as a CUDA fast GEMM, which also takes its input as codes."""
-        if not (self.fast and self.lowers(layer)):
-            return False
-        out_dtype = TORCH_DTYPE[DataType(layer["params"]["output_dtypes"][0])]
-        return not self.fp8 or fp8_gemm_applies(_gemm_shape(layer["params"]), out_dtype)
-
-    def convolution(self, layer: dict[str, Any], gelu: bool, codes_for: int | None) -> Run | None:
+    def convolution(self, layer: dict[str, Any], gelu: bool) -> Run | None:
         p = layer["params"]
         source = layer["inputs"][0]
-        if not self.lowers(layer):
+        if source not in self.amax or any(k != 1 for k in p["kernel_shape"]) or p.get("num_groups", 1) != 1:
+            return None
+        if self.strict and layer.get("precision") in _FLOAT_PRECISIONS:
             return None
         weight = self.float32(p["kernel"]).reshape(p["num_output_maps"], -1)
         bias = None if p["bias"] is None else self.float32(p["bias"])
         out_dtype = TORCH_DTYPE[DataType(p["output_dtypes"][0])]
         spatial = len(p["kernel_shape"])
-        if self.fast_gemm(layer):
+        if self.fast:
             make_fast = fast_fp8_gemm if self.fp8 else fast_int8_gemm
-            codes_amax = None if codes_for is None else self.amax[codes_for]
-            return _channel_gemm(make_fast(weight, bias, self.amax[source], gelu, out_dtype, codes_amax), spatial, out_dtype)
+            fast = make_fast(weight, bias, self.amax[source], gelu, out_dtype)
+            if fast is not None:
+                return _channel_gemm(fast, spatial, out_dtype)
         gemm = fp8_gemm(weight, bias, self.amax[source]) if self.fp8 else int8_gemm(weight, bias, self.amax[source])
         run = _channel_gemm(gemm, spatial, out_dtype)
         return _then_gelu(run) if gelu else run
@@ -361,8 +333,7 @@ def _channel_gemm(gemm: Callable[[torch.Tensor], torch.Tensor], spatial: int, ou
             moved = x.movedim(channel_axis, -1)
             rows = gemm(moved.reshape(-1, moved.shape[-1]))
             y = rows.reshape(*moved.shape[:-1], rows.shape[-1]).movedim(-1, channel_axis)
-        # Codes written for the next GEMM (see ``lower_int8``) stay codes.
-        return (y if y.dtype in _CODE_DTYPES else y.to(out_dtype),)
+        return (y.to(out_dtype),)
 
     return run
 
@@ -376,12 +347,10 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def fast_int8_gemm(
-    weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float, gelu: bool, out_dtype: torch.dtype,
-    codes_amax: float | None = None,
+    weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float, gelu: bool, out_dtype: torch.dtype
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``int8_gemm`` (then the tanh GELU when ``gelu``) as three kernels: one quantize pass (none
-    when the rows come as int8 codes), ``torch._int_mm`` on the column-major weight codes, one
-    dequantize + bias (+ GELU) pass, which writes int8 codes of range ``codes_amax`` when set."""
+    """``int8_gemm`` (then the tanh GELU when ``gelu``) as three kernels: one quantize pass,
+    ``torch._int_mm`` on the column-major weight codes, one dequantize + bias (+ GELU) pass."""
     from helpers.portable.kernels import quant_kernels as qk
 
     codes_w = q.quantize_linear_weights(weight)
@@ -394,74 +363,40 @@ def fast_int8_gemm(
 
     def gemm(rows: torch.Tensor) -> torch.Tensor:
         m = rows.shape[0]
-        if rows.dtype == torch.int8:
-            codes = rows
-        else:
-            codes = torch.empty(m, k, dtype=torch.int8, device=rows.device)
-            qk.elementwise_into(codes, rows.contiguous(), qk.INT8_CODES, in_scale)
+        codes = torch.empty(m, k, dtype=torch.int8, device=rows.device)
+        qk.elementwise_into(codes, rows.contiguous(), qk.INT8_CODES, in_scale)
         acc = torch._int_mm(q._pad_to(codes, max(m, q._INT_MM_MIN_ROWS), depth), weight_t)[:m]
-        if codes_amax is None:
-            y = torch.empty(m, cols, dtype=out_dtype, device=rows.device)
-            qk.elementwise_into(y, acc, qk.FLOAT_VALUES, col_scales=col_scales, bias=bias_cols, gelu=gelu)
-        else:
-            y = torch.empty(m, cols, dtype=torch.int8, device=rows.device)
-            qk.elementwise_into(y, acc, qk.INT8_CODES, q.scale_from_amax(codes_amax), col_scales, bias_cols, gelu)
+        y = torch.empty(m, cols, dtype=out_dtype, device=rows.device)
+        qk.elementwise_into(y, acc, qk.FLOAT_VALUES, col_scales=col_scales, bias=bias_cols, gelu=gelu)
         return y[:, :n]
 
     return gemm
 
 
-def fp8_gemm_applies(shape: tuple[int, int], out_dtype: torch.dtype) -> bool:
-    """Whether ``fast_fp8_gemm`` takes an ``[out, in]`` weight: ``_scaled_mm`` wants sizes that
-    are multiples of 16 and, with a bias, a half-precision output."""
-    n, k = shape
-    return k % 16 == 0 and n % 16 == 0 and out_dtype in (torch.float16, torch.bfloat16)
-
-
-def _gemm_shape(params: dict[str, Any]) -> tuple[int, int]:
-    out = int(params["num_output_maps"])
-    return out, int(np.asarray(params["kernel"]).size) // out
-
-
 def fast_fp8_gemm(
-    weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float, gelu: bool, out_dtype: torch.dtype,
-    codes_amax: float | None = None,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``fp8_gemm`` with its input cast in one Triton pass (none when the rows come as FP8 codes)
-    and the bias in cuBLASLt's epilogue (weights where ``fp8_gemm_applies``); the GELU pass
-    writes FP8 codes of range ``codes_amax`` when set."""
+    weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float, gelu: bool, out_dtype: torch.dtype
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``fp8_gemm`` with its input cast in one Triton pass and the bias in cuBLASLt's epilogue;
+    None where ``_scaled_mm`` does not apply (sizes not multiples of 16, float32 output)."""
+    from helpers.portable import kernels
     from helpers.portable.kernels import quant_kernels as qk
 
     n, k = weight.shape
+    if k % 16 or n % 16 or out_dtype not in (torch.float16, torch.bfloat16):
+        return None
     codes_w = q.quantize_fp8_weights(weight)
     in_scale = q.fp8_input_scale(in_amax, weight.device)
     scale_value = float(in_scale)
     bias_out = None if bias is None else bias.to(out_dtype)
 
-    out_scale = None if codes_amax is None else float(q.fp8_input_scale(codes_amax, "cpu"))
-
     def gemm(rows: torch.Tensor) -> torch.Tensor:
-        m, padded = rows.shape[0], _round_up(rows.shape[0], 16)
-        if rows.dtype == torch.float8_e4m3fn and padded == m:
-            codes = rows.contiguous()
-        else:
-            make = torch.empty if padded == m else torch.zeros
-            codes = make(padded, k, dtype=torch.float8_e4m3fn, device=rows.device)
-            if rows.dtype == torch.float8_e4m3fn:
-                codes[:m] = rows
-            else:
-                qk.elementwise_into(codes[:m], rows.contiguous(), qk.FP8_CODES, scale_value)
+        m = rows.shape[0]
+        codes = torch.zeros(_round_up(m, 16), k, dtype=torch.float8_e4m3fn, device=rows.device) if m % 16 else \
+            torch.empty(m, k, dtype=torch.float8_e4m3fn, device=rows.device)
+        qk.elementwise_into(codes[:m], rows.contiguous(), qk.FP8_CODES, scale_value)
         y = torch._scaled_mm(codes, codes_w.codes.t(), scale_a=in_scale, scale_b=codes_w.scale, bias=bias_out,
                              out_dtype=out_dtype)[:m]
-        if not gelu:
-            return y
-        if out_scale is None:
-            out = torch.empty_like(y)
-            qk.elementwise_into(out, y, qk.FLOAT_VALUES, gelu=True)
-        else:
-            out = torch.empty(y.shape, dtype=torch.float8_e4m3fn, device=y.device)
-            qk.elementwise_into(out, y, qk.FP8_CODES, out_scale, gelu=True)
-        return out
+        return kernels.gelu_tanh(y) if gelu else y
 
     return gemm
 
