@@ -487,10 +487,14 @@ def load_megatron_pickle_weights(path: str, config: BertConfig) -> WeightMap:
         array = np.asarray(value)
         if name == final_amax:
             name = "bert_encoder_final_input_quantizer_amax"
-        elif name.endswith("self_qkv_kernel"):
-            array = array.astype(np.float32).reshape(3 * config.hidden_size, config.hidden_size)
-        elif name.endswith("self_qkv_bias"):
-            array = array.astype(np.float32).reshape(3 * config.hidden_size)
+        elif name.endswith(("self_qkv_kernel", "self_qkv_bias")):
+            hidden = config.hidden_size
+            shape = (3 * hidden, hidden) if name.endswith("kernel") else (3 * hidden,)
+            if array.size != int(np.prod(shape)):
+                raise WeightLoadError(
+                    f"{path}: {source!r} has shape {tuple(array.shape)}, expected {int(np.prod(shape))} values {shape} from the config"
+                )
+            array = array.astype(np.float32).reshape(shape)
         entries.append((source, name, array))
     weights = _pack_layers(_collect(entries, path), config, path)
     for name in [n for n in weights if n.endswith("_qkv_input_amax")]:
