@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from builder_utils import (
+    DEVICE_ENV,
     B_AOUT,
     B_LOUT,
     B_MID,
@@ -33,30 +33,29 @@ from builder_utils import (
     WeightLoadError,
     WeightMap,
     add_gelu,
+    add_common_builder_options,
     add_plugin_to_network,
-    bert_config_path,
     check_output_folder,
     check_weights,
     create_plugin,
     default_calibration_cache_name,
-    first_line,
-    load_bert_config,
-    load_hf_config,
     load_hf_weights,
     load_onnx_weights_and_quant,
     load_pytorch_weights_and_quant,
     load_tf_weights,
+    load_builder_config,
     load_timing_cache,
+    parse_builder_args,
     plugin_field,
-    save_timing_cache,
+    run_builder,
+    save_engine,
+    serialize_network,
     set_output_range,
-    write_file_atomically,
 )
-from helpers.backend import BACKENDS, BackendError, backend_name, select_backend, trt
+from helpers.backend import backend_name, select_backend, trt
 from helpers.runner import load_plugin_library, portable_device
 
 INPUT_NAMES = ("input_ids", "segment_ids", "input_mask")
-DEVICE_ENV = "DEMOBERT_DEVICE"
 NO_WEIGHTS_MESSAGE = (
     "You need either specify TF checkpoint using option --ckpt or ONNX using option --onnx to build TRT BERT model."
 )
@@ -133,46 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Set TensorRT's DISTRIBUTIVE_INDEPENDENCE flag; builds a single profile (default: false)",
     )
-    parser.add_argument("--verbose", action="store_true", help="Verbose log and DETAILED profiling verbosity (default: false)")
-    plugins = parser.add_mutually_exclusive_group()
-    plugins.add_argument(
-        "--use-v3-plugins",
-        dest="use_deprecated_plugins",
-        action="store_false",
-        help="Use the IPluginV3 versions of the BERT plugins; excludes --use-deprecated-plugins (default: false)",
-    )
-    plugins.add_argument(
-        "--use-deprecated-plugins",
-        dest="use_deprecated_plugins",
-        action="store_true",
-        help="Use the IPluginV2 versions of the BERT plugins; excludes --use-v3-plugins (default: true)",
-    )
-    parser.set_defaults(use_deprecated_plugins=True)
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="auto",
-        help="TensorRT implementation: tensorrt, portable (TensorRT API on PyTorch), or auto\n"
-        "(tensorrt when it imports, else portable) (default: auto)",
-    )
-    parser.add_argument(
-        "--hf",
-        help="HuggingFace BertForQuestionAnswering folder (config.json + model.safetensors or\n"
-        "pytorch_model.bin); also supplies the config when -c is absent (default: None)",
-    )
-    parser.add_argument(
-        "--device",
-        help=f"Device of the portable engine: cpu, cuda or cuda:N (default: ${DEVICE_ENV}, else cuda when available)",
-    )
+    add_common_builder_options(parser)
     return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
-    # Like the original demo: unknown options are ignored, option prefixes are accepted.
-    args, _ = parser.parse_known_args(argv)
-    if args.config_dir is None and args.hf is None:
-        parser.error("the following arguments are required: -c/--config-dir (or --hf)")
+    args = parse_builder_args(parser, argv)
     args.batch_size = args.batch_size or [1]
     args.sequence_length = args.sequence_length or [128]
     for name, values in (("batch size", args.batch_size), ("sequence length", args.sequence_length)):
@@ -503,15 +469,7 @@ def build_engine(
     builder_config = builder.create_builder_config()
     configure_builder(builder_config, config, workspace_size, verbose, logger, calibrator)
     populate_network(builder, network, builder_config, config, weights, batch_sizes, sequence_lengths)
-
-    start = time.time()
-    serialized = builder.build_serialized_network(network, builder_config)
-    logger.log(trt.Logger.INFO, f"build engine in {time.time() - start:.3f} Sec")
-    if serialized is None:
-        raise RuntimeError("the engine build failed (see the TensorRT errors above)")
-    if config.timing_cache is not None:
-        save_timing_cache(builder_config, config.timing_cache)
-    return serialized
+    return serialize_network(builder, network, builder_config, config, logger)
 
 
 def make_calibrator(args: argparse.Namespace, cache_file: str, max_sequence_length: int) -> trt.IInt8Calibrator:
@@ -570,12 +528,7 @@ def load_config(args: argparse.Namespace, logger: trt.ILogger) -> BertConfig:
         distributive_independence=args.distributive_independence,
         use_deprecated_plugins=args.use_deprecated_plugins,
     )
-    if args.config_dir is not None:
-        path = bert_config_path(args.config_dir)
-        logger.log(trt.Logger.INFO, f"Using configuration file: {path}")
-        return load_bert_config(path, **options)
-    logger.log(trt.Logger.INFO, f"Using configuration file: {os.path.join(args.hf, 'config.json')}")
-    return load_hf_config(args.hf, **options)
+    return load_builder_config(args, logger, **options)
 
 
 def describe_backend(backend: str) -> str:
@@ -584,13 +537,19 @@ def describe_backend(backend: str) -> str:
     return f"Using backend: tensorrt {trt.__version__}"
 
 
-def run(args: argparse.Namespace) -> None:
+def start_backend(args: argparse.Namespace) -> tuple[str, trt.ILogger]:
+    """Select the backend (and the portable engine's device) of the command line; its logger logs which."""
     if args.device is not None:
         os.environ[DEVICE_ENV] = args.device
     select_backend(args.backend)
     backend = backend_name()
     logger = trt.Logger(trt.Logger.VERBOSE if args.verbose else trt.Logger.INFO)
     logger.log(trt.Logger.INFO, describe_backend(backend))
+    return backend, logger
+
+
+def run(args: argparse.Namespace) -> None:
+    backend, logger = start_backend(args)
     if backend == "tensorrt":
         load_plugin_library()
     trt.init_libnvinfer_plugins(logger, "")
@@ -613,19 +572,11 @@ def run(args: argparse.Namespace) -> None:
     serialized = build_engine(
         logger, config, weights, args.batch_size, args.sequence_length, args.workspace_size, args.verbose, calibrator
     )
-    logger.log(trt.Logger.INFO, f"Saving Engine to {args.output}")
-    write_file_atomically(args.output, memoryview(serialized))
-    logger.log(trt.Logger.INFO, "Done.")
+    save_engine(serialized, args.output, logger)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (RuntimeError, ValueError, OSError, BackendError) as exc:
-        print(f"error: {first_line(exc)}", file=sys.stderr)
-        return 1
-    return 0
+    return run_builder(run, parse_args(argv))
 
 
 if __name__ == "__main__":

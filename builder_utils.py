@@ -11,20 +11,26 @@ configuration) raises ``WeightLoadError`` or ``ConfigError`` with a one-line mes
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
 import re
+import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, cast
 
 import numpy as np
 
-from helpers.backend import trt
+from helpers.backend import BACKENDS, BackendError, trt
 
 WeightMap = dict[str, np.ndarray]
+
+# The portable engine's device; the builders' --device sets it.
+DEVICE_ENV = "DEMOBERT_DEVICE"
 
 # Weight names consumed by the builders.
 WQKV = "attention_self_qkv_kernel"
@@ -718,3 +724,94 @@ def load_timing_cache(builder_config: trt.IBuilderConfig, path: str) -> None:
 def save_timing_cache(builder_config: trt.IBuilderConfig, path: str) -> None:
     cache = builder_config.get_timing_cache()
     write_file_atomically(path, memoryview(cache.serialize()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line and build steps shared by builder.py and builder_varseqlen.py
+
+
+def add_common_builder_options(parser: argparse.ArgumentParser) -> None:
+    """The options both builders end their command line with, in the order they print."""
+    parser.add_argument("--verbose", action="store_true", help="Verbose log and DETAILED profiling verbosity (default: false)")
+    plugins = parser.add_mutually_exclusive_group()
+    plugins.add_argument(
+        "--use-v3-plugins",
+        dest="use_deprecated_plugins",
+        action="store_false",
+        help="Use the IPluginV3 versions of the BERT plugins; excludes --use-deprecated-plugins (default: false)",
+    )
+    plugins.add_argument(
+        "--use-deprecated-plugins",
+        dest="use_deprecated_plugins",
+        action="store_true",
+        help="Use the IPluginV2 versions of the BERT plugins; excludes --use-v3-plugins (default: true)",
+    )
+    parser.set_defaults(use_deprecated_plugins=True)
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="TensorRT implementation: tensorrt, portable (TensorRT API on PyTorch), or auto\n"
+        "(tensorrt when it imports, else portable) (default: auto)",
+    )
+    parser.add_argument(
+        "--hf",
+        help="HuggingFace BertForQuestionAnswering folder (config.json + model.safetensors or\n"
+        "pytorch_model.bin); also supplies the config when -c is absent (default: None)",
+    )
+    parser.add_argument(
+        "--device",
+        help=f"Device of the portable engine: cpu, cuda or cuda:N (default: ${DEVICE_ENV}, else cuda when available)",
+    )
+
+
+def parse_builder_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse like the original demo (unknown options ignored, prefixes accepted); -c or --hf is required."""
+    args, _ = parser.parse_known_args(argv)
+    if args.config_dir is None and args.hf is None:
+        parser.error("the following arguments are required: -c/--config-dir (or --hf)")
+    return args
+
+
+def load_builder_config(args: argparse.Namespace, logger: trt.ILogger, **options: bool | str | None) -> BertConfig:
+    """The model configuration from -c (bert_config.json), else from the --hf folder's config.json."""
+    if args.config_dir is not None:
+        path = bert_config_path(args.config_dir)
+        logger.log(trt.Logger.INFO, f"Using configuration file: {path}")
+        return load_bert_config(path, **options)
+    logger.log(trt.Logger.INFO, f"Using configuration file: {os.path.join(args.hf, 'config.json')}")
+    return load_hf_config(args.hf, **options)
+
+
+def serialize_network(
+    builder: trt.Builder,
+    network: trt.INetworkDefinition,
+    builder_config: trt.IBuilderConfig,
+    config: BertConfig,
+    logger: trt.ILogger,
+) -> trt.IHostMemory:
+    """Build and serialize ``network``; saves the timing cache when one was asked for."""
+    start = time.time()
+    serialized = builder.build_serialized_network(network, builder_config)
+    logger.log(trt.Logger.INFO, f"build engine in {time.time() - start:.3f} Sec")
+    if serialized is None:
+        raise RuntimeError("the engine build failed (see the TensorRT errors above)")
+    if config.timing_cache is not None:
+        save_timing_cache(builder_config, config.timing_cache)
+    return serialized
+
+
+def save_engine(serialized: trt.IHostMemory, path: str, logger: trt.ILogger) -> None:
+    logger.log(trt.Logger.INFO, f"Saving Engine to {path}")
+    write_file_atomically(path, memoryview(serialized))
+    logger.log(trt.Logger.INFO, "Done.")
+
+
+def run_builder(run: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
+    """Exit status of ``run(args)``: bad input is a one-line error on stderr and status 1."""
+    try:
+        run(args)
+    except (RuntimeError, ValueError, OSError, BackendError) as exc:
+        print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 1
+    return 0

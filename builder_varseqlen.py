@@ -19,14 +19,12 @@ Two network layouts:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from collections.abc import Sequence
 
 import numpy as np
 
-from builder import DEVICE_ENV, add_dense, add_plugin, amax, compute_capability, describe_backend, network_creation_flags
+from builder import add_dense, add_plugin, amax, compute_capability, network_creation_flags, start_backend
 from builder import LOADERS as FIXED_LENGTH_LOADERS
 from builder_utils import (
     B_AOUT,
@@ -43,22 +41,22 @@ from builder_utils import (
     BertConfig,
     WeightLoadError,
     WeightMap,
+    add_common_builder_options,
     add_gelu,
-    bert_config_path,
     check_output_folder,
     check_weights,
-    first_line,
-    load_bert_config,
-    load_hf_config,
+    load_builder_config,
     load_megatron_pickle_weights,
     load_timing_cache,
     pack_qkv,
+    parse_builder_args,
     plugin_field,
-    save_timing_cache,
+    run_builder,
+    save_engine,
+    serialize_network,
     set_output_range,
-    write_file_atomically,
 )
-from helpers.backend import BACKENDS, BackendError, backend_name, select_backend, trt
+from helpers.backend import trt
 from helpers.sparsity import structured_layers
 
 INPUT_NAMES = ("input_ids", "segment_ids", "cu_seqlens", "max_seqlen")
@@ -130,46 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--megatron", action="store_true", help="Megatron-BERT residuals (pre-LayerNorm sums); needs --pickle (default: false)"
     )
-    parser.add_argument("--verbose", action="store_true", help="Verbose log and DETAILED profiling verbosity (default: false)")
-    plugins = parser.add_mutually_exclusive_group()
-    plugins.add_argument(
-        "--use-v3-plugins",
-        dest="use_deprecated_plugins",
-        action="store_false",
-        help="Use the IPluginV3 versions of the BERT plugins; excludes --use-deprecated-plugins (default: false)",
-    )
-    plugins.add_argument(
-        "--use-deprecated-plugins",
-        dest="use_deprecated_plugins",
-        action="store_true",
-        help="Use the IPluginV2 versions of the BERT plugins; excludes --use-v3-plugins (default: true)",
-    )
-    parser.set_defaults(use_deprecated_plugins=True)
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="auto",
-        help="TensorRT implementation: tensorrt, portable (TensorRT API on PyTorch), or auto\n"
-        "(tensorrt when it imports, else portable) (default: auto)",
-    )
-    parser.add_argument(
-        "--hf",
-        help="HuggingFace BertForQuestionAnswering folder (config.json + model.safetensors or\n"
-        "pytorch_model.bin); also supplies the config when -c is absent (default: None)",
-    )
-    parser.add_argument(
-        "--device",
-        help=f"Device of the portable engine: cpu, cuda or cuda:N (default: ${DEVICE_ENV}, else cuda when available)",
-    )
+    add_common_builder_options(parser)
     return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
-    # Like the original demo: unknown options (e.g. --strict) are ignored, prefixes are accepted.
-    args, _ = parser.parse_known_args(argv)
-    if args.config_dir is None and args.hf is None:
-        parser.error("the following arguments are required: -c/--config-dir (or --hf)")
+    args = parse_builder_args(parser, argv)
     args.max_batch_size = args.max_batch_size or [1]
     if min(args.max_batch_size) < 1:
         parser.error(f"batch size must be positive, got {min(args.max_batch_size)}")
@@ -224,12 +189,7 @@ def load_config(args: argparse.Namespace, logger: trt.ILogger) -> BertConfig:
         use_deprecated_plugins=args.use_deprecated_plugins,
         interleaved=uses_interleaved_network(args),
     )
-    if args.config_dir is not None:
-        path = bert_config_path(args.config_dir)
-        logger.log(trt.Logger.INFO, f"Using configuration file: {path}")
-        return load_bert_config(path, **options)
-    logger.log(trt.Logger.INFO, f"Using configuration file: {os.path.join(args.hf, 'config.json')}")
-    return load_hf_config(args.hf, **options)
+    return load_builder_config(args, logger, **options)
 
 
 def per_head_qkv(weights: WeightMap, config: BertConfig) -> None:
@@ -529,24 +489,11 @@ def build_engine(
     VarSeqLenNetwork(network, config, weights, megatron).populate(builder, builder_config, batch_sizes, max_sequence_length)
     if config.use_sparsity:
         log_sparse_layers(network, logger)
-
-    start = time.time()
-    serialized = builder.build_serialized_network(network, builder_config)
-    logger.log(trt.Logger.INFO, f"build engine in {time.time() - start:.3f} Sec")
-    if serialized is None:
-        raise RuntimeError("the engine build failed (see the TensorRT errors above)")
-    if config.timing_cache is not None:
-        save_timing_cache(builder_config, config.timing_cache)
-    return serialized
+    return serialize_network(builder, network, builder_config, config, logger)
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.device is not None:
-        os.environ[DEVICE_ENV] = args.device
-    select_backend(args.backend)
-    backend = backend_name()
-    logger = trt.Logger(trt.Logger.VERBOSE if args.verbose else trt.Logger.INFO)
-    logger.log(trt.Logger.INFO, describe_backend(backend))
+    backend, logger = start_backend(args)
     trt.init_libnvinfer_plugins(logger, "")
 
     check_options(args, backend)
@@ -561,19 +508,11 @@ def run(args: argparse.Namespace) -> None:
     serialized = build_engine(
         logger, config, weights, args.max_batch_size, args.max_sequence_length, args.workspace_size, args.megatron, args.verbose
     )
-    logger.log(trt.Logger.INFO, f"Saving Engine to {args.output}")
-    write_file_atomically(args.output, memoryview(serialized))
-    logger.log(trt.Logger.INFO, "Done.")
+    save_engine(serialized, args.output, logger)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (RuntimeError, ValueError, OSError, BackendError) as exc:
-        print(f"error: {first_line(exc)}", file=sys.stderr)
-        return 1
-    return 0
+    return run_builder(run, parse_args(argv))
 
 
 if __name__ == "__main__":
