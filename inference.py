@@ -24,12 +24,8 @@ from helpers.question_answering import (
 from helpers.runner import EngineRunner, RunnerError, check_writable_output, exit_on_error, write_text_atomically
 
 
-def build_parser(description: str | None = __doc__, with_batch_size: bool = True) -> argparse.ArgumentParser:
-    """The options of §1.3 (inference_varseqlen.py shares them, without -b)."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("-e", "--engine", help="Path to the BERT engine (TensorRT plan or portable engine)")
-    if with_batch_size:
-        parser.add_argument("-b", "--batch-size", default=1, type=int, help="Batch size; each feature is replicated this many times")
+def add_question_options(parser: argparse.ArgumentParser) -> None:
+    """The options from -p to --n-best-size, shared with inference_c.py (§1.3, §1.6)."""
     parser.add_argument("-p", "--passage", nargs="*", default="", help="Text of the passage")
     parser.add_argument("-pf", "--passage-file", default="", help="File whose whole text is the passage")
     parser.add_argument("-q", "--question", nargs="*", default="", help="Text of the question")
@@ -41,6 +37,15 @@ def build_parser(description: str | None = __doc__, with_batch_size: bool = True
     parser.add_argument("--max-query-length", default=64, type=int, help="Questions are truncated to this many tokens")
     parser.add_argument("--max-answer-length", default=30, type=int, help="Longest answer, in tokens")
     parser.add_argument("--n-best-size", default=20, type=int, help="Number of candidate answers kept")
+
+
+def build_parser(description: str | None = __doc__, with_batch_size: bool = True) -> argparse.ArgumentParser:
+    """The options of §1.3 (inference_varseqlen.py shares them, without -b)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("-e", "--engine", help="Path to the BERT engine (TensorRT plan or portable engine)")
+    if with_batch_size:
+        parser.add_argument("-b", "--batch-size", default=1, type=int, help="Batch size; each feature is replicated this many times")
+    add_question_options(parser)
     parser.add_argument("--doc-stride", default=128, type=int, help="Stride between the windows of a long passage")
     parser.add_argument("--device", default=None, help="Portable engines only: cpu, cuda or cuda:N (default: DEMOBERT_DEVICE, else CUDA if present)")
     return parser
@@ -73,17 +78,15 @@ def answer_interactively(answerer: QuestionAnswerer, doc_tokens: list[str], batc
         question = read_prompt(QUESTION_PROMPT)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Answer the question(s) of parsed options; shared with inference_varseqlen.py."""
-    import helpers.data_processing as dp
-
+def check_engine_and_vocabulary(args: argparse.Namespace) -> None:
     if not args.engine:
         raise RunnerError("no engine given; pass one with -e/--engine")
     if not args.vocab_file:
         raise RunnerError("no vocabulary given; pass the model's vocab.txt with -v/--vocab-file")
-    if args.batch_size < 1 or args.sequence_length < 1:
-        raise RunnerError("batch size and sequence length must be positive")
 
+
+def read_question_inputs(args: argparse.Namespace) -> tuple[str | None, str | None, list | None]:
+    """(passage, question, SQuAD examples) of the options; the examples only without a passage."""
     passage = None
     if args.passage != "":
         passage = " ".join(args.passage)
@@ -98,6 +101,33 @@ def run(args: argparse.Namespace) -> int:
     if passage is None and args.squad_json != "":
         check_writable_output(args.output_prediction_file)
         examples = squad_examples(args.squad_json)
+    return passage, question, examples
+
+
+def answer_passage(answerer: QuestionAnswerer, passage: str | None, question: str | None) -> None:
+    """Answer ``question``, or questions typed in, about ``passage`` (asked for when None)."""
+    import helpers.data_processing as dp
+
+    if passage is None:
+        passage = read_prompt(PASSAGE_PROMPT)
+        if passage is None:
+            return
+    doc_tokens = dp.convert_doc_tokens(passage)
+    if question is None:
+        answer_interactively(answerer, doc_tokens, answerer.batch_size)
+        return
+    print(f"\nPassage: {passage}")
+    print(f"\nQuestion: {question}")
+    print(format_answer(answerer.answer(doc_tokens, question), answerer.batch_size))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Answer the question(s) of parsed options; shared with inference_varseqlen.py."""
+    check_engine_and_vocabulary(args)
+    if args.batch_size < 1 or args.sequence_length < 1:
+        raise RunnerError("batch size and sequence length must be positive")
+
+    passage, question, examples = read_question_inputs(args)
 
     runner = EngineRunner(args.engine, device=args.device)
     answerer = QuestionAnswerer(
@@ -114,17 +144,7 @@ def run(args: argparse.Namespace) -> int:
         answer_squad_examples(answerer, examples, args.output_prediction_file)
         return 0
 
-    if passage is None:
-        passage = read_prompt(PASSAGE_PROMPT)
-        if passage is None:
-            return 0
-    doc_tokens = dp.convert_doc_tokens(passage)
-    if question is None:
-        answer_interactively(answerer, doc_tokens, answerer.batch_size)
-        return 0
-    print(f"\nPassage: {passage}")
-    print(f"\nQuestion: {question}")
-    print(format_answer(answerer.answer(doc_tokens, question), answerer.batch_size))
+    answer_passage(answerer, passage, question)
     return 0
 
 

@@ -22,17 +22,16 @@ SCRIPT_DIR = os.path.dirname(os.path.abspath(__file__))
 # infer_c is built into build/ next to this script.
 sys.path.insert(0, os.path.join(SCRIPT_DIR, "build"))
 
-from helpers.question_answering import PASSAGE_PROMPT, QuestionAnswerer, format_answer, read_text_file, squad_examples  # noqa: E402
+from helpers.question_answering import QuestionAnswerer  # noqa: E402
 from helpers.runner import (  # noqa: E402
     EngineRunner,
     RunnerError,
-    check_writable_output,
     engine_backend,
     exit_on_error,
     read_engine_file,
     write_text_atomically,
 )
-from inference import answer_interactively, read_prompt  # noqa: E402
+from inference import add_question_options, answer_passage, check_engine_and_vocabulary, read_question_inputs  # noqa: E402
 
 # The C++ front end has no --doc-stride option.
 DOC_STRIDE = 128
@@ -41,17 +40,7 @@ DOC_STRIDE = 128
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-e", "--engine", help="Path to the BERT engine (TensorRT plan or portable engine)")
-    parser.add_argument("-p", "--passage", nargs="*", default="", help="Text of the passage")
-    parser.add_argument("-pf", "--passage-file", default="", help="File whose whole text is the passage")
-    parser.add_argument("-q", "--question", nargs="*", default="", help="Text of the question")
-    parser.add_argument("-qf", "--question-file", default="", help="File whose whole text is the question")
-    parser.add_argument("-sq", "--squad-json", default="", help="SQuAD json file to answer in full")
-    parser.add_argument("-o", "--output-prediction-file", default="./predictions.json", help="Where -sq writes its predictions")
-    parser.add_argument("-v", "--vocab-file", help="Vocabulary file (vocab.txt) of the model")
-    parser.add_argument("-s", "--sequence-length", default=128, type=int, help="Maximum sequence length (default: 128)")
-    parser.add_argument("--max-query-length", default=64, type=int, help="Questions are truncated to this many tokens")
-    parser.add_argument("--max-answer-length", default=30, type=int, help="Longest answer, in tokens")
-    parser.add_argument("--n-best-size", default=20, type=int, help="Number of candidate answers kept")
+    add_question_options(parser)
     parser.add_argument("--enable-graph", action="store_true", help="Replay each inference as a captured CUDA graph")
     parser.add_argument("--device", default=None, help="Portable engines only: cpu, cuda or cuda:N (default: DEMOBERT_DEVICE, else CUDA if present)")
     return parser.parse_args(argv)
@@ -153,30 +142,12 @@ def answer_squad_examples(answerer: QuestionAnswerer, examples: list, output_pat
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> int:
-    import helpers.data_processing as dp
-
     args = parse_args(argv)
-    if not args.engine:
-        raise RunnerError("no engine given; pass one with -e/--engine")
-    if not args.vocab_file:
-        raise RunnerError("no vocabulary given; pass the model's vocab.txt with -v/--vocab-file")
+    check_engine_and_vocabulary(args)
     if args.sequence_length < 1:
         raise RunnerError("sequence length must be positive")
 
-    passage = None
-    if args.passage != "":
-        passage = " ".join(args.passage)
-    elif args.passage_file != "":
-        passage = read_text_file(args.passage_file, "passage")
-    question = None
-    if args.question != "":
-        question = " ".join(args.question)
-    elif args.question_file != "":
-        question = read_text_file(args.question_file, "question")
-    examples = None
-    if passage is None and args.squad_json != "":
-        check_writable_output(args.output_prediction_file)
-        examples = squad_examples(args.squad_json)
+    passage, question, examples = read_question_inputs(args)
 
     answerer = QuestionAnswerer(
         make_runner(args),
@@ -192,17 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         answer_squad_examples(answerer, examples, args.output_prediction_file)
         return 0
 
-    if passage is None:
-        passage = read_prompt(PASSAGE_PROMPT)
-        if passage is None:
-            return 0
-    doc_tokens = dp.convert_doc_tokens(passage)
-    if question is None:
-        answer_interactively(answerer, doc_tokens, 1)
-        return 0
-    print(f"\nPassage: {passage}")
-    print(f"\nQuestion: {question}")
-    print(format_answer(answerer.answer(doc_tokens, question), 1))
+    answer_passage(answerer, passage, question)
     return 0
 
 

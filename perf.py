@@ -6,8 +6,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from helpers.latency import benchmark, format_record, peak_memory_mib, write_json
-from helpers.runner import EngineRunner, RunnerError, check_writable_output, exit_on_error
+from helpers.latency import (
+    add_run_options,
+    add_timing_options,
+    benchmark,
+    check_benchmark_options,
+    format_record,
+    parse_benchmark_args,
+    print_peak_memory,
+    write_json,
+)
+from helpers.runner import EngineRunner, check_writable_output, exit_on_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -16,25 +25,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-b", "--batch-size", default=[], action="append", type=int,
                         help="Batch size to benchmark; repeat for several (default: 1). The engine needs a profile covering each.")
     parser.add_argument("-s", "--sequence-length", default=128, type=int, help="Sequence length (default: 128)")
-    parser.add_argument("-i", "--iterations", default=200, type=int, help="Minimum number of timed iterations per batch size (default: 200)")
-    parser.add_argument("-w", "--warm-up-runs", default=10, type=int, help="Untimed runs before timing (default: 10)")
-    parser.add_argument("-d", "--duration", default=0.0, type=float, help="Minimum seconds of timed runs per batch size (default: 0)")
+    add_timing_options(parser)
     parser.add_argument("-r", "--random-seed", default=12345, type=int, help="Seed of the random inputs (default: 12345)")
-    parser.add_argument("--enable-graph", action="store_true", help="Replay a captured CUDA graph instead of enqueuing (CUDA only)")
-    parser.add_argument("--json", default=None, metavar="FILE", help="Also write every figure to FILE as JSON")
-    parser.add_argument("--device", default=None, help="Portable engines only: cpu, cuda or cuda:N")
-    args, _ = parser.parse_known_args(argv)
-    args.batch_size = args.batch_size or [1]
-    return args
+    add_run_options(parser)
+    return parse_benchmark_args(parser, argv)
 
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.engine:
-        raise RunnerError("no engine given; pass one with -e/--engine")
-    if args.iterations < 1 or args.warm_up_runs < 0 or min(args.batch_size) < 1 or args.sequence_length < 1:
-        raise RunnerError("iterations, batch sizes and sequence length must be positive, warm-up runs not negative")
+    check_benchmark_options(args)
     if args.json:
         check_writable_output(args.json)
     runner = EngineRunner(args.engine, device=args.device, enable_graph=args.enable_graph)
@@ -43,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for summary in summaries:
         print(format_record(summary))
-    peak = peak_memory_mib(runner)
-    if peak is not None:
-        print(f"Peak GPU memory: {peak:.1f} MiB")
+    print_peak_memory(runner)
     if args.json:
         write_json(args.json, runner, args.sequence_length, summaries, tool="perf.py")
     return 0

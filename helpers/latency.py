@@ -5,6 +5,7 @@ Shared by perf.py and perf_varseqlen.py; the engine layout decides the input sha
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from dataclasses import asdict
@@ -12,7 +13,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from helpers.runner import EngineRunner, TimingSummary, write_text_atomically
+from helpers.runner import EngineRunner, RunnerError, TimingSummary, write_text_atomically
 
 PSEUDO_VOCAB_SIZE = 30522
 PSEUDO_TYPE_VOCAB_SIZE = 2
@@ -120,3 +121,40 @@ def write_json(path: str, runner: EngineRunner, sequence_length: int, summaries:
         ],
     }
     write_text_atomically(path, json.dumps(report, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line shared by perf.py and perf_varseqlen.py
+
+
+def add_timing_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", "--iterations", default=200, type=int, help="Minimum number of timed iterations per batch size (default: 200)")
+    parser.add_argument("-w", "--warm-up-runs", default=10, type=int, help="Untimed runs before timing (default: 10)")
+    parser.add_argument("-d", "--duration", default=0.0, type=float, help="Minimum seconds of timed runs per batch size (default: 0)")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options both benchmarks end their command line with."""
+    parser.add_argument("--enable-graph", action="store_true", help="Replay a captured CUDA graph instead of enqueuing (CUDA only)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="Also write every figure to FILE as JSON")
+    parser.add_argument("--device", default=None, help="Portable engines only: cpu, cuda or cuda:N")
+
+
+def parse_benchmark_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Unknown options are ignored, like the original; -b defaults to batch size 1."""
+    args, _ = parser.parse_known_args(argv)
+    args.batch_size = args.batch_size or [1]
+    return args
+
+
+def check_benchmark_options(args: argparse.Namespace) -> None:
+    if not args.engine:
+        raise RunnerError("no engine given; pass one with -e/--engine")
+    if args.iterations < 1 or args.warm_up_runs < 0 or min(args.batch_size) < 1 or args.sequence_length < 1:
+        raise RunnerError("iterations, batch sizes and sequence length must be positive, warm-up runs not negative")
+
+
+def print_peak_memory(runner: EngineRunner) -> None:
+    peak = peak_memory_mib(runner)
+    if peak is not None:
+        print(f"Peak GPU memory: {peak:.1f} MiB")
