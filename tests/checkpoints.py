@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -56,11 +57,17 @@ def tiny_qa_model(
     )
     torch.manual_seed(seed)
     model = BertForQuestionAnswering(config).eval()
+    return perturb_parameters(model, seed, r"LayerNorm\.weight")
+
+
+def perturb_parameters(model, seed: int, layernorm_weight: str):
+    """Replace every parameter of ``model`` with seeded noise of a sensible scale: LayerNorm weights
+    (names matching the regex ``layernorm_weight``) near 1, biases and embeddings around 0."""
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             noise = torch.randn(parameter.shape, generator=generator)
-            if "LayerNorm.weight" in name:
+            if re.search(layernorm_weight, name):
                 parameter.copy_(1.0 + 0.2 * noise)
             elif name.endswith("bias"):
                 parameter.copy_(0.2 * noise)
@@ -255,6 +262,44 @@ def hf_logits(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
             attention_mask=torch.as_tensor(inputs["input_mask"], dtype=torch.long),
         )
     return torch.stack([out.start_logits, out.end_logits], dim=-1).numpy()
+
+
+def packed_batch(lengths, vocab: int, seed: int) -> dict[str, np.ndarray]:
+    """Random sequences of the given lengths packed for a variable-length engine (cu_seqlens)."""
+    rng = np.random.default_rng(seed)
+    segments = [(np.arange(n) >= n // 2).astype(np.int32) for n in lengths]
+    return {
+        "input_ids": rng.integers(0, vocab, size=int(sum(lengths)), dtype=np.int32),
+        "segment_ids": np.concatenate(segments),
+        "cu_seqlens": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32),
+    }
+
+
+def padded_batch(batch: dict[str, np.ndarray], rows: int, seq: int) -> dict[str, np.ndarray]:
+    """The packed batch as [rows, seq] padded inputs + mask (extra rows hold one token)."""
+    bounds = batch["cu_seqlens"].tolist()
+    out = {name: np.zeros((rows, seq), np.int32) for name in ("input_ids", "segment_ids", "input_mask")}
+    out["input_mask"][:, 0] = 1
+    for row, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        out["input_ids"][row, : end - start] = batch["input_ids"][start:end]
+        out["segment_ids"][row, : end - start] = batch["segment_ids"][start:end]
+        out["input_mask"][row, : end - start] = 1
+    return out
+
+
+def hf_packed_logits(model, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """HF float64 logits of every sequence run alone, packed like the engine's output [2, T]."""
+    reference = copy.deepcopy(model).double()
+    bounds = batch["cu_seqlens"].tolist()
+    pieces = []
+    with torch.no_grad():
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            out = reference(
+                input_ids=torch.as_tensor(batch["input_ids"][None, start:end], dtype=torch.long),
+                token_type_ids=torch.as_tensor(batch["segment_ids"][None, start:end], dtype=torch.long),
+            )
+            pieces.append(torch.stack([out.start_logits[0], out.end_logits[0]]))
+    return torch.cat(pieces, dim=1).numpy()
 
 
 def run_engine(engine_path: str | Path, inputs: dict[str, np.ndarray], device: str | None = None) -> np.ndarray:

@@ -1,10 +1,13 @@
-"""Shared fixtures: one tiny BERT QA model written once per session in every weight format."""
+"""Shared fixtures: one tiny BERT QA model written once per session in every weight format, and
+the portable engine's logger and devices."""
 
 from __future__ import annotations
 
 import pytest
 
 import checkpoints
+import helpers.portable as trt
+from portable_bert import RecordingLogger, devices
 
 
 class FormatFiles(dict):
@@ -42,3 +45,20 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_files(tiny_model, tmp_path_factory):
     return write_all_formats(tiny_model, tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def logger():
+    """A portable-engine logger that records its messages, with the BERT plugins registered."""
+    log = RecordingLogger(trt)
+    trt.init_libnvinfer_plugins(log, "")
+    return log
+
+
+@pytest.fixture(params=devices())
+def device(request):
+    """Each device the portable engine can run on here (the previous one is restored afterwards)."""
+    previous = trt.get_device()
+    trt.set_device(request.param)
+    yield trt.get_device()
+    trt.set_device(previous)

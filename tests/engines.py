@@ -26,6 +26,16 @@ QUESTION = "What is TensorRT?"
 _cache: dict[tuple, Path] = {}
 
 
+def run_main(main, argv, capsys):
+    """(exit status, stdout, stderr) of a script's main() in this process."""
+    try:
+        status = main(argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A seeded random 2-layer BERT QA folder with MiniLM's uncased vocabulary."""
     key = ("model",)

@@ -13,7 +13,7 @@ import pytest
 
 import helpers.data_processing as dp
 import inference
-from engines import PASSAGE, QUESTION, REPO_ROOT, SEQ_LEN, oracle_answer, tiny_engine, tiny_model_dir
+from engines import PASSAGE, QUESTION, REPO_ROOT, SEQ_LEN, oracle_answer, run_main, tiny_engine, tiny_model_dir
 
 FRAME = "-" * 24
 
@@ -32,12 +32,7 @@ def run(argv, capsys, stdin: str | None = None, monkeypatch=None):
     """(exit status, stdout, stderr) of inference.main in this process."""
     if stdin is not None:
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    try:
-        status = inference.main([*argv, "--device", "cpu"])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
+    return run_main(inference.main, [*argv, "--device", "cpu"], capsys)
 
 
 def test_single_question_output_line_by_line(engine, vocab, capsys, tmp_path_factory):

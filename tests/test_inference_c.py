@@ -13,7 +13,7 @@ import types
 
 import numpy as np
 import pytest
-from engines import PASSAGE, QUESTION, REPO_ROOT, SEQ_LEN, tiny_engine, tiny_model_dir
+from engines import PASSAGE, QUESTION, REPO_ROOT, SEQ_LEN, run_main, tiny_engine, tiny_model_dir
 from squad_fixtures import make_qa, write_squad_file
 
 import inference
@@ -36,16 +36,6 @@ def vocab(tmp_path_factory):
     return tiny_model_dir(tmp_path_factory) / "vocab.txt"
 
 
-def run(main, argv, capsys):
-    """(exit status, stdout, stderr) of a script's main() in this process."""
-    try:
-        status = main(argv)
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
 def without_timings(text: str) -> str:
     return TIMING_LINE.sub(r"\1<t>", text)
 
@@ -65,7 +55,7 @@ def inference_py_output(engine, vocab):
 
 @pytest.mark.parametrize("graph", [[], ["--enable-graph"]])
 def test_portable_engine_prints_what_inference_py_prints(engine, vocab, inference_py_output, capsys, graph):
-    status, out, err = run(inference_c.main, [*question_args(engine, vocab), "--device", "cpu", *graph], capsys)
+    status, out, err = run_main(inference_c.main, [*question_args(engine, vocab), "--device", "cpu", *graph], capsys)
     assert status == 0, err
     assert out.startswith(f"\nPassage: {PASSAGE}\n\nQuestion: {QUESTION}\n{'-' * 24}\nRunning inference in ")
     assert re.search(r"^Answer: '.*'\nWith probability: \d+\.\d{3}$", out, re.MULTILINE)
@@ -77,13 +67,13 @@ def test_squad_mode_counts_examples_and_writes_inference_py_predictions(engine, 
     squad = write_squad_file(tmp_path / "dev.json", [(PASSAGE, questions[:2]), ("NVIDIA GPUs run TensorRT.", questions[2:])])
     common = ["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN), "-sq", squad, "--device", "cpu"]
 
-    status, out, err = run(inference_c.main, [*common, "-o", str(tmp_path / "c.json")], capsys)
+    status, out, err = run_main(inference_c.main, [*common, "-o", str(tmp_path / "c.json")], capsys)
     assert status == 0, err
     assert out == (
         "Processing example 1 of 3\rProcessing example 2 of 3\rProcessing example 3 of 3\r"
         f"\nOutput dump to {tmp_path / 'c.json'}\n"
     )
-    status, _, err = run(inference.main, [*common, "-o", str(tmp_path / "py.json")], capsys)
+    status, _, err = run_main(inference.main, [*common, "-o", str(tmp_path / "py.json")], capsys)
     assert status == 0, err
     c_text = (tmp_path / "c.json").read_text()
     assert c_text == (tmp_path / "py.json").read_text()
@@ -92,7 +82,7 @@ def test_squad_mode_counts_examples_and_writes_inference_py_predictions(engine, 
 
 @pytest.mark.parametrize("option", [["--doc-stride", "64"], ["-b", "2"], ["--no-such-option"]])
 def test_options_are_parsed_strictly(engine, vocab, capsys, option):
-    status, out, err = run(inference_c.main, ["-e", str(engine), "-v", str(vocab), *option], capsys)
+    status, out, err = run_main(inference_c.main, ["-e", str(engine), "-v", str(vocab), *option], capsys)
     assert status == 2
     assert "unrecognized arguments" in err and out == ""
 
@@ -101,7 +91,7 @@ def test_tensorrt_plan_without_infer_c_is_one_line_error(vocab, capsys, tmp_path
     plan = tmp_path / "bert.engine"
     plan.write_bytes(TENSORRT_PLAN_BYTES)
     monkeypatch.setitem(sys.modules, "infer_c", None)  # as if build/ held no module
-    status, out, err = run(inference_c.main, ["-e", str(plan), "-v", str(vocab), "-p", "x", "-q", "y"], capsys)
+    status, out, err = run_main(inference_c.main, ["-e", str(plan), "-v", str(vocab), "-p", "x", "-q", "y"], capsys)
     assert status == 1
     assert err.count("\n") == 1 and err.startswith("inference_c.py: error: ") and "infer_c/build.sh" in err
 
@@ -152,7 +142,7 @@ def test_tensorrt_plans_run_through_infer_c(
     plan.write_bytes(TENSORRT_PLAN_BYTES)
     calls: list = []
     monkeypatch.setitem(sys.modules, "infer_c", fake_infer_c(engine, packed_output, calls))
-    status, out, err = run(inference_c.main, [*question_args(plan, vocab), "--enable-graph"], capsys)
+    status, out, err = run_main(inference_c.main, [*question_args(plan, vocab), "--enable-graph"], capsys)
     assert status == 0, err
     assert without_timings(out) == without_timings(inference_py_output)
     assert calls[:2] == [("init", 1, SEQ_LEN, True), ("prepare", 1)]
@@ -162,7 +152,7 @@ def test_tensorrt_plans_run_through_infer_c(
 def test_interactive_mode_prints_only_the_framed_blocks(engine, vocab, capsys, monkeypatch, inference_py_output):
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{QUESTION}\n  quit \n"))
     argv = ["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN), "-p", *PASSAGE.split(" "), "--device", "cpu"]
-    status, out, err = run(inference_c.main, argv, capsys)
+    status, out, err = run_main(inference_c.main, argv, capsys)
     assert status == 0, err
     prompt = "Question (to exit, type one of ['exit', 'quit']): "
     framed_block = inference_py_output.split(f"Question: {QUESTION}\n", 1)[1]

@@ -9,9 +9,7 @@ i's output LN is layer i+1's ``attention.ln`` (the encoder's final ``ln`` for th
 
 from __future__ import annotations
 
-import copy
 import pickle
-import re
 
 import numpy as np
 import pytest
@@ -41,19 +39,7 @@ def megatron_qa_model(seed: int = 0):
     )
     torch.manual_seed(seed)
     model = MegatronBertForQuestionAnswering(config).eval()
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            noise = torch.randn(parameter.shape, generator=generator)
-            if re.search(r"\bln\.weight$", name):
-                parameter.copy_(1.0 + 0.2 * noise)
-            elif name.endswith("bias"):
-                parameter.copy_(0.2 * noise)
-            elif "embeddings" in name:
-                parameter.copy_(noise)
-            else:
-                parameter.copy_(noise / parameter.shape[-1] ** 0.5)
-    return model
+    return checkpoints.perturb_parameters(model, seed, r"\bln\.weight$")
 
 
 def megatron_pickle_tensors(model, amax: dict[str, float] | None = None) -> dict[str, np.ndarray]:
@@ -104,31 +90,6 @@ def write_config_dir(folder):
     return str(folder)
 
 
-def packed_batch(lengths: list[int], seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    segments = [(np.arange(n) >= n // 2).astype(np.int32) for n in lengths]
-    return {
-        "input_ids": rng.integers(0, VOCAB, size=sum(lengths), dtype=np.int32),
-        "segment_ids": np.concatenate(segments),
-        "cu_seqlens": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32),
-    }
-
-
-def hf_packed_logits(model, batch: dict[str, np.ndarray]) -> np.ndarray:
-    """HF float64 logits of every sequence run alone, packed like the engine's output [2, T]."""
-    reference = copy.deepcopy(model).double()
-    bounds = batch["cu_seqlens"].tolist()
-    pieces = []
-    with torch.no_grad():
-        for start, end in zip(bounds[:-1], bounds[1:]):
-            out = reference(
-                input_ids=torch.as_tensor(batch["input_ids"][None, start:end], dtype=torch.long),
-                token_type_ids=torch.as_tensor(batch["segment_ids"][None, start:end], dtype=torch.long),
-            )
-            pieces.append(torch.stack([out.start_logits[0], out.end_logits[0]]))
-    return torch.cat(pieces, dim=1).numpy()
-
-
 def run_packed(engine: str, batch: dict[str, np.ndarray], max_seq: int, device: str = "cpu") -> np.ndarray:
     from helpers.runner import EngineRunner
 
@@ -161,8 +122,8 @@ def build(files, *extra: str, name: str = "megatron.engine") -> str:
 def test_megatron_fp32_matches_hf_megatron(megatron_files, plugins):
     engine = build(megatron_files, plugins, name=f"megatron{plugins}.engine")
     for seed, lengths in enumerate([[1, 17, MAX_SEQ], [64], [2, 129]]):
-        batch = packed_batch(lengths, seed)
-        expected = hf_packed_logits(megatron_files["model"], batch)
+        batch = checkpoints.packed_batch(lengths, VOCAB, seed)
+        expected = checkpoints.hf_packed_logits(megatron_files["model"], batch)
         np.testing.assert_allclose(run_packed(engine, batch, MAX_SEQ), expected, atol=1e-4, rtol=1e-4)
 
 
@@ -172,8 +133,8 @@ def test_megatron_fp16_matches_hf_megatron_on_cuda(megatron_files):
     argv = ["--pickle", megatron_files["pickle"], "-c", megatron_files["config_dir"], "-o", engine, "--megatron",
             "-b", "3", "-s", str(MAX_SEQ), "--fp16", "--backend", "portable", "--device", "cuda"]
     assert builder_varseqlen.main(argv) == 0
-    batch = packed_batch([1, 17, MAX_SEQ], 7)
-    expected = hf_packed_logits(megatron_files["model"], batch)
+    batch = checkpoints.packed_batch([1, 17, MAX_SEQ], VOCAB, 7)
+    expected = checkpoints.hf_packed_logits(megatron_files["model"], batch)
     np.testing.assert_allclose(run_packed(engine, batch, MAX_SEQ, "cuda"), expected, atol=2e-2, rtol=2e-2)
 
 

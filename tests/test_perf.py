@@ -8,7 +8,7 @@ import re
 import pytest
 
 import perf
-from engines import SEQ_LEN, tiny_engine
+from engines import SEQ_LEN, run_main, tiny_engine
 from helpers.latency import format_record, random_inputs
 from helpers.runner import EngineRunner, TimingSummary
 
@@ -25,12 +25,7 @@ def engine(tmp_path_factory):
 
 
 def run(argv, capsys):
-    try:
-        status = perf.main([*argv, "--device", "cpu"])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
+    return run_main(perf.main, [*argv, "--device", "cpu"], capsys)
 
 
 def test_record_text_is_the_original_format():

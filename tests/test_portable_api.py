@@ -12,12 +12,10 @@ import torch
 
 import helpers.portable as trt
 from portable_bert import (
-    RecordingLogger,
     TinyConfig,
     add_dense,
     build_fixed_network,
     build_varseqlen_network,
-    devices,
     random_batch,
     random_weights,
     reference_logits,
@@ -26,21 +24,6 @@ from portable_bert import (
 
 SMALL = TinyConfig(hidden=48, heads=3, intermediate=96, layers=2)
 ODD = TinyConfig(hidden=40, heads=5, intermediate=70, layers=1)
-
-
-@pytest.fixture
-def logger():
-    log = RecordingLogger(trt)
-    trt.init_libnvinfer_plugins(log, "")
-    return log
-
-
-@pytest.fixture(params=devices())
-def device(request):
-    previous = trt.get_device()
-    trt.set_device(request.param)
-    yield trt.get_device()
-    trt.set_device(previous)
 
 
 def build(logger, network, config):

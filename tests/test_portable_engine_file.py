@@ -9,24 +9,9 @@ import pytest
 
 import helpers.portable as trt
 from helpers.portable import engine_file
-from portable_bert import RecordingLogger, TinyConfig, build_fixed_network, devices, random_batch, random_weights, run_engine
+from portable_bert import TinyConfig, build_fixed_network, random_batch, random_weights, run_engine
 
 CFG = TinyConfig(hidden=40, heads=5, intermediate=64, layers=1)
-
-
-@pytest.fixture
-def logger():
-    log = RecordingLogger(trt)
-    trt.init_libnvinfer_plugins(log, "")
-    return log
-
-
-@pytest.fixture(params=devices())
-def device(request):
-    previous = trt.get_device()
-    trt.set_device(request.param)
-    yield trt.get_device()
-    trt.set_device(previous)
 
 
 @pytest.fixture

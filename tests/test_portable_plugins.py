@@ -13,26 +13,10 @@ import pytest
 import torch
 
 import helpers.portable as trt
-from portable_bert import RecordingLogger, devices
 
 EMB, QKV, SKIP = "CustomEmbLayerNormPluginDynamic", "CustomQKVToContextPluginDynamic", "CustomSkipLayerNormPluginDynamic"
 F32, I32 = trt.PluginFieldType.FLOAT32, trt.PluginFieldType.INT32
 V3_VERSIONS = {(EMB, "4"), (EMB, "5"), (EMB, "6"), (QKV, "4"), (QKV, "5"), (SKIP, "5"), (SKIP, "6")}
-
-
-@pytest.fixture
-def logger():
-    log = RecordingLogger(trt)
-    trt.init_libnvinfer_plugins(log, "")
-    return log
-
-
-@pytest.fixture(params=devices())
-def device(request):
-    previous = trt.get_device()
-    trt.set_device(request.param)
-    yield trt.get_device()
-    trt.set_device(previous)
 
 
 def f32(name, values):

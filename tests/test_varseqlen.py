@@ -7,7 +7,6 @@ layers, 512 positions) keeps the CPU cost small even for 512-token sequences.
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
@@ -29,43 +28,6 @@ MAX_BATCH = 4
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def packed_batch(lengths, vocab: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    segments = [(np.arange(n) >= n // 2).astype(np.int32) for n in lengths]
-    return {
-        "input_ids": rng.integers(0, vocab, size=int(sum(lengths)), dtype=np.int32),
-        "segment_ids": np.concatenate(segments),
-        "cu_seqlens": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32),
-    }
-
-
-def padded_batch(batch: dict[str, np.ndarray], rows: int, seq: int) -> dict[str, np.ndarray]:
-    """The packed batch as [rows, seq] padded inputs + mask (extra rows hold one token)."""
-    bounds = batch["cu_seqlens"].tolist()
-    out = {name: np.zeros((rows, seq), np.int32) for name in ("input_ids", "segment_ids", "input_mask")}
-    out["input_mask"][:, 0] = 1
-    for row, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
-        out["input_ids"][row, : end - start] = batch["input_ids"][start:end]
-        out["segment_ids"][row, : end - start] = batch["segment_ids"][start:end]
-        out["input_mask"][row, : end - start] = 1
-    return out
-
-
-def hf_packed_logits(model, batch: dict[str, np.ndarray]) -> np.ndarray:
-    """HF float64 logits of every sequence run alone, packed like the engine's output [2, T]."""
-    reference = copy.deepcopy(model).double()
-    bounds = batch["cu_seqlens"].tolist()
-    pieces = []
-    with torch.no_grad():
-        for start, end in zip(bounds[:-1], bounds[1:]):
-            out = reference(
-                input_ids=torch.as_tensor(batch["input_ids"][None, start:end], dtype=torch.long),
-                token_type_ids=torch.as_tensor(batch["segment_ids"][None, start:end], dtype=torch.long),
-            )
-            pieces.append(torch.stack([out.start_logits[0], out.end_logits[0]]))
-    return torch.cat(pieces, dim=1).numpy()
 
 
 def run_packed(runner, batch: dict[str, np.ndarray], max_seq: int = MAX_SEQ) -> np.ndarray:
@@ -119,10 +81,10 @@ def random_mixes(count: int, seed: int) -> list[list[int]]:
 def test_packed_fp32_matches_hf_and_padded_engine(tiny_model, packed_runner, padded_runner):
     vocab = tiny_model.config.vocab_size
     for seed, lengths in enumerate(random_mixes(3, seed=5)):
-        batch = packed_batch(lengths, vocab, seed)
+        batch = checkpoints.packed_batch(lengths, vocab, seed)
         packed = run_packed(packed_runner, batch)
-        np.testing.assert_allclose(packed, hf_packed_logits(tiny_model, batch), atol=1e-4, rtol=1e-4, err_msg=str(lengths))
-        padded = padded_runner.infer(padded_batch(batch, MAX_BATCH, MAX_SEQ)).reshape(MAX_BATCH, MAX_SEQ, 2)
+        np.testing.assert_allclose(packed, checkpoints.hf_packed_logits(tiny_model, batch), atol=1e-4, rtol=1e-4, err_msg=str(lengths))
+        padded = padded_runner.infer(checkpoints.padded_batch(batch, MAX_BATCH, MAX_SEQ)).reshape(MAX_BATCH, MAX_SEQ, 2)
         valid = np.concatenate([padded[row, :n] for row, n in enumerate(lengths)])  # [T, 2]
         np.testing.assert_allclose(packed, valid.T, atol=1e-4, rtol=1e-4, err_msg=str(lengths))
 
@@ -137,8 +99,8 @@ def test_packed_fp16_matches_hf_on_cuda(tiny_model, model_files):
     assert builder_varseqlen.main(argv) == 0
     runner = EngineRunner(engine, device="cuda")
     for seed, lengths in enumerate(random_mixes(3, seed=9)):
-        batch = packed_batch(lengths, tiny_model.config.vocab_size, seed)
-        np.testing.assert_allclose(run_packed(runner, batch), hf_packed_logits(tiny_model, batch), atol=2e-2, rtol=2e-2)
+        batch = checkpoints.packed_batch(lengths, tiny_model.config.vocab_size, seed)
+        np.testing.assert_allclose(run_packed(runner, batch), checkpoints.hf_packed_logits(tiny_model, batch), atol=2e-2, rtol=2e-2)
 
 
 def test_profiles_follow_the_b_order_and_cover_smaller_batches(tiny_model, model_files):
@@ -162,10 +124,10 @@ def test_profiles_follow_the_b_order_and_cover_smaller_batches(tiny_model, model
             assert tuple(tuple(s) for s in runner.engine.get_tensor_profile_shape(name, profile)) == shape
     vocab = tiny_model.config.vocab_size
     for size in range(1, 5):
-        batch = packed_batch([seq - 3 * i for i in range(size)], vocab, size)
-        np.testing.assert_allclose(run_packed(runner, batch, seq), hf_packed_logits(tiny_model, batch), atol=1e-4, rtol=1e-4)
+        batch = checkpoints.packed_batch([seq - 3 * i for i in range(size)], vocab, size)
+        np.testing.assert_allclose(run_packed(runner, batch, seq), checkpoints.hf_packed_logits(tiny_model, batch), atol=1e-4, rtol=1e-4)
     with pytest.raises(NoProfileError):
-        run_packed(runner, packed_batch([3] * 5, vocab, 0), seq)
+        run_packed(runner, checkpoints.packed_batch([3] * 5, vocab, 0), seq)
 
 
 def test_gelu_is_pinned_to_fp32_with_rank4_constants(model_files):
@@ -269,7 +231,7 @@ def test_original_option_errors_in_order(monkeypatch, model_files, tmp_path, cap
 def test_bad_packed_input_is_refused(tiny_model, packed_runner):
     from helpers.runner import RunnerError
 
-    good = packed_batch([5, 3], tiny_model.config.vocab_size, 0)
+    good = checkpoints.packed_batch([5, 3], tiny_model.config.vocab_size, 0)
     bad_cases = {
         "start at 0": dict(good, cu_seqlens=np.array([1, 5, 8], np.int32)),
         "strictly increasing": dict(good, cu_seqlens=np.array([0, 6, 5], np.int32)),
@@ -278,7 +240,7 @@ def test_bad_packed_input_is_refused(tiny_model, packed_runner):
     for message, batch in bad_cases.items():
         with pytest.raises(RunnerError, match=message):
             run_packed(packed_runner, batch, 8)
-    long = packed_batch([9, 3], tiny_model.config.vocab_size, 0)
+    long = checkpoints.packed_batch([9, 3], tiny_model.config.vocab_size, 0)
     with pytest.raises(RunnerError, match="more than the maximum 8"):
         run_packed(packed_runner, long, 8)
 
@@ -386,9 +348,9 @@ def test_pickle_weights_without_megatron_run_the_packed_network(tiny_model, mode
     engine = tmp_path / "pickle.engine"
     assert builder_varseqlen.main(["--pickle", str(path), "-c", str(model_files["config_dir"]), "-o", str(engine),
                                    "-b", "2", "-s", "64", "--backend", "portable", "--device", "cpu"]) == 0
-    batch = packed_batch([64, 9], tiny_model.config.vocab_size, 4)
+    batch = checkpoints.packed_batch([64, 9], tiny_model.config.vocab_size, 4)
     logits = run_packed(EngineRunner(engine, device="cpu"), batch, 64)
-    np.testing.assert_allclose(logits, hf_packed_logits(tiny_model, batch), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(logits, checkpoints.hf_packed_logits(tiny_model, batch), atol=1e-4, rtol=1e-4)
 
 
 def test_int8_interleaved_engine_matches_the_packed_int8_engine(tiny_model, model_files, tmp_path):
@@ -401,7 +363,7 @@ def test_int8_interleaved_engine_matches_the_packed_int8_engine(tiny_model, mode
 
     amax = {name: 4.0 for name in checkpoints.qat_amax_names(tiny_model.config.num_hidden_layers)}
     onnx = checkpoints.write_onnx_model(tiny_model, tmp_path / "qat.onnx", amax)
-    batch = packed_batch([64, 9, 33], tiny_model.config.vocab_size, 1)
+    batch = checkpoints.packed_batch([64, 9, 33], tiny_model.config.vocab_size, 1)
     logits = {}
     for layout in (["-il"], []):
         engine = tmp_path / f"int8{len(layout)}.engine"
