@@ -16,8 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from builder_utils import (
-    DEVICE_ENV,
+from bert_weights import (
     B_AOUT,
     B_LOUT,
     B_MID,
@@ -32,17 +31,20 @@ from builder_utils import (
     BertConfig,
     WeightLoadError,
     WeightMap,
-    add_gelu,
-    add_common_builder_options,
-    add_plugin_to_network,
-    check_output_folder,
     check_weights,
-    create_plugin,
     default_calibration_cache_name,
     load_hf_weights,
     load_onnx_weights_and_quant,
     load_pytorch_weights_and_quant,
     load_tf_weights,
+)
+from builder_utils import (
+    DEVICE_ENV,
+    add_gelu,
+    add_common_builder_options,
+    add_plugin_to_network,
+    check_output_folder,
+    create_plugin,
     load_builder_config,
     load_timing_cache,
     parse_builder_args,

@@ -24,9 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from builder import add_dense, add_plugin, amax, compute_capability, network_creation_flags, start_backend
-from builder import LOADERS as FIXED_LENGTH_LOADERS
-from builder_utils import (
+from bert_weights import (
     B_AOUT,
     B_LOUT,
     B_MID,
@@ -41,14 +39,18 @@ from builder_utils import (
     BertConfig,
     WeightLoadError,
     WeightMap,
+    check_weights,
+    load_megatron_pickle_weights,
+    pack_qkv,
+)
+from builder import add_dense, add_plugin, amax, compute_capability, network_creation_flags, start_backend
+from builder import LOADERS as FIXED_LENGTH_LOADERS
+from builder_utils import (
     add_common_builder_options,
     add_gelu,
     check_output_folder,
-    check_weights,
     load_builder_config,
-    load_megatron_pickle_weights,
     load_timing_cache,
-    pack_qkv,
     parse_builder_args,
     plugin_field,
     run_builder,

@@ -1,7 +1,7 @@
 """Write one HuggingFace BERT QA model into every weight format the builders read.
 
 The oracle is ``transformers.BertForQuestionAnswering``; the writers below re-express its
-state dict under each format's own naming (nothing here reuses ``builder_utils``):
+state dict under each format's own naming (nothing here reuses ``bert_weights``):
 
 * ``write_hf_folder``: ``save_pretrained`` (config.json + model.safetensors);
 * ``write_bert_config``: Google-style ``bert_config.json``;

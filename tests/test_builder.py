@@ -335,7 +335,7 @@ def network_tensors(config, weights):
 
 
 def qat_weights(model, tmp_path):
-    import builder_utils as bu
+    import bert_weights as bw
 
     names = checkpoints.qat_amax_names(model.config.num_hidden_layers)
     amax = {name: 2.0 + index for index, name in enumerate(names)}
@@ -345,17 +345,17 @@ def qat_weights(model, tmp_path):
                 f"bert.encoder.layer.{layer}.attention.self.query._input_quantizer._amax"]
     path = checkpoints.write_onnx_model(model, tmp_path / "qat.onnx", amax)
     c = model.config
-    config = bu.BertConfig(c.num_attention_heads, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
+    config = bw.BertConfig(c.num_attention_heads, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
                            use_int8=True, use_qat=True)
-    return config, bu.load_onnx_weights_and_quant(str(path), config), amax
+    return config, bw.load_onnx_weights_and_quant(str(path), config), amax
 
 
 def test_network_tensor_names_and_gelu_chain(tiny_model, tiny_files):
-    import builder_utils as bu
+    import bert_weights as bw
     from helpers.backend import trt
 
-    config = bu.load_hf_config(str(tiny_files["hf"]))
-    tensors, network = network_tensors(config, bu.load_hf_weights(str(tiny_files["hf"]), config))
+    config = bw.load_hf_config(str(tiny_files["hf"]))
+    tensors, network = network_tensors(config, bw.load_hf_weights(str(tiny_files["hf"]), config))
     expected = ["embeddings_output", "logits_out"] + [
         f"l{i}_{name}" for i in range(2)
         for name in ("attention_qkv_mult", "attention_context_layer", "gelu", "output_dense", "output_reshape")
@@ -392,23 +392,23 @@ def test_qat_dynamic_ranges(tiny_model, tmp_path):
 
 
 def test_qat_model_with_unequal_qkv_input_ranges_is_refused(tiny_model, tmp_path):
-    import builder_utils as bu
+    import bert_weights as bw
 
     config, weights, _ = qat_weights(tiny_model, tmp_path)
     weights["l1_attention_self_value_input_amax"] = weights["l1_attention_self_value_input_amax"] + 1
-    with pytest.raises(bu.WeightLoadError, match="l1_attention_self_value_input_amax"):
+    with pytest.raises(bw.WeightLoadError, match="l1_attention_self_value_input_amax"):
         network_tensors(config, weights)
     del weights["l0_output_add_local_input_quantizer_amax"]
-    with pytest.raises(bu.WeightLoadError, match="has no 'l0_output_add_local_input_quantizer_amax' entry"):
+    with pytest.raises(bw.WeightLoadError, match="has no 'l0_output_add_local_input_quantizer_amax' entry"):
         network_tensors(config, weights)
 
 
 def test_ptq_clips_gelu_and_keeps_dense_outputs_unquantized(tiny_model, tiny_files):
-    import builder_utils as bu
+    import bert_weights as bw
     from helpers.backend import trt
 
-    config = bu.load_hf_config(str(tiny_files["hf"]), use_int8=True, use_fp16=True)
-    tensors, network = network_tensors(config, bu.load_hf_weights(str(tiny_files["hf"]), config))
+    config = bw.load_hf_config(str(tiny_files["hf"]), use_int8=True, use_fp16=True)
+    tensors, network = network_tensors(config, bw.load_hf_weights(str(tiny_files["hf"]), config))
     assert tensors["l1_gelu"].dynamic_range == (-10.0, 10.0)
     dense_outputs = [network.get_layer(i) for i in range(network.num_layers)
                      if network.get_layer(i).get_output(0).name in ("l0_output_dense", "l1_output_dense")]

@@ -1,4 +1,4 @@
-"""Weight loaders of builder_utils: names, QKV packing, formats agreeing with HF, bad input."""
+"""Weight loaders of bert_weights: names, QKV packing, formats agreeing with HF, bad input."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+import bert_weights as bw
 import builder_utils as bu
 
 
-def tiny_config(model, **options) -> bu.BertConfig:
+def tiny_config(model, **options) -> bw.BertConfig:
     c = model.config
-    return bu.BertConfig(c.num_attention_heads, c.hidden_size, c.intermediate_size, c.num_hidden_layers, **options)
+    return bw.BertConfig(c.num_attention_heads, c.hidden_size, c.intermediate_size, c.num_hidden_layers, **options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,12 +50,12 @@ def tiny_config(model, **options) -> bu.BertConfig:
     ],
 )
 def test_onnx_to_trt_name(onnx_name, trt_name):
-    assert bu.onnx_to_trt_name(onnx_name) == trt_name
+    assert bw.onnx_to_trt_name(onnx_name) == trt_name
 
 
 def test_onnx_to_trt_name_rejects_unknown_names():
-    with pytest.raises(bu.WeightLoadError, match="unknown tensor name 'cls.predictions.bias'"):
-        bu.onnx_to_trt_name("cls.predictions.bias")
+    with pytest.raises(bw.WeightLoadError, match="unknown tensor name 'cls.predictions.bias'"):
+        bw.onnx_to_trt_name("cls.predictions.bias")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,7 +67,7 @@ def test_pack_qkv_orders_channels_per_head_or_per_projection():
     # Row r of projection p holds the value 100*p + r in every column, so each packed row names its origin.
     parts = [(np.full((hidden, hidden), 0.0) + (100 * p + np.arange(hidden))[:, None], 100 * p + np.arange(hidden) + 0.5)
              for p in range(3)]
-    kernel, bias = bu.pack_qkv(*parts, num_heads=heads)
+    kernel, bias = bw.pack_qkv(*parts, num_heads=heads)
     assert kernel.shape == (3 * hidden, hidden) and bias.shape == (3 * hidden,)
     for n in range(heads):
         for p in range(3):
@@ -74,7 +75,7 @@ def test_pack_qkv_orders_channels_per_head_or_per_projection():
                 row = n * 3 * head_size + p * head_size + h
                 assert kernel[row, 0] == 100 * p + n * head_size + h
                 assert bias[row] == 100 * p + n * head_size + h + 0.5
-    kernel, bias = bu.pack_qkv(*parts, num_heads=heads, interleaved=True)
+    kernel, bias = bw.pack_qkv(*parts, num_heads=heads, interleaved=True)
     expected = np.concatenate([100 * p + np.arange(hidden) for p in range(3)])
     np.testing.assert_array_equal(kernel[:, 0], expected)
     np.testing.assert_array_equal(bias, expected + 0.5)
@@ -88,15 +89,15 @@ def test_every_format_loads_the_hf_weights(tiny_model, tiny_files):
     config = tiny_config(tiny_model)
     sd = checkpoints.state_dict_arrays(tiny_model)
     maps = {
-        "hf": bu.load_hf_weights(str(tiny_files["hf"]), config),
-        "pytorch": bu.load_pytorch_weights_and_quant(str(tiny_files["pytorch"]), config),
-        "onnx": bu.load_onnx_weights_and_quant(str(tiny_files["onnx"]), config),
-        "ckpt": bu.load_tf_weights(tiny_files["ckpt"], config),
+        "hf": bw.load_hf_weights(str(tiny_files["hf"]), config),
+        "pytorch": bw.load_pytorch_weights_and_quant(str(tiny_files["pytorch"]), config),
+        "onnx": bw.load_onnx_weights_and_quant(str(tiny_files["onnx"]), config),
+        "ckpt": bw.load_tf_weights(tiny_files["ckpt"], config),
     }
-    expected = set(bu.expected_weight_shapes(config))
+    expected = set(bw.expected_weight_shapes(config))
     for kind, weights in maps.items():
         assert set(weights) == expected, kind
-        bu.check_weights(weights, config, 384)
+        bw.check_weights(weights, config, 384)
         for name, value in weights.items():
             assert value.dtype == np.float32 and value.flags.c_contiguous, (kind, name)
             np.testing.assert_array_equal(value, maps["hf"][name], err_msg=f"{kind} {name}")
@@ -120,7 +121,7 @@ def test_onnx_amax_entries_are_loaded_raw(tiny_model, tmp_path):
     names = checkpoints.qat_amax_names(tiny_model.config.num_hidden_layers)
     amax = {name: 1.0 + index / 8 for index, name in enumerate(names)}
     path = checkpoints.write_onnx_model(tiny_model, tmp_path / "qat.onnx", amax)
-    weights = bu.load_onnx_weights_and_quant(str(path), tiny_config(tiny_model))
+    weights = bw.load_onnx_weights_and_quant(str(path), tiny_config(tiny_model))
     assert float(weights["l1_attention_self_av_a_input_quantizer_amax"]) == amax[
         "bert.encoder.layer.1.attention.self.matmul_a_input_quantizer._amax"
     ]
@@ -129,7 +130,7 @@ def test_onnx_amax_entries_are_loaded_raw(tiny_model, tmp_path):
         "bert.encoder.layer.0.attention.output.dense._input_quantizer._amax"
     ]
     assert sum(name.endswith("_amax") for name in weights) == len(names)
-    bu.check_weights(weights, tiny_config(tiny_model))
+    bw.check_weights(weights, tiny_config(tiny_model))
 
 
 def test_hf_folder_without_bert_prefix(tiny_model, tmp_path):
@@ -139,9 +140,9 @@ def test_hf_folder_without_bert_prefix(tiny_model, tmp_path):
     shutil.copytree(checkpoints.write_hf_folder(tiny_model, tmp_path / "hf"), folder)
     state = {k.removeprefix("bert."): v.contiguous() for k, v in tiny_model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
-    config = bu.load_hf_config(str(folder))
-    weights = bu.load_hf_weights(str(folder), config)
-    bu.check_weights(weights, config)
+    config = bw.load_hf_config(str(folder))
+    weights = bw.load_hf_weights(str(folder), config)
+    bw.check_weights(weights, config)
     np.testing.assert_array_equal(weights["l1_output_dense_bias"], state["encoder.layer.1.output.dense.bias"].numpy())
 
 
@@ -149,15 +150,15 @@ def test_hf_folder_with_pytorch_model_bin(tiny_model, tmp_path):
     folder = checkpoints.write_hf_folder(tiny_model, tmp_path / "hf")
     (folder / "model.safetensors").unlink()
     torch.save(tiny_model.state_dict(), folder / "pytorch_model.bin")
-    config = bu.load_hf_config(str(folder))
-    weights = bu.load_hf_weights(str(folder), config)
-    bu.check_weights(weights, config)
+    config = bw.load_hf_config(str(folder))
+    weights = bw.load_hf_weights(str(folder), config)
+    bw.check_weights(weights, config)
     np.testing.assert_array_equal(weights["cls_squad_output_bias"], tiny_model.qa_outputs.bias.detach().numpy())
 
 
 def test_configs_give_heads_hidden_intermediate_layers(tiny_model, tiny_files):
-    for config in (bu.load_bert_config(str(tiny_files["config_dir"] / "bert_config.json")),
-                   bu.load_hf_config(str(tiny_files["hf"]))):
+    for config in (bw.load_bert_config(str(tiny_files["config_dir"] / "bert_config.json")),
+                   bw.load_hf_config(str(tiny_files["hf"]))):
         assert (config.num_attention_heads, config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (3, 48, 37, 2)
         assert config.head_size == 16
 
@@ -176,7 +177,7 @@ def test_megatron_pickle_keeps_fused_qkv_and_copies_qkv_amax(tmp_path):
     }
     path = tmp_path / "megatron.pkl"
     path.write_bytes(pickle.dumps(tensors))
-    weights = bu.load_megatron_pickle_weights(str(path), bu.BertConfig(heads, hidden, 16, 1))
+    weights = bw.load_megatron_pickle_weights(str(path), bw.BertConfig(heads, hidden, 16, 1))
     np.testing.assert_array_equal(weights["l0_attention_self_qkv_kernel"], qkv)
     np.testing.assert_array_equal(weights["l0_attention_self_qkv_bias"], np.arange(3 * hidden))
     for projection in ("qkv", "query", "key", "value"):
@@ -201,8 +202,8 @@ def test_corrupt_files_give_one_line_errors(tiny_model, tiny_files, tmp_path):
     config = tiny_config(tiny_model)
     garbage = tmp_path / "garbage.bin"
     garbage.write_bytes(b"\x08\x07not a model at all" * 50)
-    for loader in (bu.load_onnx_weights_and_quant, bu.load_pytorch_weights_and_quant, bu.load_megatron_pickle_weights):
-        with pytest.raises(bu.WeightLoadError) as excinfo:
+    for loader in (bw.load_onnx_weights_and_quant, bw.load_pytorch_weights_and_quant, bw.load_megatron_pickle_weights):
+        with pytest.raises(bw.WeightLoadError) as excinfo:
             loader(str(garbage), config)
         assert_one_line(excinfo, "cannot read", str(garbage))
 
@@ -210,8 +211,8 @@ def test_corrupt_files_give_one_line_errors(tiny_model, tiny_files, tmp_path):
     shutil.copytree(tiny_files["hf"], folder)
     data = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(bu.WeightLoadError) as excinfo:
-        bu.load_hf_weights(str(folder), config)
+    with pytest.raises(bw.WeightLoadError) as excinfo:
+        bw.load_hf_weights(str(folder), config)
     assert_one_line(excinfo, "cannot read", "model.safetensors")
 
     prefix = tmp_path / "model.ckpt"
@@ -219,21 +220,21 @@ def test_corrupt_files_give_one_line_errors(tiny_model, tiny_files, tmp_path):
         shutil.copy(source, tmp_path / source.name)
     shard = next(tmp_path.glob("model.ckpt.data-*"))
     shard.write_bytes(shard.read_bytes()[:100])
-    with pytest.raises(bu.WeightLoadError) as excinfo:
-        bu.load_tf_weights(str(prefix), config)
+    with pytest.raises(bw.WeightLoadError) as excinfo:
+        bw.load_tf_weights(str(prefix), config)
     assert_one_line(excinfo, "cannot read TF checkpoint")
 
 
 def test_missing_files_give_one_line_errors(tiny_model, tmp_path):
     config = tiny_config(tiny_model)
-    with pytest.raises(bu.WeightLoadError) as excinfo:
-        bu.load_tf_weights(str(tmp_path / "nothing.ckpt"), config)
+    with pytest.raises(bw.WeightLoadError) as excinfo:
+        bw.load_tf_weights(str(tmp_path / "nothing.ckpt"), config)
     assert_one_line(excinfo, "nothing.ckpt.index")
-    with pytest.raises(bu.WeightLoadError) as excinfo:
-        bu.load_hf_weights(str(tmp_path), config)
+    with pytest.raises(bw.WeightLoadError) as excinfo:
+        bw.load_hf_weights(str(tmp_path), config)
     assert_one_line(excinfo, "neither model.safetensors nor pytorch_model.bin")
-    with pytest.raises(bu.ConfigError) as excinfo:
-        bu.load_bert_config(str(tmp_path / "bert_config.json"))
+    with pytest.raises(bw.ConfigError) as excinfo:
+        bw.load_bert_config(str(tmp_path / "bert_config.json"))
     assert_one_line(excinfo, "configuration file not found")
 
 
@@ -242,8 +243,8 @@ def test_unknown_tensor_names_are_refused(tiny_model, tmp_path):
     sd = tiny_model.state_dict()
     sd["bert.encoder.layer.0.attention.self.rotary.weight"] = torch.zeros(3)
     torch.save({"model": sd}, tmp_path / "extra.pt")
-    with pytest.raises(bu.WeightLoadError) as excinfo:
-        bu.load_pytorch_weights_and_quant(str(tmp_path / "extra.pt"), config)
+    with pytest.raises(bw.WeightLoadError) as excinfo:
+        bw.load_pytorch_weights_and_quant(str(tmp_path / "extra.pt"), config)
     assert_one_line(excinfo, "unknown tensor 'bert.encoder.layer.0.attention.self.rotary.weight'")
 
     tf = pytest.importorskip("tensorflow")
@@ -252,8 +253,8 @@ def test_unknown_tensor_names_are_refused(tiny_model, tmp_path):
     names = sorted(variables)
     tf.raw_ops.SaveV2(prefix=str(tmp_path / "extra.ckpt"), tensor_names=names, shape_and_slices=[""] * len(names),
                       tensors=[tf.constant(variables[n]) for n in names])
-    with pytest.raises(bu.WeightLoadError) as excinfo:
-        bu.load_tf_weights(str(tmp_path / "extra.ckpt"), config)
+    with pytest.raises(bw.WeightLoadError) as excinfo:
+        bw.load_tf_weights(str(tmp_path / "extra.ckpt"), config)
     assert_one_line(excinfo, "unknown tensor 'bert/encoder/layer_0/attention/self/rotary/kernel'")
 
 
@@ -262,30 +263,30 @@ def test_hf_folder_without_squad_head_is_refused(tmp_path):
 
     BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=20)).save_pretrained(tmp_path)
-    config = bu.load_hf_config(str(tmp_path))
-    with pytest.raises(bu.WeightLoadError) as excinfo:
-        bu.load_hf_weights(str(tmp_path), config)
+    config = bw.load_hf_config(str(tmp_path))
+    with pytest.raises(bw.WeightLoadError) as excinfo:
+        bw.load_hf_weights(str(tmp_path), config)
     assert_one_line(excinfo, "no SQuAD head (qa_outputs.weight)")
 
 
 def test_config_that_disagrees_with_the_weights(tiny_model, tiny_files):
-    weights = bu.load_hf_weights(str(tiny_files["hf"]), tiny_config(tiny_model))
-    wider = bu.BertConfig(3, 48, 40, 2)
-    with pytest.raises(bu.WeightLoadError) as excinfo:
-        bu.check_weights(weights, wider)
+    weights = bw.load_hf_weights(str(tiny_files["hf"]), tiny_config(tiny_model))
+    wider = bw.BertConfig(3, 48, 40, 2)
+    with pytest.raises(bw.WeightLoadError) as excinfo:
+        bw.check_weights(weights, wider)
     assert_one_line(excinfo, "'l0_intermediate_dense_kernel'", "(37, 48)", "(40, 48)")
-    with pytest.raises(bu.WeightLoadError) as excinfo:
-        bu.check_weights(weights, bu.BertConfig(3, 48, 37, 3))
+    with pytest.raises(bw.WeightLoadError) as excinfo:
+        bw.check_weights(weights, bw.BertConfig(3, 48, 37, 3))
     assert_one_line(excinfo, "'l2_attention_self_qkv_kernel' is missing")
-    with pytest.raises(bu.WeightLoadError) as excinfo:
-        bu.check_weights(weights, bu.BertConfig(3, 48, 37, 1))
+    with pytest.raises(bw.WeightLoadError) as excinfo:
+        bw.check_weights(weights, bw.BertConfig(3, 48, 37, 1))
     assert_one_line(excinfo, "'l1_", "does not fit the config")
-    with pytest.raises(bu.WeightLoadError) as excinfo:
-        bu.check_weights(weights, tiny_config(tiny_model), max_sequence_length=513)
+    with pytest.raises(bw.WeightLoadError) as excinfo:
+        bw.check_weights(weights, tiny_config(tiny_model), max_sequence_length=513)
     assert_one_line(excinfo, "sequence length 513 exceeds the 512 position embeddings")
     # The packer checks Q/K/V against the config before anything is packed.
-    with pytest.raises(bu.WeightLoadError) as excinfo:
-        bu.load_hf_weights(str(tiny_files["hf"]), bu.BertConfig(4, 64, 37, 2))
+    with pytest.raises(bw.WeightLoadError) as excinfo:
+        bw.load_hf_weights(str(tiny_files["hf"]), bw.BertConfig(4, 64, 37, 2))
     assert_one_line(excinfo, "'bert.encoder.layer.0.attention.self.query.weight'", "(48, 48)", "(64, 64)")
 
 
@@ -303,8 +304,8 @@ def test_unsupported_hf_configs_are_refused(tiny_files, tmp_path, change, fragme
     data = json.loads((tiny_files["hf"] / "config.json").read_text())
     data.update(change)
     (tmp_path / "config.json").write_text(json.dumps(data))
-    with pytest.raises(bu.ConfigError) as excinfo:
-        bu.load_hf_config(str(tmp_path))
+    with pytest.raises(bw.ConfigError) as excinfo:
+        bw.load_hf_config(str(tmp_path))
     assert_one_line(excinfo, fragment)
 
 
