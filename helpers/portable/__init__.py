@@ -72,18 +72,16 @@ from helpers.portable.network import (
     IUnaryLayer,
     Weights,
 )
-from helpers.portable.plugins import (
+from helpers.portable.plugin_registry import (
     IPluginCreator,
     IPluginCreatorV3One,
     IPluginRegistry,
     IPluginV2,
     IPluginV3,
-    PluginField,
-    PluginFieldCollection,
-    PluginFieldCollection_,
     get_plugin_registry,
     init_libnvinfer_plugins,
 )
+from helpers.portable.plugins import PluginField, PluginFieldCollection, PluginFieldCollection_
 from helpers.portable.runtime import ICudaEngine, IExecutionContext, Runtime
 
 __version__ = "10.13.0.portable"

@@ -33,7 +33,8 @@ from helpers.portable.enums import (
 )
 from helpers.portable.layers import BuildError, Shape, fmt_shape, is_known
 from helpers.portable.network import Dims, ILayer, INetworkDefinition, ITensor, as_shape
-from helpers.portable.plugins import IPluginRegistry, get_plugin_registry, plugin_output_types
+from helpers.portable.plugin_registry import IPluginRegistry, get_plugin_registry
+from helpers.portable.plugins import plugin_output_types
 
 PRODUCER = "helpers.portable"
 API_VERSION = "10.13.0"

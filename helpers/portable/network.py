@@ -26,7 +26,8 @@ from helpers.portable.enums import (
     nptype,
 )
 from helpers.portable.layers import INFER, BuildError, Params, Shape
-from helpers.portable.plugins import PLUGIN_DEFINITIONS, IPluginV2, IPluginV3
+from helpers.portable.plugin_registry import IPluginV2, IPluginV3
+from helpers.portable.plugins import PLUGIN_DEFINITIONS
 
 if TYPE_CHECKING:
     from helpers.portable.builder import Builder

@@ -38,11 +38,11 @@ from helpers.portable.int8_plan import lower_int8
 from helpers.portable.kernels.plan import optimize_plan
 from helpers.portable.layers import TORCH_DTYPE, BuildError, Shape, fmt_shape, is_known
 from helpers.portable.network import Dims, as_shape
+from helpers.portable.plugin_registry import get_plugin_registry
 from helpers.portable.plugins import (
     PLUGIN_DEFINITIONS,
     PluginError,
     PluginField,
-    get_plugin_registry,
     load_plugin_extensions,
     parse_plugin,
     plugin_impl,
