@@ -419,10 +419,11 @@ PLUGIN_DEFINITIONS: dict[tuple[str, str], PluginDefinition] = {(d.name, d.versio
 Tensors = tuple[torch.Tensor, ...]
 
 
-def emb_layernorm_fixed(p: Params, w: dict[str, torch.Tensor], ids: torch.Tensor, segs: torch.Tensor, mask: torch.Tensor) -> Tensors:
-    seq, batch = ids.shape
-    positions = torch.arange(seq, device=ids.device, dtype=torch.int32).unsqueeze(1).expand(seq, batch)
-    normed, _ = ops.embed_layernorm(
+def _embed_layernorm(
+    w: dict[str, torch.Tensor], ids: torch.Tensor, segs: torch.Tensor, positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ops.embed_layernorm over the embedding plugins' weight fields: (normalized, summed)."""
+    return ops.embed_layernorm(
         ids,
         segs,
         positions,
@@ -432,6 +433,12 @@ def emb_layernorm_fixed(p: Params, w: dict[str, torch.Tensor], ids: torch.Tensor
         w["bert_embeddings_layernorm_gamma"],
         w["bert_embeddings_layernorm_beta"],
     )
+
+
+def emb_layernorm_fixed(p: Params, w: dict[str, torch.Tensor], ids: torch.Tensor, segs: torch.Tensor, mask: torch.Tensor) -> Tensors:
+    seq, batch = ids.shape
+    positions = torch.arange(seq, device=ids.device, dtype=torch.int32).unsqueeze(1).expand(seq, batch)
+    normed, _ = _embed_layernorm(w, ids, segs, positions)
     return normed.unflatten(-1, (-1, 1, 1)), ops.mask_index(mask).unsqueeze(1)
 
 
@@ -447,16 +454,7 @@ def emb_layernorm_varseqlen(megatron: bool) -> Callable[..., Tensors]:
         p: Params, w: dict[str, torch.Tensor], ids: torch.Tensor, segs: torch.Tensor, cu: torch.Tensor, dummy: torch.Tensor
     ) -> Tensors:
         positions = _packed_positions(cu, ids.shape[0])
-        normed, summed = ops.embed_layernorm(
-            ids,
-            segs,
-            positions,
-            w["bert_embeddings_word_embeddings"],
-            w["bert_embeddings_token_type_embeddings"],
-            w["bert_embeddings_position_embeddings"],
-            w["bert_embeddings_layernorm_gamma"],
-            w["bert_embeddings_layernorm_beta"],
-        )
+        normed, summed = _embed_layernorm(w, ids, segs, positions)
         if megatron:
             return normed.unflatten(-1, (-1, 1, 1)), summed.unflatten(-1, (-1, 1, 1))
         return normed.unflatten(-1, (-1, 1, 1)), torch.zeros((), dtype=torch.int32, device=ids.device)
