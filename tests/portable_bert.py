@@ -15,6 +15,14 @@ import numpy as np
 import torch
 
 GELU_CONSTANTS = (0.044715, 0.79788456080286535587989211986876, 1.0, 0.5)
+# The float fields of the embedding plugins, in the order the networks pass them (§4).
+EMB_FIELD_NAMES = (
+    "bert_embeddings_layernorm_beta",
+    "bert_embeddings_layernorm_gamma",
+    "bert_embeddings_word_embeddings",
+    "bert_embeddings_token_type_embeddings",
+    "bert_embeddings_position_embeddings",
+)
 
 
 @dataclass
@@ -159,13 +167,7 @@ def build_fixed_network(
         transposed.append(shuffle.get_output(0))
 
     dt = 1 if fp16 else 0
-    emb_fields = [plugin_field(trt, n, w[n], "f") for n in (
-        "bert_embeddings_layernorm_beta",
-        "bert_embeddings_layernorm_gamma",
-        "bert_embeddings_word_embeddings",
-        "bert_embeddings_token_type_embeddings",
-        "bert_embeddings_position_embeddings",
-    )]
+    emb_fields = [plugin_field(trt, n, w[n], "f") for n in EMB_FIELD_NAMES]
     emb_fields += [plugin_field(trt, "output_fp16", int(fp16), "i"), plugin_field(trt, "mha_type_id", dt, "i")]
     emb = create_plugin(trt, "CustomEmbLayerNormPluginDynamic", "6" if v3 else "1", "emb_layer_norm", emb_fields, v3)
     emb_layer = add_plugin(trt, network, transposed, emb, v3)
@@ -233,13 +235,7 @@ def build_varseqlen_network(
         profile.set_shape("cu_seqlens", (1,), (b + 1,), (b + 1,))
         profile.set_shape("max_seqlen", (1,), (max_seq,), (max_seq,))
         config.add_optimization_profile(profile)
-    emb_fields = [plugin_field(trt, n, w[n], "f") for n in (
-        "bert_embeddings_layernorm_beta",
-        "bert_embeddings_layernorm_gamma",
-        "bert_embeddings_word_embeddings",
-        "bert_embeddings_token_type_embeddings",
-        "bert_embeddings_position_embeddings",
-    )] + [plugin_field(trt, "output_fp16", 1, "i")]
+    emb_fields = [plugin_field(trt, n, w[n], "f") for n in EMB_FIELD_NAMES] + [plugin_field(trt, "output_fp16", 1, "i")]
     emb = create_plugin(trt, "CustomEmbLayerNormPluginDynamic", "4" if v3 else "2", "emb_layer_norm_huggingface", emb_fields, v3)
     emb_layer = add_plugin(trt, network, [ids, segs, cu, dummy], emb, v3)
     x, mask_idx = emb_layer.get_output(0), emb_layer.get_output(1)
