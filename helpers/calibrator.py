@@ -62,7 +62,7 @@ def read_calibration_cache_file(cache_file: str) -> bytes | None:
 class _SquadBatches:
     """SQuAD calibration batches and the cache file; the calibrator classes add TensorRT's base."""
 
-    def _setup(
+    def __init__(
         self,
         squad_json: str,
         vocab_file: str,
@@ -71,6 +71,8 @@ class _SquadBatches:
         max_seq_length: int,
         num_inputs: int,
     ) -> None:
+        # TensorRT's calibrator base, next in the subclass's MRO, is initialized first.
+        super().__init__()
         if batch_size < 1 or max_seq_length < 1 or num_inputs < 1:
             raise CalibrationError(
                 f"calibration needs positive batch size, sequence length and --calib-num "
@@ -149,18 +151,6 @@ class _SquadBatches:
 class BertCalibrator(_SquadBatches, trt.IInt8LegacyCalibrator):  # type: ignore[misc]
     """The demo's legacy calibrator: ranges from the 0.9999 quantile of |x|, cutoff 1.0."""
 
-    def __init__(
-        self,
-        squad_json: str,
-        vocab_file: str,
-        cache_file: str,
-        batch_size: int,
-        max_seq_length: int,
-        num_inputs: int,
-    ) -> None:
-        trt.IInt8LegacyCalibrator.__init__(self)
-        self._setup(squad_json, vocab_file, cache_file, batch_size, max_seq_length, num_inputs)
-
     def get_quantile(self) -> float:
         return LEGACY_QUANTILE
 
@@ -176,15 +166,3 @@ class BertCalibrator(_SquadBatches, trt.IInt8LegacyCalibrator):  # type: ignore[
 
 class BertEntropyCalibrator(_SquadBatches, trt.IInt8EntropyCalibrator2):  # type: ignore[misc]
     """The same batches with entropy (KL divergence) calibration instead of the legacy quantile."""
-
-    def __init__(
-        self,
-        squad_json: str,
-        vocab_file: str,
-        cache_file: str,
-        batch_size: int,
-        max_seq_length: int,
-        num_inputs: int,
-    ) -> None:
-        trt.IInt8EntropyCalibrator2.__init__(self)
-        self._setup(squad_json, vocab_file, cache_file, batch_size, max_seq_length, num_inputs)
