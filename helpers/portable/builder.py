@@ -7,6 +7,7 @@ writes the engine file (``engine_file.py``).  On any error it logs one ERROR and
 
 from __future__ import annotations
 
+import abc
 import datetime
 import struct
 import sys
@@ -40,7 +41,7 @@ PRODUCER = "helpers.portable"
 API_VERSION = "10.13.0"
 
 
-class ILogger:
+class ILogger(abc.ABC):
     """Base class for loggers; subclasses implement ``log(severity, msg)``."""
 
     Severity = Severity
@@ -50,8 +51,9 @@ class ILogger:
     INFO = Severity.INFO
     VERBOSE = Severity.VERBOSE
 
+    @abc.abstractmethod
     def log(self, severity: enums.Severity, msg: str) -> None:
-        raise NotImplementedError
+        """Receive one message of the given severity."""
 
 
 class Logger(ILogger):
