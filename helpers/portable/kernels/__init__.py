@@ -1,9 +1,9 @@
 """Fast CUDA versions of ``helpers.portable.ops``, with the same signatures and results.
 
 Winners of ``bench/kernels_bench.py`` on the H100 (numbers in docs/perf/KERNELS.md): Triton
-kernels for the embedding LayerNorm, the residual LayerNorm and the GELU pass; cuBLAS (through
-PyTorch) for the GEMMs, with bias + tanh GELU in the cuBLASLt epilogue; SDPA cuDNN /
-FlashAttention on strided views of the packed QKV tensor.  ``plan.optimize_plan`` puts them into
+kernels for the embedding LayerNorm, the residual LayerNorm and the GELU pass; cuBLASLt for the
+GEMMs (``cublaslt``: per-shape tuned algorithms, or PyTorch's call), with bias + tanh GELU in the
+epilogue; SDPA cuDNN / FlashAttention on strided views of the packed QKV tensor.  ``plan.optimize_plan`` puts them into
 the portable engine.  Triton is imported on first use only: CPU machines need none.
 """
 
@@ -79,9 +79,11 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``ops.gelu_tanh(ops.linear(x, weight, bias))`` as one GEMM whose epilogue adds the bias and
-    applies the tanh GELU (cuBLASLt ``GELU_BIAS``; PyTorch applies the same tanh GELU itself where
-    cuBLASLt is not used).  Half types keep the intermediate in the epilogue's float registers.
+    applies the tanh GELU (cuBLASLt ``GELU_BIAS``, the engine's ``cublaslt.linear``: a tuned
+    algorithm in FP16, PyTorch's call otherwise).  Half types keep the intermediate in the
+    epilogue's float registers.
     """
-    rows = x.reshape(-1, x.shape[-1])
-    out = torch._addmm_activation(bias, rows, weight.t(), use_gelu=True)
+    from helpers.portable.kernels.cublaslt import linear
+
+    out = linear(x.reshape(-1, x.shape[-1]), weight, bias, gelu=True)
     return out.view(*x.shape[:-1], weight.shape[0])

@@ -8,6 +8,9 @@ recognises by fused steps over the fast kernels; everything else keeps its refer
 * 1×1 convolution → skip-LayerNorm plugin → a bias-free GEMM, then one Triton pass adding the
   convolution bias (and the plugin's), the residual, and normalising.
 * Other 1×1 convolutions (the QKV projection, the SQuAD head) → one GEMM with the bias epilogue.
+* Dense FP16 GEMMs (all of the above) run on cuBLASLt with each shape's algorithm chosen by timing
+  the heuristic's candidates against PyTorch's call (``kernels.cublaslt``; ``DEMOBERT_CUBLASLT=0``
+  keeps PyTorch's calls, as do FP32 GEMMs).
 * Fixed-length embedding plugin → one Triton gather + LayerNorm reading the transposed id views in
   place, plus one Triton pass turning the mask into the mask index and the additive key bias that
   every attention layer then shares (a plan slot added for it).
@@ -47,6 +50,7 @@ import torch.nn.functional as F
 
 from helpers.portable import ops
 from helpers.portable.enums import ActivationType, DataType, ElementWiseOperation, Severity
+from helpers.portable.kernels import cublaslt
 from helpers.portable.kernels.attention import attention_fixed_biased, attention_varlen, key_padding_bias
 from helpers.portable.layers import TORCH_DTYPE
 from helpers.portable.plugins import EMB_LN, QKV, SKIP_LN, compute_type
@@ -425,8 +429,9 @@ Run = Callable[..., tuple[torch.Tensor, ...]]
 
 @dataclass(frozen=True)
 class _Gemm:
-    """``rows [M, in] @ weightᵀ``: cuBLAS on the dense [out, in] weight, or the semi-structured
-    sparse GEMM when ``sparse`` holds the weight's 2:4 form.  Results are contiguous [M, out]."""
+    """``rows [M, in] @ weightᵀ``: the tuned cuBLASLt GEMM (``cublaslt.linear``) on the dense
+    [out, in] weight, or the semi-structured sparse GEMM when ``sparse`` holds the weight's 2:4
+    form.  Results are contiguous [M, out]."""
 
     weight: torch.Tensor
     sparse: torch.Tensor | None
@@ -446,8 +451,7 @@ class _Gemm:
     def __call__(self, rows: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if self.sparse is not None:
             return F.linear(rows, self.sparse, bias).contiguous()
-        weight_t = self.weight.t()
-        return torch.addmm(bias, rows, weight_t) if bias is not None else torch.mm(rows, weight_t)
+        return cublaslt.linear(rows, self.weight, bias)
 
 
 def _dense(gemm: _Gemm, bias: torch.Tensor | None, spatial: int) -> Run:
@@ -469,7 +473,7 @@ def _dense_gelu(gemm: _Gemm, bias: torch.Tensor, spatial: int) -> Run:
     def run(x: torch.Tensor) -> tuple[torch.Tensor]:
         rows = x.to(gemm.dtype).reshape(-1, gemm.in_features)
         if gemm.sparse is None:
-            y = torch._addmm_activation(bias, rows, gemm.weight.t(), use_gelu=True)
+            y = cublaslt.linear(rows, gemm.weight, bias, gelu=True)
         else:
             from helpers.portable.kernels.gelu import bias_gelu_into
 
