@@ -350,11 +350,16 @@ class EngineRunner:
         """
         if "cu_seqlens" in arrays:
             check_packed_inputs(np.asarray(arrays["cu_seqlens"]), self.buffers["input_ids"].numel(), self.buffers["max_seqlen"].numel())
+        if self.stream is not None:
+            # Device sources may still be being written on the caller's stream.
+            self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
         for name, value in arrays.items():
             source = torch.as_tensor(value).reshape(self.buffers[name].shape)
             if self.stream is not None:
                 with torch.cuda.stream(self.stream):
                     self.buffers[name].copy_(source, non_blocking=True)
+                if source.is_cuda:  # keep the caller's memory from being reused before the copy ran
+                    source.record_stream(self.stream)
             else:
                 self.buffers[name].copy_(source)
 

@@ -171,6 +171,20 @@ def test_graph_replay_matches_normal_execution(tmp_path_factory):
 
 
 @needs_cuda
+def test_device_inputs_are_copied_after_the_callers_stream_wrote_them(tmp_path_factory):
+    engine = tiny_engine(tmp_path_factory, batch_sizes=(1, 4))
+    runner = EngineRunner(engine, device="cuda")
+    runner.activate(2, SEQ_LEN)
+    source = torch.zeros(2, SEQ_LEN, dtype=torch.int32, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda._sleep(200_000_000)  # keeps the caller's stream busy well past the copy's launch
+    source.fill_(7)
+    runner.copy_inputs({"input_ids": source})
+    runner.synchronize()
+    assert bool((runner.buffers["input_ids"] == 7).all())
+
+
+@needs_cuda
 def test_cpu_and_cuda_give_the_same_answer(tmp_path_factory):
     from engines import PASSAGE, QUESTION
     from helpers.question_answering import QuestionAnswerer
