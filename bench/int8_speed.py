@@ -6,6 +6,12 @@ bench/int8_accuracy.py; FP8 the same plus ``--fp8``), times CUDA-graph replays (
 each run's peak GPU memory, and profiles one eager forward per engine at the first length (device
 time per kernel category and the largest kernels, bench.compare.profile_kernels).  Prints one JSON
 line per measurement and writes them all to ``--out``.
+
+``--gemm-rows M`` (repeatable) first times BERT-large's four encoder GEMMs alone at M rows: FP16
+``F.linear`` (cuBLAS), ``torch._int_mm`` alone and followed by a PyTorch dequantize + bias (the
+INT8 path before the fused kernel, whose own dequantize pass sat between those two), and the fused
+Triton INT8 GEMM (float output; FC1 also with its GELU and int8-code output, as the engine runs it).
+``--no-engines`` skips the engines.
 """
 
 from __future__ import annotations
@@ -30,6 +36,54 @@ def fixed_inputs(batch: int, seq: int) -> dict[str, np.ndarray]:
     return {"input_ids": rng.integers(0, 30522, (batch, seq), dtype=np.int32),
             "segment_ids": rng.integers(0, 2, (batch, seq), dtype=np.int32),
             "input_mask": np.ones((batch, seq), np.int32)}
+
+
+# (name, N, K, GELU) of one BERT-large encoder layer's GEMMs, all with a bias.
+BERT_LARGE_GEMMS = (("QKV", 3072, 1024, False), ("attention out", 1024, 1024, False),
+                    ("FC1 + GELU", 4096, 1024, True), ("FC2", 1024, 4096, False))
+
+
+def time_gemms(rows: int) -> list[dict]:
+    """One record per GEMM at ``rows``: µs and TOPS of each variant, and the fused kernel's largest
+    deviation from ``_int_mm`` + dequantize (float32 rounding only: both are the exact integer product)."""
+    import torch.nn.functional as F
+
+    from bench.timing import time_cuda
+    from helpers.portable.kernels.int8_gemm import int8_gemm_into
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    records = []
+    for name, n, k, gelu in BERT_LARGE_GEMMS:
+        x = torch.randn(rows, k, device="cuda", generator=gen).half()
+        weight = (torch.randn(n, k, device="cuda", generator=gen) / 32).half()
+        bias = torch.randn(n, device="cuda", generator=gen)
+        codes = torch.randint(-128, 128, (rows, k), device="cuda", generator=gen, dtype=torch.int8)
+        weight_codes = torch.randint(-127, 128, (n, k), device="cuda", generator=gen, dtype=torch.int8)
+        col_scales = torch.rand(n, device="cuda", generator=gen) * 1e-5
+        out = torch.empty(rows, n, dtype=torch.float16, device="cuda")
+        out_codes = torch.empty(rows, n, dtype=torch.int8, device="cuda")
+        bias16 = bias.half()
+        variants = {
+            "fp16_cublas": lambda: F.linear(x, weight, bias16),
+            "int_mm": lambda: torch._int_mm(codes, weight_codes.t()),
+            "int_mm_dequant": lambda: torch.addcmul(bias, torch._int_mm(codes, weight_codes.t()), col_scales).half(),
+            "fused_float": lambda: int8_gemm_into(out, codes, weight_codes, col_scales, bias),
+        }
+        if gelu:
+            variants["fused_gelu_codes"] = lambda: int8_gemm_into(out_codes, codes, weight_codes, col_scales, bias,
+                                                                  gelu=True, out_scale=0.05, value_dtype=torch.float16)
+        record = {"gemm": name, "m": rows, "n": n, "k": k}
+        for variant, fn in variants.items():
+            ms = time_cuda(fn, warmup=3, iterations=30).median_ms
+            record[f"{variant}_us"] = ms * 1e3
+            record[f"{variant}_tops"] = 2.0 * rows * n * k / (ms * 1e-3) / 1e12
+        int8_gemm_into(out, codes, weight_codes, col_scales, bias)
+        reference = torch.addcmul(bias, torch._int_mm(codes, weight_codes.t()), col_scales).half()
+        record["fused_max_rel_err"] = float((out.float() - reference.float()).abs().max() / reference.float().abs().max())
+        records.append(record)
+        del x, weight, codes, weight_codes, out, out_codes, reference
+        torch.cuda.empty_cache()
+    return records
 
 
 def measure(engine: Path, batch: int, seq: int, iterations: int, profile: bool) -> dict:
@@ -61,10 +115,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, action="append", help="sequence lengths (default 128 and 384)")
     parser.add_argument("--precision", action="append", choices=sorted(VARIANTS), help="engines (default all)")
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--gemm-rows", type=int, action="append", default=[], help="time the GEMMs alone at M rows")
+    parser.add_argument("--no-engines", action="store_true", help="skip the engines (with --gemm-rows)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: bench/int8_speed.py needs a CUDA GPU", file=sys.stderr)
         return 1
+    records = []
+    for rows in args.gemm_rows:
+        for record in time_gemms(rows):
+            print(json.dumps(record), flush=True)
+            records.append(record)
+    if not args.no_engines:
+        records += time_engines(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_suffix(".partial")
+    partial.write_text(json.dumps(records, indent=1), encoding="utf-8")
+    os.replace(partial, args.out)
+    return 0
+
+
+def time_engines(args: argparse.Namespace) -> list[dict]:
     from bench.gpu_records import Setup, Workspace, build
     from bench.check_builder_gpu import SHAPES
 
@@ -94,11 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         base = by_key.get(("fp16", seq))
         ratio = f"{base / ms:.2f}x FP16 throughput" if base else ""
         print(f"{precision} S={seq} B={args.batch}: {ms:.2f} ms {ratio}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_suffix(".partial")
-    partial.write_text(json.dumps(records, indent=1), encoding="utf-8")
-    os.replace(partial, args.out)
-    return 0
+    return records
 
 
 if __name__ == "__main__":

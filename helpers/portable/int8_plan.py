@@ -27,13 +27,17 @@ Replaced steps are named ``int8:<layer name>`` and keep the plan's one-step-per-
 CUDA fast-path rewrite (``kernels/plan.py``) leaves them alone.
 
 On CUDA (where ``kernels/plan.py`` runs its fast path) the same arithmetic runs with few passes over
-memory (Triton kernels of ``kernels/quant_kernels.py``): a GEMM is one quantize pass, the tensor-core
-GEMM on weight codes made once at load (``torch._int_mm`` on the column-major int8 codes, or FP8
-``torch._scaled_mm`` with the bias in its epilogue), and for INT8 one dequantize + bias pass; the
-builder's 8-layer GELU after a GEMM is applied in that pass (its other steps become empty steps);
-``-iln`` skip-LayerNorm is one row pass; ``-imh`` attention quantizes Q, K, V and the context
-with their ranges and runs fused FP16 attention (SDPA) in between, so, unlike the CPU
-simulation, it does not quantize the probabilities with ``dq_probs``.
+memory: an INT8 GEMM is one Triton tensor-core GEMM on weight codes made once at load
+(``kernels/int8_gemm.py``) with the dequantize + bias and the builder's 8-layer GELU after it in its
+epilogue (the chain's other steps become empty steps), behind one quantize pass
+(``kernels/quant_kernels.py``) unless its producer already wrote the int8 codes; FP8 is one
+quantize pass and ``torch._scaled_mm`` with the bias in its epilogue.  ``-iln`` skip-LayerNorm is
+one row pass; ``-imh`` attention quantizes Q, K, V and the context with their ranges and runs fused
+FP16 attention (SDPA) in between, so, unlike the CPU simulation, it does not quantize the
+probabilities with ``dq_probs``.  A tensor read only by INT8 GEMMs (the GELU output, ``-imh``'s
+context) is handed over as int8 codes, and the QKV GEMM in front of ``-imh`` attention writes its
+output on the INT8 grid itself (attention then skips that quantize pass): the same values, rounded
+once to the engine's float type and then to the grid, as the separate passes make.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from helpers.portable.layers import TORCH_DTYPE, BuildError, is_known
 from helpers.portable.plugins import QKV, SKIP_LN
 
 STEP_PREFIX = "int8:"
+CODES, VALUES = "codes", "values"  # how an INT8 tensor is handed over on CUDA (``_Lowering.handover``)
 _STRICT_FLAGS = ("PREFER_PRECISION_CONSTRAINTS", "OBEY_PRECISION_CONSTRAINTS")
 _FLOAT_PRECISIONS = (int(DataType.FLOAT), int(DataType.HALF))
 
@@ -132,13 +137,14 @@ def lower_int8(plan: Any, description: dict[str, Any], dev: torch.device) -> Any
     runnable = [index for index, layer in enumerate(description["layers"]) if layer["kind"] != "constant"]
     step_of = dict(zip(runnable, plan.steps))
     gelu_chains = _gelu_chains(plan, description, dev)
+    lowering.plan_handovers(description, gelu_chains)
     replaced: dict[int, Any] = {}
     for index in runnable:
         layer, step = description["layers"][index], step_of[index]
         if index in replaced:
             continue
         chain = gelu_chains.get(index) if layer["kind"] == "convolution" else None
-        run = lowering.run_for(layer, gelu=chain is not None)
+        run = lowering.run_for(layer, None if chain is None else description["layers"][chain[-1]]["outputs"][0])
         if run is None:
             continue
         if chain is None:
@@ -194,16 +200,79 @@ class _Lowering:
         for slot, tensor in enumerate(description["tensors"]):
             if tensor["dynamic_range"] is not None:
                 self.amax[slot] = max(abs(float(v)) for v in tensor["dynamic_range"])
+        # Slot → how its producer hands it over on CUDA: CODES (int8 codes of its range) or
+        # VALUES (its INT8 values in its float type); absent: plain float values.
+        self.handover: dict[int, str] = {}
+
+    def int8_gemm_source(self, layer: dict[str, Any]) -> int | None:
+        """The slot a convolution reads as an INT8 (FP8) GEMM; None where it stays a float layer."""
+        p = layer["params"]
+        source = layer["inputs"][0]
+        if source not in self.amax or any(k != 1 for k in p["kernel_shape"]) or p.get("num_groups", 1) != 1:
+            return None
+        if self.strict and layer.get("precision") in _FLOAT_PRECISIONS:
+            return None
+        return source
+
+    def fast_int8_attention_source(self, layer: dict[str, Any]) -> int | None:
+        """The QKV slot of a QKV-to-context plugin that runs ``_fast_int8_attention``."""
+        p = layer["params"]
+        if not self.fast or layer["kind"] != "plugin" or p["plugin"] != QKV or p["version"] in ("3", "6"):
+            return None
+        from helpers.portable.runtime import _LoadedPlugin
+
+        params = _LoadedPlugin(p).params
+        if params.get("type_id") != int(DataType.INT8) or params.get("var_seqlen"):
+            return None
+        if self.scales([layer["inputs"][0], layer["outputs"][0]]) is None:
+            return None
+        return int(layer["inputs"][0])
+
+    def plan_handovers(self, description: dict[str, Any], gelu_chains: dict[int, list[int]]) -> None:
+        """Fill ``handover``: INT8 codes for a tensor that only fast INT8 GEMMs read, its INT8 values
+        for one that only ``-imh`` attention reads, where its producer can write them (an INT8 GEMM,
+        with its fused GELU; ``-imh`` attention's context)."""
+        if not self.fast or self.fp8:
+            return
+        layers = description["layers"]
+        readers: dict[int, list[dict[str, Any]]] = {}
+        for layer in layers:
+            for slot in set(layer["inputs"]):
+                readers.setdefault(slot, []).append(layer)
+        engine_outputs = set(description["outputs"])
+
+        def wanted(slot: int) -> str | None:
+            users = readers.get(slot, [])
+            if slot in engine_outputs or not users:
+                return None
+            if all(u["kind"] == "convolution" and u["inputs"] == [slot] and self.int8_gemm_source(u) == slot for u in users):
+                return CODES
+            if all(self.fast_int8_attention_source(u) == slot for u in users):
+                return VALUES
+            return None
+
+        for index, layer in enumerate(layers):
+            if layer["kind"] == "convolution" and self.int8_gemm_source(layer) is not None:
+                chain = gelu_chains.get(index)
+                result = layers[chain[-1]]["outputs"][0] if chain else layer["outputs"][0]
+            elif self.fast_int8_attention_source(layer) is not None:
+                result = layer["outputs"][0]
+            else:
+                continue
+            how = wanted(result)
+            if how == CODES or (how == VALUES and layer["kind"] == "convolution"):
+                self.handover[result] = how
 
     def scales(self, slots: Sequence[int]) -> list[float] | None:
         if any(slot not in self.amax for slot in slots):
             return None
         return [q.scale_from_amax(self.amax[slot]) for slot in slots]
 
-    def run_for(self, layer: dict[str, Any], gelu: bool = False) -> Run | None:
-        """The layer's INT8 step (a convolution's followed by the tanh GELU when ``gelu``)."""
+    def run_for(self, layer: dict[str, Any], gelu_output: int | None = None) -> Run | None:
+        """The layer's INT8 step (a convolution's followed by the tanh GELU when ``gelu_output``, the
+        slot of the GELU's output, is set)."""
         if layer["kind"] == "convolution":
-            return self.convolution(layer, gelu)
+            return self.convolution(layer, gelu_output)
         if layer["kind"] == "plugin" and layer["params"]["plugin"] in (QKV, SKIP_LN):
             return self.plugin(layer)
         return None
@@ -213,22 +282,26 @@ class _Lowering:
 
     # ---- GEMMs
 
-    def convolution(self, layer: dict[str, Any], gelu: bool) -> Run | None:
+    def convolution(self, layer: dict[str, Any], gelu_output: int | None) -> Run | None:
         p = layer["params"]
-        source = layer["inputs"][0]
-        if source not in self.amax or any(k != 1 for k in p["kernel_shape"]) or p.get("num_groups", 1) != 1:
-            return None
-        if self.strict and layer.get("precision") in _FLOAT_PRECISIONS:
+        gelu = gelu_output is not None
+        result = layer["outputs"][0] if gelu_output is None else gelu_output
+        source = self.int8_gemm_source(layer)
+        if source is None:
             return None
         weight = self.float32(p["kernel"]).reshape(p["num_output_maps"], -1)
         bias = None if p["bias"] is None else self.float32(p["bias"])
         out_dtype = TORCH_DTYPE[DataType(p["output_dtypes"][0])]
         spatial = len(p["kernel_shape"])
-        if self.fast:
-            make_fast = fast_fp8_gemm if self.fp8 else fast_int8_gemm
-            fast = make_fast(weight, bias, self.amax[source], gelu, out_dtype)
+        if self.fast and self.fp8:
+            fast = fast_fp8_gemm(weight, bias, self.amax[source], gelu, out_dtype)
             if fast is not None:
                 return _channel_gemm(fast, spatial, out_dtype)
+        elif self.fast:
+            how = self.handover.get(result)
+            out_amax = None if how is None else self.amax[result]
+            fast = fast_int8_gemm(weight, bias, self.amax[source], gelu, out_dtype, out_amax, how == CODES)
+            return _channel_gemm(fast, spatial, torch.int8 if how == CODES else out_dtype)
         gemm = fp8_gemm(weight, bias, self.amax[source]) if self.fp8 else int8_gemm(weight, bias, self.amax[source])
         run = _channel_gemm(gemm, spatial, out_dtype)
         return _then_gelu(run) if gelu else run
@@ -269,7 +342,9 @@ class _Lowering:
                 return attention_packed
             has_mask = bool(params["has_mask"])
             if self.fast:
-                return _fast_int8_attention(heads, has_mask, qkv_scale, ctx_scale, out_types[0])
+                ctx_codes = self.handover.get(layer["outputs"][0]) == CODES
+                return _fast_int8_attention(heads, has_mask, qkv_scale, ctx_scale, torch.int8 if ctx_codes else out_types[0],
+                                            qkv_on_grid=self.handover.get(layer["inputs"][0]) == VALUES)
 
             def attention_fixed(qkv: torch.Tensor, mask: torch.Tensor | None = None) -> Sequence[torch.Tensor]:
                 mask_idx = mask[:, 0] if has_mask and mask is not None else None
@@ -347,28 +422,37 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def fast_int8_gemm(
-    weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float, gelu: bool, out_dtype: torch.dtype
+    weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float, gelu: bool, out_dtype: torch.dtype,
+    out_amax: float | None = None, out_codes: bool = False,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``int8_gemm`` (then the tanh GELU when ``gelu``) as three kernels: one quantize pass,
-    ``torch._int_mm`` on the column-major weight codes, one dequantize + bias (+ GELU) pass."""
+    """``int8_gemm`` (then the tanh GELU when ``gelu``) as the Triton GEMM with the dequantize in
+    its epilogue, behind one quantize pass, or none when given int8 codes (of ``in_amax``'s grid).
+
+    ``out_amax`` set: the output lands on that range's INT8 grid, as int8 codes when ``out_codes``,
+    else as INT8 values in ``out_dtype``; either way from the ``out_dtype`` value the unfused steps
+    would hand to the next layer's quantize pass.
+    """
+    from helpers.portable.kernels import int8_gemm as ig
     from helpers.portable.kernels import quant_kernels as qk
 
     codes_w = q.quantize_linear_weights(weight)
     in_scale = q.scale_from_amax(in_amax)
     n, k = codes_w.codes.shape
-    depth, cols = _round_up(k, q._INT_MM_MULTIPLE), _round_up(n, q._INT_MM_MULTIPLE)
-    weight_t = q._pad_to(codes_w.codes, cols, depth).contiguous().t()
-    col_scales = torch.nn.functional.pad(codes_w.scales * in_scale, (0, cols - n)).contiguous()
-    bias_cols = None if bias is None else torch.nn.functional.pad(bias.float(), (0, cols - n)).contiguous()
+    col_scales = (codes_w.scales * in_scale).contiguous()
+    bias32 = None if bias is None else bias.float().contiguous()
+    out_scale = None if out_amax is None else q.scale_from_amax(out_amax)
 
     def gemm(rows: torch.Tensor) -> torch.Tensor:
         m = rows.shape[0]
-        codes = torch.empty(m, k, dtype=torch.int8, device=rows.device)
-        qk.elementwise_into(codes, rows.contiguous(), qk.INT8_CODES, in_scale)
-        acc = torch._int_mm(q._pad_to(codes, max(m, q._INT_MM_MIN_ROWS), depth), weight_t)[:m]
-        y = torch.empty(m, cols, dtype=out_dtype, device=rows.device)
-        qk.elementwise_into(y, acc, qk.FLOAT_VALUES, col_scales=col_scales, bias=bias_cols, gelu=gelu)
-        return y[:, :n]
+        if rows.dtype == torch.int8:
+            codes = rows.contiguous()
+        else:
+            codes = torch.empty(m, k, dtype=torch.int8, device=rows.device)
+            qk.quantize_into(codes, rows.contiguous(), qk.INT8_CODES, in_scale)
+        y = torch.empty(m, n, dtype=torch.int8 if out_codes else out_dtype, device=rows.device)
+        ig.int8_gemm_into(y, codes, codes_w.codes, col_scales, bias32, gelu=gelu, out_scale=out_scale,
+                          value_dtype=out_dtype)
+        return y
 
     return gemm
 
@@ -393,7 +477,7 @@ def fast_fp8_gemm(
         m = rows.shape[0]
         codes = torch.zeros(_round_up(m, 16), k, dtype=torch.float8_e4m3fn, device=rows.device) if m % 16 else \
             torch.empty(m, k, dtype=torch.float8_e4m3fn, device=rows.device)
-        qk.elementwise_into(codes[:m], rows.contiguous(), qk.FP8_CODES, scale_value)
+        qk.quantize_into(codes[:m], rows.contiguous(), qk.FP8_CODES, scale_value)
         y = torch._scaled_mm(codes, codes_w.codes.t(), scale_a=in_scale, scale_b=codes_w.scale, bias=bias_out,
                              out_dtype=out_dtype)[:m]
         return kernels.gelu_tanh(y) if gelu else y
@@ -401,27 +485,34 @@ def fast_fp8_gemm(
     return gemm
 
 
-def _fake_quantize_fast(x: torch.Tensor, scale: float) -> torch.Tensor:
+def _quantize_fast(x: torch.Tensor, scale: float, codes: bool) -> torch.Tensor:
+    """``x`` on the INT8 grid of ``scale``: its codes (int8) or its INT8 values (in x's dtype)."""
     from helpers.portable.kernels import quant_kernels as qk
 
     x = x.contiguous()
-    out = torch.empty_like(x)
-    qk.elementwise_into(out, x, qk.INT8_VALUES, scale)
+    out = torch.empty_like(x, dtype=torch.int8 if codes else x.dtype)
+    qk.quantize_into(out, x, qk.INT8_CODES if codes else qk.INT8_VALUES, scale)
     return out
 
 
-def _fast_int8_attention(heads: int, has_mask: bool, qkv_scale: float, ctx_scale: float, out_type: torch.dtype) -> Run:
+def _fast_int8_attention(
+    heads: int, has_mask: bool, qkv_scale: float, ctx_scale: float, out_type: torch.dtype, qkv_on_grid: bool = False
+) -> Run:
     """``-imh`` attention on CUDA: Q, K, V and the context hold INT8 values (quantized with their
     ranges), the attention itself runs on them in FP16 (cuDNN / flash through SDPA).  Unlike
     ``quantization.int8_attention`` the probabilities stay unquantized (no ``dq_probs`` step):
-    fused FP16 attention never materializes them."""
+    fused FP16 attention never materializes them.  ``qkv_on_grid``: the input already holds INT8
+    values of ``qkv_scale`` (its GEMM wrote them), so it is not quantized again; ``out_type``
+    int8: the context is returned as its int8 codes."""
     from helpers.portable import kernels
 
     def attention(qkv: torch.Tensor, mask: torch.Tensor | None = None) -> Sequence[torch.Tensor]:
         mask_idx = mask[:, 0] if has_mask and mask is not None else None
-        values = _fake_quantize_fast(qkv.flatten(2), qkv_scale)
-        ctx = _fake_quantize_fast(kernels.attention_fixed(values, mask_idx, heads), ctx_scale)
-        return (ctx.unflatten(-1, (-1, 1, 1)).to(out_type),)
+        values = qkv.flatten(2) if qkv_on_grid else _quantize_fast(qkv.flatten(2), qkv_scale, codes=False)
+        ctx = kernels.attention_fixed(values, mask_idx, heads)
+        if out_type == torch.int8:
+            return (_quantize_fast(ctx, ctx_scale, codes=True).unflatten(-1, (-1, 1, 1)),)
+        return (_quantize_fast(ctx, ctx_scale, codes=False).unflatten(-1, (-1, 1, 1)).to(out_type),)
 
     return attention
 

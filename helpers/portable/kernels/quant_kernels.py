@@ -1,8 +1,9 @@
-"""Triton kernels of the INT8/FP8 engine on CUDA: the quantize and dequantize passes around the
-GEMMs, each one pass over memory, and the INT8-I/O skip-LayerNorm as one row pass.
+"""Triton kernels of the INT8/FP8 engine on CUDA: the quantize passes in front of the GEMMs, each
+one pass over memory, and the INT8-I/O skip-LayerNorm as one row pass (the INT8 GEMM dequantizes
+in its own epilogue: ``int8_gemm``).
 
 Their references are in ``helpers.portable.quantization`` (``quantize``, ``fake_quantize``, the
-dequantize + bias of ``int8_linear``, the input cast of ``fp8_linear``, ``int8_skip_layernorm``);
+input cast of ``fp8_linear``, ``int8_skip_layernorm``);
 ``tests/test_int8.py`` checks each against it on the GPU machine.  Rounding is half to even
 (``rint``) as in the references; the float32 division may differ from PyTorch's by one ulp,
 which moves a code by at most one step.  Imported lazily: Triton exists only on GPU machines.
@@ -16,11 +17,10 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from helpers.portable.kernels.norms import _normalize, _row_launch
-from helpers.portable.ops import GELU_COEFF, GELU_SQRT_2_OVER_PI
 
 _BLOCK = 2048
-# What the elementwise pass stores: int8 codes, FP8 E4M3 codes, INT8 values (codes · scale) in
-# the output's float dtype, or plain float values.
+# What a pass stores: int8 codes, FP8 E4M3 codes, INT8 values (codes · scale) in the output's
+# float dtype, or plain float values (the INT8 GEMM's epilogue only).
 INT8_CODES, FP8_CODES, INT8_VALUES, FLOAT_VALUES = 0, 1, 2, 3
 
 
@@ -30,52 +30,27 @@ def _int8_grid(v, scale):
 
 
 @triton.jit
-def _elementwise_kernel(
-    x_ptr, col_scale_ptr, bias_ptr, out_ptr, numel, channels, out_scale, coeff, sqrt_2_over_pi,
-    HAS_COL_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, MODE: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
+def _quantize_kernel(x_ptr, out_ptr, numel, out_scale, MODE: tl.constexpr, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_range = offsets < numel
     v = tl.load(x_ptr + offsets, mask=in_range, other=0).to(tl.float32)
-    if HAS_COL_SCALE:
-        v = v * tl.load(col_scale_ptr + offsets % channels, mask=in_range, other=0.0)
-    if HAS_BIAS:
-        v = v + tl.load(bias_ptr + offsets % channels, mask=in_range, other=0.0).to(tl.float32)
-    if GELU:
-        u = sqrt_2_over_pi * (v + coeff * v * v * v)
-        v = 0.5 * v * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
     if MODE == 0:
         tl.store(out_ptr + offsets, _int8_grid(v, out_scale).to(tl.int8), mask=in_range)
     elif MODE == 1:
         codes = tl.minimum(tl.maximum(v / out_scale, -448.0), 448.0)  # the finite E4M3 range
         tl.store(out_ptr + offsets, codes.to(out_ptr.dtype.element_ty), mask=in_range)
-    elif MODE == 2:
-        tl.store(out_ptr + offsets, (_int8_grid(v, out_scale) * out_scale).to(out_ptr.dtype.element_ty), mask=in_range)
     else:
-        tl.store(out_ptr + offsets, v.to(out_ptr.dtype.element_ty), mask=in_range)
+        tl.store(out_ptr + offsets, (_int8_grid(v, out_scale) * out_scale).to(out_ptr.dtype.element_ty), mask=in_range)
 
 
-def elementwise_into(
-    out: torch.Tensor,
-    x: torch.Tensor,
-    mode: int,
-    out_scale: float = 1.0,
-    col_scales: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    gelu: bool = False,
-) -> None:
-    """``out = store(gelu?(x · col_scales + bias))`` over contiguous tensors of one shape;
-    ``col_scales`` (float32) and ``bias`` span the last axis; ``store`` per ``mode``."""
+def quantize_into(out: torch.Tensor, x: torch.Tensor, mode: int, out_scale: float) -> None:
+    """``out = store(x)`` over contiguous tensors of one shape; ``store`` per ``mode``
+    (``INT8_CODES``, ``FP8_CODES`` or ``INT8_VALUES``) with the per-tensor ``out_scale``."""
     numel = x.numel()
     if numel == 0:
         return
-    _elementwise_kernel[(triton.cdiv(numel, _BLOCK),)](
-        x, col_scales if col_scales is not None else x, bias if bias is not None else x, out, numel, x.shape[-1],
-        float(out_scale), GELU_COEFF, GELU_SQRT_2_OVER_PI,
-        HAS_COL_SCALE=col_scales is not None, HAS_BIAS=bias is not None, GELU=gelu, MODE=mode, BLOCK=_BLOCK,
-        num_warps=4,
-    )
+    _quantize_kernel[(triton.cdiv(numel, _BLOCK),)](x, out, numel, float(out_scale), MODE=mode, BLOCK=_BLOCK,
+                                                     num_warps=4)
 
 
 @triton.jit

@@ -1,0 +1,182 @@
+"""Triton INT8 tensor-core GEMM with the dequantize in its epilogue (the INT8 engine's GEMMs on CUDA).
+
+``out = store(gelu?(acc · col_scales[n] + bias[n]))`` with ``acc`` the exact int32 product of int8
+activation codes ``[M, K]`` and int8 weight codes ``[N, K]`` (both row-major, i.e. K-contiguous:
+the operand layout Hopper's wgmma takes for 8-bit types, so ``tl.dot`` lowers to it on sm_90).
+``col_scales`` is ``in_scale · w_scale[n]``; ``store`` writes float values in ``out``'s dtype, or
+the INT8 grid of ``out_scale`` (codes into an int8 ``out``, or codes · scale into a float one).
+No int32 tensor is ever written: ``torch._int_mm`` + a dequantize pass write and read one.
+
+The reference is ``quantization.int8_linear``'s arithmetic (exact integer product, float32
+dequantize + bias) followed by ``ops.gelu_tanh`` and ``quantization.quantize`` /
+``fake_quantize``.  Before quantizing, ``y`` is rounded to ``value_dtype``, the float type of the
+tensor the engine's reference plan holds there, so the codes are those the next layer's quantize
+pass would make from it; as in ``quant_kernels`` the float32 division may round one ulp away from
+PyTorch's (a code moves by at most one step).  Imported lazily: Triton exists only on GPU machines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import triton
+import triton.language as tl
+
+from helpers.portable.kernels.quant_kernels import FLOAT_VALUES, INT8_CODES, INT8_VALUES, _int8_grid
+from helpers.portable.ops import GELU_COEFF, GELU_SQRT_2_OVER_PI
+
+# Rows up to this many run the small-M configurations (batch-1 shapes: too few row blocks of 128
+# to fill the GPU), larger GEMMs the large tiles.
+_SMALL_M = 256
+_GROUP_M = 8
+# The float type whose rounding the INT8 grid sees (``value_dtype``): none for float32.
+_VALUE_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def _config(block_m: int, block_n: int, block_k: int, stages: int, warps: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}, num_stages=stages,
+                         num_warps=warps)
+
+
+CONFIGS = [
+    # small M
+    _config(64, 64, 128, 4, 4),
+    _config(64, 128, 128, 4, 4),
+    _config(64, 256, 128, 3, 4),
+    # large M (BERT at batch ≥ 8)
+    _config(128, 128, 128, 4, 8),
+    _config(128, 256, 128, 3, 8),
+    _config(256, 128, 128, 3, 8),
+]
+
+
+def _configs_for_rows(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
+    small = named_args["M"] <= _SMALL_M
+    return [c for c in configs if (c.kwargs["BLOCK_M"] == 64) == small]
+
+
+def _quick_bench(kernel_call: Callable[[], object], quantiles: tuple[float, ...]) -> list[float]:
+    # Shorter than Triton's default (25 ms warm-up, 100 ms of runs): tuning happens on an engine's
+    # first run, once per shape.
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
+
+
+@triton.jit
+def _gelu_tanh(v, coeff, sqrt_2_over_pi):
+    u = sqrt_2_over_pi * (v + coeff * v * v * v)
+    # tanh(u) = 1 - 2 / (exp(2u) + 1): exact limits ±1 for large |u|.
+    return 0.5 * v * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
+
+
+@triton.jit
+def _int8_gemm_kernel(
+    a_ptr, w_ptr, col_scale_ptr, bias_ptr, out_ptr, M, N, K, stride_a, stride_w, stride_out, m_bucket,
+    out_scale, coeff, sqrt_2_over_pi,
+    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, MODE: tl.constexpr, VALUE_DTYPE: tl.constexpr,
+    EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    # Row blocks in groups of GROUP_M per column sweep: neighbouring programs share weight tiles in L2.
+    pid = tl.program_id(0)
+    blocks_m = tl.cdiv(M, BLOCK_M)
+    blocks_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * blocks_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(blocks_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = tl.arange(0, BLOCK_K)
+    # Rows / columns past the end read valid ones (wrapped) and are never stored: no M / N masks.
+    a_ptrs = a_ptr + (rows % M)[:, None].to(tl.int64) * stride_a + ks[None, :]
+    w_ptrs = w_ptr + (cols % N)[None, :].to(tl.int64) * stride_w + ks[:, None]  # [BLOCK_K, BLOCK_N], K-major
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for start in range(0, K, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            left = K - start
+            a = tl.load(a_ptrs, mask=ks[None, :] < left, other=0)
+            w = tl.load(w_ptrs, mask=ks[:, None] < left, other=0)
+        acc = tl.dot(a, w, acc, out_dtype=tl.int32)
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+
+    in_cols = cols < N
+    v = acc.to(tl.float32) * tl.load(col_scale_ptr + cols, mask=in_cols, other=0.0)[None, :]
+    if HAS_BIAS:
+        v = v + tl.load(bias_ptr + cols, mask=in_cols, other=0.0).to(tl.float32)[None, :]
+    if GELU:
+        v = _gelu_tanh(v, coeff, sqrt_2_over_pi)
+    out_ptrs = out_ptr + rows[:, None].to(tl.int64) * stride_out + cols[None, :]
+    in_range = (rows < M)[:, None] & in_cols[None, :]
+    if MODE == 3:  # FLOAT_VALUES
+        tl.store(out_ptrs, v.to(out_ptr.dtype.element_ty), mask=in_range)
+    else:
+        if VALUE_DTYPE == 1:
+            v = v.to(tl.float16).to(tl.float32)
+        elif VALUE_DTYPE == 2:
+            v = v.to(tl.bfloat16).to(tl.float32)
+        if MODE == 0:  # INT8_CODES
+            tl.store(out_ptrs, _int8_grid(v, out_scale).to(tl.int8), mask=in_range)
+        else:  # INT8_VALUES
+            tl.store(out_ptrs, (_int8_grid(v, out_scale) * out_scale).to(out_ptr.dtype.element_ty), mask=in_range)
+
+
+_even_k = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+_pinned_kernel = _even_k(_int8_gemm_kernel)
+_tuned_kernel = triton.autotune(
+    CONFIGS, key=["m_bucket", "N", "K"], prune_configs_by={"early_config_prune": _configs_for_rows},
+    do_bench=_quick_bench,
+)(_pinned_kernel)
+
+
+def int8_gemm_into(
+    out: torch.Tensor,
+    codes: torch.Tensor,
+    weight_codes: torch.Tensor,
+    col_scales: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    gelu: bool = False,
+    out_scale: float | None = None,
+    value_dtype: torch.dtype | None = None,
+    config: triton.Config | None = None,
+) -> None:
+    """``out[M, N]`` from int8 ``codes [M, K]`` · int8 ``weight_codes [N, K]``ᵀ, dequantized by the
+    float32 ``col_scales [N]`` (+ float32 ``bias [N]``, then the tanh GELU when ``gelu``).
+
+    ``out`` float without ``out_scale``: the float values.  With ``out_scale``: the INT8 grid of it,
+    as codes when ``out`` is int8 (``value_dtype``: the float type the values are rounded to first),
+    else as codes · scale in ``out``'s dtype.  ``config`` pins one of ``CONFIGS`` instead of tuning.
+    """
+    m, k = codes.shape
+    n = weight_codes.shape[0]
+    if weight_codes.shape[1] != k or out.shape != (m, n) or codes.stride(1) != 1 or weight_codes.stride(1) != 1 \
+            or out.stride(1) != 1:
+        raise ValueError(f"int8_gemm_into: shapes {tuple(codes.shape)} x {tuple(weight_codes.shape)} -> {tuple(out.shape)}")
+    if m == 0 or n == 0:
+        return
+    if out.dtype == torch.int8:
+        if out_scale is None or value_dtype is None:
+            raise ValueError("int8_gemm_into: int8 output needs out_scale and value_dtype")
+        mode = INT8_CODES
+    else:
+        mode = FLOAT_VALUES if out_scale is None else INT8_VALUES
+        value_dtype = out.dtype
+    args = (codes, weight_codes, col_scales, bias if bias is not None else col_scales, out, m, n, k,
+            codes.stride(0), weight_codes.stride(0), out.stride(0), triton.next_power_of_2(min(m, 4096)),
+            1.0 if out_scale is None else float(out_scale), GELU_COEFF, GELU_SQRT_2_OVER_PI)
+    flags = {"HAS_BIAS": bias is not None, "GELU": gelu, "MODE": mode, "VALUE_DTYPE": _VALUE_DTYPES[value_dtype],
+             "GROUP_M": _GROUP_M}
+
+    def grid(meta: dict) -> tuple[int]:
+        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+
+    if config is None:
+        _tuned_kernel[grid](*args, **flags)
+    else:
+        _pinned_kernel[grid](*args, **flags, **config.all_kwargs())

@@ -1,0 +1,220 @@
+"""The INT8 engine's CUDA GEMM (helpers/portable/kernels/int8_gemm.py) and the INT8 hand-overs.
+
+* Kernel (GPU machine only): the Triton INT8 GEMM against the exact integer product (float64 on
+  the CPU) with the float32 epilogue of ``quantization.int8_linear`` (+ ``ops.gelu_tanh``), on
+  awkward sizes, every epilogue and every tuning configuration.
+* Plan: which tensors the lowered CUDA plan hands over as int8 codes / INT8 values (decided on
+  the CPU from a built engine), and, on the GPU, that the hand-overs change no result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.portable import ops
+from helpers.portable import quantization as q
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")
+SEQ = 128
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def random_codes(rows: int, cols: int, seed: int) -> torch.Tensor:
+    return torch.randint(-128, 128, (rows, cols), generator=gen(seed), dtype=torch.int8)
+
+
+def exact_product(codes: torch.Tensor, weight_codes: torch.Tensor) -> torch.Tensor:
+    """int64 ``codes · weight_codesᵀ`` (float64 on the CPU: every partial sum is an integer < 2^53)."""
+    return (codes.double() @ weight_codes.double().t()).long()
+
+
+def reference_epilogue(acc: torch.Tensor, col_scales: torch.Tensor, bias: torch.Tensor | None, gelu: bool) -> torch.Tensor:
+    """float32 ``acc · col_scales + bias`` (then the tanh GELU), as ``int8_linear`` dequantizes."""
+    y = acc.float() * col_scales
+    if bias is not None:
+        y = y + bias
+    return ops.gelu_tanh(y) if gelu else y
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel
+
+SIZES = [(1, 8, 16), (17, 72, 64), (128, 1024, 1024), (1000, 3072, 64), (1000, 72, 1024), (17, 3072, 1024)]
+
+
+@CUDA
+@pytest.mark.parametrize("m, n, k", SIZES)
+def test_unit_scales_give_the_exact_integer_product(m, n, k):
+    """float32 output, scales 1, no bias: |acc| ≤ 128²·1024 < 2^24, so float32 holds it exactly."""
+    from helpers.portable.kernels.int8_gemm import int8_gemm_into
+
+    codes, weight_codes = random_codes(m, k, 1), random_codes(n, k, 2)
+    out = torch.empty(m, n, device="cuda")
+    int8_gemm_into(out, codes.cuda(), weight_codes.cuda(), torch.ones(n, device="cuda"))
+    assert torch.equal(out.cpu().long(), exact_product(codes, weight_codes))
+
+
+@CUDA
+@pytest.mark.parametrize("config_index", range(6))
+def test_every_tuning_configuration_is_the_exact_product(config_index):
+    """Each configuration pinned, on a K that is not a multiple of the K block (masked tail)."""
+    from helpers.portable.kernels.int8_gemm import CONFIGS, int8_gemm_into
+
+    assert len(CONFIGS) == 6
+    m, n, k = 300, 200, 1040
+    codes, weight_codes = random_codes(m, k, 3), random_codes(n, k, 4)
+    out = torch.empty(m, n, device="cuda")
+    int8_gemm_into(out, codes.cuda(), weight_codes.cuda(), torch.ones(n, device="cuda"), config=CONFIGS[config_index])
+    assert torch.equal(out.cpu().long(), exact_product(codes, weight_codes))
+
+
+def epilogue_inputs(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Codes and the scales of a realistic GEMM: ``|y|`` of order 1-10."""
+    codes, weight_codes = random_codes(m, k, seed), random_codes(n, k, seed + 1)
+    col_scales = (torch.rand(n, generator=gen(seed + 2)) + 0.5) * (4.0 / (127 * 127 * k**0.5))
+    bias = torch.randn(n, generator=gen(seed + 3))
+    return codes, weight_codes, col_scales, bias
+
+
+# (m, n, k, bias, gelu, index of the pinned configuration: each epilogue under several tile shapes)
+EPILOGUE_CASES = [
+    (1, 72, 1024, True, True, 0),
+    (17, 8, 64, False, False, 1),
+    (128, 3072, 1024, True, False, 2),
+    (1000, 1024, 16, True, True, 3),
+    (1000, 72, 1024, False, True, 4),
+    (300, 200, 1040, True, True, 5),
+]
+
+
+@CUDA
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("m, n, k, with_bias, gelu, config_index", EPILOGUE_CASES)
+def test_float_output_is_the_reference_epilogue(m, n, k, with_bias, gelu, config_index, out_dtype):
+    from helpers.portable.kernels.int8_gemm import CONFIGS, int8_gemm_into
+
+    codes, weight_codes, col_scales, bias = epilogue_inputs(m, n, k, 10)
+    bias = bias if with_bias else None
+    reference = reference_epilogue(exact_product(codes, weight_codes), col_scales, bias, gelu)
+    out = torch.empty(m, n, dtype=out_dtype, device="cuda")
+    int8_gemm_into(out, codes.cuda(), weight_codes.cuda(), col_scales.cuda(), None if bias is None else bias.cuda(),
+                   gelu=gelu, config=CONFIGS[config_index])
+    # float32 rounding of the epilogue (the kernel's tanh is 1 - 2/(exp(2u)+1)), then the output's.
+    tolerance = 1e-6 * float(reference.abs().max()) if out_dtype == torch.float32 else 0.0
+    torch.testing.assert_close(out.cpu().float(), reference.to(out_dtype).float(), rtol=2e-6 if out_dtype == torch.float32
+                               else 1e-3, atol=tolerance + 1e-6)
+
+
+@CUDA
+@pytest.mark.parametrize("value_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("m, n, k, with_bias, gelu, config_index", EPILOGUE_CASES)
+def test_int8_outputs_are_the_next_tensors_grid(m, n, k, with_bias, gelu, config_index, value_dtype):
+    """Codes (int8 output) and INT8 values (float output) on ``out_scale``'s grid, from the value
+    rounded to ``value_dtype``: at most one code off the reference (a float32 division of a tie)."""
+    from helpers.portable.kernels.int8_gemm import CONFIGS, int8_gemm_into
+
+    codes, weight_codes, col_scales, bias = epilogue_inputs(m, n, k, 20)
+    bias = bias if with_bias else None
+    y = reference_epilogue(exact_product(codes, weight_codes), col_scales, bias, gelu).to(value_dtype)
+    out_scale = float(y.abs().max()) / 127 * 0.8  # some values saturate
+    reference = q.quantize(y, out_scale)
+    args = (codes.cuda(), weight_codes.cuda(), col_scales.cuda(), None if bias is None else bias.cuda())
+
+    out_codes = torch.empty(m, n, dtype=torch.int8, device="cuda")
+    config = CONFIGS[config_index]
+    int8_gemm_into(out_codes, *args, gelu=gelu, out_scale=out_scale, value_dtype=value_dtype, config=config)
+    off = (out_codes.cpu().int() - reference.int()).abs()
+    assert int(off.max()) <= 1 and float((off > 0).float().mean()) < 0.01
+
+    values = torch.empty(m, n, dtype=value_dtype, device="cuda")
+    int8_gemm_into(values, *args, gelu=gelu, out_scale=out_scale, config=config)
+    assert torch.equal(values.cpu(), (out_codes.cpu().float() * out_scale).to(value_dtype))
+
+
+@CUDA
+def test_a_gemm_fed_int8_codes_is_the_gemm_fed_their_float_values():
+    """fast_int8_gemm: the FC1 → GELU → FC2 hand-over.  FC1 writing FC2's codes gives FC2 the same
+    input as FC1's float output quantized by FC2's own pass."""
+    from helpers.portable.int8_plan import fast_int8_gemm
+
+    x = torch.randn(300, 256, generator=gen(40)).cuda().half()
+    w1, w2 = (torch.randn(n, k, generator=gen(41 + n)).cuda() / 16 for n, k in ((512, 256), (256, 512)))
+    b1, b2 = (torch.randn(n, generator=gen(43 + n)).cuda() for n in (512, 256))
+    x_amax, gelu_amax = float(x.abs().max()), 3.0
+    fc1_float = fast_int8_gemm(w1, b1, x_amax, True, torch.float16)(x)
+    fc1_codes = fast_int8_gemm(w1, b1, x_amax, True, torch.float16, gelu_amax, out_codes=True)(x)
+    assert fc1_codes.dtype == torch.int8
+    expected = q.quantize(fc1_float, q.scale_from_amax(gelu_amax))
+    assert int((fc1_codes.int() - expected.int()).abs().max()) <= 1
+    fc2 = fast_int8_gemm(w2, b2, gelu_amax, False, torch.float16)
+    assert torch.equal(fc2(fc1_codes), fc2(q.dequantize(fc1_codes, q.scale_from_amax(gelu_amax), torch.float16)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The lowered plan's hand-overs
+
+
+@pytest.fixture(scope="module")
+def imh_iln_engine(tmp_path_factory):
+    """A tiny random BERT's PTQ ``-i -imh -iln`` engine (builder.py, portable, built on the CPU)."""
+    import builder
+    from bench import int8_accuracy as ia
+    from tests import checkpoints, squad_fixtures
+
+    work = tmp_path_factory.mktemp("int8_gemm")
+    vocab = squad_fixtures.minilm_vocab_file()
+    features = ia.handmade_features(vocab, SEQ)
+    model = checkpoints.tiny_qa_model(hidden=64, heads=4, layers=2, intermediate=128, vocab=30522, max_positions=SEQ)
+    model.save_pretrained(work / "hf")
+    engine = work / "int8.engine"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(builder, "compute_capability", lambda backend: 90)
+        assert builder.main(["--hf", str(work / "hf"), "-o", str(engine), "-b", "4", "-s", str(SEQ), "--backend",
+                             "portable", "--device", "cpu", "-i", "-j", str(ia.write_handmade_squad(work / "squad.json")),
+                             "-v", vocab, "-n", "4", "-p", str(work / "cache"), "-imh", "-iln"]) == 0
+    return engine, features
+
+
+def test_cuda_plan_hands_over_codes_and_values_where_only_int8_layers_read(imh_iln_engine, monkeypatch):
+    """The decision, made on the CPU as the CUDA lowering makes it: the GELU output (read by FC2 only)
+    and -imh's context (read by the attention output GEMM only) as int8 codes, the QKV GEMM's output
+    (read by -imh attention only) as INT8 values; the skip-LayerNorm outputs (also the next
+    residual) and the logits stay float."""
+    from helpers.portable import int8_plan
+    from helpers.portable.engine_file import read_engine
+    from helpers.portable.kernels import plan as fast_plan
+    from helpers.portable.runtime import build_plan
+
+    monkeypatch.setattr(fast_plan, "fast_kernels_enabled", lambda dev: True)
+    description = read_engine(imh_iln_engine[0].read_bytes())
+    dev = torch.device("cpu")
+    plan = build_plan(description, dev)
+    lowering = int8_plan._Lowering(description, dev, strict=False, fp8=False)
+    lowering.plan_handovers(description, int8_plan._gelu_chains(plan, description, dev))
+    names = {description["tensors"][slot]["name"]: how for slot, how in lowering.handover.items()}
+    expected = {}
+    for layer in range(2):
+        expected[f"l{layer}_gelu"] = int8_plan.CODES
+        expected[f"l{layer}_attention_context_layer"] = int8_plan.CODES
+        expected[f"l{layer}_attention_qkv_mult"] = int8_plan.VALUES
+    assert names == expected
+
+
+@CUDA
+def test_hand_overs_leave_the_cuda_engine_results_unchanged(imh_iln_engine, monkeypatch):
+    """The same engine on CUDA with and without the hand-overs (each producer writing float values and
+    each consumer quantizing them): the same arithmetic, so the same logits up to float32 ulps."""
+    from bench.int8_accuracy import run_engine
+    from helpers.portable import int8_plan
+
+    engine, features = imh_iln_engine
+    inputs = features.inputs()
+    fused = run_engine(engine, inputs, "cuda", chunk=4)
+    monkeypatch.setattr(int8_plan._Lowering, "plan_handovers", lambda self, description, chains: None)
+    separate = run_engine(engine, inputs, "cuda", chunk=4)
+    assert np.abs(fused - separate).max() <= 1e-3 * np.abs(separate).max()
