@@ -13,6 +13,11 @@ dequantize + bias) followed by ``ops.gelu_tanh`` and ``quantization.quantize`` /
 tensor the engine's reference plan holds there, so the codes are those the next layer's quantize
 pass would make from it; as in ``quant_kernels`` the float32 division may round one ulp away from
 PyTorch's (a code moves by at most one step).  Imported lazily: Triton exists only on GPU machines.
+
+Measured on an H100 (``python -m bench.int8_speed --gemm-rows 16384 --gemm-rows 49152``): 530-1040
+TOPS on BERT-large's GEMMs (float output), against 560-900 for ``torch._int_mm`` alone (sm80
+``mma.sync`` kernels) and 180-490 for ``_int_mm`` + a dequantize pass; FP16 cuBLAS 600-720 TFLOPS.
+The GELU + int8-code epilogue of FC1 costs a third more than the float one (565 vs 752 TOPS).
 """
 
 from __future__ import annotations
