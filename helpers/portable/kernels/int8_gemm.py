@@ -15,7 +15,7 @@ pass would make from it; as in ``quant_kernels`` the float32 division may round 
 PyTorch's (a code moves by at most one step).  Imported lazily: Triton exists only on GPU machines.
 
 Measured on an H100 (``python -m bench.int8_speed --gemm-rows 16384 --gemm-rows 49152``): 530-1040
-TOPS on BERT-large's GEMMs (float output), against 560-900 for ``torch._int_mm`` alone (sm80
+TOPS on BERT-large's GEMMs (float output), against 530-900 for ``torch._int_mm`` alone (sm80
 ``mma.sync`` kernels) and 180-490 for ``_int_mm`` + a dequantize pass; FP16 cuBLAS 600-720 TFLOPS.
 The GELU + int8-code epilogue of FC1 costs a third more than the float one (565 vs 752 TOPS).
 """
@@ -172,6 +172,7 @@ def int8_gemm_into(
     else:
         mode = FLOAT_VALUES if out_scale is None else INT8_VALUES
         value_dtype = out.dtype
+    # Tuned once per (power-of-two row bucket, N, K): every M ≥ 4096 shares the large-M choice.
     args = (codes, weight_codes, col_scales, bias if bias is not None else col_scales, out, m, n, k,
             codes.stride(0), weight_codes.stride(0), out.stride(0), triton.next_power_of_2(min(m, 4096)),
             1.0 if out_scale is None else float(out_scale), GELU_COEFF, GELU_SQRT_2_OVER_PI)
