@@ -4,7 +4,7 @@ Builds the same random-weight engine as ``bench.compare`` for one model × seque
 one eager forward of the CUDA fast path under ``ncu`` (application clocks, not locked to base, so
 durations match the timed runs) and prints, for the first kernels of that forward (embedding,
 then the first encoder layers), the duration, compute (SM) and memory throughput as % of peak,
-DRAM throughput, tensor-pipe activity where the GPU reports it, grid size and achieved occupancy.
+DRAM throughput, grid size and achieved occupancy.
 
 Run from the repository root on the GPU machine (ncu on the PATH):
     python -m bench.ncu_profile --model large --seq 384 --batch 128 [--kernels 12] [--out FILE.md]
@@ -28,7 +28,6 @@ COLUMNS = (
     ("sm__throughput.avg.pct_of_peak_sustained_elapsed", "SM %"),
     ("gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed", "memory %"),
     ("dram__throughput.avg.pct_of_peak_sustained_elapsed", "DRAM %"),
-    ("sm__pipe_tensor_op", "tensor pipe %"),
     ("launch__grid_size", "grid"),
     ("sm__warps_active.avg.pct_of_peak_sustained_active", "occupancy %"),
 )
