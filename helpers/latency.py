@@ -84,6 +84,12 @@ def benchmark(
         runner.activate(batch_size, sequence_length, total_tokens)
         runner.copy_inputs(inputs_for_batch(runner, inputs, batch_size, sequence_length, batch_lengths))
         runner.synchronize()
+        if runner.device.type == "cuda":
+            # The first run at new shapes may tune GEMM algorithms on scratch operands; the peak
+            # reported is the inference's, from here on (batches ascend, so the last one's dominates).
+            runner.execute()
+            runner.synchronize()
+            torch.cuda.reset_peak_memory_stats(runner.device)
         times = runner.time_executions(warm_up_runs, iterations, duration_s)
         summaries.append(TimingSummary.from_times(batch_size, times))
     return summaries
@@ -99,7 +105,8 @@ def format_record(summary: TimingSummary) -> str:
 
 
 def peak_memory_mib(runner: EngineRunner) -> float | None:
-    """Peak PyTorch-allocator memory on the runner's GPU in MiB; None on CPU."""
+    """Peak PyTorch-allocator memory on the runner's GPU in MiB since ``benchmark`` started timing
+    its last batch size (after that size's first run); None on CPU."""
     if runner.device.type != "cuda":
         return None
     return torch.cuda.max_memory_allocated(runner.device) / 2**20

@@ -105,3 +105,18 @@ def test_unwritable_json_is_refused_before_running(engine, capsys, tmp_path):
 def test_enable_graph_on_cpu_runs_plainly(engine, capsys):
     status, out, _ = run(["-e", str(engine), "-s", str(SEQ_LEN), "-i", "2", "-w", "0", "--enable-graph"], capsys)
     assert status == 0 and len(RECORD.findall(out)) == 1
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (peak GPU memory)")
+def test_peak_memory_is_the_inferences_not_earlier_scratch(engine):
+    import torch
+
+    from helpers.latency import benchmark, peak_memory_mib
+
+    runner = EngineRunner(engine, device="cuda", enable_graph=True)
+    scratch = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")  # like a GEMM tuner's operands
+    del scratch
+    assert torch.cuda.max_memory_allocated() >= 256 << 20
+    benchmark(runner, [1], SEQ_LEN, warm_up_runs=1, iterations=2, duration_s=0.0, seed=0)
+    peak = peak_memory_mib(runner)
+    assert peak is not None and 0 < peak < 256
