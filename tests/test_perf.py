@@ -114,9 +114,9 @@ def test_peak_memory_is_the_inferences_not_earlier_scratch(engine):
     from helpers.latency import benchmark, peak_memory_mib
 
     runner = EngineRunner(engine, device="cuda", enable_graph=True)
-    scratch = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")  # like a GEMM tuner's operands
+    before = torch.cuda.memory_allocated()  # whatever earlier tests in this process still hold
+    scratch = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")  # like a GEMM tuner's operands
     del scratch
-    assert torch.cuda.max_memory_allocated() >= 256 << 20
     benchmark(runner, [1], SEQ_LEN, warm_up_runs=1, iterations=2, duration_s=0.0, seed=0)
     peak = peak_memory_mib(runner)
-    assert peak is not None and 0 < peak < 256
+    assert peak is not None and before < peak * 2**20 < before + (256 << 20)
