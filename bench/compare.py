@@ -64,6 +64,7 @@ class Row:
     reference_error_vs_hf: float = float("nan")
     hf_graph_capture: str = ""
     compile_s: float = float("nan")
+    compile_max_error: float = float("nan")
     profile: dict = field(default_factory=dict)
 
     @property
@@ -293,11 +294,16 @@ def compare_shape(row: Row, fast: EngineUnderTest, reference: EngineUnderTest, h
         compiled = HfRunner(hf_compiled, inputs)
 
         def compiled_graph() -> Timing:
+            expected = hf_eager.forward().float()
             started = time.perf_counter()
             compiled.capture()  # its warm-up forwards compile this shape
             row.compile_s = time.perf_counter() - started
-            print(f"  HF compile: compiled and captured in {row.compile_s:.0f} s", flush=True)
-            return time_cuda(compiled.replay, iterations=iterations)
+            timing = time_cuda(compiled.replay, iterations=iterations)
+            assert compiled.static_out is not None
+            row.compile_max_error = (compiled.static_out.float() - expected).abs().max().item()
+            print(f"  HF compile: compiled and captured in {row.compile_s:.0f} s, max |compiled - HF eager| = "
+                  f"{row.compile_max_error:.3g}", flush=True)
+            return timing
         row.timings[COMPILE_PEER] = timed(COMPILE_PEER, compiled_graph)
         compiled.graph = None
     torch.cuda.empty_cache()
