@@ -255,6 +255,156 @@ def activation_amax(model, features) -> dict[str, float]:
     return seen
 
 
+# The tensors TensorRT's INT8 engine quantizes, by kind (the oracle quantizes any subset): the input
+# of each GEMM, with its weights per output channel (every INT8 build); ``qkv_output`` (Q, K and V)
+# and ``probabilities`` (the softmax on the grid of step ``dq_probs``), which with ``context`` make
+# ``-imh`` attention; ``skip_ln``: both inputs and the output of every skip-LayerNorm (``-iln``);
+# ``weights``: every GEMM's weights alone.
+GEMM_INPUTS = ("qkv_input", "context", "fc1_input", "gelu", "head_input")
+QUANTIZED_KINDS = (*GEMM_INPUTS, "qkv_output", "probabilities", "skip_ln", "weights")
+
+
+def engine_kinds(imh: bool = False, iln: bool = False) -> tuple[str, ...]:
+    """The kinds a ``builder.py -i`` engine (with ``-imh`` / ``-iln``) quantizes."""
+    return (*GEMM_INPUTS, *(("qkv_output", "probabilities") if imh else ()), *(("skip_ln",) if iln else ()))
+
+
+def engine_ranges(description: dict) -> list[dict[str, float]]:
+    """Per encoder layer, the amax of each tensor the oracle quantizes, read off an INT8 engine's
+    description by position in the graph (4 convolutions, one attention and two skip-LN plugins per
+    layer, then the head's convolution), so that unnamed tensors are found too.  The head's input is
+    the last layer's ``layer_output``."""
+    tensors = description["tensors"]
+
+    def amax(slot: int) -> float:
+        dynamic_range = tensors[slot]["dynamic_range"]
+        return float("nan") if dynamic_range is None else abs(float(dynamic_range[1]))
+
+    layers = description["layers"]
+    convs = [layer for layer in layers if layer["kind"] == "convolution"]
+    attention = [layer for layer in layers if layer["kind"] == "plugin" and "QKVToContext" in layer["params"]["plugin"]]
+    per_layer = []
+    for i, plugin in enumerate(attention):
+        qkv, out, fc1, fc2 = convs[4 * i : 4 * i + 4]
+        fields = {name: data for name, _, data in plugin["params"]["fields"]}
+        dq_probs = float(np.asarray(fields["dq_probs"]).ravel()[0]) if "dq_probs" in fields else 1.0 / 127.0
+        per_layer.append({
+            "qkv_input": amax(qkv["inputs"][0]),
+            "qkv_output": amax(qkv["outputs"][0]),
+            "context": amax(out["inputs"][0]),
+            "attention_dense_output": amax(out["outputs"][0]),
+            "fc1_input": amax(fc1["inputs"][0]),
+            "gelu": amax(fc2["inputs"][0]),
+            "output_dense_output": amax(fc2["outputs"][0]),
+            "layer_output": amax(convs[4 * i + 4]["inputs"][0]),
+            "dq_probs": dq_probs,
+        })
+    return per_layer
+
+
+def fake_quantize(x: torch.Tensor, amax: float) -> torch.Tensor:
+    """Symmetric per-tensor INT8: round half to even of x / (amax / 127), saturated to [-128, 127]."""
+    step = amax / 127.0
+    return torch.clamp(torch.round(x / step), -128, 127) * step
+
+
+def _quantize_weights(linear: torch.nn.Linear) -> None:
+    with torch.no_grad():
+        w = linear.weight
+        step = w.abs().amax(1, keepdim=True).clamp_min(1e-30) / 127.0
+        w.copy_(torch.clamp(torch.round(w / step), -127, 127) * step)
+
+
+# HF attention implementation name of the oracle's ``probabilities`` kind.
+INT8_PROBABILITIES_ATTENTION = "demobert_int8_probabilities"
+
+
+def _int8_probabilities_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """HF's eager attention with the probabilities on the fused INT8 kernel's grid (step
+    ``module.dq_probs``, codes 0..127)."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * (scaling if scaling is not None else query.size(-1) ** -0.5)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = torch.softmax(scores, dim=-1)
+    probs = torch.clamp(torch.round(probs / module.dq_probs), 0, 127) * module.dq_probs
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+def hf_int8_oracle(model, features: Features, ranges: Sequence[dict[str, float]], kinds: Sequence[str] = QUANTIZED_KINDS) -> np.ndarray:
+    """Logits ``[n, S, 2]`` of a float64 copy of the HF model with TensorRT's INT8 arithmetic as fake
+    quantization (quantize → dequantize) at the tensors of ``kinds``, with the ``ranges`` of
+    ``engine_ranges``; float everywhere else.  Independent of the engine: HF's modules, hooks only."""
+    import copy
+
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import eager_mask
+
+    unknown = set(kinds) - set(QUANTIZED_KINDS)
+    if unknown:
+        raise ValueError(f"unknown quantized tensor kinds {sorted(unknown)}")
+    oracle = copy.deepcopy(model).double().eval()
+    hooks_on = set(kinds)
+
+    def quantize_input(linear: torch.nn.Linear, amax: float) -> None:
+        _quantize_weights(linear)
+        linear.register_forward_pre_hook(lambda module, args: (fake_quantize(args[0], amax), *args[1:]))
+
+    def quantize_output(module: torch.nn.Module, amax: float) -> None:
+        def hook(mod, args, out):
+            if isinstance(out, tuple):
+                return (fake_quantize(out[0], amax), *out[1:])
+            return fake_quantize(out, amax)
+
+        module.register_forward_hook(hook)
+
+    encoder = oracle.bert.encoder.layer
+    if "weights" in hooks_on:
+        for module in oracle.modules():
+            if isinstance(module, torch.nn.Linear):
+                _quantize_weights(module)
+    for layer, r in zip(encoder, ranges):
+        attention = layer.attention
+        if "qkv_input" in hooks_on:
+            for projection in (attention.self.query, attention.self.key, attention.self.value):
+                quantize_input(projection, r["qkv_input"])
+        if "context" in hooks_on:
+            quantize_input(attention.output.dense, r["context"])
+        if "fc1_input" in hooks_on:
+            quantize_input(layer.intermediate.dense, r["fc1_input"])
+        if "gelu" in hooks_on:
+            quantize_input(layer.output.dense, r["gelu"])
+        attention.self.dq_probs = r["dq_probs"]
+        if "qkv_output" in hooks_on:
+            for projection in (attention.self.query, attention.self.key, attention.self.value):
+                quantize_output(projection, r["qkv_output"])
+        if "skip_ln" in hooks_on:
+            # LN(dense(x) + skip): the dense output and the skip each on their own grid, then the LN output.
+            quantize_output(attention.output.dense, r["attention_dense_output"])
+            attention.output.register_forward_pre_hook(
+                lambda module, args, amax=r["qkv_input"]: (args[0], fake_quantize(args[1], amax)))
+            quantize_output(attention.output.LayerNorm, r["fc1_input"])
+            quantize_output(layer.output.dense, r["output_dense_output"])
+            layer.output.register_forward_pre_hook(
+                lambda module, args, amax=r["fc1_input"]: (args[0], fake_quantize(args[1], amax)))
+            quantize_output(layer.output.LayerNorm, r["layer_output"])
+    if "head_input" in hooks_on:
+        quantize_input(oracle.qa_outputs, ranges[-1]["layer_output"])
+    if "probabilities" in hooks_on:
+        # The padding mask HF builds for an implementation is the one registered under its name.
+        AttentionInterface.register(INT8_PROBABILITIES_ATTENTION, _int8_probabilities_attention)
+        AttentionMaskInterface.register(INT8_PROBABILITIES_ATTENTION, eager_mask)
+        oracle.config._attn_implementation = INT8_PROBABILITIES_ATTENTION
+    else:
+        oracle.config._attn_implementation = "eager"
+    with torch.no_grad():
+        out = oracle(
+            input_ids=torch.as_tensor(features.input_ids, dtype=torch.long),
+            token_type_ids=torch.as_tensor(features.segment_ids, dtype=torch.long),
+            attention_mask=torch.as_tensor(features.input_mask, dtype=torch.long),
+        )
+    return torch.stack([out.start_logits, out.end_logits], dim=-1).numpy()
+
+
 @dataclass
 class Agreement:
     cosine: float  # cosine similarity of all valid-token logits, start and end together
@@ -301,6 +451,46 @@ def build_engine(source: Sequence[str], output: str | Path, options: Sequence[st
         raise RuntimeError(f"builder.py {' '.join(options)} failed: {stderr.getvalue().strip()}")
 
 
+CALIBRATIONS = ("legacy", "entropy", "minmax")
+
+
+def calibrator_class(algorithm: str, quantile: float | None = None):
+    """builder.py's calibrator (``legacy``, the demo's 0.9999 quantile unless ``quantile``) or one of
+    TensorRT's other algorithms over the same batches."""
+    from helpers.calibrator import BertCalibrator, BertEntropyCalibrator, BertMinMaxCalibrator
+
+    if algorithm == "entropy":
+        return BertEntropyCalibrator
+    if algorithm == "minmax":
+        return BertMinMaxCalibrator
+    if quantile is None:
+        return BertCalibrator
+
+    class QuantileCalibrator(BertCalibrator):
+        def get_quantile(self) -> float:
+            return quantile
+
+    return QuantileCalibrator
+
+
+def write_calibration_cache(builder_argv: Sequence[str], calibrator_type) -> None:
+    """builder.py's FP32 calibration pre-build (§6.1) with ``calibrator_type`` instead of the demo's
+    legacy calibrator: writes the ``-p`` cache that a ``builder.py`` INT8 build with the same
+    arguments then reads."""
+    import builder
+    from helpers.backend import trt
+
+    args = builder.parse_args(list(builder_argv))
+    _, logger = builder.start_backend(args)
+    trt.init_libnvinfer_plugins(logger, "")
+    config = builder.load_config(args, logger)
+    kind, path = builder.weight_source(args)
+    weights = builder.LOADERS[kind](path, config)
+    config.use_fp16, config.is_calib_mode = False, True
+    calibrator = calibrator_type(args.squad_json, args.vocab_file, args.calib_path, 1, args.sequence_length[-1], args.calib_num)
+    builder.build_engine(logger, config, weights, [1], args.sequence_length, args.workspace_size, False, calibrator)
+
+
 def run_engine(engine: str | Path, inputs: dict[str, np.ndarray], device: str | None, chunk: int = 8) -> np.ndarray:
     """``logits_out`` as ``[n, S, 2]``, fed ``chunk`` features at a time (the engine's batch size)."""
     from helpers.runner import EngineRunner
@@ -329,6 +519,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-imh", action="store_true", help="INT8 multi-head attention")
     parser.add_argument("-iln", action="store_true", help="INT8 skip-LayerNorm")
     parser.add_argument("--strict", action="store_true")
+    parser.add_argument(
+        "--calibration", choices=CALIBRATIONS, default="legacy",
+        help="TensorRT calibrator over the same batches (default: legacy, builder.py's own)",
+    )
+    parser.add_argument("--quantile", type=float, default=None, help="legacy calibrator quantile (default: the demo's 0.9999)")
+    parser.add_argument(
+        "--oracle", action="store_true",
+        help="also compare with HF fake-quantized at the engine's tensors with its ranges, and attribute the error per tensor kind",
+    )
     parser.add_argument("--fp8", action="store_true", help="FP8 GEMMs instead of INT8 (portable engine, Hopper)")
     parser.add_argument(
         "--qat", action="store_true", help="QAT ranges (max |x| of the FP32 activations, through an ONNX model) instead of PTQ"
@@ -341,6 +540,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from tests.squad_fixtures import minilm_vocab_file
+
+    if args.qat and (args.calibration != "legacy" or args.quantile is not None):
+        print("error: --calibration/--quantile choose a PTQ calibrator; --qat takes no calibration", file=sys.stderr)
+        return 2
+    if args.quantile is not None and (args.calibration != "legacy" or not 0.0 < args.quantile <= 1.0):
+        print("error: --quantile needs --calibration legacy and a value in (0, 1]", file=sys.stderr)
+        return 2
+    if args.oracle and args.fp8:
+        print("error: --oracle simulates INT8, not FP8", file=sys.stderr)
+        return 2
 
     vocab = minilm_vocab_file()
     with tempfile.TemporaryDirectory() as scratch:
@@ -365,25 +574,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.fp16:
             common.append("--fp16")
         int8 += [flag for flag, on in (("-imh", args.imh), ("-iln", args.iln), ("--strict", args.strict), ("--fp8", args.fp8)) if on]
+        if not args.qat and (args.calibration != "legacy" or args.quantile is not None):
+            write_calibration_cache([*source, "-o", str(work / "calibration.engine"), *common, *int8],
+                                    calibrator_class(args.calibration, args.quantile))
         build_engine(source, work / "reference.engine", common)
         build_engine(source, work / "int8.engine", common + int8)
         reference = run_engine(work / "reference.engine", features.inputs(), args.device)
         quantized = run_engine(work / "int8.engine", features.inputs(), args.device)
         result = logits_agreement(reference, quantized, features.input_mask)
         gold = {name: start_hits_gold(logits, features) for name, logits in (("fp32", reference), ("quantized", quantized))}
+        if args.oracle:
+            from helpers.portable.engine_file import read_engine
+
+            ranges = engine_ranges(read_engine((work / "int8.engine").read_bytes()))
     label = f"{args.model} S={args.sequence_length} {'QAT' if args.qat else 'PTQ'} "
     label += f"{'fp16+' if args.fp16 else ''}{'fp8' if args.fp8 else 'int8'}"
+    if not args.qat:
+        label += f" {args.calibration}" + ("" if args.quantile is None else f" quantile {args.quantile}") + f" n={args.calib_num}"
     label += "".join(f" {f}" for f, on in (("-imh", args.imh), ("-iln", args.iln), ("--strict", args.strict)) if on)
     print(
         f"{label}: {result.as_text()}; start on the gold answer: reference {100 * gold['fp32']:.1f}%, "
         f"quantized {100 * gold['quantized']:.1f}%"
     )
+    record = {"label": label, **result.__dict__, "start_gold_reference": gold["fp32"], "start_gold_quantized": gold["quantized"]}
+    if args.oracle:
+        record["oracle"] = oracle_report(model, features, ranges, reference, quantized, engine_kinds(args.imh, args.iln))
     if args.json:
         from helpers.runner import write_text_atomically
 
-        record = {"label": label, **result.__dict__, "start_gold_reference": gold["fp32"], "start_gold_quantized": gold["quantized"]}
         write_text_atomically(args.json, json.dumps(record, indent=2) + "\n")
     return 0
+
+
+def oracle_report(model, features: Features, ranges, reference: np.ndarray, quantized: np.ndarray, kinds: Sequence[str]) -> dict:
+    """Print and return the oracle's agreement with the FP32 engine and with the INT8 engine, the
+    noise floor of that comparison (the oracle against itself with every range 1 ppm wider: a tensor
+    value that crosses a rounding boundary moves by a whole step), and the error of each tensor kind
+    quantized alone."""
+    mask = features.input_mask
+    oracle = hf_int8_oracle(model, features, ranges, kinds)
+    nudged = hf_int8_oracle(model, features, [{k: v * (1 + 1e-6) for k, v in r.items()} for r in ranges], kinds)
+    rows = {
+        "oracle vs FP32": logits_agreement(reference, oracle, mask),
+        "engine vs oracle": logits_agreement(oracle, quantized, mask),
+        "oracle vs oracle, ranges 1 ppm wider": logits_agreement(oracle, nudged, mask),
+    }
+    for kind in QUANTIZED_KINDS:
+        rows[f"oracle, only {kind} quantized, vs FP32"] = logits_agreement(reference, hf_int8_oracle(model, features, ranges, (kind,)), mask)
+    for name, agreement in rows.items():
+        print(f"  {name}: {agreement.as_text()}")
+    return {name: agreement.__dict__ for name, agreement in rows.items()}
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 interface) one SQuAD question per batch: the first feature of each example, in file order,
 until ``num_inputs`` examples were used.  The calibration table is cached in ``cache_file``
 (TensorRT's text format, see ``helpers.portable.calibration``); when that file exists, the
-builder reads it instead of calibrating again.  ``BertEntropyCalibrator`` feeds the same batches
-to TensorRT's entropy algorithm (``IInt8EntropyCalibrator2``) instead of the legacy quantile.
+builder reads it instead of calibrating again.  ``BertEntropyCalibrator`` and ``BertMinMaxCalibrator``
+feed the same batches to TensorRT's entropy algorithm (``IInt8EntropyCalibrator2``) or its max |x|
+(``IInt8MinMaxCalibrator``) instead of the legacy quantile.
 
 Device buffers are PyTorch tensors on the device the backend runs on; ``get_batch`` returns
 their addresses in the order of the names it is given.  Bad input (a missing or short SQuAD
@@ -166,3 +167,7 @@ class BertCalibrator(_SquadBatches, trt.IInt8LegacyCalibrator):  # type: ignore[
 
 class BertEntropyCalibrator(_SquadBatches, trt.IInt8EntropyCalibrator2):  # type: ignore[misc]
     """The same batches with entropy (KL divergence) calibration instead of the legacy quantile."""
+
+
+class BertMinMaxCalibrator(_SquadBatches, trt.IInt8MinMaxCalibrator):  # type: ignore[misc]
+    """The same batches with min-max calibration: each range is the largest |x| seen."""
