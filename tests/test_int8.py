@@ -350,77 +350,103 @@ def test_a_tensorrt_table_is_read_by_the_portable_build(int8_workdir, fp32_and_p
     assert foreign.read_bytes().startswith(b"TRT-100300-EntropyCalibration2\n")
 
 
-@pytest.mark.parametrize("flags", [("-imh",), ("-iln",), ("-imh", "-iln")])
-def test_int8_attention_and_skip_layernorm_io(int8_workdir, fp32_and_ptq_engines, monkeypatch, flags):
-    """-imh / -iln: INT8 attention and skip-LN I/O (the CPU passes builder.py's GPU check here)."""
+@pytest.fixture(scope="module")
+def ptq_engine(int8_workdir, fp32_and_ptq_engines):
+    """flags → the PTQ engine built with them (built once; the CPU passes builder.py's GPU check for
+    -imh here), sharing the calibration cache of the plain PTQ engine."""
     import builder
+
+    env = int8_workdir
+    engines = {(): fp32_and_ptq_engines[1]}
+
+    def engine_for(flags: tuple[str, ...]):
+        if flags not in engines:
+            path = env["work"] / f"int8{''.join(flags)}.engine"
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(builder, "compute_capability", lambda backend: 90)
+                build(env, path, *ptq_options(env, env["work"] / "cache"), *flags)
+            engines[flags] = path
+        return engines[flags]
+
+    return engine_for
+
+
+@pytest.mark.parametrize("flags", [("-imh",), ("-iln",), ("-imh", "-iln")])
+def test_int8_attention_and_skip_layernorm_io(int8_workdir, fp32_and_ptq_engines, ptq_engine, flags):
+    """-imh / -iln: INT8 attention and skip-LN I/O."""
     from bench.int8_accuracy import logits_agreement
 
     env = int8_workdir
-    monkeypatch.setattr(builder, "compute_capability", lambda backend: 90)
-    engine = env["work"] / f"int8{''.join(flags)}.engine"
-    build(env, engine, *ptq_options(env, env["work"] / "cache"), *flags)
     reference = engine_logits(fp32_and_ptq_engines[0], env["features"])
     plain = engine_logits(fp32_and_ptq_engines[1], env["features"])
-    quantized = engine_logits(engine, env["features"])
+    quantized = engine_logits(ptq_engine(flags), env["features"])
     agreement = logits_agreement(reference, quantized, env["features"].input_mask)
     print(f"tiny random BERT, PTQ INT8 {' '.join(flags)} vs FP32:", agreement.as_text())
     assert agreement.cosine >= 0.99
     assert not np.allclose(plain, quantized, rtol=0, atol=1e-5)  # the plugins really ran in INT8
 
 
-def hf_int8_oracle(model, features, ranges):
-    """HF BertForQuestionAnswering with TensorRT's INT8 arithmetic as fake quantization: every
-    Linear input rounded to its tensor's range, weights per output channel; float elsewhere."""
-    import copy
-
-    oracle = copy.deepcopy(model).double()
-
-    def fake_quant(x, amax):
-        step = amax / 127
-        return torch.clamp(torch.round(x / step), -128, 127) * step
-
-    def quantize_input(module, amax):
-        with torch.no_grad():
-            w = module.weight
-            step = w.abs().amax(1, keepdim=True) / 127
-            w.copy_(torch.clamp(torch.round(w / step), -127, 127) * step)
-        module.register_forward_pre_hook(lambda mod, args: (fake_quant(args[0], amax),))
-
-    for i, layer in enumerate(oracle.bert.encoder.layer):
-        layer_input = "embeddings_output" if i == 0 else f"l{i - 1}_output_reshape"
-        for projection in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value):
-            quantize_input(projection, ranges[layer_input])
-        quantize_input(layer.attention.output.dense, ranges[f"l{i}_attention_context_layer"])
-        quantize_input(layer.intermediate.dense, ranges[f"l{i}_intermediate_input"])
-        quantize_input(layer.output.dense, ranges[f"l{i}_gelu"])
-    quantize_input(oracle.qa_outputs, ranges[f"l{len(oracle.bert.encoder.layer) - 1}_output_reshape"])
-    with torch.no_grad():
-        out = oracle(
-            input_ids=torch.as_tensor(features.input_ids, dtype=torch.long),
-            token_type_ids=torch.as_tensor(features.segment_ids, dtype=torch.long),
-            attention_mask=torch.as_tensor(features.input_mask, dtype=torch.long),
-        )
-    return torch.stack([out.start_logits, out.end_logits], dim=-1).numpy()
-
-
-def test_ptq_engine_is_the_int8_arithmetic_of_an_independent_oracle(int8_workdir, fp32_and_ptq_engines):
-    from bench.int8_accuracy import logits_agreement
+@pytest.mark.parametrize("flags", [(), ("-imh",), ("-iln",), ("-imh", "-iln")])
+def test_ptq_engine_is_the_int8_arithmetic_of_an_independent_oracle(int8_workdir, ptq_engine, flags):
+    """The engine against HF in float64 fake-quantized (bench/int8_accuracy.py's oracle) at the tensors
+    TensorRT quantizes with these flags, with the ranges the engine carries."""
+    from bench import int8_accuracy as ia
     from helpers.portable.engine_file import read_engine
 
     env = int8_workdir
-    description = read_engine(fp32_and_ptq_engines[1].read_bytes())
-    tensors = description["tensors"]
-    ranges = {t["name"]: abs(t["dynamic_range"][1]) for t in tensors if t["dynamic_range"]}
-    # The intermediate dense reads the first skip-LN's (unnamed) output: find it through the graph.
-    convs = [layer for layer in description["layers"] if layer["kind"] == "convolution"]
-    for i in range(2):
-        ranges[f"l{i}_intermediate_input"] = abs(tensors[convs[4 * i + 2]["inputs"][0]]["dynamic_range"][1])
-    expected = hf_int8_oracle(env["model"], env["features"], ranges)
-    quantized = engine_logits(fp32_and_ptq_engines[1], env["features"])
-    agreement = logits_agreement(expected, quantized, env["features"].input_mask)
+    engine = ptq_engine(flags)
+    ranges = ia.engine_ranges(read_engine(engine.read_bytes()))
+    assert [r["gelu"] for r in ranges] == [10.0, 10.0]  # GELU10, found through the graph
+    kinds = ia.engine_kinds(imh="-imh" in flags, iln="-iln" in flags)
+    expected = ia.hf_int8_oracle(env["model"], env["features"], ranges, kinds)
+    agreement = ia.logits_agreement(expected, engine_logits(engine, env["features"]), env["features"].input_mask)
     assert agreement.cosine >= 0.9999
     assert agreement.both_match >= 0.95
+    # The kinds the flags add move the oracle by more than that tolerance: leaving one out would show.
+    plain = ia.hf_int8_oracle(env["model"], env["features"], ranges, ia.engine_kinds())
+    assert flags == () or ia.logits_agreement(expected, plain, env["features"].input_mask).cosine < 0.9999
+
+
+def test_minmax_calibration_ranges_are_the_fp32_maxima(int8_workdir):
+    """TensorRT's min-max calibrator (bench/int8_accuracy.py --calibration minmax) through builder.py's
+    calibration pre-build: a range is max |x| of the FP32 activations over the calibration batches
+    (HF's here, padding included), and builder.py's GELU10 still sets the GELU output's."""
+    from bench import int8_accuracy as ia
+    from helpers.portable.calibration import parse_calibration_table
+    from helpers.portable.engine_file import read_engine
+
+    env = int8_workdir
+    cache, engine = env["work"] / "minmax_cache", env["work"] / "minmax.engine"
+    options = ptq_options(env, cache, calib_num=6)
+    argv = ["--hf", str(env["work"] / "hf"), "-o", str(engine), "-b", "4", "-s", str(SEQ), "--backend", "portable",
+            "--device", "cpu", *options]
+    ia.write_calibration_cache(argv, ia.calibrator_class("minmax"))
+    algorithm, table = parse_calibration_table(cache.read_bytes())
+    assert algorithm == "MinMaxCalibration"
+    build(env, engine, *options)
+    ranges = {t["name"]: t["dynamic_range"] for t in read_engine(engine.read_bytes())["tensors"]}
+    assert ranges["l0_gelu"] == [-10.0, 10.0]
+
+    features, model = env["features"], env["model"]
+    first = slice(0, 6)  # the calibrator's questions: the first 6 of the file
+    seen = {}
+    hooks = [
+        model.bert.embeddings.register_forward_hook(lambda m, a, o: seen.__setitem__("embeddings_output", o)),
+        model.bert.encoder.layer[1].register_forward_hook(
+            lambda m, a, o: seen.__setitem__("l1_output_reshape", o[0] if isinstance(o, tuple) else o)),
+    ]
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.as_tensor(features.input_ids[first], dtype=torch.long),
+                  token_type_ids=torch.as_tensor(features.segment_ids[first], dtype=torch.long),
+                  attention_mask=torch.as_tensor(features.input_mask[first], dtype=torch.long))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert set(seen) == {"embeddings_output", "l1_output_reshape"}
+    for name, value in seen.items():
+        assert table[name] == pytest.approx(float(value.abs().max()), rel=1e-4), name
+        assert ranges[name][1] == pytest.approx(table[name], rel=1e-6)
 
 
 def test_qat_ranges_land_on_the_tensors_of_section_6_2(int8_workdir, fp32_and_ptq_engines):

@@ -382,17 +382,22 @@ class _Lowering:
         return skip_layernorm
 
 
+# The GEMMs below hand float32 rows to ``quantization``, whose result takes its input's dtype: an INT8
+# input may be carried as half values (an ``-imh`` attention's context), and the result must not be
+# rounded to half before ``_channel_gemm`` gives it the layer's output type.
+
+
 def int8_gemm(weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """rows [M, C] → [M, K] through ``quantization.int8_linear`` with prepared weight codes."""
+    """rows [M, C] → float32 [M, K] through ``quantization.int8_linear`` with prepared weight codes."""
     codes = q.quantize_linear_weights(weight)
     in_scale = q.scale_from_amax(in_amax)
-    return lambda rows: q.int8_linear(rows, codes, bias, in_scale)
+    return lambda rows: q.int8_linear(rows.float(), codes, bias, in_scale)
 
 
 def fp8_gemm(weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float) -> Callable[[torch.Tensor], torch.Tensor]:
     codes = q.quantize_fp8_weights(weight)
     in_scale = q.fp8_input_scale(in_amax, weight.device)
-    return lambda rows: q.fp8_linear(rows, codes, bias, in_scale)
+    return lambda rows: q.fp8_linear(rows.float(), codes, bias, in_scale)
 
 
 def _channel_gemm(gemm: Callable[[torch.Tensor], torch.Tensor], spatial: int, out_dtype: torch.dtype) -> Run:
