@@ -6,7 +6,8 @@
   the real vocabulary and a SQuAD head fitted on the hand-made set of bench/int8_accuracy.py:
   PTQ (calibration cache, GELU10), QAT ranges (§6.2), -imh / -iln, FP8, against the FP32 engine
   and against an independent oracle (HF with fake-quantized Linear inputs); bad input.
-* MiniLM: the issue's accuracy goal, recorded as an expected failure with the measured numbers.
+* MiniLM: the engine is as accurate as the HF oracle with its ranges; the issue's accuracy goal, recorded
+  as an expected failure with the measured numbers.
 """
 
 from __future__ import annotations
@@ -555,31 +556,66 @@ def test_int8_engine_on_cuda_agrees_with_the_cpu_simulation(int8_workdir, fp32_a
     assert agreement.cosine >= 0.9999 and agreement.both_match >= 0.95
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="per-tensor INT8 PTQ (legacy calibration, GELU10) is too lossy for MiniLM-L6: its activations carry "
-    "outlier channels (GELU outputs up to ~25 against a median channel max below 1). Measured on the hand-made set: "
-    "logits cosine 0.82, argmax start 30% / end 30% (calibrated on 8 questions; 0.83, 15% / 30% on all 20); with "
-    "QAT-style max ranges 0.87 / 55%, and FP8 GEMMs with those ranges 0.97 / 80%. HF's own model with "
-    "fake-quantized Linear inputs (max ranges) keeps only 0.976 cosine of its final hidden states: the recipe, "
-    "not the engine, loses the accuracy (the tiny random BERT tests above hold 0.99).",
-)
-def test_minilm_ptq_int8_meets_the_issue_goal(tmp_path):
-    """Issue 6's goal on MiniLM with a fitted SQuAD head: cosine >= 0.99 and argmax agreement >= 95%."""
+@pytest.fixture(scope="module")
+def minilm_engines(tmp_path_factory):
+    """MiniLM-L6 with its fitted SQuAD head: FP32 and PTQ INT8 engines (builder.py's legacy
+    calibration on 8 questions, GELU10) and their logits on the hand-made set."""
     import builder
     from bench import int8_accuracy as ia
     from tests.squad_fixtures import minilm_vocab_file
 
+    work = tmp_path_factory.mktemp("minilm_int8")
     vocab = minilm_vocab_file()
     features = ia.handmade_features(vocab, SEQ)
-    ia.minilm_squad_model(vocab, SEQ).save_pretrained(tmp_path / "hf")
-    squad = ia.write_handmade_squad(tmp_path / "squad.json")
-    common = ["--hf", str(tmp_path / "hf"), "-b", "4", "-s", str(SEQ), "--backend", "portable", "--device", "cpu"]
-    assert builder.main([*common, "-o", str(tmp_path / "fp32.engine")]) == 0
-    assert builder.main([*common, "-o", str(tmp_path / "int8.engine"), "-i", "-j", squad, "-v", vocab, "-n", "8",
-                         "-p", str(tmp_path / "cache")]) == 0
-    reference = engine_logits(tmp_path / "fp32.engine", features)
-    agreement = ia.logits_agreement(reference, engine_logits(tmp_path / "int8.engine", features), features.input_mask)
+    model = ia.minilm_squad_model(vocab, SEQ)
+    model.save_pretrained(work / "hf")
+    squad = ia.write_handmade_squad(work / "squad.json")
+    common = ["--hf", str(work / "hf"), "-b", "4", "-s", str(SEQ), "--backend", "portable", "--device", "cpu"]
+    assert builder.main([*common, "-o", str(work / "fp32.engine")]) == 0
+    assert builder.main([*common, "-o", str(work / "int8.engine"), "-i", "-j", squad, "-v", vocab, "-n", "8",
+                         "-p", str(work / "cache")]) == 0
+    return {
+        "model": model,
+        "features": features,
+        "int8": work / "int8.engine",
+        "reference": engine_logits(work / "fp32.engine", features),
+        "quantized": engine_logits(work / "int8.engine", features),
+    }
+
+
+def test_minilm_ptq_engine_is_as_accurate_as_the_oracle(minilm_engines):
+    """On MiniLM the INT8 logits are chaotic (moving every range by 1 ppm changes the oracle's logits
+    by a cosine of about 0.05), but their distance from FP32 is stable: the engine's must be the
+    oracle's (HF fake-quantized at the same tensors with the engine's ranges), within 0.02."""
+    from bench import int8_accuracy as ia
+    from helpers.portable.engine_file import read_engine
+
+    env = minilm_engines
+    ranges = ia.engine_ranges(read_engine(env["int8"].read_bytes()))
+    oracle = ia.hf_int8_oracle(env["model"], env["features"], ranges, ia.engine_kinds())
+    mask = env["features"].input_mask
+    engine_cosine = ia.logits_agreement(env["reference"], env["quantized"], mask).cosine
+    oracle_cosine = ia.logits_agreement(env["reference"], oracle, mask).cosine
+    print(f"MiniLM PTQ INT8 vs FP32: engine cosine {engine_cosine:.4f}, oracle {oracle_cosine:.4f}")
+    assert abs(engine_cosine - oracle_cosine) <= 0.02
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="TensorRT's per-tensor INT8 cannot hold MiniLM-L6 with this fitted head, and the engine is as accurate as "
+    "the scheme allows: it matches HF fake-quantized at the same tensors with the same ranges (logits cosine vs FP32 "
+    "0.824 vs 0.823, legacy calibration on 20 questions). In that oracle each GEMM input quantized alone already "
+    "breaks the goal: the QKV input (LayerNorm output; legacy and entropy ranges clip its outlier channel 99) 0.90, "
+    "the FC1 input 0.95 (channel 99 reaches 28-30 against an rms of 0.7: no per-tensor range beats 0.965), the GELU "
+    "output 0.955 with GELU10 (0.978 at the best range, +-5). Best TensorRT calibrator: min-max or legacy quantile "
+    "0.99999, 0.92 cosine, argmax 55-60% / 75-85%; -imh / -iln make it worse (0.84 / 0.64).",
+)
+def test_minilm_ptq_int8_meets_the_issue_goal(minilm_engines):
+    """Issue 6's goal on MiniLM with a fitted SQuAD head: cosine >= 0.99 and argmax agreement >= 95%."""
+    from bench import int8_accuracy as ia
+
+    env = minilm_engines
+    agreement = ia.logits_agreement(env["reference"], env["quantized"], env["features"].input_mask)
     print("MiniLM, PTQ INT8 vs FP32:", agreement.as_text())
     assert agreement.cosine >= 0.99
     assert min(agreement.start_match, agreement.end_match) >= 0.95
