@@ -1,0 +1,466 @@
+"""INT8 engines on the portable engine.
+
+* Engines built by builder.py / builder_varseqlen.py (portable, CPU) from a tiny random BERT with
+  the real vocabulary and a SQuAD head fitted on the hand-made set of bench/int8_accuracy.py:
+  PTQ (calibration cache, GELU10), QAT ranges (§6.2), -imh / -iln, FP8, -t/--strict, against the
+  FP32 engine and against an independent oracle (HF with fake-quantized Linear inputs); bad input.
+* MiniLM: the engine is as accurate as the HF oracle with its ranges; the issue's accuracy goal, recorded
+  as an expected failure with the measured numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.portable import quantization as q
+from test_int8 import CUDA, gen
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines: builder.py on the portable engine (CPU), INT8 vs FP32 of the same weights
+
+SEQ = 128
+
+
+@pytest.fixture(scope="module")
+def int8_workdir(tmp_path_factory):
+    """A tiny random BERT with the real vocabulary and a SQuAD head fitted on the hand-made set."""
+    from bench import int8_accuracy as ia
+    from tests import checkpoints, squad_fixtures
+
+    work = tmp_path_factory.mktemp("int8")
+    vocab = squad_fixtures.minilm_vocab_file()
+    features = ia.handmade_features(vocab, SEQ)
+    model = checkpoints.tiny_qa_model(hidden=64, heads=4, layers=2, intermediate=128, vocab=30522, max_positions=SEQ)
+    ia.fit_squad_head(model, features)
+    model.save_pretrained(work / "hf")
+    return {
+        "work": work,
+        "model": model,
+        "vocab": vocab,
+        "features": features,
+        "squad": ia.write_handmade_squad(work / "squad.json"),
+    }
+
+
+def build(env, output, *options):
+    import builder
+
+    assert builder.main(["--hf", str(env["work"] / "hf"), "-o", str(output), "-b", "4", "-s", str(SEQ),
+                         "--backend", "portable", "--device", "cpu", *options]) == 0
+
+
+def ptq_options(env, cache, calib_num=20):
+    return ["-i", "-j", env["squad"], "-v", env["vocab"], "-n", str(calib_num), "-p", str(cache)]
+
+
+def engine_logits(path, features):
+    from bench.int8_accuracy import run_engine
+
+    return run_engine(path, features.inputs(), "cpu", chunk=4)
+
+
+@pytest.fixture(scope="module")
+def fp32_and_ptq_engines(int8_workdir):
+    env = int8_workdir
+    build(env, env["work"] / "fp32.engine")
+    build(env, env["work"] / "int8.engine", *ptq_options(env, env["work"] / "cache"))
+    return env["work"] / "fp32.engine", env["work"] / "int8.engine"
+
+
+def test_ptq_engine_calibrates_and_tracks_the_fp32_engine(int8_workdir, fp32_and_ptq_engines):
+    from bench.int8_accuracy import logits_agreement
+    from helpers.portable.calibration import parse_calibration_table
+    from helpers.portable.engine_file import read_engine
+
+    env = int8_workdir
+    fp32_engine, int8_engine = fp32_and_ptq_engines
+    # The §6.1 pre-build wrote TensorRT's table, keyed by the network's tensor names; GELU10 survives it.
+    algorithm, table = parse_calibration_table((env["work"] / "cache").read_bytes())
+    assert algorithm == "LegacyCalibration"
+    assert {"embeddings_output", "l0_attention_qkv_mult", "l1_output_reshape"} <= set(table)
+    ranges = {t["name"]: t["dynamic_range"] for t in read_engine(int8_engine.read_bytes())["tensors"]}
+    assert ranges["l0_gelu"] == [-10.0, 10.0] and ranges["l1_gelu"] == [-10.0, 10.0]
+    assert ranges["l0_attention_qkv_mult"][1] == pytest.approx(table["l0_attention_qkv_mult"])
+
+    reference = engine_logits(fp32_engine, env["features"])
+    quantized = engine_logits(int8_engine, env["features"])
+    agreement = logits_agreement(reference, quantized, env["features"].input_mask)
+    print("tiny random BERT, PTQ INT8 vs FP32:", agreement.as_text())
+    assert agreement.cosine >= 0.99
+    assert not np.array_equal(reference, quantized)  # INT8 really ran
+
+
+def test_a_tensorrt_table_is_read_by_the_portable_build(int8_workdir, fp32_and_ptq_engines):
+    """A table in TensorRT's own spelling (another version and algorithm, names of layers this network
+    lacks) is taken as is: its ranges land on the tensors it names, no calibration runs."""
+    from helpers.portable.calibration import CalibrationAlgoType, parse_calibration_table, write_calibration_table
+    from helpers.portable.engine_file import read_engine
+
+    env = int8_workdir
+    _, table = parse_calibration_table((env["work"] / "cache").read_bytes())
+    table["l0_attention_qkv_mult"] = 3.25
+    table["(Unnamed Layer* 999) [Convolution]_output"] = 1.0
+    foreign = env["work"] / "trt_cache"
+    foreign.write_bytes(write_calibration_table(table, CalibrationAlgoType.ENTROPY_CALIBRATION_2, version=100300))
+    engine = env["work"] / "from_trt_cache.engine"
+    build(env, engine, "-i", "-j", str(env["work"] / "no_such.json"), "-v", env["vocab"], "-p", str(foreign))
+    ranges = {t["name"]: t["dynamic_range"] for t in read_engine(engine.read_bytes())["tensors"]}
+    assert ranges["l0_attention_qkv_mult"] == pytest.approx([-3.25, 3.25])
+    assert ranges["l0_gelu"] == [-10.0, 10.0]
+    assert foreign.read_bytes().startswith(b"TRT-100300-EntropyCalibration2\n")
+
+
+@pytest.fixture(scope="module")
+def ptq_engine(int8_workdir, fp32_and_ptq_engines):
+    """flags → the PTQ engine built with them (built once; the CPU passes builder.py's GPU check for
+    -imh here), sharing the calibration cache of the plain PTQ engine."""
+    import builder
+
+    env = int8_workdir
+    engines = {(): fp32_and_ptq_engines[1]}
+
+    def engine_for(flags: tuple[str, ...]):
+        if flags not in engines:
+            path = env["work"] / f"int8{''.join(flags)}.engine"
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(builder, "compute_capability", lambda backend: 90)
+                build(env, path, *ptq_options(env, env["work"] / "cache"), *flags)
+            engines[flags] = path
+        return engines[flags]
+
+    return engine_for
+
+
+@pytest.mark.parametrize("flags", [("-imh",), ("-iln",), ("-imh", "-iln")])
+def test_int8_attention_and_skip_layernorm_io(int8_workdir, fp32_and_ptq_engines, ptq_engine, flags):
+    """-imh / -iln: INT8 attention and skip-LN I/O."""
+    from bench.int8_accuracy import logits_agreement
+
+    env = int8_workdir
+    reference = engine_logits(fp32_and_ptq_engines[0], env["features"])
+    plain = engine_logits(fp32_and_ptq_engines[1], env["features"])
+    quantized = engine_logits(ptq_engine(flags), env["features"])
+    agreement = logits_agreement(reference, quantized, env["features"].input_mask)
+    print(f"tiny random BERT, PTQ INT8 {' '.join(flags)} vs FP32:", agreement.as_text())
+    assert agreement.cosine >= 0.99
+    assert not np.allclose(plain, quantized, rtol=0, atol=1e-5)  # the plugins really ran in INT8
+
+
+@pytest.mark.parametrize("flags", [(), ("-imh",), ("-iln",), ("-imh", "-iln")])
+def test_ptq_engine_is_the_int8_arithmetic_of_an_independent_oracle(int8_workdir, ptq_engine, flags):
+    """The engine against HF in float64 fake-quantized (bench/int8_accuracy.py's oracle) at the tensors
+    TensorRT quantizes with these flags, with the ranges the engine carries."""
+    from bench import int8_accuracy as ia
+    from helpers.portable.engine_file import read_engine
+
+    env = int8_workdir
+    engine = ptq_engine(flags)
+    ranges = ia.engine_ranges(read_engine(engine.read_bytes()))
+    assert [r["gelu"] for r in ranges] == [10.0, 10.0]  # GELU10, found through the graph
+    kinds = ia.engine_kinds(imh="-imh" in flags, iln="-iln" in flags)
+    expected = ia.hf_int8_oracle(env["model"], env["features"], ranges, kinds)
+    agreement = ia.logits_agreement(expected, engine_logits(engine, env["features"]), env["features"].input_mask)
+    assert agreement.cosine >= 0.9999
+    assert agreement.both_match >= 0.95
+    # The kinds the flags add move the oracle by more than that tolerance: leaving one out would show.
+    plain = ia.hf_int8_oracle(env["model"], env["features"], ranges, ia.engine_kinds())
+    assert flags == () or ia.logits_agreement(expected, plain, env["features"].input_mask).cosine < 0.9999
+
+
+def test_minmax_calibration_ranges_are_the_fp32_maxima(int8_workdir):
+    """TensorRT's min-max calibrator (bench/int8_accuracy.py --calibration minmax) through builder.py's
+    calibration pre-build: a range is max |x| of the FP32 activations over the calibration batches
+    (HF's here, padding included), and builder.py's GELU10 still sets the GELU output's."""
+    from bench import int8_accuracy as ia
+    from helpers.portable.calibration import parse_calibration_table
+    from helpers.portable.engine_file import read_engine
+
+    env = int8_workdir
+    cache, engine = env["work"] / "minmax_cache", env["work"] / "minmax.engine"
+    options = ptq_options(env, cache, calib_num=6)
+    argv = ["--hf", str(env["work"] / "hf"), "-o", str(engine), "-b", "4", "-s", str(SEQ), "--backend", "portable",
+            "--device", "cpu", *options]
+    ia.write_calibration_cache(argv, ia.calibrator_class("minmax"))
+    algorithm, table = parse_calibration_table(cache.read_bytes())
+    assert algorithm == "MinMaxCalibration"
+    build(env, engine, *options)
+    ranges = {t["name"]: t["dynamic_range"] for t in read_engine(engine.read_bytes())["tensors"]}
+    assert ranges["l0_gelu"] == [-10.0, 10.0]
+
+    features, model = env["features"], env["model"]
+    first = slice(0, 6)  # the calibrator's questions: the first 6 of the file
+    seen = {}
+    hooks = [
+        model.bert.embeddings.register_forward_hook(lambda m, a, o: seen.__setitem__("embeddings_output", o)),
+        model.bert.encoder.layer[1].register_forward_hook(
+            lambda m, a, o: seen.__setitem__("l1_output_reshape", o[0] if isinstance(o, tuple) else o)),
+    ]
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.as_tensor(features.input_ids[first], dtype=torch.long),
+                  token_type_ids=torch.as_tensor(features.segment_ids[first], dtype=torch.long),
+                  attention_mask=torch.as_tensor(features.input_mask[first], dtype=torch.long))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert set(seen) == {"embeddings_output", "l1_output_reshape"}
+    for name, value in seen.items():
+        assert table[name] == pytest.approx(float(value.abs().max()), rel=1e-4), name
+        assert ranges[name][1] == pytest.approx(table[name], rel=1e-6)
+
+
+def test_qat_ranges_land_on_the_tensors_of_section_6_2(int8_workdir, fp32_and_ptq_engines):
+    from bench.int8_accuracy import logits_agreement
+    from helpers.portable.engine_file import read_engine
+    from tests.checkpoints import write_onnx_model
+
+    env = int8_workdir
+    from bench.int8_accuracy import activation_amax
+
+    amax = activation_amax(env["model"], env["features"])
+    onnx_path = write_onnx_model(env["model"], env["work"] / "qat.onnx", amax)
+    engine = env["work"] / "qat.engine"
+    import builder
+    from tests.checkpoints import write_bert_config
+
+    write_bert_config(env["model"], env["work"] / "cfg")
+    assert builder.main(["-x", str(onnx_path), "-c", str(env["work"] / "cfg"), "-o", str(engine), "-b", "4", "-s", str(SEQ),
+                         "-i", "--backend", "portable", "--device", "cpu"]) == 0
+    description = read_engine(engine.read_bytes())
+    tensors = description["tensors"]
+    ranges = {t["name"]: t["dynamic_range"] for t in tensors}
+    convs = [layer for layer in description["layers"] if layer["kind"] == "convolution"]
+
+    def expect(tensor_range, value):
+        assert tensor_range == pytest.approx([-value, value], rel=1e-6)
+
+    for i in range(2):
+        p = f"bert.encoder.layer.{i}."
+        layer_input = "embeddings_output" if i == 0 else f"l{i - 1}_output_reshape"
+        expect(ranges[layer_input], amax[p + "attention.self.query._input_quantizer._amax"])
+        expect(ranges[f"l{i}_attention_qkv_mult"], max(amax[p + f"attention.self.matmul_{m}_input_quantizer._amax"] for m in "qkv"))
+        expect(ranges[f"l{i}_attention_context_layer"], amax[p + "attention.output.dense._input_quantizer._amax"])
+        expect(tensors[convs[4 * i + 1]["outputs"][0]]["dynamic_range"], amax[p + "attention.output.add_local_input_quantizer._amax"])
+        expect(tensors[convs[4 * i + 2]["inputs"][0]]["dynamic_range"], amax[p + "intermediate.dense._input_quantizer._amax"])
+        expect(ranges[f"l{i}_gelu"], amax[p + "output.dense._input_quantizer._amax"])
+        expect(ranges[f"l{i}_output_dense"], amax[p + "output.add_local_input_quantizer._amax"])
+    expect(ranges["l1_output_reshape"], amax["bert.encoder.final_input_quantizer._amax"])
+    embedding = next(layer for layer in description["layers"] if tensors[layer["outputs"][0]]["name"] == "embeddings_output")
+    expect(tensors[embedding["outputs"][1]]["dynamic_range"], 1.0)
+    qkv_plugins = [layer for layer in description["layers"] if layer["kind"] == "plugin"
+                   and layer["params"]["plugin"] == "CustomQKVToContextPluginDynamic"]
+    dq_probs = [dict((name, data) for name, _, data in plugin["params"]["fields"])["dq_probs"] for plugin in qkv_plugins]
+    assert [float(np.asarray(v).ravel()[0]) for v in dq_probs] == pytest.approx([1.0 / 127.0] * 2)
+
+    reference = engine_logits(fp32_and_ptq_engines[0], env["features"])
+    agreement = logits_agreement(reference, engine_logits(engine, env["features"]), env["features"].input_mask)
+    print("tiny random BERT, QAT INT8 (FP32 activation maxima) vs FP32:", agreement.as_text())
+    assert agreement.cosine >= 0.99
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line on stderr, non-zero exit, no engine and no cache written
+
+
+def expect_clean_failure(env, capsys, options, message, cache=None):
+    import builder
+
+    engine = env["work"] / "bad.engine"
+    status = builder.main(["--hf", str(env["work"] / "hf"), "-o", str(engine), "-b", "4", "-s", str(SEQ),
+                           "--backend", "portable", "--device", "cpu", *options])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert status != 0
+    assert len(err) == 1 and message in err[0], err
+    assert not engine.exists()
+    leftovers = [p.name for p in env["work"].iterdir() if p.name.startswith(("bad.engine", "bad_cache"))]
+    assert leftovers == ([] if cache is None else [cache.name])
+
+
+def test_int8_without_a_calibration_source_fails_cleanly(int8_workdir, capsys):
+    env = int8_workdir
+    options = ["-i", "-j", str(env["work"] / "missing.json"), "-v", env["vocab"], "-p", str(env["work"] / "bad_cache")]
+    expect_clean_failure(env, capsys, options, "cannot read file")
+
+
+def test_calibration_json_with_fewer_questions_than_calib_num_fails_cleanly(int8_workdir, capsys):
+    env = int8_workdir
+    options = ptq_options(env, env["work"] / "bad_cache", calib_num=21)
+    expect_clean_failure(env, capsys, options, "has 20 questions, fewer than the 21")
+
+
+def test_fp8_without_int8_fails_cleanly(int8_workdir, capsys):
+    expect_clean_failure(int8_workdir, capsys, ["--fp8"], "--fp8 needs --int8")
+
+
+def test_corrupt_calibration_cache_fails_cleanly(int8_workdir, capsys):
+    env = int8_workdir
+    cache = env["work"] / "bad_cache"
+    cache.write_bytes(b"TRT-100300-LegacyCalibration\nembeddings_output: not-hex\n")
+    try:
+        expect_clean_failure(env, capsys, ptq_options(env, cache), "line 2", cache=cache)
+        assert cache.read_bytes().endswith(b"not-hex\n")
+    finally:
+        cache.unlink()
+
+
+@CUDA
+def test_int8_engine_on_cuda_agrees_with_the_cpu_simulation(int8_workdir, fp32_and_ptq_engines):
+    from bench.int8_accuracy import logits_agreement, run_engine
+
+    env = int8_workdir
+    inputs = env["features"].inputs()
+    cpu = run_engine(fp32_and_ptq_engines[1], inputs, "cpu", chunk=4)
+    gpu = run_engine(fp32_and_ptq_engines[1], inputs, "cuda", chunk=4)
+    agreement = logits_agreement(cpu, gpu, env["features"].input_mask)
+    assert agreement.cosine >= 0.9999 and agreement.both_match >= 0.95
+
+
+@pytest.fixture(scope="module")
+def minilm_engines(tmp_path_factory):
+    """MiniLM-L6 with its fitted SQuAD head: FP32 and PTQ INT8 engines (builder.py's legacy
+    calibration on 8 questions, GELU10) and their logits on the hand-made set."""
+    import builder
+    from bench import int8_accuracy as ia
+    from tests.squad_fixtures import minilm_vocab_file
+
+    work = tmp_path_factory.mktemp("minilm_int8")
+    vocab = minilm_vocab_file()
+    features = ia.handmade_features(vocab, SEQ)
+    model = ia.minilm_squad_model(vocab, SEQ)
+    model.save_pretrained(work / "hf")
+    squad = ia.write_handmade_squad(work / "squad.json")
+    common = ["--hf", str(work / "hf"), "-b", "4", "-s", str(SEQ), "--backend", "portable", "--device", "cpu"]
+    assert builder.main([*common, "-o", str(work / "fp32.engine")]) == 0
+    assert builder.main([*common, "-o", str(work / "int8.engine"), "-i", "-j", squad, "-v", vocab, "-n", "8",
+                         "-p", str(work / "cache")]) == 0
+    return {
+        "model": model,
+        "features": features,
+        "int8": work / "int8.engine",
+        "reference": engine_logits(work / "fp32.engine", features),
+        "quantized": engine_logits(work / "int8.engine", features),
+    }
+
+
+def test_minilm_ptq_engine_is_as_accurate_as_the_oracle(minilm_engines):
+    """On MiniLM the INT8 logits are chaotic (moving every range by 1 ppm changes the oracle's logits
+    by a cosine of about 0.05), but their distance from FP32 is stable: the engine's must be the
+    oracle's (HF fake-quantized at the same tensors with the engine's ranges), within 0.02."""
+    from bench import int8_accuracy as ia
+    from helpers.portable.engine_file import read_engine
+
+    env = minilm_engines
+    ranges = ia.engine_ranges(read_engine(env["int8"].read_bytes()))
+    oracle = ia.hf_int8_oracle(env["model"], env["features"], ranges, ia.engine_kinds())
+    mask = env["features"].input_mask
+    engine_cosine = ia.logits_agreement(env["reference"], env["quantized"], mask).cosine
+    oracle_cosine = ia.logits_agreement(env["reference"], oracle, mask).cosine
+    print(f"MiniLM PTQ INT8 vs FP32: engine cosine {engine_cosine:.4f}, oracle {oracle_cosine:.4f}")
+    assert abs(engine_cosine - oracle_cosine) <= 0.02
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="TensorRT's per-tensor INT8 cannot hold MiniLM-L6 with this fitted head, and the engine is as accurate as "
+    "the scheme allows: it matches HF fake-quantized at the same tensors with the same ranges (logits cosine vs FP32 "
+    "0.824 vs 0.823, legacy calibration on 20 questions). In that oracle each GEMM input quantized alone already "
+    "breaks the goal: the QKV input (LayerNorm output; legacy and entropy ranges clip its outlier channel 99) 0.90, "
+    "the FC1 input 0.95 (channel 99 reaches 28-30 against an rms of 0.7; the calibrated ranges scaled by 0.5-3 "
+    "never beat 0.965), the GELU output 0.955 with GELU10 (0.978 at the best range, +-5). Best TensorRT "
+    "calibrator: min-max or legacy quantile 0.99999, 0.92 cosine, argmax 55-60% / 75-85%; -imh leaves it at 0.84, "
+    "-iln drops it to 0.64.",
+)
+def test_minilm_ptq_int8_meets_the_issue_goal(minilm_engines):
+    """Issue 6's goal on MiniLM with a fitted SQuAD head: cosine >= 0.99 and argmax agreement >= 95%."""
+    from bench import int8_accuracy as ia
+
+    env = minilm_engines
+    agreement = ia.logits_agreement(env["reference"], env["quantized"], env["features"].input_mask)
+    print("MiniLM, PTQ INT8 vs FP32:", agreement.as_text())
+    assert agreement.cosine >= 0.99
+    assert min(agreement.start_match, agreement.end_match) >= 0.95
+
+
+@pytest.mark.parametrize("layout", [(), ("-il",), ("-f",)])
+def test_varseqlen_qat_int8_tracks_fp32(int8_workdir, layout):
+    """builder_varseqlen.py -i with QAT ranges: packed (FP32 and -f FP16 around the INT8 layers) and
+    interleaved (-il) networks, on the packed hand-made features."""
+    import builder_varseqlen
+    from helpers.runner import EngineRunner
+    from tests.checkpoints import write_bert_config, write_onnx_model
+
+    env = int8_workdir
+    from bench.int8_accuracy import activation_amax
+
+    onnx_path = write_onnx_model(env["model"], env["work"] / "qat_varseqlen.onnx", activation_amax(env["model"], env["features"]))
+    config_dir = write_bert_config(env["model"], env["work"] / "cfg_varseqlen")
+    features = env["features"]
+    lengths = features.input_mask.sum(axis=1)
+    batch = {
+        "input_ids": np.concatenate([ids[:n] for ids, n in zip(features.input_ids, lengths)]).astype(np.int32),
+        "segment_ids": np.concatenate([seg[:n] for seg, n in zip(features.segment_ids, lengths)]).astype(np.int32),
+        "cu_seqlens": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32),
+    }
+    logits = []
+    for name, options in (("fp32", ()), ("int8", ("-i", *layout))):
+        engine = env["work"] / f"varseqlen_{name}{''.join(layout)}.engine"
+        argv = ["-x", str(onnx_path), "-c", str(config_dir), "-o", str(engine), "-b", str(len(lengths)), "-s", str(SEQ),
+                "--backend", "portable", "--device", "cpu", *options]
+        assert builder_varseqlen.main(argv) == 0
+        runner = EngineRunner(engine, device="cpu")
+        runner.activate(len(lengths), SEQ, total_tokens=len(batch["input_ids"]))
+        logits.append(runner.infer(batch).reshape(2, -1))
+    reference, quantized = (l.astype(np.float64).ravel() for l in logits)
+    cosine = reference @ quantized / (np.linalg.norm(reference) * np.linalg.norm(quantized))
+    print(f"tiny random BERT, varseqlen QAT INT8 {' '.join(layout)} vs FP32: cosine {cosine:.5f}")
+    assert cosine >= 0.99
+    assert not np.allclose(reference, quantized, rtol=0, atol=1e-5)
+
+
+def test_fp8_gemms_with_the_int8_ranges(int8_workdir, fp32_and_ptq_engines):
+    """--fp8: the portable engine runs its INT8 GEMMs as FP8 E4M3 with the same ranges (CPU emulation here)."""
+    from bench.int8_accuracy import logits_agreement
+
+    env = int8_workdir
+    engine = env["work"] / "fp8.engine"
+    build(env, engine, *ptq_options(env, env["work"] / "cache"), "--fp8")
+    reference = engine_logits(fp32_and_ptq_engines[0], env["features"])
+    quantized = engine_logits(engine, env["features"])
+    agreement = logits_agreement(reference, quantized, env["features"].input_mask)
+    print("tiny random BERT, FP8 GEMMs vs FP32:", agreement.as_text())
+    assert agreement.cosine >= 0.99
+    assert not np.allclose(engine_logits(fp32_and_ptq_engines[1], env["features"]), quantized, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_strict_keeps_a_float_precision_layer_out_of_int8(strict):
+    """-t/--strict (PREFER_PRECISION_CONSTRAINTS) keeps a convolution whose precision was set to FLOAT in
+    float; without it the precision is a hint and the layer runs INT8 like the others."""
+    import helpers.portable as trt
+
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    x = network.add_input("x", trt.float32, (2, 3, 16, 1, 1))
+    x.set_dynamic_range(-4.0, 4.0)
+    kernel = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    conv = network.add_convolution_nd(x, 8, (1, 1), trt.Weights(kernel), trt.Weights(np.zeros(8, np.float32)))
+    conv.precision = trt.float32
+    network.mark_output(conv.get_output(0))
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.INT8)
+    if strict:
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(builder.build_serialized_network(network, config))
+    context = engine.create_execution_context()
+    data = torch.randn(2, 3, 16, 1, 1, generator=gen(30)).to(engine.device)
+    out = torch.empty(2, 3, 8, 1, 1, device=engine.device)
+    context.set_tensor_address("x", data.data_ptr())
+    context.set_tensor_address(engine.get_tensor_name(1), out.data_ptr())
+    assert context.execute_async_v3(0)
+    exact = (data[..., 0, 0].double() @ torch.from_numpy(kernel).double().to(data.device).t()).float()
+    int8 = q.int8_linear(data[..., 0, 0], q.quantize_linear_weights(torch.from_numpy(kernel).to(data.device)), None, 4.0 / 127)
+    torch.testing.assert_close(out[..., 0, 0], exact if strict else int8, rtol=1e-5, atol=1e-5)
