@@ -3,7 +3,8 @@
 * Engines built by builder.py / builder_varseqlen.py (portable, CPU) from a tiny random BERT with
   the real vocabulary and a SQuAD head fitted on the hand-made set of bench/int8_accuracy.py:
   PTQ (calibration cache, GELU10), QAT ranges (§6.2), -imh / -iln, FP8, -t/--strict, against the
-  FP32 engine and against an independent oracle (HF with fake-quantized Linear inputs); bad input.
+  FP32 engine and against an independent oracle (HF with fake-quantized Linear inputs,
+  bench/int8_oracle.py); bad input.
 * MiniLM: the engine is as accurate as the HF oracle with its ranges; the issue's accuracy goal, recorded
   as an expected failure with the measured numbers.
 """
@@ -151,22 +152,23 @@ def test_int8_attention_and_skip_layernorm_io(int8_workdir, fp32_and_ptq_engines
 
 @pytest.mark.parametrize("flags", [(), ("-imh",), ("-iln",), ("-imh", "-iln")])
 def test_ptq_engine_is_the_int8_arithmetic_of_an_independent_oracle(int8_workdir, ptq_engine, flags):
-    """The engine against HF in float64 fake-quantized (bench/int8_accuracy.py's oracle) at the tensors
+    """The engine against HF in float64 fake-quantized (bench/int8_oracle.py) at the tensors
     TensorRT quantizes with these flags, with the ranges the engine carries."""
     from bench import int8_accuracy as ia
+    from bench.int8_oracle import engine_kinds, engine_ranges, hf_int8_oracle
     from helpers.portable.engine_file import read_engine
 
     env = int8_workdir
     engine = ptq_engine(flags)
-    ranges = ia.engine_ranges(read_engine(engine.read_bytes()))
+    ranges = engine_ranges(read_engine(engine.read_bytes()))
     assert [r["gelu"] for r in ranges] == [10.0, 10.0]  # GELU10, found through the graph
-    kinds = ia.engine_kinds(imh="-imh" in flags, iln="-iln" in flags)
-    expected = ia.hf_int8_oracle(env["model"], env["features"], ranges, kinds)
+    kinds = engine_kinds(imh="-imh" in flags, iln="-iln" in flags)
+    expected = hf_int8_oracle(env["model"], env["features"], ranges, kinds)
     agreement = ia.logits_agreement(expected, engine_logits(engine, env["features"]), env["features"].input_mask)
     assert agreement.cosine >= 0.9999
     assert agreement.both_match >= 0.95
     # The kinds the flags add move the oracle by more than that tolerance: leaving one out would show.
-    plain = ia.hf_int8_oracle(env["model"], env["features"], ranges, ia.engine_kinds())
+    plain = hf_int8_oracle(env["model"], env["features"], ranges, engine_kinds())
     assert flags == () or ia.logits_agreement(expected, plain, env["features"].input_mask).cosine < 0.9999
 
 
@@ -350,11 +352,12 @@ def test_minilm_ptq_engine_is_as_accurate_as_the_oracle(minilm_engines):
     by a cosine of about 0.05), but their distance from FP32 is stable: the engine's must be the
     oracle's (HF fake-quantized at the same tensors with the engine's ranges), within 0.02."""
     from bench import int8_accuracy as ia
+    from bench.int8_oracle import engine_kinds, engine_ranges, hf_int8_oracle
     from helpers.portable.engine_file import read_engine
 
     env = minilm_engines
-    ranges = ia.engine_ranges(read_engine(env["int8"].read_bytes()))
-    oracle = ia.hf_int8_oracle(env["model"], env["features"], ranges, ia.engine_kinds())
+    ranges = engine_ranges(read_engine(env["int8"].read_bytes()))
+    oracle = hf_int8_oracle(env["model"], env["features"], ranges, engine_kinds())
     mask = env["features"].input_mask
     engine_cosine = ia.logits_agreement(env["reference"], env["quantized"], mask).cosine
     oracle_cosine = ia.logits_agreement(env["reference"], oracle, mask).cosine
