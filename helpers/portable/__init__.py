@@ -54,11 +54,6 @@ from helpers.portable.enums import (
     nptype,
 )
 from helpers.portable.network import (
-    Dims,
-    Dims2,
-    Dims3,
-    Dims4,
-    DimsHW,
     IActivationLayer,
     IConstantLayer,
     IConvolutionLayer,
@@ -68,9 +63,7 @@ from helpers.portable.network import (
     IPluginV2Layer,
     IPluginV3Layer,
     IShuffleLayer,
-    ITensor,
     IUnaryLayer,
-    Weights,
 )
 from helpers.portable.plugin_registry import (
     IPluginCreator,
@@ -83,6 +76,7 @@ from helpers.portable.plugin_registry import (
 )
 from helpers.portable.plugins import PluginField, PluginFieldCollection, PluginFieldCollection_
 from helpers.portable.runtime import ICudaEngine, IExecutionContext, Runtime
+from helpers.portable.tensors import Dims, Dims2, Dims3, Dims4, DimsHW, ITensor, Weights
 
 __version__ = "10.13.0.portable"
 

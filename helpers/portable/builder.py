@@ -33,9 +33,10 @@ from helpers.portable.enums import (
     TacticSource,
 )
 from helpers.portable.layers import BuildError, Shape, fmt_shape, is_known
-from helpers.portable.network import Dims, ILayer, INetworkDefinition, ITensor, as_shape
+from helpers.portable.network import ILayer, INetworkDefinition
 from helpers.portable.plugin_registry import IPluginRegistry, get_plugin_registry
 from helpers.portable.plugins import plugin_output_types
+from helpers.portable.tensors import Dims, ITensor, as_shape
 
 PRODUCER = "helpers.portable"
 API_VERSION = "10.13.0"

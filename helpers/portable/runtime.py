@@ -37,7 +37,6 @@ from helpers.portable.enums import (
 from helpers.portable.int8_plan import lower_int8
 from helpers.portable.kernels.plan import optimize_plan
 from helpers.portable.layers import TORCH_DTYPE, BuildError, Shape, fmt_shape, is_known
-from helpers.portable.network import Dims, as_shape
 from helpers.portable.plugin_registry import get_plugin_registry
 from helpers.portable.plugins import (
     PLUGIN_DEFINITIONS,
@@ -49,6 +48,7 @@ from helpers.portable.plugins import (
     plugin_input_types,
     plugin_weights,
 )
+from helpers.portable.tensors import Dims, as_shape
 
 
 @dataclass
