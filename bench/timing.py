@@ -41,6 +41,23 @@ def matmul_peak_tflops(size: int = 8192, dtype: torch.dtype = torch.float16) -> 
     return 2.0 * size**3 / (timing.median_ms * 1e-3) / 1e12
 
 
+def sustained_matmul_tflops(seconds: float = 10.0, size: int = 8192, dtype: torch.dtype = torch.float16) -> float:
+    """The matmul rate once the card has settled at its power cap: back-to-back products for
+    ``seconds``, rate of the last third.  Under sustained load an H100 drops from 1980 MHz to
+    ~1.3-1.5 GHz (700 W), so this is well below ``matmul_peak_tflops``'s burst."""
+    import time
+
+    a = torch.randn(size, size, dtype=dtype, device="cuda")
+    b = torch.randn(size, size, dtype=dtype, device="cuda")
+    rates: list[float] = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        timing = time_cuda(lambda: torch.mm(a, b), warmup=0, iterations=10)
+        rates.append(2.0 * size**3 / (timing.median_ms * 1e-3) / 1e12)
+    settled = rates[len(rates) * 2 // 3:] or rates
+    return sorted(settled)[len(settled) // 2]
+
+
 def copy_bandwidth_tbps(nbytes: int = 2 << 30) -> float:
     """Measured device-to-device copy rate (TB/s, bytes read + written), the memory ceiling."""
     src = torch.empty(nbytes // 2, dtype=torch.float16, device="cuda").normal_()
