@@ -1,8 +1,9 @@
 """One timing method for every GPU benchmark here: CUDA events around each call, warm-up first,
-median and p99 over many calls; plus the two hardware ceilings the floors are computed from."""
+median and p99 over many calls; plus the hardware ceilings the floors are computed from."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,27 +34,29 @@ def time_cuda(fn: Callable[[], object], warmup: int = 10, iterations: int = 100)
     return Timing(times[len(times) // 2], times[p99_index], iterations)
 
 
-def matmul_peak_tflops(size: int = 8192, dtype: torch.dtype = torch.float16) -> float:
-    """Measured dense matmul rate (TFLOP/s) on random data, the compute ceiling of the floor."""
+def _square_matmul(size: int, dtype: torch.dtype) -> tuple[Callable[[], object], Callable[[Timing], float]]:
+    """A ``size``³ product on random operands, and the TFLOP/s of a timing of it."""
     a = torch.randn(size, size, dtype=dtype, device="cuda")
     b = torch.randn(size, size, dtype=dtype, device="cuda")
-    timing = time_cuda(lambda: torch.mm(a, b), warmup=5, iterations=30)
-    return 2.0 * size**3 / (timing.median_ms * 1e-3) / 1e12
+    return (lambda: torch.mm(a, b)), (lambda timing: 2.0 * size**3 / (timing.median_ms * 1e-3) / 1e12)
+
+
+def matmul_peak_tflops(size: int = 8192, dtype: torch.dtype = torch.float16) -> float:
+    """Measured dense matmul rate (TFLOP/s) on random data over a short burst, the compute ceiling
+    of the floor."""
+    product, tflops = _square_matmul(size, dtype)
+    return tflops(time_cuda(product, warmup=5, iterations=30))
 
 
 def sustained_matmul_tflops(seconds: float = 10.0, size: int = 8192, dtype: torch.dtype = torch.float16) -> float:
     """The matmul rate once the card has settled at its power cap: back-to-back products for
-    ``seconds``, rate of the last third.  Under sustained load an H100 drops from 1980 MHz to
+    ``seconds``, median rate of the last third.  Under sustained load an H100 drops from 1980 MHz to
     ~1.3-1.5 GHz (700 W), so this is well below ``matmul_peak_tflops``'s burst."""
-    import time
-
-    a = torch.randn(size, size, dtype=dtype, device="cuda")
-    b = torch.randn(size, size, dtype=dtype, device="cuda")
+    product, tflops = _square_matmul(size, dtype)
     rates: list[float] = []
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
-        timing = time_cuda(lambda: torch.mm(a, b), warmup=0, iterations=10)
-        rates.append(2.0 * size**3 / (timing.median_ms * 1e-3) / 1e12)
+        rates.append(tflops(time_cuda(product, warmup=0, iterations=10)))
     settled = rates[len(rates) * 2 // 3:] or rates
     return sorted(settled)[len(settled) // 2]
 
