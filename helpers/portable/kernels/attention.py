@@ -1,8 +1,9 @@
 """Attention straight on the packed per-token QKV layout ``[head][q|k|v][h]``, no transposes.
 
-Q, K and V are strided views of the QKV tensor.  Fixed length ([S, B, 3E], sequence-major):
-PyTorch's SDPA with the cuDNN backend, the key mask given as an additive [B, 1, 1, S] bias; cuDNN
-writes its output in the query's stride order, so the [S, B, E] result is a view, not a copy.
+Fixed length ([S, B, 3E], sequence-major), the key mask given as an additive [B, 1, 1, S] bias:
+few (sequence, head) pairs run ``attention_small``'s Triton kernel, which spreads them over many
+query-block programs; otherwise PyTorch's SDPA with the cuDNN backend on strided views of the QKV
+tensor, which writes its output in the query's stride order (the [S, B, E] result is a view).
 Packed variable length ([T, 3E] + cu_seqlens): FlashAttention's varlen kernel.
 """
 
@@ -26,19 +27,44 @@ def key_padding_bias(mask_idx: torch.Tensor, seq_len: int, dtype: torch.dtype) -
     return bias.view(mask_idx.shape[0], 1, 1, seq_len)
 
 
+# Where the Triton kernel beats cuDNN (bench/attention_small_bench.py on the H100): up to this many
+# (sequence, head) pairs, at S ≤ SMALL_MAX_SEQ.
+SMALL_MAX_PAIRS = 64
+SMALL_MAX_SEQ = 512
+
+
+def _small_kernel_wins(qkv: torch.Tensor, key_bias: torch.Tensor | None, num_heads: int) -> bool:
+    seq_len, batch, width = qkv.shape
+    head_size = width // (3 * num_heads)
+    return (
+        qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16) and head_size in (16, 32, 64, 128)
+        and seq_len <= SMALL_MAX_SEQ and batch * num_heads <= SMALL_MAX_PAIRS
+        and (key_bias is None or (key_bias.dim() == 4 and key_bias.shape[1:3] == (1, 1)))
+    )
+
+
 def _heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     head_size = qkv.shape[-1] // (3 * num_heads)
     per_head = qkv.unflatten(-1, (num_heads, 3, head_size))
     return per_head[..., 0, :], per_head[..., 1, :], per_head[..., 2, :]
 
 
-def attention_fixed_biased(qkv: torch.Tensor, key_bias: torch.Tensor | None, num_heads: int) -> torch.Tensor:
-    """``attention_fixed`` with the mask already turned into ``key_padding_bias`` (shared by layers)."""
+def attention_fixed_sdpa(qkv: torch.Tensor, key_bias: torch.Tensor | None, num_heads: int) -> torch.Tensor:
+    """``attention_fixed_biased`` on PyTorch's SDPA (cuDNN first), whatever the size."""
     seq_len, batch = qkv.shape[0], qkv.shape[1]
     q, k, v = (t.permute(1, 2, 0, 3) for t in _heads(qkv, num_heads))  # [B, N, S, H] views
     with sdpa_kernel(_FIXED_BACKENDS):
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)
     return ctx.permute(2, 0, 1, 3).reshape(seq_len, batch, qkv.shape[-1] // 3)
+
+
+def attention_fixed_biased(qkv: torch.Tensor, key_bias: torch.Tensor | None, num_heads: int) -> torch.Tensor:
+    """``attention_fixed`` with the mask already turned into ``key_padding_bias`` (shared by layers)."""
+    if _small_kernel_wins(qkv, key_bias, num_heads):
+        from helpers.portable.kernels.attention_small import attention_small
+
+        return attention_small(qkv, key_bias, num_heads)
+    return attention_fixed_sdpa(qkv, key_bias, num_heads)
 
 
 def attention_fixed(qkv: torch.Tensor, mask_idx: torch.Tensor | None, num_heads: int) -> torch.Tensor:
