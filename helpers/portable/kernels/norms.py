@@ -1,8 +1,11 @@
 """Triton kernels: embedding gather + LayerNorm, and (bias +) residual + LayerNorm.
 
 One program normalizes one row of E values; statistics are accumulated in float32 as
-``var = E[x²] - mean²`` like the reference (``helpers.portable.ops.layernorm``).  Imported
-lazily by ``helpers.portable.kernels`` because Triton exists only on GPU machines.
+``var = E[x²] - mean²`` like the reference (``helpers.portable.ops.layernorm``).  The residual
+LayerNorm also takes its input as float32 split-K partial products (``few_rows_gemm``), summed
+here.  All three kernels keep the PDL contract of ``kernels.pdl`` (only LayerNorm parameters are
+read before ``gdc_wait``).  Imported lazily by ``helpers.portable.kernels`` because Triton exists
+only on GPU machines.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from helpers.portable.kernels.pdl import pdl_launch
 
 
 def _row_launch(hidden: int) -> tuple[int, int]:
@@ -19,28 +24,44 @@ def _row_launch(hidden: int) -> tuple[int, int]:
 
 
 @triton.jit
-def _normalize(v, cols_mask, gamma_ptr, beta_ptr, cols, hidden, eps):
+def _normalize(v, cols_mask, gamma, beta, hidden, eps):
     mean = tl.sum(v, axis=0) / hidden
     var = tl.sum(v * v, axis=0) / hidden - mean * mean
-    gamma = tl.load(gamma_ptr + cols, mask=cols_mask, other=0.0).to(tl.float32)
-    beta = tl.load(beta_ptr + cols, mask=cols_mask, other=0.0).to(tl.float32)
     return (v - mean) * (1.0 / tl.sqrt(var + eps)) * gamma + beta
 
 
 @triton.jit
+def _load_params(gamma_ptr, beta_ptr, cols, cols_mask, USE_PDL: tl.constexpr):
+    # The LayerNorm parameters are weights: read before waiting for the previous kernel (kernels.pdl).
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    gamma = tl.load(gamma_ptr + cols, mask=cols_mask, other=0.0).to(tl.float32)
+    beta = tl.load(beta_ptr + cols, mask=cols_mask, other=0.0).to(tl.float32)
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+    return gamma, beta
+
+
+@triton.jit
 def _skip_layernorm_kernel(
-    x_ptr, skip_ptr, bias_ptr, gamma_ptr, beta_ptr, out_ptr, sum_ptr, hidden, eps,
-    HAS_BIAS: tl.constexpr, STORE_SUM: tl.constexpr, BLOCK: tl.constexpr,
+    x_ptr, skip_ptr, bias_ptr, gamma_ptr, beta_ptr, out_ptr, sum_ptr, hidden, split_stride, eps,
+    HAS_BIAS: tl.constexpr, STORE_SUM: tl.constexpr, SPLITS: tl.constexpr, USE_PDL: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     cols_mask = cols < hidden
     offsets = row * hidden + cols
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols, mask=cols_mask, other=0.0).to(tl.float32)
+    gamma, beta = _load_params(gamma_ptr, beta_ptr, cols, cols_mask, USE_PDL)
     v = tl.load(x_ptr + offsets, mask=cols_mask, other=0.0).to(tl.float32)
+    for split in tl.static_range(1, SPLITS):
+        v += tl.load(x_ptr + split * split_stride + offsets, mask=cols_mask, other=0.0)
     v += tl.load(skip_ptr + offsets, mask=cols_mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        v += tl.load(bias_ptr + cols, mask=cols_mask, other=0.0).to(tl.float32)
-    y = _normalize(v, cols_mask, gamma_ptr, beta_ptr, cols, hidden, eps)
+        v += bias
+    y = _normalize(v, cols_mask, gamma, beta, hidden, eps)
     tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=cols_mask)
     if STORE_SUM:
         tl.store(sum_ptr + offsets, v.to(sum_ptr.dtype.element_ty), mask=cols_mask)
@@ -51,7 +72,7 @@ def _embed_layernorm_kernel(
     ids_ptr, segs_ptr, pos_ptr, word_ptr, type_ptr, position_ptr, gamma_ptr, beta_ptr,
     out_ptr, sum_ptr, hidden, n_words, n_types, n_positions, batch,
     ids_stride_s, ids_stride_b, segs_stride_s, segs_stride_b, pos_stride_s, pos_stride_b,
-    POSITION_IS_S: tl.constexpr, STORE_SUM: tl.constexpr, BLOCK: tl.constexpr,
+    POSITION_IS_S: tl.constexpr, STORE_SUM: tl.constexpr, USE_PDL: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # Row r is token (s, b) = (r // batch, r % batch) of [S, B] id tensors of any strides.
     row = tl.program_id(0).to(tl.int64)
@@ -59,6 +80,7 @@ def _embed_layernorm_kernel(
     b = row % batch
     cols = tl.arange(0, BLOCK)
     cols_mask = cols < hidden
+    gamma, beta = _load_params(gamma_ptr, beta_ptr, cols, cols_mask, USE_PDL)
     token = tl.load(ids_ptr + s * ids_stride_s + b * ids_stride_b).to(tl.int64)
     segment = tl.load(segs_ptr + s * segs_stride_s + b * segs_stride_b).to(tl.int64)
     if POSITION_IS_S:
@@ -77,7 +99,7 @@ def _embed_layernorm_kernel(
     table_type = word.dtype
     v = (word.to(tl.float32) + kind.to(tl.float32)).to(table_type).to(tl.float32)
     v = (v + place.to(tl.float32)).to(table_type).to(tl.float32)
-    y = _normalize(v, cols_mask, gamma_ptr, beta_ptr, cols, hidden, 0.0)
+    y = _normalize(v, cols_mask, gamma, beta, hidden, 0.0)
     keep = cols_mask & valid
     tl.store(out_ptr + row * hidden + cols, tl.where(keep, y, 0.0).to(out_ptr.dtype.element_ty), mask=cols_mask)
     if STORE_SUM:
@@ -85,8 +107,12 @@ def _embed_layernorm_kernel(
 
 
 @triton.jit
-def _mask_bias_kernel(mask_ptr, stride_s, stride_b, seq_len, index_ptr, bias_ptr, BLOCK: tl.constexpr):
+def _mask_bias_kernel(mask_ptr, stride_s, stride_b, seq_len, index_ptr, bias_ptr, USE_PDL: tl.constexpr,
+                      BLOCK: tl.constexpr):
     # Per sequence b: the first position whose mask is 0 (or S), and the additive key bias row.
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     b = tl.program_id(0).to(tl.int64)
     positions = tl.arange(0, BLOCK)
     inside = positions < seq_len
@@ -106,17 +132,21 @@ def skip_layernorm_into(
     beta: torch.Tensor,
     bias: torch.Tensor | None,
     eps: float,
+    splits: int = 1,
 ) -> None:
     """Write ``LN(x + skip [+ bias])`` into ``out`` (and the sum into ``summed`` if given).
 
-    All row tensors are contiguous with rows of E = ``gamma.numel()`` values.
+    All row tensors are contiguous with rows of E = ``gamma.numel()`` values; with ``splits`` > 1,
+    ``x`` is ``splits`` blocks of such rows (split-K partial products) whose sum is the input.
     """
     hidden = gamma.numel()
     block, warps = _row_launch(hidden)
-    _skip_layernorm_kernel[(x.numel() // hidden,)](
+    rows = x.numel() // (hidden * splits)
+    _skip_layernorm_kernel[(rows,)](
         x, skip, bias if bias is not None else gamma, gamma, beta, out,
-        summed if summed is not None else out, hidden, eps,
-        HAS_BIAS=bias is not None, STORE_SUM=summed is not None, BLOCK=block, num_warps=warps,
+        summed if summed is not None else out, hidden, rows * hidden, eps,
+        HAS_BIAS=bias is not None, STORE_SUM=summed is not None, SPLITS=splits, BLOCK=block, num_warps=warps,
+        **pdl_launch(out.device),
     )
 
 
@@ -143,6 +173,7 @@ def embed_layernorm_into(
         out, summed if summed is not None else out, hidden, word.shape[0], token_type.shape[0], position.shape[0], batch,
         *input_ids.stride(), *segment_ids.stride(), *positions.stride(),
         POSITION_IS_S=position_ids is None, STORE_SUM=summed is not None, BLOCK=block, num_warps=warps,
+        **pdl_launch(out.device),
     )
 
 
@@ -151,4 +182,4 @@ def mask_index_and_bias_into(index: torch.Tensor, bias: torch.Tensor, input_mask
     [B, S] = ``attention.key_padding_bias`` of it, in one launch."""
     seq_len, batch = input_mask.shape
     _mask_bias_kernel[(batch,)](input_mask, *input_mask.stride(), seq_len, index, bias,
-                                BLOCK=triton.next_power_of_2(seq_len), num_warps=4)
+                                BLOCK=triton.next_power_of_2(seq_len), num_warps=4, **pdl_launch(bias.device))

@@ -10,7 +10,10 @@ recognises by fused steps over the fast kernels; everything else keeps its refer
 * Other 1×1 convolutions (the QKV projection, the SQuAD head) → one GEMM with the bias epilogue.
 * Dense FP16 GEMMs (all of the above) run on cuBLASLt with each shape's algorithm chosen by timing
   the heuristic's candidates against PyTorch's call (``kernels.cublaslt``; ``DEMOBERT_CUBLASLT=0``
-  keeps PyTorch's calls, as do FP32 GEMMs).
+  keeps PyTorch's calls, as do FP32 GEMMs) -- except at few rows (≤ ``FEW_ROWS_MAX`` tokens, batch
+  1), where they run on the Triton ``few_rows_gemm`` under programmatic dependent launch
+  (``kernels.pdl``), the products before a skip-LayerNorm as split-K partials that the LayerNorm
+  sums (``_Gemm``; ``DEMOBERT_FEW_ROWS_GEMM=0`` keeps cuBLASLt there).
 * Fixed-length embedding plugin → one Triton gather + LayerNorm reading the transposed id views in
   place, plus one Triton pass turning the mask into the mask index and the additive key bias that
   every attention layer then shares (a plan slot added for it).
@@ -56,6 +59,8 @@ from helpers.portable.layers import TORCH_DTYPE
 from helpers.portable.plugins import EMB_LN, QKV, SKIP_LN, compute_type
 
 FAST_KERNELS_ENV = "DEMOBERT_FAST_KERNELS"
+FEW_ROWS_ENV = "DEMOBERT_FEW_ROWS_GEMM"
+FEW_ROWS_MAX = 384  # rows up to which few_rows_gemm beat cuBLASLt (bench/batch1_latency.py, docs/perf/KERNELS.md)
 RELEASE_STEP = "release"
 FAST_DTYPES = (DataType.FLOAT, DataType.HALF)
 SPARSE_FLAG = "SPARSE_WEIGHTS"
@@ -429,9 +434,9 @@ Run = Callable[..., tuple[torch.Tensor, ...]]
 
 @dataclass(frozen=True)
 class _Gemm:
-    """``rows [M, in] @ weightᵀ``: the tuned cuBLASLt GEMM (``cublaslt.linear``) on the dense
-    [out, in] weight, or the semi-structured sparse GEMM when ``sparse`` holds the weight's 2:4
-    form.  Results are contiguous [M, out]."""
+    """``rows [M, in] @ weightᵀ`` on the dense [out, in] weight: the tuned cuBLASLt GEMM
+    (``cublaslt.linear``), or at few FP16 rows the Triton ``few_rows_gemm``; the semi-structured
+    sparse GEMM when ``sparse`` holds the weight's 2:4 form.  Results are contiguous [M, out]."""
 
     weight: torch.Tensor
     sparse: torch.Tensor | None
@@ -448,10 +453,37 @@ class _Gemm:
     def out_features(self) -> int:
         return self.weight.shape[0]
 
-    def __call__(self, rows: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def few_rows(self, rows: torch.Tensor) -> bool:
+        """The one rule for the batch-1 path: dense FP16 products of at most FEW_ROWS_MAX rows."""
+        return (self.sparse is None and self.dtype == torch.float16 and rows.shape[0] <= FEW_ROWS_MAX
+                and os.environ.get(FEW_ROWS_ENV, "1") != "0")
+
+    def __call__(self, rows: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
+        """``gelu?(rows @ weightᵀ + bias)``; the sparse GEMM's GELU is one Triton bias + GELU pass after it."""
         if self.sparse is not None:
-            return F.linear(rows, self.sparse, bias).contiguous()
-        return cublaslt.linear(rows, self.weight, bias)
+            product = F.linear(rows, self.sparse, None if gelu else bias).contiguous()
+            if not gelu:
+                return product
+            from helpers.portable.kernels.gelu import bias_gelu_into
+
+            y = torch.empty_like(product)
+            bias_gelu_into(y, product, bias)
+            return y
+        if self.few_rows(rows):
+            from helpers.portable.kernels import few_rows_gemm
+
+            return few_rows_gemm.linear(rows, self.weight, bias, gelu)
+        return cublaslt.linear(rows, self.weight, bias, gelu=gelu)
+
+    def summands(self, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The product as (S blocks of [M, out] whose sum it is, S), for a skip-LayerNorm to sum:
+        split-K float32 partials at few rows, else the product itself (S = 1)."""
+        if self.few_rows(rows):
+            from helpers.portable.kernels import few_rows_gemm
+
+            partials = few_rows_gemm.partial_products(rows, self.weight)
+            return partials, partials.shape[0]
+        return self(rows), 1
 
 
 def _dense(gemm: _Gemm, bias: torch.Tensor | None, spatial: int) -> Run:
@@ -466,20 +498,11 @@ def _dense(gemm: _Gemm, bias: torch.Tensor | None, spatial: int) -> Run:
 
 
 def _dense_gelu(gemm: _Gemm, bias: torch.Tensor, spatial: int) -> Run:
-    """Dense: one GEMM with the cuBLASLt bias + GELU epilogue; sparse: the GEMM, then one Triton
-    bias + GELU pass."""
+    """The GEMM with the bias + tanh GELU in its epilogue (``_Gemm``)."""
     ones = (1,) * spatial
 
     def run(x: torch.Tensor) -> tuple[torch.Tensor]:
-        rows = x.to(gemm.dtype).reshape(-1, gemm.in_features)
-        if gemm.sparse is None:
-            y = cublaslt.linear(rows, gemm.weight, bias, gelu=True)
-        else:
-            from helpers.portable.kernels.gelu import bias_gelu_into
-
-            product = gemm(rows)
-            y = torch.empty_like(product)
-            bias_gelu_into(y, product, bias)
+        y = gemm(x.to(gemm.dtype).reshape(-1, gemm.in_features), bias, gelu=True)
         return (y.view(*x.shape[: x.dim() - spatial - 1], gemm.out_features, *ones),)
 
     return run
@@ -490,10 +513,10 @@ def _dense_skip_layernorm(gemm: _Gemm, bias: torch.Tensor, gamma: torch.Tensor, 
     from helpers.portable.kernels.norms import skip_layernorm_into
 
     def run(x: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor]:
-        y = gemm(x.to(gemm.dtype).reshape(-1, gemm.in_features))
+        y, splits = gemm.summands(x.to(gemm.dtype).reshape(-1, gemm.in_features))
         skip = skip.to(gemm.dtype).contiguous()
         out = torch.empty_like(skip)
-        skip_layernorm_into(out, None, y, skip, gamma, beta, bias, eps)
+        skip_layernorm_into(out, None, y, skip, gamma, beta, bias, eps, splits)
         return (out,)
 
     return run

@@ -1,0 +1,171 @@
+"""Triton FP16 GEMM for few rows (batch-1 token counts), launched with programmatic dependent launch.
+
+``out[M, N] = rows[M, K] @ weight[N, K]ᵀ (+ bias) (→ tanh GELU)`` with float32 accumulation, or,
+split over K, the float32 partial products ``[S, M, N]`` that the following skip-LayerNorm sums
+(``norms.skip_layernorm_into(..., splits=S)``): no reduction launch.
+
+At a few hundred rows a GEMM is bound by the latency of starting to stream its weight from HBM,
+not by bandwidth (docs/perf/KERNELS.md).  Under PDL (``kernels.pdl``) each program first lets the
+next kernel launch, then asks the TMA unit to prefetch its weight slab into L2
+(``cp.async.bulk.prefetch``: weights are read-only, so this may run while the previous kernel
+still computes this GEMM's input), then waits for that kernel and streams its slab from L2.
+
+Tile configurations per (N, K, row bucket) are the winners of ``bench/batch1_latency.py --sweep``
+on the H100; other shapes take the defaults.  Imported lazily: Triton exists only on GPU machines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from helpers.portable.kernels.int8_gemm import _gelu_tanh
+from helpers.portable.kernels.pdl import pdl_launch
+from helpers.portable.ops import GELU_COEFF, GELU_SQRT_2_OVER_PI
+
+
+@dataclass(frozen=True)
+class Config:
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int  # K splits of a partial-products launch (1 for a finished result)
+    warps: int
+    stages: int
+
+
+DEFAULT_CONFIG = Config(64, 64, 128, 1, 4, 4)
+DEFAULT_PARTIALS_CONFIG = Config(64, 64, 128, 4, 4, 4)
+ROW_BUCKETS = (128, 384, 1024)
+# (N, K, row bucket, partials) → the sweep's winner.
+CONFIGS: dict[tuple[int, int, int, bool], Config] = {}
+
+
+def row_bucket(m: int) -> int:
+    return next((bucket for bucket in ROW_BUCKETS if m <= bucket), ROW_BUCKETS[-1])
+
+
+def config_for(m: int, n: int, k: int, partials: bool) -> Config:
+    default = DEFAULT_PARTIALS_CONFIG if partials else DEFAULT_CONFIG
+    return CONFIGS.get((n, k, row_bucket(m), partials), default)
+
+
+@triton.jit
+def _prefetch_rows_to_l2(row_ptrs, nbytes):
+    # One bulk prefetch per weight row of the slab, issued to the TMA unit (sm_90+); no result.
+    tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2; // $0", "=r,l,r", [row_ptrs, nbytes],
+                              dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _few_rows_gemm_kernel(
+    a_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_a, stride_w, k_per_split, coeff, sqrt_2_over_pi,
+    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, PARTIALS: tl.constexpr, PREFETCH: tl.constexpr,
+    USE_PDL: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Columns past N read valid weight rows (wrapped) and are never stored: no N mask on loads.
+    w_rows = (cols % N).to(tl.int64)
+    k_begin = split * k_per_split
+    k_len = tl.minimum(K - k_begin, k_per_split)
+    if PREFETCH:
+        # Weights only (the contract of kernels.pdl): the slab [BLOCK_N, k_len] of this program, asked
+        # for once (by the first row block's program) for every row block.
+        if pid_m == 0:
+            _prefetch_rows_to_l2(w_ptr + w_rows * stride_w + k_begin, tl.full([BLOCK_N], 0, tl.int32) + k_len * 2)
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ks = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + (rows % M)[:, None].to(tl.int64) * stride_a + (k_begin + ks)[None, :]
+    w_ptrs = w_ptr + w_rows[None, :] * stride_w + (k_begin + ks)[:, None]  # [BLOCK_K, BLOCK_N], K-major
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for start in range(0, k_len, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            left = k_len - start
+            a = tl.load(a_ptrs, mask=ks[None, :] < left, other=0.0)
+            w = tl.load(w_ptrs, mask=ks[:, None] < left, other=0.0)
+        acc = tl.dot(a, w, acc)
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+
+    in_cols = cols < N
+    in_range = (rows < M)[:, None] & in_cols[None, :]
+    offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
+    if PARTIALS:
+        tl.store(out_ptr + split.to(tl.int64) * M * N + offsets, acc, mask=in_range)
+    else:
+        v = acc
+        if HAS_BIAS:
+            v += tl.load(bias_ptr + cols, mask=in_cols, other=0.0).to(tl.float32)[None, :]
+        if GELU:
+            v = _gelu_tanh(v, coeff, sqrt_2_over_pi)
+        tl.store(out_ptr + offsets, v.to(out_ptr.dtype.element_ty), mask=in_range)
+
+
+def _check(rows: torch.Tensor, weight: torch.Tensor) -> None:
+    if (rows.dim() != 2 or weight.dim() != 2 or rows.shape[1] != weight.shape[1] or rows.dtype != torch.float16
+            or weight.dtype != torch.float16 or rows.stride(1) != 1 or not weight.is_contiguous()):
+        raise ValueError(f"few_rows_gemm: needs float16 rows [M, K] with unit column stride and a contiguous float16 "
+                         f"weight [N, K]; got {rows.dtype} {tuple(rows.shape)} x {weight.dtype} {tuple(weight.shape)}")
+
+
+def _launch(out: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool,
+            config: Config, splits: int, k_per_split: int) -> None:
+    m, k = rows.shape
+    n = weight.shape[0]
+    # The bulk prefetch takes 16-byte aligned rows of a multiple of 16 bytes, on sm_90 and newer.
+    prefetch = (torch.cuda.get_device_capability(rows.device)[0] >= 9 and k > 0 and k % 8 == 0
+                and weight.data_ptr() % 16 == 0)
+    grid = (triton.cdiv(n, config.block_n), splits, triton.cdiv(m, config.block_m))
+    _few_rows_gemm_kernel[grid](
+        rows, weight, bias if bias is not None else weight, out, m, n, k, rows.stride(0), weight.stride(0),
+        k_per_split, GELU_COEFF, GELU_SQRT_2_OVER_PI,
+        HAS_BIAS=bias is not None, GELU=gelu, PARTIALS=out.dtype == torch.float32,
+        PREFETCH=prefetch, EVEN_K=k % config.block_k == 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k, num_warps=config.warps, num_stages=config.stages, **pdl_launch(rows.device),
+    )
+
+
+def linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False,
+           config: Config | None = None) -> torch.Tensor:
+    """``gelu?(rows @ weightᵀ + bias)`` as a new contiguous float16 [M, N]; ``bias`` [N] float16 or
+    float32; ``config`` (split_k 1) pins a tile configuration instead of the table's."""
+    _check(rows, weight)
+    m, k = rows.shape
+    n = weight.shape[0]
+    config = config or config_for(m, n, k, partials=False)
+    if config.split_k != 1:
+        raise ValueError("few_rows_gemm.linear: a finished result takes split_k 1 (see partial_products)")
+    out = torch.empty(m, n, dtype=torch.float16, device=rows.device)
+    if m and n:
+        _launch(out, rows, weight, bias, gelu, config, 1, max(k, 1))
+    return out
+
+
+def partial_products(rows: torch.Tensor, weight: torch.Tensor, config: Config | None = None) -> torch.Tensor:
+    """``rows @ weightᵀ`` as float32 partial products [S, M, N] over S ≤ ``config.split_k`` slices of
+    K (their sum is the product); every slice but the last spans a multiple of ``block_k``."""
+    _check(rows, weight)
+    m, k = rows.shape
+    n = weight.shape[0]
+    config = config or config_for(m, n, k, partials=True)
+    k_per_split = max(config.block_k, triton.cdiv(triton.cdiv(k, config.split_k), config.block_k) * config.block_k)
+    splits = max(1, triton.cdiv(k, k_per_split))
+    out = torch.empty(splits, m, n, dtype=torch.float32, device=rows.device)
+    if m and n:
+        _launch(out, rows, weight, None, False, config, splits, k_per_split)
+    return out

@@ -1,0 +1,183 @@
+"""The batch-1 GEMM (helpers/portable/kernels/few_rows_gemm.py) and the PDL chain of the fast path.
+
+Against float32 PyTorch math (``helpers.portable.ops`` for the GELU and LayerNorm): awkward sizes
+(rows, N and K off every tile), every epilogue, split-K partial products summed by the
+skip-LayerNorm, with programmatic dependent launch on and off, eager and replayed in a CUDA graph;
+and a built tiny engine's fast plan at batch 1 (which takes this GEMM) against its reference plan.
+GPU only: skipped on machines without CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from helpers.portable import ops
+from helpers.portable.kernels.pdl import PDL_ENV
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the few-rows GEMM needs a CUDA GPU")
+
+# (M, N, K): rows off every tile size, N and K primes / not multiples of the tiles.
+SHAPES = [(1, 97, 200), (37, 64, 64), (130, 200, 96), (385, 1024, 1000)]
+EPILOGUES = ["none", "bias16", "bias32", "gelu"]  # gelu: float16 bias + tanh GELU
+
+
+@pytest.fixture(scope="module")
+def few_rows_gemm():
+    from helpers.portable.kernels import few_rows_gemm as module
+
+    return module
+
+
+@pytest.fixture(params=["0", "1"], ids=["pdl_off", "pdl_on"])
+def pdl(request, monkeypatch):
+    monkeypatch.setenv(PDL_ENV, request.param)
+    return request.param == "1"
+
+
+def operands(m: int, n: int, k: int, seed: int = 0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    rows = torch.randn(m, k, device="cuda", generator=gen).half()
+    weight = (torch.randn(n, k, device="cuda", generator=gen) / math.sqrt(k)).half()
+    return rows, weight
+
+
+def reference(rows, weight, bias=None, gelu=False) -> torch.Tensor:
+    y = rows.float() @ weight.float().t()
+    if bias is not None:
+        y = y + bias.float()
+    return ops.gelu_tanh(y) if gelu else y
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+def test_linear_matches_float32_math(few_rows_gemm, pdl, m, n, k, epilogue):
+    rows, weight = operands(m, n, k)
+    bias = None if epilogue == "none" else torch.randn(n, device="cuda").to(
+        torch.float32 if epilogue == "bias32" else torch.float16)
+    got = few_rows_gemm.linear(rows, weight, bias, gelu=epilogue == "gelu")
+    assert got.dtype == torch.float16 and got.shape == (m, n) and got.is_contiguous()
+    torch.testing.assert_close(got.float(), reference(rows, weight, bias, epilogue == "gelu"), atol=1e-2, rtol=1e-2)
+
+
+def test_linear_reads_rows_with_a_row_stride(few_rows_gemm):
+    rows, weight = operands(50, 96, 160)
+    wide = torch.zeros(50, 200, dtype=torch.float16, device="cuda")
+    wide[:, 8:168] = rows
+    got = few_rows_gemm.linear(wide[:, 8:168], weight)
+    torch.testing.assert_close(got.float(), reference(rows, weight), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+@pytest.mark.parametrize("split_k,block_k", [(1, 128), (3, 64), (4, 128), (8, 32)])
+def test_partial_products_sum_to_the_product(few_rows_gemm, pdl, m, n, k, split_k, block_k):
+    rows, weight = operands(m, n, k, seed=1)
+    config = few_rows_gemm.Config(64, 32, block_k, split_k, 4, 3)
+    partials = few_rows_gemm.partial_products(rows, weight, config)
+    assert partials.dtype == torch.float32 and partials.shape[1:] == (m, n)
+    # K splits whenever it can: more than one split asked for and more than one block of K.
+    assert 1 <= partials.shape[0] <= split_k and (partials.shape[0] > 1) == (split_k > 1 and k > block_k)
+    torch.testing.assert_close(partials.sum(0), reference(rows, weight), atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("m,hidden,k", [(37, 96, 200), (128, 1024, 1024)])
+def test_skip_layernorm_sums_the_partials(few_rows_gemm, pdl, m, hidden, k):
+    from helpers.portable.kernels.norms import skip_layernorm_into
+
+    rows, weight = operands(m, hidden, k, seed=2)
+    skip = torch.randn(m, hidden, device="cuda").half()
+    gamma, beta, bias = torch.rand(hidden, device="cuda") + 0.5, torch.randn(hidden, device="cuda"), \
+        torch.randn(hidden, device="cuda")
+    partials = few_rows_gemm.partial_products(rows, weight, few_rows_gemm.Config(64, 64, 64, 4, 4, 3))
+    assert partials.shape[0] > 1
+    out = torch.empty_like(skip)
+    skip_layernorm_into(out, None, partials, skip, gamma, beta, bias, 1e-5, partials.shape[0])
+    expected = ops.layernorm(reference(rows, weight) + skip.float() + bias, gamma, beta, 1e-5)
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+
+
+def test_a_pdl_chain_replayed_in_a_cuda_graph(few_rows_gemm, pdl):
+    """A layer's worth of kernels, each reading the previous one's result, captured once and replayed
+    on new inputs: under PDL each program's wait must still see its predecessor's writes."""
+    from helpers.portable.kernels.norms import skip_layernorm_into
+
+    m, hidden, inter = 130, 256, 1024
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    w_in, w_up, w_down = ((torch.randn(o, i, device="cuda", generator=gen) / math.sqrt(i)).half()
+                          for o, i in ((hidden, hidden), (inter, hidden), (hidden, inter)))
+    b_up = torch.randn(inter, device="cuda", generator=gen).half()
+    gamma, beta = torch.rand(hidden, device="cuda", generator=gen) + 0.5, torch.randn(hidden, device="cuda", generator=gen)
+    x = torch.empty(m, hidden, device="cuda").half()
+
+    def layer() -> torch.Tensor:
+        partials = few_rows_gemm.partial_products(x, w_in, few_rows_gemm.Config(64, 64, 64, 2, 4, 3))
+        h = torch.empty_like(x)
+        skip_layernorm_into(h, None, partials, x, gamma, beta, None, 1e-5, partials.shape[0])
+        up = few_rows_gemm.linear(h, w_up, b_up, gelu=True)
+        partials = few_rows_gemm.partial_products(up, w_down, few_rows_gemm.Config(64, 32, 128, 4, 4, 3))
+        out = torch.empty_like(x)
+        skip_layernorm_into(out, None, partials, h, gamma, beta, None, 1e-5, partials.shape[0])
+        return out
+
+    def expected(inputs: torch.Tensor) -> torch.Tensor:
+        h = ops.layernorm(reference(inputs, w_in) + inputs.float(), gamma, beta, 1e-5).half()
+        up = reference(h, w_up, b_up, gelu=True).half()
+        return ops.layernorm(reference(up, w_down) + h.float(), gamma, beta, 1e-5)
+
+    x.copy_(torch.randn(m, hidden, device="cuda"))
+    layer()  # compiles outside of the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = layer()
+    for seed in (4, 5):
+        x.copy_(torch.randn(m, hidden, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed)))
+        graph.replay()
+        torch.testing.assert_close(out.float(), expected(x), atol=3e-2, rtol=3e-2)
+
+
+def test_refusals(few_rows_gemm):
+    rows, weight = operands(8, 16, 32)
+    with pytest.raises(ValueError, match="float16"):
+        few_rows_gemm.linear(rows.float(), weight)
+    with pytest.raises(ValueError, match="weight"):
+        few_rows_gemm.linear(rows, weight[:, :16])
+    with pytest.raises(ValueError, match="split_k 1"):
+        few_rows_gemm.linear(rows, weight, config=few_rows_gemm.Config(64, 64, 64, 2, 4, 3))
+
+
+def test_fast_plan_at_batch_1_runs_the_few_rows_gemm(tmp_path, monkeypatch, few_rows_gemm):
+    from test_kernels import build_tiny_engine, run_plan
+
+    from helpers.portable import runtime
+    from helpers.portable.engine_file import read_engine
+    from helpers.portable.kernels.plan import FEW_ROWS_ENV, optimize_plan
+
+    calls = {"linear": 0, "partial_products": 0}
+    for name in calls:
+        original = getattr(few_rows_gemm, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(few_rows_gemm, name, counted)
+    batch, seq = 1, 37
+    description = read_engine(build_tiny_engine(tmp_path, True, batch, seq))
+    dev = torch.device("cuda")
+    reference_plan = runtime.build_plan(description, dev)
+    fast = optimize_plan(runtime.build_plan(description, dev), description, dev)
+    mask = torch.ones(batch, seq, dtype=torch.int32, device="cuda")
+    mask[0, 30:] = 0
+    inputs = (torch.randint(0, 97, (batch, seq), dtype=torch.int32, device="cuda"),
+              torch.randint(0, 2, (batch, seq), dtype=torch.int32, device="cuda"), mask)
+    expected = run_plan(reference_plan, description, inputs)
+    got = run_plan(fast, description, inputs)
+    # Per layer QKV and FC1 (+ the head once) finish in the GEMM; attention out and FC2 feed skip-LNs.
+    assert calls == {"linear": 2 * 2 + 1, "partial_products": 2 * 2}
+    torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)
+    monkeypatch.setenv(FEW_ROWS_ENV, "0")
+    torch.testing.assert_close(run_plan(fast, description, inputs), expected, atol=2e-2, rtol=2e-2)
+    assert calls == {"linear": 5, "partial_products": 4}
