@@ -5,9 +5,10 @@ Run on the GPU machine from the repository root:
 ``python -m bench.attention_small_bench [--batches 1 2 4 8] [--sweep]``.  Every shape is first
 checked against the reference math (``helpers.portable.ops.attention_fixed``), then timed as 10
 calls captured in one CUDA graph (median of 100 replays, µs per call), PDL off.  Prints a Markdown
-table as it goes, then the smallest batch at which cuDNN wins; ``--sweep`` also times the Triton
-tile candidates (padded mask), the data behind ``attention_small.default_tiles`` and the routing
-rule in ``attention.py`` (numbers in docs/perf/KERNELS.md).
+table as it goes (with the path ``attention_fixed_biased`` ships for the shape), then the smallest
+batch at which cuDNN wins; ``--sweep`` also times the Triton tile candidates (padded mask): the data
+behind ``attention_small.default_tiles`` and the routing rule in ``attention.py`` (numbers in
+docs/perf/KERNELS.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from bench.kernels_bench import max_error, time_graphed
 from helpers.portable import ops
-from helpers.portable.kernels.attention import attention_fixed_sdpa, key_padding_bias
+from helpers.portable.kernels.attention import attention_fixed_sdpa, key_padding_bias, uses_small_kernel
 from helpers.portable.kernels.attention_small import Tiles, attention_small, default_tiles
 
 MODELS = {"large": 16, "base": 12}  # heads of 64
@@ -52,8 +53,8 @@ def checked(name: str, got: torch.Tensor, expected: torch.Tensor, failures: list
 
 
 def compare(batches: list[int], failures: list[str]) -> None:
-    print("| model | S | B | mask | cuDNN SDPA µs | Triton µs | cuDNN / Triton |", flush=True)
-    print("|---|---|---|---|---|---|---|", flush=True)
+    print("| model | S | B | mask | cuDNN SDPA µs | Triton µs | cuDNN / Triton | shipped |", flush=True)
+    print("|---|---|---|---|---|---|---|---|", flush=True)
     crossovers: list[str] = []
     for model, heads in MODELS.items():
         for seq in SEQ_LENS:
@@ -65,10 +66,11 @@ def compare(batches: list[int], failures: list[str]) -> None:
                     name = f"{model} S={seq} B={batch} {mask}"
                     checked(f"cuDNN {name}", attention_fixed_sdpa(qkv, bias, heads), expected, failures)
                     checked(f"Triton {name}", attention_small(qkv, bias, heads, use_pdl=False), expected, failures)
+                    shipped = "Triton" if uses_small_kernel(qkv, bias, heads) else "cuDNN"
                     cudnn = time_graphed(lambda: attention_fixed_sdpa(qkv, bias, heads)).median_ms * 1e3
                     triton_us = time_graphed(lambda: attention_small(qkv, bias, heads, use_pdl=False)).median_ms * 1e3
                     print(f"| {model} | {seq} | {batch} | {mask} | {cudnn:.2f} | {triton_us:.2f} | "
-                          f"{cudnn / triton_us:.2f} |", flush=True)
+                          f"{cudnn / triton_us:.2f} | {shipped} |", flush=True)
                     if crossover is None and cudnn <= triton_us:
                         crossover = batch
                 crossovers.append(f"{model} S={seq} {mask}: cuDNN wins from B = {crossover}" if crossover
@@ -77,6 +79,7 @@ def compare(batches: list[int], failures: list[str]) -> None:
 
 
 def sweep(batches: list[int], failures: list[str]) -> None:
+    sm_count = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
     print("\n| model | S | B | default | " + " | ".join(f"{t.block_m}×{t.block_n} w{t.warps} s{t.stages}"
                                                     for t in SWEEP_TILES) + " |", flush=True)
     print("|---" * (4 + len(SWEEP_TILES)) + "|", flush=True)
@@ -85,7 +88,7 @@ def sweep(batches: list[int], failures: list[str]) -> None:
             for batch in batches:
                 qkv, lengths, bias = attention_inputs(seq, batch, heads, "padded")
                 expected = ops.attention_fixed(qkv, lengths, heads)
-                default = default_tiles(seq, batch * heads)
+                default = default_tiles(seq, batch * heads, sm_count)
                 cells = []
                 for tiles in SWEEP_TILES:
                     checked(f"{tiles} {model} S={seq} B={batch}", attention_small(qkv, bias, heads, tiles, False),
