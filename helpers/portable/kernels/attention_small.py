@@ -3,7 +3,7 @@
 At batch 1 cuDNN's SDPA runs one program per head (16 for BERT-large), so most SMs idle and the
 kernel's time is the latency of one head's work.  Here the grid is query blocks × sequences ×
 heads: each program takes BLOCK_M queries of one head and walks that head's keys in BLOCK_N tiles
-(one to eight at S ≤ 512) with an online softmax in float32, reading Q, K and V from the
+(at most four at S ≤ 512) with an online softmax in float32, reading Q, K and V from the
 ``[S, B, 3E]`` tensor (per token ``[head][q|k|v][head_size]``) and writing ``[S, B, E]``.
 Programmatic dependent launch per ``helpers.portable.kernels.pdl``.  Imported lazily by
 ``helpers.portable.kernels.attention`` because Triton exists only on GPU machines.
