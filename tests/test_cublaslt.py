@@ -242,8 +242,9 @@ def test_engine_logits_with_and_without_cublaslt(tmp_path, always_cublaslt, monk
 
     from helpers.portable import runtime
     from helpers.portable.engine_file import read_engine
-    from helpers.portable.kernels.plan import optimize_plan
+    from helpers.portable.kernels.plan import FEW_ROWS_ENV, optimize_plan
 
+    monkeypatch.setenv(FEW_ROWS_ENV, "0")  # 111 rows: the few-rows GEMM's range, which cuBLASLt would not see
     batch, seq = 3, 37
     description = read_engine(build_tiny_engine(tmp_path, True, batch, seq))
     dev = torch.device("cuda")

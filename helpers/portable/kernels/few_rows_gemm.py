@@ -6,9 +6,10 @@ split over K, the float32 partial products ``[S, M, N]`` that the following skip
 
 At a few hundred rows a GEMM is bound by the latency of starting to stream its weight from HBM,
 not by bandwidth (docs/perf/KERNELS.md).  Under PDL (``kernels.pdl``) each program first lets the
-next kernel launch, then asks the TMA unit to prefetch its weight slab into L2
-(``cp.async.bulk.prefetch``: weights are read-only, so this may run while the previous kernel
-still computes this GEMM's input), then waits for that kernel and streams its slab from L2.
+next kernel launch, then waits for the previous one: a chain of these kernels skips the launch
+gaps, and the next kernel's programs are resident when this one ends.  Prefetching the weight slab
+into L2 before the wait (``cp.async.bulk.prefetch``) was measured slower and is not done
+(docs/perf/KERNELS.md, "Batch 1: PDL chain").
 
 Tile configurations per (N, K, row bucket) are the winners of ``bench/batch1_latency.py --sweep``
 on the H100; other shapes take the defaults.  Imported lazily: Triton exists only on GPU machines.
@@ -39,9 +40,26 @@ class Config:
 
 DEFAULT_CONFIG = Config(64, 64, 128, 1, 4, 4)
 DEFAULT_PARTIALS_CONFIG = Config(64, 64, 128, 4, 4, 4)
-ROW_BUCKETS = (128, 384, 1024)
+ROW_BUCKETS = (128, 384)
 # (N, K, row bucket, partials) → the sweep's winner.
-CONFIGS: dict[tuple[int, int, int, bool], Config] = {}
+CONFIGS: dict[tuple[int, int, int, bool], Config] = {
+    (768, 768, 128, True): Config(64, 32, 128, 1, 4, 4),
+    (768, 768, 384, True): Config(64, 64, 128, 1, 4, 4),
+    (768, 3072, 128, True): Config(64, 64, 128, 4, 4, 4),
+    (768, 3072, 384, True): Config(128, 64, 64, 2, 4, 3),
+    (1024, 1024, 128, True): Config(64, 64, 128, 4, 4, 4),
+    (1024, 1024, 384, True): Config(64, 64, 128, 1, 4, 4),
+    (1024, 4096, 128, True): Config(64, 64, 128, 4, 4, 4),
+    (1024, 4096, 384, True): Config(128, 64, 64, 2, 4, 3),
+    (2304, 768, 128, False): Config(64, 64, 128, 1, 4, 4),
+    (2304, 768, 384, False): Config(128, 64, 128, 1, 8, 3),
+    (3072, 768, 128, False): Config(64, 64, 128, 1, 4, 4),
+    (3072, 768, 384, False): Config(64, 64, 64, 1, 4, 4),
+    (3072, 1024, 128, False): Config(64, 64, 128, 1, 4, 4),
+    (3072, 1024, 384, False): Config(64, 64, 64, 1, 4, 4),
+    (4096, 1024, 128, False): Config(64, 64, 128, 1, 4, 4),
+    (4096, 1024, 384, False): Config(128, 64, 64, 1, 4, 3),
+}
 
 
 def row_bucket(m: int) -> int:
@@ -54,21 +72,16 @@ def config_for(m: int, n: int, k: int, partials: bool) -> Config:
 
 
 @triton.jit
-def _prefetch_rows_to_l2(row_ptrs, nbytes):
-    # One bulk prefetch per weight row of the slab, issued to the TMA unit (sm_90+); no result.
-    tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2; // $0", "=r,l,r", [row_ptrs, nbytes],
-                              dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _few_rows_gemm_kernel(
     a_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_a, stride_w, k_per_split, coeff, sqrt_2_over_pi,
-    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, PARTIALS: tl.constexpr, PREFETCH: tl.constexpr,
-    USE_PDL: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, PARTIALS: tl.constexpr, USE_PDL: tl.constexpr,
+    EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     if USE_PDL:
+        # Let the next kernel's programs launch and take their places now; this one reads nothing
+        # before its predecessor ends (an L2 prefetch of the weights here measured slower).
         tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -77,14 +90,6 @@ def _few_rows_gemm_kernel(
     w_rows = (cols % N).to(tl.int64)
     k_begin = split * k_per_split
     k_len = tl.minimum(K - k_begin, k_per_split)
-    if PREFETCH:
-        # Weights only (the contract of kernels.pdl): the slab [BLOCK_N, k_len] of this program, asked
-        # for once (by the first row block's program) for every row block.
-        if pid_m == 0:
-            _prefetch_rows_to_l2(w_ptr + w_rows * stride_w + k_begin, tl.full([BLOCK_N], 0, tl.int32) + k_len * 2)
-    if USE_PDL:
-        tl.extra.cuda.gdc_wait()
-
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     ks = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + (rows % M)[:, None].to(tl.int64) * stride_a + (k_begin + ks)[None, :]
@@ -127,15 +132,12 @@ def _launch(out: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: t
             config: Config, splits: int, k_per_split: int) -> None:
     m, k = rows.shape
     n = weight.shape[0]
-    # The bulk prefetch takes 16-byte aligned rows of a multiple of 16 bytes, on sm_90 and newer.
-    prefetch = (torch.cuda.get_device_capability(rows.device)[0] >= 9 and k > 0 and k % 8 == 0
-                and weight.data_ptr() % 16 == 0)
     grid = (triton.cdiv(n, config.block_n), splits, triton.cdiv(m, config.block_m))
     _few_rows_gemm_kernel[grid](
         rows, weight, bias if bias is not None else weight, out, m, n, k, rows.stride(0), weight.stride(0),
         k_per_split, GELU_COEFF, GELU_SQRT_2_OVER_PI,
         HAS_BIAS=bias is not None, GELU=gelu, PARTIALS=out.dtype == torch.float32,
-        PREFETCH=prefetch, EVEN_K=k % config.block_k == 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        EVEN_K=k % config.block_k == 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         BLOCK_K=config.block_k, num_warps=config.warps, num_stages=config.stages, **pdl_launch(rows.device),
     )
 

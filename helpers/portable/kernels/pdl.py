@@ -10,8 +10,8 @@ stream is still finishing.  The contract every PDL kernel keeps (Hopper's ``grid
   weights): no reads of activations and no global writes at all, since the earlier kernel may still
   be reading memory the caching allocator handed to this one;
 * it calls ``gdc_launch_dependents()`` once it no longer needs the SMs to itself, so that the next
-  kernel's programs can be scheduled (the fast path's kernels call it first thing: theirs all fit
-  on the GPU at once, and a waiting program costs only its slot);
+  kernel's programs can be scheduled (the fast path's kernels call it first thing: a program
+  waiting in ``gdc_wait`` costs only its slot on an SM);
 * every program calls ``gdc_wait()`` (unconditionally), so that a kernel's end implies its
   predecessor's: a chain of early launches stays ordered.
 

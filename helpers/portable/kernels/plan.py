@@ -60,7 +60,9 @@ from helpers.portable.plugins import EMB_LN, QKV, SKIP_LN, compute_type
 
 FAST_KERNELS_ENV = "DEMOBERT_FAST_KERNELS"
 FEW_ROWS_ENV = "DEMOBERT_FEW_ROWS_GEMM"
-FEW_ROWS_MAX = 384  # rows up to which few_rows_gemm beat cuBLASLt (bench/batch1_latency.py, docs/perf/KERNELS.md)
+# Rows up to which few_rows_gemm beats cuBLASLt (bench/batch1_latency.py, H100): 128 × 1 wins end to
+# end; at 256 and 384 rows every GEMM is 4-56 % slower than cuBLASLt and 384 × 1 loses end to end.
+FEW_ROWS_MAX = 128
 RELEASE_STEP = "release"
 FAST_DTYPES = (DataType.FLOAT, DataType.HALF)
 SPARSE_FLAG = "SPARSE_WEIGHTS"
