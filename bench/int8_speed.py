@@ -10,7 +10,10 @@ line per measurement and writes them all to ``--out``.
 ``--gemm-rows M`` (repeatable) first times BERT-large's four encoder GEMMs alone at M rows: FP16
 ``F.linear`` (cuBLAS), ``torch._int_mm`` alone and followed by a PyTorch dequantize + bias (the
 INT8 path before the fused kernel, whose own dequantize pass sat between those two), and the fused
-Triton INT8 GEMM (float output; FC1 also with its GELU and int8-code output, as the engine runs it).
+Triton INT8 GEMM (float output, and the epilogue the engine runs: GELU, int8 codes or INT8 values).
+``--sustained SECONDS`` times, after everything else, the FC1-shaped GEMM (16384 × 4096 × 1024) back
+to back for that long in FP16 (cuBLAS) and then in INT8 (the Triton kernel, float output): the rates
+the card holds at its power cap, whose ratio bounds what the INT8 engine's GEMMs can gain.
 ``--no-engines`` skips the engines.
 """
 
@@ -38,14 +41,16 @@ def fixed_inputs(batch: int, seq: int) -> dict[str, np.ndarray]:
             "input_mask": np.ones((batch, seq), np.int32)}
 
 
-# (name, N, K, GELU) of one BERT-large encoder layer's GEMMs, all with a bias.
-BERT_LARGE_GEMMS = (("QKV", 3072, 1024, False), ("attention out", 1024, 1024, False),
-                    ("FC1 + GELU", 4096, 1024, True), ("FC2", 1024, 4096, False))
+# (name, N, K, GELU, what the INT8 engine writes: INT8 values for -imh attention or int8 codes for
+# the next GEMM / skip-LayerNorm) of one BERT-large encoder layer's GEMMs, all with a bias.
+BERT_LARGE_GEMMS = (("QKV", 3072, 1024, False, torch.float16), ("attention out", 1024, 1024, False, torch.int8),
+                    ("FC1 + GELU", 4096, 1024, True, torch.int8), ("FC2", 1024, 4096, False, torch.int8))
 
 
 def time_gemms(rows: int) -> list[dict]:
-    """One record per GEMM at ``rows``: µs and TOPS of each variant, and the fused kernel's largest
-    deviation from ``_int_mm`` + dequantize (float32 rounding only: both are the exact integer product)."""
+    """One record per GEMM at ``rows``: µs and TOPS of each variant (``fused_engine``: the Triton
+    kernel with the epilogue the INT8 engine runs), and the fused kernel's largest deviation from
+    ``_int_mm`` + dequantize (float32 rounding only: both are the exact integer product)."""
     import torch.nn.functional as F
 
     from bench.timing import time_cuda
@@ -53,7 +58,7 @@ def time_gemms(rows: int) -> list[dict]:
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     records = []
-    for name, n, k, gelu in BERT_LARGE_GEMMS:
+    for name, n, k, gelu, engine_out in BERT_LARGE_GEMMS:
         x = torch.randn(rows, k, device="cuda", generator=gen).half()
         weight = (torch.randn(n, k, device="cuda", generator=gen) / 32).half()
         bias = torch.randn(n, device="cuda", generator=gen)
@@ -61,7 +66,7 @@ def time_gemms(rows: int) -> list[dict]:
         weight_codes = torch.randint(-127, 128, (n, k), device="cuda", generator=gen, dtype=torch.int8)
         col_scales = torch.rand(n, device="cuda", generator=gen) * 1e-5
         out = torch.empty(rows, n, dtype=torch.float16, device="cuda")
-        out_codes = torch.empty(rows, n, dtype=torch.int8, device="cuda")
+        out_engine = torch.empty(rows, n, dtype=engine_out, device="cuda")
         bias16 = bias.half()
         variants = {
             "fp16_cublas": lambda: F.linear(x, weight, bias16),
@@ -69,9 +74,8 @@ def time_gemms(rows: int) -> list[dict]:
             "int_mm_dequant": lambda: torch.addcmul(bias, torch._int_mm(codes, weight_codes.t()), col_scales).half(),
             "fused_float": lambda: int8_gemm_into(out, codes, weight_codes, col_scales, bias),
         }
-        if gelu:
-            variants["fused_gelu_codes"] = lambda: int8_gemm_into(out_codes, codes, weight_codes, col_scales, bias,
-                                                                  gelu=True, out_scale=0.05, value_dtype=torch.float16)
+        variants["fused_engine"] = lambda: int8_gemm_into(out_engine, codes, weight_codes, col_scales, bias, gelu=gelu,
+                                                          out_scale=0.05, value_dtype=torch.float16)
         record = {"gemm": name, "m": rows, "n": n, "k": k}
         for variant, fn in variants.items():
             ms = time_cuda(fn, warmup=3, iterations=30).median_ms
@@ -81,9 +85,37 @@ def time_gemms(rows: int) -> list[dict]:
         reference = torch.addcmul(bias, torch._int_mm(codes, weight_codes.t()), col_scales).half()
         record["fused_max_rel_err"] = float((out.float() - reference.float()).abs().max() / reference.float().abs().max())
         records.append(record)
-        del x, weight, codes, weight_codes, out, out_codes, reference
+        del x, weight, codes, weight_codes, out, out_engine, reference
         torch.cuda.empty_cache()
     return records
+
+
+def sustained_gemm_rates(seconds: float, rows: int = 16384, n: int = 4096, k: int = 1024) -> dict:
+    """FP16 cuBLAS TFLOP/s and INT8 Triton TOPS of one ``rows × n × k`` GEMM with bias and float16
+    output, each held for ``seconds`` back to back (``bench.timing.sustained_rate``), FP16 first."""
+    import torch.nn.functional as F
+
+    from bench.timing import sustained_rate
+    from helpers.portable.kernels.int8_gemm import int8_gemm_into
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(rows, k, device="cuda", generator=gen).half()
+    weight = (torch.randn(n, k, device="cuda", generator=gen) / 32).half()
+    bias = torch.randn(n, device="cuda", generator=gen)
+    codes = torch.randint(-128, 128, (rows, k), device="cuda", generator=gen, dtype=torch.int8)
+    weight_codes = torch.randint(-127, 128, (n, k), device="cuda", generator=gen, dtype=torch.int8)
+    col_scales = torch.rand(n, device="cuda", generator=gen) * 1e-5
+    out = torch.empty(rows, n, dtype=torch.float16, device="cuda")
+    bias16 = bias.half()
+    tera_ops = 2.0 * rows * n * k / 1e12
+
+    def rate(timing) -> float:
+        return tera_ops / (timing.median_ms * 1e-3)
+
+    fp16 = sustained_rate(lambda: F.linear(x, weight, bias16), rate, seconds)
+    int8 = sustained_rate(lambda: int8_gemm_into(out, codes, weight_codes, col_scales, bias), rate, seconds)
+    return {"sustained_gemm": f"{rows}x{n}x{k}", "seconds": seconds, "fp16_tflops": fp16, "int8_tops": int8,
+            "int8_over_fp16": int8 / fp16}
 
 
 def measure(engine: Path, batch: int, seq: int, iterations: int, profile: bool) -> dict:
@@ -117,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--gemm-rows", type=int, action="append", default=[], help="time the GEMMs alone at M rows")
     parser.add_argument("--no-engines", action="store_true", help="skip the engines (with --gemm-rows)")
+    parser.add_argument("--sustained", type=float, default=0.0, metavar="SECONDS",
+                        help="then hold the FP16 and INT8 GEMMs this long each (power-capped rates)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: bench/int8_speed.py needs a CUDA GPU", file=sys.stderr)
@@ -128,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             records.append(record)
     if not args.no_engines:
         records += time_engines(args)
+    if args.sustained > 0:
+        record = sustained_gemm_rates(args.sustained)
+        print(json.dumps(record), flush=True)
+        records.append(record)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".partial")
     partial.write_text(json.dumps(records, indent=1), encoding="utf-8")

@@ -48,17 +48,22 @@ def matmul_peak_tflops(size: int = 8192, dtype: torch.dtype = torch.float16) -> 
     return tflops(time_cuda(product, warmup=5, iterations=30))
 
 
-def sustained_matmul_tflops(seconds: float = 10.0, size: int = 8192, dtype: torch.dtype = torch.float16) -> float:
-    """The matmul rate once the card has settled at its power cap: back-to-back products for
-    ``seconds``, median rate of the last third.  Under sustained load an H100 drops from 1980 MHz to
-    ~1.3-1.5 GHz (700 W), so this is well below ``matmul_peak_tflops``'s burst."""
-    product, tflops = _square_matmul(size, dtype)
+def sustained_rate(product: Callable[[], object], rate: Callable[[Timing], float], seconds: float = 10.0) -> float:
+    """The rate of ``product`` once the card has settled at its power cap: back-to-back calls for
+    ``seconds``, median rate of the last third."""
     rates: list[float] = []
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
-        rates.append(tflops(time_cuda(product, warmup=0, iterations=10)))
+        rates.append(rate(time_cuda(product, warmup=0, iterations=10)))
     settled = rates[len(rates) * 2 // 3:] or rates
     return sorted(settled)[len(settled) // 2]
+
+
+def sustained_matmul_tflops(seconds: float = 10.0, size: int = 8192, dtype: torch.dtype = torch.float16) -> float:
+    """The matmul rate once the card has settled at its power cap (``sustained_rate``).  Under
+    sustained load an H100 drops from 1980 MHz to ~1.3-1.5 GHz (700 W), so this is well below
+    ``matmul_peak_tflops``'s burst."""
+    return sustained_rate(*_square_matmul(size, dtype), seconds)
 
 
 def copy_bandwidth_tbps(nbytes: int = 2 << 30) -> float:

@@ -232,6 +232,36 @@ def test_cuda_fused_int8_skip_layernorm_is_the_reference():
 
 
 @CUDA
+def test_cuda_int8_skip_layernorm_on_codes_makes_the_same_codes():
+    """The INT8 engine's hand-overs: x and skip given as their int8 codes (as the GEMM epilogue and
+    the previous skip-LayerNorm write them) and the output written as codes give exactly the codes
+    of the float-values path (each input quantized by the kernel, the output as INT8 values)."""
+    from helpers.portable.kernels import quant_kernels as qk
+
+    x, skip = (t.cuda().half() for t in torch.randn(2, 64, 8, 1024, generator=gen(38)))
+    gamma, beta, bias = (t.cuda() for t in torch.randn(3, 1024, generator=gen(39)))
+    x_scale, skip_scale, out_scale = 0.03, 0.025, 0.04
+    args = (gamma, beta, bias, x_scale, skip_scale, out_scale, 1e-5)
+    x_codes, skip_codes = torch.empty_like(x, dtype=torch.int8), torch.empty_like(skip, dtype=torch.int8)
+    qk.quantize_into(x_codes, x, qk.INT8_CODES, x_scale)
+    qk.quantize_into(skip_codes, skip, qk.INT8_CODES, skip_scale)
+    skip_values = (skip_codes.float() * skip_scale).half()  # the previous skip-LayerNorm's float output
+
+    values = torch.empty_like(x)
+    qk.int8_skip_layernorm_into(values, x, skip_values, *args)
+    codes = torch.empty_like(x, dtype=torch.int8)
+    qk.int8_skip_layernorm_into(codes, x_codes, skip_codes, *args)
+    assert torch.equal((codes.float() * out_scale).half(), values)
+    # ...and the GEMM behind it, quantizing the float output, reads the codes written directly.
+    requantized = torch.empty_like(codes)
+    qk.quantize_into(requantized, values, qk.INT8_CODES, out_scale)
+    assert torch.equal(requantized, codes)
+    mixed = torch.empty_like(codes)
+    qk.int8_skip_layernorm_into(mixed, x, skip_codes, *args)
+    assert torch.equal(mixed, codes)
+
+
+@CUDA
 def test_cuda_int8_attention_runs_fp16_attention_on_int8_values():
     """-imh on CUDA: fused FP16 attention of the INT8 Q, K, V values (no probability quantization),
     its context quantized: within one context step of the float attention of the same values."""

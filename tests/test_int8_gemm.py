@@ -1,8 +1,8 @@
 """The INT8 engine's CUDA GEMM (helpers/portable/kernels/int8_gemm.py) and the INT8 hand-overs.
 
-* Kernel (GPU machine only): the Triton INT8 GEMM against the exact integer product (float64 on
-  the CPU) with the float32 epilogue of ``quantization.int8_linear`` (+ ``ops.gelu_tanh``), on
-  awkward sizes, every epilogue and every tuning configuration.
+* Kernel (GPU machine only): the Triton INT8 GEMMs (cp.async and TMA) against the exact integer
+  product (float64 on the CPU) with the float32 epilogue of ``quantization.int8_linear`` (+
+  ``ops.gelu_tanh``), on awkward sizes, every epilogue and every tuning configuration.
 * Plan: which tensors the lowered CUDA plan hands over as int8 codes / INT8 values (decided on
   the CPU from a built engine), and, on the GPU, that the hand-overs change no result.
 """
@@ -60,17 +60,53 @@ def test_unit_scales_give_the_exact_integer_product(m, n, k):
 
 
 @CUDA
-@pytest.mark.parametrize("config_index", range(6))
-def test_every_tuning_configuration_is_the_exact_product(config_index):
-    """Each configuration pinned, on a K that is not a multiple of the K block (masked tail)."""
-    from helpers.portable.kernels.int8_gemm import CONFIGS, int8_gemm_into
+def test_every_tuning_configuration_is_the_exact_product():
+    """Each configuration of both kernels pinned, on a K that is not a multiple of the K block
+    (the cp.async kernel's masked tail, the TMA kernel's zero-filled one) and M, N not multiples of
+    the tiles.  The TMA kernel writes 2-byte outputs only: its codes are in {-1, 0, 1}, so every
+    product (|acc| ≤ 1040) is exact in float16."""
+    from helpers.portable.kernels.int8_gemm import CONFIGS, TMA_CONFIGS, int8_gemm_into
 
-    assert len(CONFIGS) == 6
     m, n, k = 300, 200, 1040
     codes, weight_codes = random_codes(m, k, 3), random_codes(n, k, 4)
-    out = torch.empty(m, n, device="cuda")
-    int8_gemm_into(out, codes.cuda(), weight_codes.cuda(), torch.ones(n, device="cuda"), config=CONFIGS[config_index])
+    expected = exact_product(codes, weight_codes)
+    for config in CONFIGS:
+        out = torch.empty(m, n, device="cuda")
+        int8_gemm_into(out, codes.cuda(), weight_codes.cuda(), torch.ones(n, device="cuda"), config=config)
+        assert torch.equal(out.cpu().long(), expected), config
+    small, small_weights = codes.sign(), weight_codes.sign()
+    expected = exact_product(small, small_weights)
+    for config in TMA_CONFIGS:
+        out = torch.empty(m, n, dtype=torch.float16, device="cuda")
+        int8_gemm_into(out, small.cuda(), small_weights.cuda(), torch.ones(n, device="cuda"), config=config)
+        assert torch.equal(out.cpu().long(), expected), config
+    with pytest.raises(ValueError, match="TMA configuration"):
+        int8_gemm_into(torch.empty(m, n, device="cuda"), small.cuda(), small_weights.cuda(), torch.ones(n, device="cuda"),
+                       config=TMA_CONFIGS[0])
+
+
+@CUDA
+def test_operands_tma_cannot_read_take_the_cp_async_kernel():
+    """Large M (the TMA kernel's range) and float16 output with a code matrix at an odd address:
+    the same product (codes in {-1, 0, 1}: exact in float16)."""
+    from helpers.portable.kernels.int8_gemm import int8_gemm_into
+
+    m, n, k = 600, 256, 512
+    codes, weight_codes = random_codes(m, k, 5).sign(), random_codes(n, k, 6).sign()
+    storage = torch.empty(m * k + 1, dtype=torch.int8, device="cuda")
+    odd = storage[1:].view(m, k)
+    odd.copy_(codes)
+    out = torch.empty(m, n, dtype=torch.float16, device="cuda")
+    int8_gemm_into(out, odd, weight_codes.cuda(), torch.ones(n, device="cuda"))
     assert torch.equal(out.cpu().long(), exact_product(codes, weight_codes))
+
+
+def pinned(kernel: str, index: int):
+    """A configuration of the cp.async (``CONFIGS``) or TMA (``TMA_CONFIGS``) kernel."""
+    from helpers.portable.kernels.int8_gemm import CONFIGS, TMA_CONFIGS
+
+    configs = CONFIGS if kernel == "cp.async" else TMA_CONFIGS
+    return configs[index % len(configs)]
 
 
 def epilogue_inputs(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -81,29 +117,37 @@ def epilogue_inputs(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, ..
     return codes, weight_codes, col_scales, bias
 
 
-# (m, n, k, bias, gelu, index of the pinned configuration: each epilogue under several tile shapes)
+# (m, n, k, bias, gelu, kernel and index of the pinned configuration: each epilogue under several
+# tile shapes of both kernels)
 EPILOGUE_CASES = [
-    (1, 72, 1024, True, True, 0),
-    (17, 8, 64, False, False, 1),
-    (128, 3072, 1024, True, False, 2),
-    (1000, 1024, 16, True, True, 3),
-    (1000, 72, 1024, False, True, 4),
-    (300, 200, 1040, True, True, 5),
+    (1, 72, 1024, True, True, "cp.async", 0),
+    (17, 8, 64, False, False, "cp.async", 1),
+    (128, 3072, 1024, True, False, "cp.async", 2),
+    (1000, 1024, 16, True, True, "cp.async", 3),
+    (1000, 72, 1024, False, True, "cp.async", 4),
+    (300, 200, 1040, True, True, "cp.async", 5),
+    (17, 8, 64, True, True, "tma", 0),
+    (1000, 1024, 16, True, False, "tma", 1),
+    (1000, 72, 1024, False, True, "tma", 2),
+    (300, 200, 1040, True, True, "tma", 3),
+    (700, 520, 256, True, True, "tma", 4),
+    (2000, 300, 128, True, False, "tma", 5),
 ]
 
 
 @CUDA
-@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("m, n, k, with_bias, gelu, config_index", EPILOGUE_CASES)
-def test_float_output_is_the_reference_epilogue(m, n, k, with_bias, gelu, config_index, out_dtype):
-    from helpers.portable.kernels.int8_gemm import CONFIGS, int8_gemm_into
+@pytest.mark.parametrize("m, n, k, with_bias, gelu, kernel, config_index, out_dtype",
+                         [(*case, dtype) for case in EPILOGUE_CASES for dtype in (torch.float32, torch.float16)
+                          if case[5] == "cp.async" or dtype == torch.float16])
+def test_float_output_is_the_reference_epilogue(m, n, k, with_bias, gelu, kernel, config_index, out_dtype):
+    from helpers.portable.kernels.int8_gemm import int8_gemm_into
 
     codes, weight_codes, col_scales, bias = epilogue_inputs(m, n, k, 10)
     bias = bias if with_bias else None
     reference = reference_epilogue(exact_product(codes, weight_codes), col_scales, bias, gelu)
     out = torch.empty(m, n, dtype=out_dtype, device="cuda")
     int8_gemm_into(out, codes.cuda(), weight_codes.cuda(), col_scales.cuda(), None if bias is None else bias.cuda(),
-                   gelu=gelu, config=CONFIGS[config_index])
+                   gelu=gelu, config=pinned(kernel, config_index))
     # float32 rounding of the epilogue (the kernel's tanh is 1 - 2/(exp(2u)+1)), then the output's.
     tolerance = 1e-6 * float(reference.abs().max()) if out_dtype == torch.float32 else 0.0
     torch.testing.assert_close(out.cpu().float(), reference.to(out_dtype).float(), rtol=2e-6 if out_dtype == torch.float32
@@ -112,11 +156,11 @@ def test_float_output_is_the_reference_epilogue(m, n, k, with_bias, gelu, config
 
 @CUDA
 @pytest.mark.parametrize("value_dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("m, n, k, with_bias, gelu, config_index", EPILOGUE_CASES)
-def test_int8_outputs_are_the_next_tensors_grid(m, n, k, with_bias, gelu, config_index, value_dtype):
+@pytest.mark.parametrize("m, n, k, with_bias, gelu, kernel, config_index", EPILOGUE_CASES)
+def test_int8_outputs_are_the_next_tensors_grid(m, n, k, with_bias, gelu, kernel, config_index, value_dtype):
     """Codes (int8 output) and INT8 values (float output) on ``out_scale``'s grid, from the value
     rounded to ``value_dtype``: at most one code off the reference (a float32 division of a tie)."""
-    from helpers.portable.kernels.int8_gemm import CONFIGS, int8_gemm_into
+    from helpers.portable.kernels.int8_gemm import int8_gemm_into
 
     codes, weight_codes, col_scales, bias = epilogue_inputs(m, n, k, 20)
     bias = bias if with_bias else None
@@ -126,11 +170,13 @@ def test_int8_outputs_are_the_next_tensors_grid(m, n, k, with_bias, gelu, config
     args = (codes.cuda(), weight_codes.cuda(), col_scales.cuda(), None if bias is None else bias.cuda())
 
     out_codes = torch.empty(m, n, dtype=torch.int8, device="cuda")
-    config = CONFIGS[config_index]
+    config = pinned(kernel, config_index)
     int8_gemm_into(out_codes, *args, gelu=gelu, out_scale=out_scale, value_dtype=value_dtype, config=config)
     off = (out_codes.cpu().int() - reference.int()).abs()
     assert int(off.max()) <= 1 and float((off > 0).float().mean()) < 0.01
 
+    if kernel == "tma" and value_dtype == torch.float32:
+        return  # float32 outputs take the cp.async kernel only
     values = torch.empty(m, n, dtype=value_dtype, device="cuda")
     int8_gemm_into(values, *args, gelu=gelu, out_scale=out_scale, config=config)
     assert torch.equal(values.cpu(), (out_codes.cpu().float() * out_scale).to(value_dtype))
@@ -181,10 +227,11 @@ def imh_iln_engine(tmp_path_factory):
 
 
 def test_cuda_plan_hands_over_codes_and_values_where_only_int8_layers_read(imh_iln_engine, monkeypatch):
-    """The decision, made on the CPU as the CUDA lowering makes it: the GELU output (read by FC2 only)
-    and -imh's context (read by the attention output GEMM only) as int8 codes, the QKV GEMM's output
-    (read by -imh attention only) as INT8 values; the skip-LayerNorm outputs (also the next
-    residual) and the logits stay float."""
+    """The decision, made on the CPU as the CUDA lowering makes it: the GELU output (read by FC2 only),
+    -imh's context (read by the attention output GEMM only), each -iln skip-LayerNorm's GEMM input
+    (the attention output / FC2 GEMM's output) and its output (read by the next GEMM and the next
+    skip-LayerNorm) as int8 codes; the QKV GEMM's output (read by -imh attention only) as INT8
+    values; the embedding output (written by a float plugin) and the logits stay float."""
     from helpers.portable import int8_plan
     from helpers.portable.engine_file import read_engine
     from helpers.portable.kernels import plan as fast_plan
@@ -196,12 +243,20 @@ def test_cuda_plan_hands_over_codes_and_values_where_only_int8_layers_read(imh_i
     plan = build_plan(description, dev)
     lowering = int8_plan._Lowering(description, dev, strict=False, fp8=False)
     lowering.plan_handovers(description, int8_plan._gelu_chains(plan, description, dev))
-    names = {description["tensors"][slot]["name"]: how for slot, how in lowering.handover.items()}
+    tensors = description["tensors"]
+    names = {tensors[slot]["name"]: how for slot, how in lowering.handover.items()}
     expected = {}
     for layer in range(2):
         expected[f"l{layer}_gelu"] = int8_plan.CODES
         expected[f"l{layer}_attention_context_layer"] = int8_plan.CODES
         expected[f"l{layer}_attention_qkv_mult"] = int8_plan.VALUES
+    skip_layernorms = [layer for layer in description["layers"] if layer["kind"] == "plugin"
+                       and layer["params"]["plugin"] == "CustomSkipLayerNormPluginDynamic"]
+    assert len(skip_layernorms) == 4
+    for layer in skip_layernorms:
+        expected[tensors[layer["inputs"][0]]["name"]] = int8_plan.CODES
+        expected[tensors[layer["outputs"][0]]["name"]] = int8_plan.CODES
+    assert {"l0_output_dense", "l1_output_reshape"} <= set(expected)
     assert names == expected
 
 

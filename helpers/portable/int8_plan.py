@@ -34,10 +34,12 @@ epilogue (the chain's other steps become empty steps), behind one quantize pass
 quantize pass and ``torch._scaled_mm`` with the bias in its epilogue.  ``-iln`` skip-LayerNorm is
 one row pass; ``-imh`` attention quantizes Q, K, V and the context with their ranges and runs fused
 FP16 attention (SDPA) in between, so, unlike the CPU simulation, it does not quantize the
-probabilities with ``dq_probs``.  A tensor read only by INT8 GEMMs (the GELU output, ``-imh``'s
-context) is handed over as int8 codes, and the QKV GEMM in front of ``-imh`` attention writes its
-output on the INT8 grid itself (attention then skips that quantize pass): the same values, rounded
-once to the engine's float type and then to the grid, as the separate passes make.
+probabilities with ``dq_probs``.  A tensor read only by INT8 GEMMs and ``-iln`` skip-LayerNorms
+(the GELU output, ``-imh``'s context, the attention-output and FC2 GEMMs' outputs, each skip-LayerNorm's
+output, which is the next GEMM's input and the next residual) is handed over as int8 codes, so no
+quantize pass is left between them; the QKV GEMM in front of ``-imh`` attention writes its output
+on the INT8 grid itself (attention then skips that quantize pass): the same values, rounded once to
+the engine's float type and then to the grid, as the separate passes make.
 """
 
 from __future__ import annotations
@@ -228,10 +230,21 @@ class _Lowering:
             return None
         return int(layer["inputs"][0])
 
+    def fast_int8_skip_layernorm(self, layer: dict[str, Any]) -> bool:
+        """Whether a layer is an ``-iln`` skip-LayerNorm that runs ``_fast_int8_skip_layernorm``."""
+        p = layer["params"]
+        if not self.fast or layer["kind"] != "plugin" or p["plugin"] != SKIP_LN or p["version"] in ("3", "4", "7", "8"):
+            return False
+        from helpers.portable.runtime import _LoadedPlugin
+
+        return _LoadedPlugin(p).params.get("type_id") == int(DataType.INT8) and len(layer["outputs"]) == 1 \
+            and self.scales([*layer["inputs"][:2], *layer["outputs"]]) is not None
+
     def plan_handovers(self, description: dict[str, Any], gelu_chains: dict[int, list[int]]) -> None:
-        """Fill ``handover``: INT8 codes for a tensor that only fast INT8 GEMMs read, its INT8 values
-        for one that only ``-imh`` attention reads, where its producer can write them (an INT8 GEMM,
-        with its fused GELU; ``-imh`` attention's context)."""
+        """Fill ``handover``: INT8 codes for a tensor that only fast INT8 GEMMs and ``-iln``
+        skip-LayerNorms read, its INT8 values for one that only ``-imh`` attention reads, where its
+        producer can write them (an INT8 GEMM, with its fused GELU; ``-imh`` attention's context; an
+        ``-iln`` skip-LayerNorm)."""
         if not self.fast or self.fp8:
             return
         layers = description["layers"]
@@ -245,7 +258,8 @@ class _Lowering:
             users = readers.get(slot, [])
             if slot in engine_outputs or not users:
                 return None
-            if all(u["kind"] == "convolution" and u["inputs"] == [slot] and self.int8_gemm_source(u) == slot for u in users):
+            if all((u["kind"] == "convolution" and u["inputs"] == [slot] and self.int8_gemm_source(u) == slot)
+                   or (self.fast_int8_skip_layernorm(u) and slot in u["inputs"][:2]) for u in users):
                 return CODES
             if all(self.fast_int8_attention_source(u) == slot for u in users):
                 return VALUES
@@ -255,7 +269,7 @@ class _Lowering:
             if layer["kind"] == "convolution" and self.int8_gemm_source(layer) is not None:
                 chain = gelu_chains.get(index)
                 result = layers[chain[-1]]["outputs"][0] if chain else layer["outputs"][0]
-            elif self.fast_int8_attention_source(layer) is not None:
+            elif self.fast_int8_attention_source(layer) is not None or self.fast_int8_skip_layernorm(layer):
                 result = layer["outputs"][0]
             else:
                 continue
@@ -362,8 +376,10 @@ class _Lowering:
         gamma, beta = self.float32(values["gamma"]).ravel(), self.float32(values["beta"]).ravel()
         bias = self.float32(values["bias"]).ravel() if "bias" in values else None
         eps = ops.skip_layernorm_eps(gamma.numel(), torch.int8)
-        if self.fast and not interleaved and sum_scale is None:
-            return _fast_int8_skip_layernorm(gamma, beta, bias, x_scale, skip_scale, out_scale, eps, out_types[0])
+        if self.fast_int8_skip_layernorm(layer):
+            out_codes = self.handover.get(layer["outputs"][0]) == CODES
+            return _fast_int8_skip_layernorm(gamma, beta, bias, x_scale, skip_scale, out_scale, eps,
+                                             torch.int8 if out_codes else out_types[0])
 
         def skip_layernorm(x: torch.Tensor, skip: torch.Tensor) -> Sequence[torch.Tensor]:
             if interleaved:
@@ -526,14 +542,15 @@ def _fast_int8_skip_layernorm(
     gamma: torch.Tensor, beta: torch.Tensor, bias: torch.Tensor | None, x_scale: float, skip_scale: float,
     out_scale: float, eps: float, out_type: torch.dtype,
 ) -> Run:
-    """``-iln`` skip-LayerNorm on CUDA: ``quantization.int8_skip_layernorm`` as one Triton row pass."""
+    """``-iln`` skip-LayerNorm on CUDA: ``quantization.int8_skip_layernorm`` as one Triton row pass.
+    ``x`` and ``skip`` may come as their int8 codes; ``out_type`` int8: the output's codes."""
     from helpers.portable.kernels import quant_kernels as qk
 
     def skip_layernorm(x: torch.Tensor, skip: torch.Tensor) -> Sequence[torch.Tensor]:
         axis = 2 if x.dim() == 5 else 1
         x_rows, skip_rows = x.movedim(axis, -1).contiguous(), skip.movedim(axis, -1).contiguous()
-        out = torch.empty_like(x_rows)
+        out = torch.empty_like(x_rows, dtype=out_type)
         qk.int8_skip_layernorm_into(out, x_rows, skip_rows, gamma, beta, bias, x_scale, skip_scale, out_scale, eps)
-        return (out.movedim(-1, axis).to(out_type),)
+        return (out.movedim(-1, axis),)
 
     return skip_layernorm

@@ -14,10 +14,13 @@ tensor the engine's reference plan holds there, so the codes are those the next 
 pass would make from it; as in ``quant_kernels`` the float32 division may round one ulp away from
 PyTorch's (a code moves by at most one step).  Imported lazily: Triton exists only on GPU machines.
 
-Measured on an H100 (``python -m bench.int8_speed --gemm-rows 16384 --gemm-rows 49152``): 530-1040
-TOPS on BERT-large's GEMMs (float output), against 530-900 for ``torch._int_mm`` alone (sm80
-``mma.sync`` kernels) and 180-490 for ``_int_mm`` + a dequantize pass; FP16 cuBLAS 600-720 TFLOPS.
-The GELU + int8-code epilogue of FC1 costs a third more than the float one (565 vs 752 TOPS).
+Two kernels: for more than ``_SMALL_M`` rows (BERT at batch ≥ 2) with 16-byte aligned operands and
+a 1- or 2-byte output, operand tiles come through TMA descriptors and persistent programs walk the
+tiles (``TMA_CONFIGS``); otherwise cp.async loads with masks (``CONFIGS``).  Measured on an H100
+(burst clocks, with the epilogues the engine runs): the TMA kernel 975-1240 TOPS on BERT-large's
+QKV / FC2 GEMMs and 720 on FC1 + GELU + int8 codes, where the cp.async one made 700-1040 and
+560-570; FP16 cuBLAS 600-740 TFLOPS.  The tanh GELU and the requantize are ALU work in the
+epilogue (a third of FC1's time), which the two programs per SM overlap with tensor-core work.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Callable
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from helpers.portable.kernels.quant_kernels import FLOAT_VALUES, INT8_CODES, INT8_VALUES, _int8_grid
 from helpers.portable.ops import GELU_COEFF, GELU_SQRT_2_OVER_PI
@@ -75,42 +79,22 @@ def _gelu_tanh(v, coeff, sqrt_2_over_pi):
 
 
 @triton.jit
-def _int8_gemm_kernel(
-    a_ptr, w_ptr, col_scale_ptr, bias_ptr, out_ptr, M, N, K, stride_a, stride_w, stride_out, m_bucket,
-    out_scale, coeff, sqrt_2_over_pi,
-    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, MODE: tl.constexpr, VALUE_DTYPE: tl.constexpr,
-    EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
-):
-    # Row blocks in groups of GROUP_M per column sweep: neighbouring programs share weight tiles in L2.
-    pid = tl.program_id(0)
-    blocks_m = tl.cdiv(M, BLOCK_M)
-    blocks_n = tl.cdiv(N, BLOCK_N)
+def _tile_coords(tile, blocks_m, blocks_n, GROUP_M: tl.constexpr):
+    # Row blocks in groups of GROUP_M per column sweep: neighbouring tiles share weight tiles in L2.
     per_group = GROUP_M * blocks_n
-    first_m = (pid // per_group) * GROUP_M
+    first_m = (tile // per_group) * GROUP_M
     group_rows = tl.minimum(blocks_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
+    return first_m + (tile % per_group) % group_rows, (tile % per_group) // group_rows
 
+
+@triton.jit
+def _epilogue(
+    acc, pid_m, pid_n, col_scale_ptr, bias_ptr, out_ptr, M, N, stride_out, out_scale, coeff, sqrt_2_over_pi,
+    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, MODE: tl.constexpr, VALUE_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    ks = tl.arange(0, BLOCK_K)
-    # Rows / columns past the end read valid ones (wrapped) and are never stored: no M / N masks.
-    a_ptrs = a_ptr + (rows % M)[:, None].to(tl.int64) * stride_a + ks[None, :]
-    w_ptrs = w_ptr + (cols % N)[None, :].to(tl.int64) * stride_w + ks[:, None]  # [BLOCK_K, BLOCK_N], K-major
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for start in range(0, K, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(a_ptrs)
-            w = tl.load(w_ptrs)
-        else:
-            left = K - start
-            a = tl.load(a_ptrs, mask=ks[None, :] < left, other=0)
-            w = tl.load(w_ptrs, mask=ks[:, None] < left, other=0)
-        acc = tl.dot(a, w, acc, out_dtype=tl.int32)
-        a_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K
-
     in_cols = cols < N
     v = acc.to(tl.float32) * tl.load(col_scale_ptr + cols, mask=in_cols, other=0.0)[None, :]
     if HAS_BIAS:
@@ -132,12 +116,118 @@ def _int8_gemm_kernel(
             tl.store(out_ptrs, (_int8_grid(v, out_scale) * out_scale).to(out_ptr.dtype.element_ty), mask=in_range)
 
 
+@triton.jit
+def _int8_gemm_kernel(
+    a_ptr, w_ptr, col_scale_ptr, bias_ptr, out_ptr, M, N, K, stride_a, stride_w, stride_out, m_bucket,
+    out_scale, coeff, sqrt_2_over_pi,
+    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, MODE: tl.constexpr, VALUE_DTYPE: tl.constexpr,
+    EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = _tile_coords(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = tl.arange(0, BLOCK_K)
+    # Rows / columns past the end read valid ones (wrapped) and are never stored: no M / N masks.
+    a_ptrs = a_ptr + (rows % M)[:, None].to(tl.int64) * stride_a + ks[None, :]
+    w_ptrs = w_ptr + (cols % N)[None, :].to(tl.int64) * stride_w + ks[:, None]  # [BLOCK_K, BLOCK_N], K-major
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for start in tl.range(0, K, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            left = K - start
+            a = tl.load(a_ptrs, mask=ks[None, :] < left, other=0)
+            w = tl.load(w_ptrs, mask=ks[:, None] < left, other=0)
+        acc = tl.dot(a, w, acc, out_dtype=tl.int32)
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    _epilogue(acc, pid_m, pid_n, col_scale_ptr, bias_ptr, out_ptr, M, N, stride_out, out_scale, coeff,
+              sqrt_2_over_pi, HAS_BIAS, GELU, MODE, VALUE_DTYPE, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def _int8_gemm_tma_kernel(
+    a_desc, w_desc, col_scale_ptr, bias_ptr, out_ptr, M, N, K, stride_out, m_bucket, out_scale, coeff,
+    sqrt_2_over_pi,
+    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, MODE: tl.constexpr, VALUE_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    PROGRAMS_PER_SM: tl.constexpr,
+):
+    # The operand tiles come through TMA (``a_desc`` [M, K], ``w_desc`` [N, K]), which fills reads
+    # past M, N and K with zeros: no masks, no wrapped rows.  PROGRAMS_PER_SM > 0 (persistent): that
+    # many programs per SM walk the tiles, so the loads of a tile's first K blocks overlap the
+    # previous tile's epilogue; 0: one program per tile.
+    blocks_m = tl.cdiv(M, BLOCK_M)
+    blocks_n = tl.cdiv(N, BLOCK_N)
+    if PROGRAMS_PER_SM > 0:
+        step = tl.num_programs(0)
+        # The epilogue's tile recomputed from its own counter: the flattened loop's pipeliner must
+        # not carry the main loop's values across the tile boundary.
+        stored = tl.program_id(0) - step
+        for tile in tl.range(tl.program_id(0), blocks_m * blocks_n, step, flatten=True):
+            pid_m, pid_n = _tile_coords(tile, blocks_m, blocks_n, GROUP_M)
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+            for start in tl.range(0, K, BLOCK_K):
+                a = a_desc.load([pid_m * BLOCK_M, start])
+                w = w_desc.load([pid_n * BLOCK_N, start])
+                acc = tl.dot(a, w.T, acc, out_dtype=tl.int32)
+            stored += step
+            out_m, out_n = _tile_coords(stored, blocks_m, blocks_n, GROUP_M)
+            _epilogue(acc, out_m, out_n, col_scale_ptr, bias_ptr, out_ptr, M, N, stride_out, out_scale, coeff,
+                      sqrt_2_over_pi, HAS_BIAS, GELU, MODE, VALUE_DTYPE, BLOCK_M, BLOCK_N)
+    else:
+        pid_m, pid_n = _tile_coords(tl.program_id(0), blocks_m, blocks_n, GROUP_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for start in tl.range(0, K, BLOCK_K):
+            a = a_desc.load([pid_m * BLOCK_M, start])
+            w = w_desc.load([pid_n * BLOCK_N, start])
+            acc = tl.dot(a, w.T, acc, out_dtype=tl.int32)
+        _epilogue(acc, pid_m, pid_n, col_scale_ptr, bias_ptr, out_ptr, M, N, stride_out, out_scale, coeff,
+                  sqrt_2_over_pi, HAS_BIAS, GELU, MODE, VALUE_DTYPE, BLOCK_M, BLOCK_N)
+
+
 _even_k = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 _pinned_kernel = _even_k(_int8_gemm_kernel)
 _tuned_kernel = triton.autotune(
     CONFIGS, key=["m_bucket", "N", "K"], prune_configs_by={"early_config_prune": _configs_for_rows},
     do_bench=_quick_bench,
 )(_pinned_kernel)
+
+
+def _set_block_shapes(nargs: dict) -> None:
+    # A TMA descriptor's box is the kernel's tile: set per configuration, before each launch.
+    nargs["a_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
+    nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+
+
+def _tma_config(block_m: int, block_n: int, block_k: int, stages: int, warps: int, programs_per_sm: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
+                          "PROGRAMS_PER_SM": programs_per_sm}, num_stages=stages, num_warps=warps,
+                         pre_hook=_set_block_shapes)
+
+
+# The winners of a sweep on the H100 (BERT-large's four GEMMs at 16384 and 49152 rows, ten tilings:
+# 128×128 / 128×256 / 256×128 tiles, K blocks 64 / 128, 3-6 stages, 4 / 8 warps, one program per
+# tile or persistent with 1-2 per SM).  First by 5-15 % on every shape but one: 128×128 tiles of
+# one warpgroup, persistent with two programs per SM (96 KB of stages each), so one program's
+# epilogue runs while the other's tensor-core loop does.
+TMA_CONFIGS = [
+    _tma_config(128, 128, 128, 3, 4, 2),
+    _tma_config(128, 256, 128, 3, 8, 1),
+]
+_tuned_tma_kernel = triton.autotune(TMA_CONFIGS, key=["m_bucket", "N", "K"], do_bench=_quick_bench)(
+    _int8_gemm_tma_kernel)
+
+
+def _tma_ready(t: torch.Tensor) -> bool:
+    """TMA reads ``t`` (rows of int8): 16-byte aligned base and row stride."""
+    return t.data_ptr() % 16 == 0 and t.stride(0) % 16 == 0
+
+
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def int8_gemm_into(
@@ -156,7 +246,9 @@ def int8_gemm_into(
 
     ``out`` float without ``out_scale``: the float values.  With ``out_scale``: the INT8 grid of it,
     as codes when ``out`` is int8 (``value_dtype``: the float type the values are rounded to first),
-    else as codes · scale in ``out``'s dtype.  ``config`` pins one of ``CONFIGS`` instead of tuning.
+    else as codes · scale in ``out``'s dtype.  ``config`` pins one of ``CONFIGS`` (the cp.async
+    kernel) or ``TMA_CONFIGS`` (the TMA kernel) instead of tuning; unpinned, more than ``_SMALL_M``
+    rows with TMA-aligned operands and a 1- or 2-byte output run the TMA kernel.
     """
     m, k = codes.shape
     n = weight_codes.shape[0]
@@ -173,11 +265,37 @@ def int8_gemm_into(
         mode = FLOAT_VALUES if out_scale is None else INT8_VALUES
         value_dtype = out.dtype
     # Tuned once per (power-of-two row bucket, N, K): every M ≥ 4096 shares the large-M choice.
-    args = (codes, weight_codes, col_scales, bias if bias is not None else col_scales, out, m, n, k,
-            codes.stride(0), weight_codes.stride(0), out.stride(0), triton.next_power_of_2(min(m, 4096)),
-            1.0 if out_scale is None else float(out_scale), GELU_COEFF, GELU_SQRT_2_OVER_PI)
+    m_bucket = triton.next_power_of_2(min(m, 4096))
+    epilogue = (col_scales, bias if bias is not None else col_scales, out)
+    scalars = (1.0 if out_scale is None else float(out_scale), GELU_COEFF, GELU_SQRT_2_OVER_PI)
     flags = {"HAS_BIAS": bias is not None, "GELU": gelu, "MODE": mode, "VALUE_DTYPE": _VALUE_DTYPES[value_dtype],
              "GROUP_M": _GROUP_M}
+    # float32 tiles of the TMA kernel's large tiles need more shared memory for the epilogue's
+    # layout change than the operand stages leave: float32 output takes the cp.async kernel.
+    tma_possible = out.element_size() <= 2 and _tma_ready(codes) and _tma_ready(weight_codes)
+    tma = m > _SMALL_M and tma_possible if config is None else "PROGRAMS_PER_SM" in config.kwargs
+    if tma and not tma_possible:
+        raise ValueError("int8_gemm_into: a TMA configuration needs aligned operands and a 1- or 2-byte output")
+    if tma:
+        sms = _num_sms(codes.device)
+
+        def tma_grid(meta: dict) -> tuple[int]:
+            tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])
+            return (min(tiles, sms * meta["PROGRAMS_PER_SM"]) if meta["PROGRAMS_PER_SM"] else tiles,)
+
+        # Block shapes are placeholders until ``_set_block_shapes`` runs for the chosen configuration.
+        descriptors = (TensorDescriptor(codes, [m, k], [codes.stride(0), 1], [64, 64]),
+                       TensorDescriptor(weight_codes, [n, k], [weight_codes.stride(0), 1], [64, 64]))
+        args = (*descriptors, *epilogue, m, n, k, out.stride(0), m_bucket, *scalars)
+        if config is None:
+            _tuned_tma_kernel[tma_grid](*args, **flags)
+        else:
+            _set_block_shapes({"a_desc": descriptors[0], "w_desc": descriptors[1], **config.kwargs})
+            _int8_gemm_tma_kernel[tma_grid](*args, **flags, **config.all_kwargs())
+        return
+
+    args = (codes, weight_codes, *epilogue, m, n, k, codes.stride(0), weight_codes.stride(0), out.stride(0), m_bucket,
+            *scalars)
 
     def grid(meta: dict) -> tuple[int]:
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)

@@ -4,7 +4,8 @@ in its own epilogue: ``int8_gemm``).
 
 Their references are in ``helpers.portable.quantization`` (``quantize``, ``fake_quantize``, the
 input cast of ``fp8_linear``, ``int8_skip_layernorm``);
-``tests/test_int8.py`` checks each against it on the GPU machine.  Rounding is half to even
+``tests/test_int8.py`` checks each against it on the GPU machine.  The skip-LayerNorm also reads and
+writes int8 codes (the INT8 engine's hand-overs between it and the GEMMs, ``int8_plan``).  Rounding is half to even
 (``rint``) as in the references; the float32 division may differ from PyTorch's by one ulp,
 which moves a code by at most one step.  Imported lazily: Triton exists only on GPU machines.
 """
@@ -16,7 +17,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from helpers.portable.kernels.norms import _normalize, _row_launch
+from helpers.portable.kernels.norms import _load_params, _normalize, _row_launch
 
 _BLOCK = 2048
 # What a pass stores: int8 codes, FP8 E4M3 codes, INT8 values (codes · scale) in the output's
@@ -56,26 +57,43 @@ def quantize_into(out: torch.Tensor, x: torch.Tensor, mode: int, out_scale: floa
 @triton.jit
 def _int8_skip_layernorm_kernel(
     x_ptr, skip_ptr, bias_ptr, gamma_ptr, beta_ptr, out_ptr, hidden, eps, x_scale, skip_scale, out_scale,
-    HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_BIAS: tl.constexpr, X_CODES: tl.constexpr, SKIP_CODES: tl.constexpr, OUT_CODES: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     cols_mask = cols < hidden
     offsets = row * hidden + cols
-    x = tl.load(x_ptr + offsets, mask=cols_mask, other=0.0).to(tl.float32)
-    skip = tl.load(skip_ptr + offsets, mask=cols_mask, other=0.0).to(tl.float32)
-    v = _int8_grid(x, x_scale) * x_scale + _int8_grid(skip, skip_scale) * skip_scale
+    # An input given as its int8 codes is already on its grid: codes · scale is the value the
+    # quantize step makes from the float values those codes stand for.
+    if X_CODES:
+        x = tl.load(x_ptr + offsets, mask=cols_mask, other=0).to(tl.float32) * x_scale
+    else:
+        x = _int8_grid(tl.load(x_ptr + offsets, mask=cols_mask, other=0.0).to(tl.float32), x_scale) * x_scale
+    if SKIP_CODES:
+        skip = tl.load(skip_ptr + offsets, mask=cols_mask, other=0).to(tl.float32) * skip_scale
+    else:
+        skip = _int8_grid(tl.load(skip_ptr + offsets, mask=cols_mask, other=0.0).to(tl.float32), skip_scale) * skip_scale
+    v = x + skip
     if HAS_BIAS:
         v += tl.load(bias_ptr + cols, mask=cols_mask, other=0.0).to(tl.float32)
-    y = _normalize(v, cols_mask, gamma_ptr, beta_ptr, cols, hidden, eps)
-    tl.store(out_ptr + offsets, (_int8_grid(y, out_scale) * out_scale).to(out_ptr.dtype.element_ty), mask=cols_mask)
+    gamma, beta = _load_params(gamma_ptr, beta_ptr, cols, cols_mask, False)
+    y = _normalize(v, cols_mask, gamma, beta, hidden, eps)
+    if OUT_CODES:
+        tl.store(out_ptr + offsets, _int8_grid(y, out_scale).to(tl.int8), mask=cols_mask)
+    else:
+        tl.store(out_ptr + offsets, (_int8_grid(y, out_scale) * out_scale).to(out_ptr.dtype.element_ty), mask=cols_mask)
 
 
 def int8_skip_layernorm_into(
     out: torch.Tensor, x: torch.Tensor, skip: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
     bias: torch.Tensor | None, x_scale: float, skip_scale: float, out_scale: float, eps: float,
 ) -> None:
-    """The normalized output of ``quantization.int8_skip_layernorm`` over contiguous ``[..., E]`` rows."""
+    """The normalized output of ``quantization.int8_skip_layernorm`` over contiguous ``[..., E]`` rows.
+
+    ``x`` and ``skip``: float values, or int8 codes of ``x_scale`` / ``skip_scale``; ``out``: int8
+    for the output's codes, else its INT8 values in ``out``'s dtype.
+    """
     hidden = x.shape[-1]
     rows = x.numel() // hidden if hidden else 0
     if rows == 0:
@@ -84,5 +102,6 @@ def int8_skip_layernorm_into(
     _int8_skip_layernorm_kernel[(rows,)](
         x, skip, bias if bias is not None else gamma, gamma, beta, out, hidden, float(eps),
         float(x_scale), float(skip_scale), float(out_scale),
-        HAS_BIAS=bias is not None, BLOCK=block, num_warps=warps,
+        HAS_BIAS=bias is not None, X_CODES=x.dtype == torch.int8, SKIP_CODES=skip.dtype == torch.int8,
+        OUT_CODES=out.dtype == torch.int8, BLOCK=block, num_warps=warps,
     )
