@@ -10,8 +10,9 @@ Run on the GPU machine from the repository root:
    12 weight copies rotated so weights come from HBM); prints the winners as ``CONFIGS`` entries for
    ``few_rows_gemm`` and uses them for the rest of the run.
 3. Per GEMM, graph-timed µs per call (12 weight copies rotated): cuBLASLt (``cublaslt.linear``, the
-   engine's other path) against the few-rows GEMM with ``DEMOBERT_PDL=0`` and ``=1``; the products
-   that feed a skip-LayerNorm are timed with it (cuBLASLt + LN against partials + summing LN).
+   engine's other path) against the few-rows GEMM with ``DEMOBERT_PDL=0`` and ``=1`` (PDL applies
+   up to ``pdl.CHAIN_MAX_ROWS`` rows only: above, both columns launch plainly); the products that
+   feed a skip-LayerNorm are timed with it (cuBLASLt + LN against partials + summing LN).
 4. End to end: random BERT-large and BERT-base engines (``bench.compare``'s builder path, FP16, CUDA
    graph), every setting of (``DEMOBERT_FEW_ROWS_GEMM``, ``DEMOBERT_PDL``) in one process, timed in
    turns (forward then backward order, 100 replays each, mean of the two medians), logits checked

@@ -4,7 +4,7 @@ Against float32 PyTorch math (``helpers.portable.ops`` for the GELU and LayerNor
 (rows, N and K off every tile), every epilogue, split-K partial products summed by the
 skip-LayerNorm, with programmatic dependent launch on and off, eager and replayed in a CUDA graph;
 and a built tiny engine's fast plan at batch 1 (which takes this GEMM) against its reference plan.
-GPU only: skipped on machines without CUDA.
+GPU only (skipped on machines without CUDA), but for the PDL switch's rule.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from helpers.portable import ops
+from helpers.portable.kernels import pdl
 from helpers.portable.kernels.pdl import PDL_ENV
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the few-rows GEMM needs a CUDA GPU")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="the few-rows GEMM needs a CUDA GPU")
 
 # (M, N, K): rows off every tile size, N and K primes / not multiples of the tiles.
 SHAPES = [(1, 97, 200), (37, 64, 64), (130, 200, 96), (385, 1024, 1000)]
@@ -32,7 +33,7 @@ def few_rows_gemm():
 
 
 @pytest.fixture(params=["0", "1"], ids=["pdl_off", "pdl_on"])
-def pdl(request, monkeypatch):
+def pdl_setting(request, monkeypatch):
     monkeypatch.setenv(PDL_ENV, request.param)
     return request.param == "1"
 
@@ -51,9 +52,10 @@ def reference(rows, weight, bias=None, gelu=False) -> torch.Tensor:
     return ops.gelu_tanh(y) if gelu else y
 
 
+@CUDA
 @pytest.mark.parametrize("m,n,k", SHAPES)
 @pytest.mark.parametrize("epilogue", EPILOGUES)
-def test_linear_matches_float32_math(few_rows_gemm, pdl, m, n, k, epilogue):
+def test_linear_matches_float32_math(few_rows_gemm, pdl_setting, m, n, k, epilogue):
     rows, weight = operands(m, n, k)
     bias = None if epilogue == "none" else torch.randn(n, device="cuda").to(
         torch.float32 if epilogue == "bias32" else torch.float16)
@@ -62,6 +64,7 @@ def test_linear_matches_float32_math(few_rows_gemm, pdl, m, n, k, epilogue):
     torch.testing.assert_close(got.float(), reference(rows, weight, bias, epilogue == "gelu"), atol=1e-2, rtol=1e-2)
 
 
+@CUDA
 def test_linear_reads_rows_with_a_row_stride(few_rows_gemm):
     rows, weight = operands(50, 96, 160)
     wide = torch.zeros(50, 200, dtype=torch.float16, device="cuda")
@@ -70,9 +73,10 @@ def test_linear_reads_rows_with_a_row_stride(few_rows_gemm):
     torch.testing.assert_close(got.float(), reference(rows, weight), atol=1e-2, rtol=1e-2)
 
 
+@CUDA
 @pytest.mark.parametrize("m,n,k", SHAPES)
 @pytest.mark.parametrize("split_k,block_k", [(1, 128), (3, 64), (4, 128), (8, 32)])
-def test_partial_products_sum_to_the_product(few_rows_gemm, pdl, m, n, k, split_k, block_k):
+def test_partial_products_sum_to_the_product(few_rows_gemm, pdl_setting, m, n, k, split_k, block_k):
     rows, weight = operands(m, n, k, seed=1)
     config = few_rows_gemm.Config(64, 32, block_k, split_k, 4, 3)
     partials = few_rows_gemm.partial_products(rows, weight, config)
@@ -82,8 +86,9 @@ def test_partial_products_sum_to_the_product(few_rows_gemm, pdl, m, n, k, split_
     torch.testing.assert_close(partials.sum(0), reference(rows, weight), atol=2e-3, rtol=2e-3)
 
 
+@CUDA
 @pytest.mark.parametrize("m,hidden,k", [(37, 96, 200), (128, 1024, 1024)])
-def test_skip_layernorm_sums_the_partials(few_rows_gemm, pdl, m, hidden, k):
+def test_skip_layernorm_sums_the_partials(few_rows_gemm, pdl_setting, m, hidden, k):
     from helpers.portable.kernels.norms import skip_layernorm_into
 
     rows, weight = operands(m, hidden, k, seed=2)
@@ -98,12 +103,13 @@ def test_skip_layernorm_sums_the_partials(few_rows_gemm, pdl, m, hidden, k):
     torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
 
 
-def test_a_pdl_chain_replayed_in_a_cuda_graph(few_rows_gemm, pdl):
+@CUDA
+def test_a_pdl_chain_replayed_in_a_cuda_graph(few_rows_gemm, pdl_setting):
     """A layer's worth of kernels, each reading the previous one's result, captured once and replayed
     on new inputs: under PDL each program's wait must still see its predecessor's writes."""
     from helpers.portable.kernels.norms import skip_layernorm_into
 
-    m, hidden, inter = 130, 256, 1024
+    m, hidden, inter = 100, 256, 1024  # inside the PDL chain's rows, off the tiles
     gen = torch.Generator(device="cuda").manual_seed(3)
     w_in, w_up, w_down = ((torch.randn(o, i, device="cuda", generator=gen) / math.sqrt(i)).half()
                           for o, i in ((hidden, hidden), (inter, hidden), (hidden, inter)))
@@ -138,6 +144,18 @@ def test_a_pdl_chain_replayed_in_a_cuda_graph(few_rows_gemm, pdl):
         torch.testing.assert_close(out.float(), expected(x), atol=3e-2, rtol=3e-2)
 
 
+def test_pdl_is_on_for_the_batch_1_chain_only(monkeypatch):
+    monkeypatch.setattr(pdl, "_capable", lambda index: True)  # an sm_90 device, on any machine
+    cuda = torch.device("cuda", 0)
+    on, off = {"USE_PDL": True, "launch_pdl": True}, {"USE_PDL": False, "launch_pdl": False}
+    assert pdl.pdl_launch(cuda, 1) == pdl.pdl_launch(cuda, pdl.CHAIN_MAX_ROWS) == on
+    assert pdl.pdl_launch(cuda, pdl.CHAIN_MAX_ROWS + 1) == off
+    assert pdl.pdl_launch(torch.device("cpu"), 1) == off
+    monkeypatch.setenv(PDL_ENV, "0")
+    assert pdl.pdl_launch(cuda, 1) == off
+
+
+@CUDA
 def test_refusals(few_rows_gemm):
     rows, weight = operands(8, 16, 32)
     with pytest.raises(ValueError, match="float16"):
@@ -148,6 +166,7 @@ def test_refusals(few_rows_gemm):
         few_rows_gemm.linear(rows, weight, config=few_rows_gemm.Config(64, 64, 64, 2, 4, 3))
 
 
+@CUDA
 def test_fast_plan_at_batch_1_runs_the_few_rows_gemm(tmp_path, monkeypatch, few_rows_gemm):
     from test_kernels import build_tiny_engine, run_plan
 

@@ -138,7 +138,7 @@ def _launch(out: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: t
         k_per_split, GELU_COEFF, GELU_SQRT_2_OVER_PI,
         HAS_BIAS=bias is not None, GELU=gelu, PARTIALS=out.dtype == torch.float32,
         EVEN_K=k % config.block_k == 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k, num_warps=config.warps, num_stages=config.stages, **pdl_launch(rows.device),
+        BLOCK_K=config.block_k, num_warps=config.warps, num_stages=config.stages, **pdl_launch(rows.device, m),
     )
 
 

@@ -146,7 +146,7 @@ def skip_layernorm_into(
         x, skip, bias if bias is not None else gamma, gamma, beta, out,
         summed if summed is not None else out, hidden, rows * hidden, eps,
         HAS_BIAS=bias is not None, STORE_SUM=summed is not None, SPLITS=splits, BLOCK=block, num_warps=warps,
-        **pdl_launch(out.device),
+        **pdl_launch(out.device, rows),
     )
 
 
@@ -173,7 +173,7 @@ def embed_layernorm_into(
         out, summed if summed is not None else out, hidden, word.shape[0], token_type.shape[0], position.shape[0], batch,
         *input_ids.stride(), *segment_ids.stride(), *positions.stride(),
         POSITION_IS_S=position_ids is None, STORE_SUM=summed is not None, BLOCK=block, num_warps=warps,
-        **pdl_launch(out.device),
+        **pdl_launch(out.device, seq_len * batch),
     )
 
 
@@ -182,4 +182,5 @@ def mask_index_and_bias_into(index: torch.Tensor, bias: torch.Tensor, input_mask
     [B, S] = ``attention.key_padding_bias`` of it, in one launch."""
     seq_len, batch = input_mask.shape
     _mask_bias_kernel[(batch,)](input_mask, *input_mask.stride(), seq_len, index, bias,
-                                BLOCK=triton.next_power_of_2(seq_len), num_warps=4, **pdl_launch(bias.device))
+                                BLOCK=triton.next_power_of_2(seq_len), num_warps=4,
+                                **pdl_launch(bias.device, seq_len * batch))

@@ -4,8 +4,8 @@ At batch 1 every kernel of a layer is short (3–9 µs) and most of its time is 
 for the first bytes from HBM and the tail; PDL lets a kernel start while the one before it in the
 stream is still finishing.  The contract every PDL kernel keeps (Hopper's ``griddepcontrol``):
 
-* it takes ``USE_PDL`` as a constexpr and is launched with ``**pdl_launch(device)`` (that
-  constexpr and Triton's ``launch_pdl`` together);
+* it takes ``USE_PDL`` as a constexpr and is launched with ``**pdl_launch(device, rows)`` (that
+  constexpr and Triton's ``launch_pdl`` together, for the batch-1 chain only);
 * before ``gdc_wait()`` it may only read what no earlier kernel of the run writes (the engine's
   weights): no reads of activations and no global writes at all, since the earlier kernel may still
   be reading memory the caching allocator handed to this one;
@@ -28,6 +28,11 @@ import os
 import torch
 
 PDL_ENV = "DEMOBERT_PDL"
+# Token rows up to which the fast path runs the batch-1 chain: the GEMMs are ``few_rows_gemm``
+# (``plan._Gemm``) and every Triton kernel launches under PDL.  Above, the GEMMs are cuBLASLt's,
+# and PDL in the kernels between them measured slower (H100, BERT-large 384 × 1: 1.110 against
+# 1.086 ms; 128 × 1 with cuBLASLt GEMMs: 0.860 against 0.843), so those launch plainly.
+CHAIN_MAX_ROWS = 128
 
 
 @functools.cache
@@ -42,8 +47,9 @@ def pdl_enabled(device: torch.device) -> bool:
     return _capable(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def pdl_launch(device: torch.device) -> dict[str, bool]:
-    """The launch keywords of a PDL kernel on ``device``: its ``USE_PDL`` constexpr and Triton's
-    ``launch_pdl`` option, on or off together."""
-    enabled = pdl_enabled(device)
+def pdl_launch(device: torch.device, rows: int) -> dict[str, bool]:
+    """The launch keywords of a PDL kernel on ``device`` over ``rows`` token rows: its ``USE_PDL``
+    constexpr and Triton's ``launch_pdl`` option, on together inside the batch-1 chain
+    (``rows`` ≤ CHAIN_MAX_ROWS), else off together."""
+    enabled = rows <= CHAIN_MAX_ROWS and pdl_enabled(device)
     return {"USE_PDL": enabled, "launch_pdl": enabled}

@@ -10,8 +10,8 @@ recognises by fused steps over the fast kernels; everything else keeps its refer
 * Other 1×1 convolutions (the QKV projection, the SQuAD head) → one GEMM with the bias epilogue.
 * Dense FP16 GEMMs (all of the above) run on cuBLASLt with each shape's algorithm chosen by timing
   the heuristic's candidates against PyTorch's call (``kernels.cublaslt``; ``DEMOBERT_CUBLASLT=0``
-  keeps PyTorch's calls, as do FP32 GEMMs) -- except at few rows (≤ ``FEW_ROWS_MAX`` tokens, batch
-  1), where they run on the Triton ``few_rows_gemm`` under programmatic dependent launch
+  keeps PyTorch's calls, as do FP32 GEMMs) -- except at few rows (≤ ``pdl.CHAIN_MAX_ROWS`` tokens,
+  batch 1), where they run on the Triton ``few_rows_gemm`` under programmatic dependent launch
   (``kernels.pdl``), the products before a skip-LayerNorm as split-K partials that the LayerNorm
   sums (``_Gemm``; ``DEMOBERT_FEW_ROWS_GEMM=0`` keeps cuBLASLt there).
 * Fixed-length embedding plugin → one Triton gather + LayerNorm reading the transposed id views in
@@ -55,14 +55,12 @@ from helpers.portable import ops
 from helpers.portable.enums import ActivationType, DataType, ElementWiseOperation, Severity
 from helpers.portable.kernels import cublaslt
 from helpers.portable.kernels.attention import attention_fixed_biased, attention_varlen, key_padding_bias
+from helpers.portable.kernels.pdl import CHAIN_MAX_ROWS
 from helpers.portable.layers import TORCH_DTYPE
 from helpers.portable.plugins import EMB_LN, QKV, SKIP_LN, compute_type
 
 FAST_KERNELS_ENV = "DEMOBERT_FAST_KERNELS"
 FEW_ROWS_ENV = "DEMOBERT_FEW_ROWS_GEMM"
-# Rows up to which few_rows_gemm beats cuBLASLt (bench/batch1_latency.py, H100): 128 × 1 wins end to
-# end; at 256 and 384 rows every GEMM is 4-56 % slower than cuBLASLt and 384 × 1 loses end to end.
-FEW_ROWS_MAX = 128
 RELEASE_STEP = "release"
 FAST_DTYPES = (DataType.FLOAT, DataType.HALF)
 SPARSE_FLAG = "SPARSE_WEIGHTS"
@@ -456,8 +454,10 @@ class _Gemm:
         return self.weight.shape[0]
 
     def few_rows(self, rows: torch.Tensor) -> bool:
-        """The one rule for the batch-1 path: dense FP16 products of at most FEW_ROWS_MAX rows."""
-        return (self.sparse is None and self.dtype == torch.float16 and rows.shape[0] <= FEW_ROWS_MAX
+        """The one rule for the batch-1 path: dense FP16 products inside the PDL chain's rows
+        (``pdl.CHAIN_MAX_ROWS``: at 256 and 384 rows every BERT GEMM measured 4-56 % slower than
+        cuBLASLt, and BERT-large 384 × 1 slower end to end)."""
+        return (self.sparse is None and self.dtype == torch.float16 and rows.shape[0] <= CHAIN_MAX_ROWS
                 and os.environ.get(FEW_ROWS_ENV, "1") != "0")
 
     def __call__(self, rows: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
