@@ -3,8 +3,11 @@
 Winners of ``bench/kernels_bench.py`` on the H100 (numbers in docs/perf/KERNELS.md): Triton
 kernels for the embedding LayerNorm, the residual LayerNorm and the GELU pass; cuBLASLt for the
 GEMMs (``cublaslt``: per-shape tuned algorithms, or PyTorch's call), with bias + tanh GELU in the
-epilogue; SDPA cuDNN / FlashAttention on strided views of the packed QKV tensor.  ``plan.optimize_plan`` puts them into
-the portable engine.  Triton is imported on first use only: CPU machines need none.
+epilogue; SDPA cuDNN / FlashAttention on strided views of the packed QKV tensor, and a Triton
+attention (``attention_small``) where few (sequence, head) pairs would leave cuDNN's grid small.  At
+batch-1 token counts (``pdl.CHAIN_MAX_ROWS``) the GEMMs are ``few_rows_gemm``'s and every Triton
+kernel launches under programmatic dependent launch (``pdl``).  ``plan.optimize_plan`` puts them
+into the portable engine.  Triton is imported on first use only: CPU machines need none.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from helpers.portable.kernels.pdl import pdl_enabled
+from helpers.portable.kernels.pdl import pdl_launch
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -104,7 +104,8 @@ def attention_small(
     """``attention.attention_fixed_biased`` on this kernel: ``qkv`` [S, B, 3E] (any S and B strides,
     unit stride along 3E), ``key_bias`` None or additive [B or 1, 1, 1, S]; returns [S, B, E].
 
-    ``tiles`` defaults to ``default_tiles``; ``use_pdl`` to ``pdl_enabled(qkv.device)``.
+    ``tiles`` defaults to ``default_tiles``; ``use_pdl`` to the batch-1 chain's rule over the S × B token
+    rows (``pdl.pdl_launch``).
     """
     seq_len, batch, width = qkv.shape
     head_size = width // (3 * num_heads)
@@ -116,7 +117,8 @@ def attention_small(
     if tiles is None:
         device_index = qkv.device.index if qkv.device.index is not None else torch.cuda.current_device()
         tiles = default_tiles(seq_len, batch * num_heads, _sm_count(device_index))
-    use_pdl = pdl_enabled(qkv.device) if use_pdl is None else use_pdl
+    if use_pdl is None:
+        use_pdl = pdl_launch(qkv.device, seq_len * batch)["launch_pdl"]
     bias = qkv if key_bias is None else key_bias.expand(batch, 1, 1, seq_len)
     bias_strides = (0, 0) if key_bias is None else (bias.stride(0), bias.stride(3))
     grid = (triton.cdiv(seq_len, tiles.block_m), batch * num_heads)
