@@ -286,12 +286,12 @@ def int8_gemm_into(
         # Block shapes are placeholders until ``_set_block_shapes`` runs for the chosen configuration.
         descriptors = (TensorDescriptor(codes, [m, k], [codes.stride(0), 1], [64, 64]),
                        TensorDescriptor(weight_codes, [n, k], [weight_codes.stride(0), 1], [64, 64]))
-        args = (*descriptors, *epilogue, m, n, k, out.stride(0), m_bucket, *scalars)
+        tma_args = (*descriptors, *epilogue, m, n, k, out.stride(0), m_bucket, *scalars)
         if config is None:
-            _tuned_tma_kernel[tma_grid](*args, **flags)
+            _tuned_tma_kernel[tma_grid](*tma_args, **flags)
         else:
             _set_block_shapes({"a_desc": descriptors[0], "w_desc": descriptors[1], **config.kwargs})
-            _int8_gemm_tma_kernel[tma_grid](*args, **flags, **config.all_kwargs())
+            _int8_gemm_tma_kernel[tma_grid](*tma_args, **flags, **config.all_kwargs())
         return
 
     args = (codes, weight_codes, *epilogue, m, n, k, codes.stride(0), weight_codes.stride(0), out.stride(0), m_bucket,
