@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, cast
@@ -17,6 +16,7 @@ import numpy as np
 
 from bert_weights import BertConfig, bert_config_path, first_line, load_bert_config, load_hf_config
 from helpers.backend import BACKENDS, BackendError, trt
+from helpers.files import write_bytes_atomically
 
 # The portable engine's device; the builders' --device sets it.
 DEVICE_ENV = "DEMOBERT_DEVICE"
@@ -145,23 +145,9 @@ def check_output_folder(path: str) -> None:
 
 
 def write_file_atomically(path: str, data: bytes | bytearray | memoryview) -> None:
-    """Write to a temporary file next to ``path``, fsync, then rename: readers never see half a file."""
+    """``helpers.files.write_bytes_atomically`` into a folder that must already exist."""
     check_output_folder(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, temp_path = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp_path, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.unlink(temp_path)
-        raise
+    write_bytes_atomically(path, data)
 
 
 def load_timing_cache(builder_config: trt.IBuilderConfig, path: str) -> None:

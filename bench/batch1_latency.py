@@ -34,6 +34,7 @@ import torch
 
 from bench.compare import LOGIT_TOLERANCE, MODELS, EngineUnderTest, build_engine, make_inputs, save_random_model
 from bench.timing import time_cuda
+from helpers.files import write_text_atomically
 from helpers.portable import ops
 from helpers.portable.kernels import cublaslt
 from helpers.portable.kernels.pdl import PDL_ENV
@@ -81,10 +82,7 @@ class Results:
         os.makedirs(self.out_dir, exist_ok=True)
         for name, text in (("batch1_latency.json", json.dumps(self.data, indent=1)),
                            ("batch1_latency.md", self.markdown())):
-            path = os.path.join(self.out_dir, name)
-            with open(path + ".tmp", "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(path + ".tmp", path)
+            write_text_atomically(os.path.join(self.out_dir, name), text)
 
     def markdown(self) -> str:
         lines = [f"{self.data['device']}, torch {self.data['torch']}, Triton {self.data['triton']}", "",

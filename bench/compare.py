@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import sys
@@ -32,6 +33,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.timing import Timing, copy_bandwidth_tbps, matmul_peak_tflops, sustained_matmul_tflops, time_cuda
+from helpers.files import write_bytes_atomically, write_text_atomically
 
 FORMAT_VERSION = 1
 LOGIT_TOLERANCE = 2e-2
@@ -393,16 +395,9 @@ def plot(rows: list[Row], labels: list[str], path: str) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-
-
-def write_json_atomically(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(tmp, path)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
+    write_bytes_atomically(path, image.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -466,11 +461,11 @@ def run(shapes: list[tuple[str, int, int]], args: argparse.Namespace) -> int:
     peers = ["HF eager", "HF graph"] + ([COMPILE_PEER] if args.compile else [])
     table = markdown_table(rows, peers)
     print(table)
-    write_json_atomically(os.path.join(args.out_dir, "compare.json"), {
+    write_text_atomically(os.path.join(args.out_dir, "compare.json"), json.dumps({
         "format_version": FORMAT_VERSION, "device": device, "torch": torch.__version__,
         "transformers": transformers.__version__, "matmul_peak_tflops": peak,
         "sustained_matmul_tflops": sustained, "copy_tbps": bandwidth,
-        "logit_tolerance": LOGIT_TOLERANCE, "rows": [asdict(r) for r in rows], "table_markdown": table})
+        "logit_tolerance": LOGIT_TOLERANCE, "rows": [asdict(r) for r in rows], "table_markdown": table}, indent=1))
     plot(rows, ["ours graph", "ours eager", *peers], os.path.join(args.out_dir, "compare.png"))
     failed = [r for r in rows if not r.passed]
     for r in failed:

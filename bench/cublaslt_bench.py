@@ -26,6 +26,7 @@ import time
 import torch
 
 from bench.compare import MODELS, EngineUnderTest, build_engine, make_inputs, save_random_model
+from helpers.files import write_text_atomically
 from helpers.portable.kernels import cublaslt
 
 GEMM_ROWS = (128, 384, 16384, 49152)
@@ -52,10 +53,7 @@ class Results:
         os.makedirs(self.out_dir, exist_ok=True)
         for name, text in (("cublaslt_bench.json", json.dumps(self.data, indent=1)),
                            ("cublaslt_bench.md", self.markdown())):
-            path = os.path.join(self.out_dir, name)
-            with open(path + ".tmp", "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(path + ".tmp", path)
+            write_text_atomically(os.path.join(self.out_dir, name), text)
 
     def markdown(self) -> str:
         lines = [f"{self.data['device']}, torch {self.data['torch']}", "",

@@ -54,6 +54,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from helpers.files import write_text_atomically  # noqa: E402  (after the repository is importable)
+
 FORMAT_VERSION = 1
 SECTIONS = ("builder", "varseqlen", "sparsity", "int8", "inference_c", "profile")
 # Sections measured on the run's shared random model (the others bring their own models).
@@ -638,9 +640,7 @@ def render_markdown(records: dict) -> str:
 def write_records(records: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in (("records.json", json.dumps(records, indent=1) + "\n"), ("records.md", render_markdown(records))):
-        tmp = out_dir / (name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out_dir / name)
+        write_text_atomically(out_dir / name, text)
 
 
 def load_records(path: Path) -> dict:

@@ -473,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.oracle:
         record["oracle"] = oracle_report(model, features, ranges, reference, quantized, engine_kinds(args.imh, args.iln))
     if args.json:
-        from helpers.runner import write_text_atomically
+        from helpers.files import write_text_atomically
 
         write_text_atomically(args.json, json.dumps(record, indent=2) + "\n")
     return 0

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import traceback
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from helpers.files import write_text_atomically
 
 VARIANTS = {"fp16": ["-f"], "int8": ["-f", "-i", "--strict", "-iln", "-imh"],
             "fp8": ["-f", "-i", "--strict", "-iln", "-imh", "--fp8"]}
@@ -179,9 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             rates[precision] = record["rate_tera_ops"]
         print(f"sustained INT8 / FP16 GEMM rate: {rates['int8'] / rates['fp16']:.2f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_suffix(".partial")
-    partial.write_text(json.dumps(records, indent=1), encoding="utf-8")
-    os.replace(partial, args.out)
+    write_text_atomically(args.out, json.dumps(records, indent=1))
     return 0
 
 

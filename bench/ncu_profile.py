@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 
+from helpers.files import write_text_atomically
+
 WORKLOAD_FLAG = "--workload"
 # ncu raw-page columns shown, by header substring (first match), with the table's label.
 COLUMNS = (
@@ -109,10 +111,7 @@ def profile(args: argparse.Namespace) -> int:
     table = f"{title}\n\n{markdown(header, kernels)}\n"
     print(table)
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(table)
-        os.replace(tmp, args.out)
+        write_text_atomically(args.out, table)
     return 0
 
 

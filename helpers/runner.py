@@ -18,7 +18,6 @@ import ctypes
 import functools
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from helpers import backend
+from helpers import backend, files
 
 OUTPUT_NAME = "logits_out"
 FIXED_INPUTS = ("input_ids", "segment_ids", "input_mask")
@@ -477,21 +476,8 @@ def check_writable_output(path: str | os.PathLike[str]) -> None:
 
 
 def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
-    target = Path(path)
-    tmp_path: str | None = None
+    """``helpers.files.write_text_atomically``, its failures as a ``RunnerError``."""
     try:
-        fd, tmp_path = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-            tmp.write(text)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, target)
+        files.write_text_atomically(path, text)
     except OSError as err:
-        if tmp_path is not None:
-            Path(tmp_path).unlink(missing_ok=True)
         raise RunnerError(f"cannot write {path}: {err.strerror}") from None
