@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -34,7 +33,7 @@ import torch
 
 from bench.compare import LOGIT_TOLERANCE, MODELS, EngineUnderTest, build_engine, make_inputs, save_random_model
 from bench.timing import time_cuda
-from helpers.files import write_text_atomically
+from helpers.files import write_json_and_markdown
 from helpers.portable import ops
 from helpers.portable.kernels import cublaslt
 from helpers.portable.kernels.pdl import PDL_ENV
@@ -79,10 +78,7 @@ class Results:
                            "triton": triton.__version__, "validation": [], "sweep": [], "gemms": [], "engines": []}
 
     def save(self) -> None:
-        os.makedirs(self.out_dir, exist_ok=True)
-        for name, text in (("batch1_latency.json", json.dumps(self.data, indent=1)),
-                           ("batch1_latency.md", self.markdown())):
-            write_text_atomically(os.path.join(self.out_dir, name), text)
+        write_json_and_markdown(self.out_dir, "batch1_latency", self.data, self.markdown())
 
     def markdown(self) -> str:
         lines = [f"{self.data['device']}, torch {self.data['torch']}, Triton {self.data['triton']}", "",

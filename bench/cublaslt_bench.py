@@ -16,7 +16,6 @@ logits of the two compared.  Writes cublaslt_bench.md and cublaslt_bench.json in
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -26,7 +25,7 @@ import time
 import torch
 
 from bench.compare import MODELS, EngineUnderTest, build_engine, make_inputs, save_random_model
-from helpers.files import write_text_atomically
+from helpers.files import write_json_and_markdown
 from helpers.portable.kernels import cublaslt
 
 GEMM_ROWS = (128, 384, 16384, 49152)
@@ -50,10 +49,7 @@ class Results:
                            "gemms": [], "engines": []}
 
     def save(self) -> None:
-        os.makedirs(self.out_dir, exist_ok=True)
-        for name, text in (("cublaslt_bench.json", json.dumps(self.data, indent=1)),
-                           ("cublaslt_bench.md", self.markdown())):
-            write_text_atomically(os.path.join(self.out_dir, name), text)
+        write_json_and_markdown(self.out_dir, "cublaslt_bench", self.data, self.markdown())
 
     def markdown(self) -> str:
         lines = [f"{self.data['device']}, torch {self.data['torch']}", "",

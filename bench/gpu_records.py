@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from helpers.files import write_text_atomically  # noqa: E402  (after the repository is importable)
+from helpers.files import write_json_and_markdown  # noqa: E402  (after the repository is importable)
 
 FORMAT_VERSION = 1
 SECTIONS = ("builder", "varseqlen", "sparsity", "int8", "inference_c", "profile")
@@ -638,9 +638,7 @@ def render_markdown(records: dict) -> str:
 
 
 def write_records(records: dict, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in (("records.json", json.dumps(records, indent=1) + "\n"), ("records.md", render_markdown(records))):
-        write_text_atomically(out_dir / name, text)
+    write_json_and_markdown(out_dir, "records", records, render_markdown(records))
 
 
 def load_records(path: Path) -> dict:

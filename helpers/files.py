@@ -31,3 +31,12 @@ def write_bytes_atomically(path: str | os.PathLike[str], data: bytes | bytearray
 def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
     """``write_bytes_atomically`` of ``text`` in UTF-8."""
     write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def write_json_and_markdown(out_dir: str | os.PathLike[str], stem: str, data: object, markdown: str) -> None:
+    """A benchmark's record pair: ``stem.json`` (``data``) and ``stem.md`` (its table) in ``out_dir``."""
+    import json
+
+    os.makedirs(out_dir, exist_ok=True)
+    write_text_atomically(Path(out_dir) / f"{stem}.json", json.dumps(data, indent=1) + "\n")
+    write_text_atomically(Path(out_dir) / f"{stem}.md", markdown)
