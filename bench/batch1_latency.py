@@ -31,7 +31,8 @@ from collections.abc import Callable
 
 import torch
 
-from bench.compare import LOGIT_TOLERANCE, MODELS, EngineUnderTest, build_engine, make_inputs, save_random_model
+from bench.compare import (LOGIT_TOLERANCE, MODELS, CompareError, EngineUnderTest, build_engine, gpu_models, make_inputs,
+                           save_random_model)
 from bench.timing import time_cuda
 from helpers.files import write_json_and_markdown
 from helpers.portable import ops
@@ -297,10 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-gemms", action="store_true", help="skip the per-GEMM table")
     parser.add_argument("--no-engines", action="store_true", help="skip the end-to-end table")
     args = parser.parse_args(argv)
-    models = [m for m in args.models.split(",") if m]
-    unknown = [m for m in models if m not in MODELS]
-    if unknown or not torch.cuda.is_available():
-        print(f"error: {'unknown model ' + repr(unknown[0]) if unknown else 'needs a CUDA GPU'}", file=sys.stderr)
+    try:
+        models = gpu_models(args.models)
+    except CompareError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     results = Results(args.out_dir)
     print(f"{results.data['device']}, torch {torch.__version__}, Triton {results.data['triton']}", flush=True)

@@ -83,6 +83,17 @@ def parse_list(text: str, cast=int) -> list:
         raise CompareError(f"not a comma-separated list: {text!r}") from None
 
 
+def gpu_models(text: str) -> list[str]:
+    """The ``--models`` list of a GPU bench script, checked against ``MODELS``, on a machine with CUDA."""
+    models = parse_list(text, str)
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise CompareError(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
+    if not torch.cuda.is_available():
+        raise CompareError("needs a CUDA GPU")
+    return models
+
+
 def save_random_model(name: str, folder: str) -> None:
     """A random BertForQuestionAnswering whose GELU is the engine's tanh form (HF's fused
     ``gelu_pytorch_tanh``), saved as safetensors for the builder's HF loader."""
@@ -414,15 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", default=".", help="where compare.json and compare.png go")
     args = parser.parse_args(argv)
     try:
-        models = parse_list(args.models, str)
-        unknown = [m for m in models if m not in MODELS]
-        if unknown:
-            raise CompareError(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
         seqs, batches = parse_list(args.seqs), parse_list(args.batches)
         if args.iterations < 100:
             raise CompareError("--iterations must be at least 100 (the median of fewer is noise)")
-        if not torch.cuda.is_available():
-            raise CompareError("needs a CUDA GPU")
+        models = gpu_models(args.models)
         os.makedirs(args.out_dir, exist_ok=True)
         shapes = sorted(GOALS_MS) if args.quick else [(m, s, b) for m in models for s in seqs for b in batches]
         return run(shapes, args)

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from bench.compare import MODELS, EngineUnderTest, build_engine, make_inputs, save_random_model
+from bench.compare import MODELS, CompareError, EngineUnderTest, build_engine, gpu_models, make_inputs, save_random_model
 from helpers.files import write_json_and_markdown
 from helpers.portable.kernels import cublaslt
 
@@ -151,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="large,base")
     parser.add_argument("--no-engines", action="store_true", help="per-GEMM tables only")
     args = parser.parse_args(argv)
-    models = [m for m in args.models.split(",") if m]
-    unknown = [m for m in models if m not in MODELS]
-    if unknown or not torch.cuda.is_available():
-        print(f"error: {'unknown model ' + repr(unknown[0]) if unknown else 'needs a CUDA GPU'}", file=sys.stderr)
+    try:
+        models = gpu_models(args.models)
+    except CompareError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     if not cublaslt.available(torch.device("cuda")):
         print(f"error: cuBLASLt is not available ({cublaslt.CUBLASLT_ENV}=0, or libcublasLt not loadable)",

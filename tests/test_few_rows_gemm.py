@@ -82,7 +82,8 @@ def test_partial_products_sum_to_the_product(few_rows_gemm, pdl_setting, m, n, k
     partials = few_rows_gemm.partial_products(rows, weight, config)
     assert partials.dtype == torch.float32 and partials.shape[1:] == (m, n)
     # K splits whenever it can: more than one split asked for and more than one block of K.
-    assert 1 <= partials.shape[0] <= split_k and (partials.shape[0] > 1) == (split_k > 1 and k > block_k)
+    assert 1 <= partials.shape[0] <= split_k
+    assert (partials.shape[0] > 1) == (split_k > 1 and k > block_k)
     torch.testing.assert_close(partials.sum(0), reference(rows, weight), atol=2e-3, rtol=2e-3)
 
 
