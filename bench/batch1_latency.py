@@ -31,8 +31,8 @@ from collections.abc import Callable
 
 import torch
 
-from bench.compare import (LOGIT_TOLERANCE, MODELS, CompareError, EngineUnderTest, build_engine, gpu_models, make_inputs,
-                           save_random_model)
+from bench.compare import (LOGIT_TOLERANCE, MODELS, CompareError, EngineUnderTest, build_engine, gpu_models,
+                           make_inputs, save_random_model)
 from bench.timing import time_cuda
 from helpers.files import write_json_and_markdown
 from helpers.portable import ops

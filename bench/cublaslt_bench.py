@@ -24,7 +24,8 @@ import time
 
 import torch
 
-from bench.compare import MODELS, CompareError, EngineUnderTest, build_engine, gpu_models, make_inputs, save_random_model
+from bench.compare import (MODELS, CompareError, EngineUnderTest, build_engine, gpu_models, make_inputs,
+                           save_random_model)
 from helpers.files import write_json_and_markdown
 from helpers.portable.kernels import cublaslt
 

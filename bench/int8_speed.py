@@ -49,6 +49,25 @@ BERT_LARGE_GEMMS = (("QKV", 3072, 1024, False, torch.float16), ("attention out",
                     ("FC1 + GELU", 4096, 1024, True, torch.int8), ("FC2", 1024, 4096, False, torch.int8))
 
 
+def gemm_operands(rows: int, n: int, k: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """One GEMM's random operands on ``gen``'s device, in both precisions: FP16 ``x`` [rows, k] and
+    ``weight`` [n, k]; int8 ``codes`` and ``weight_codes`` with per-column ``col_scales``; the float32
+    ``bias`` and its FP16 copy ``bias16``."""
+    device = gen.device
+    x = torch.randn(rows, k, device=device, generator=gen).half()
+    weight = (torch.randn(n, k, device=device, generator=gen) / 32).half()
+    bias = torch.randn(n, device=device, generator=gen)
+    codes = torch.randint(-128, 128, (rows, k), device=device, generator=gen, dtype=torch.int8)
+    weight_codes = torch.randint(-127, 128, (n, k), device=device, generator=gen, dtype=torch.int8)
+    col_scales = torch.rand(n, device=device, generator=gen) * 1e-5
+    return {"x": x, "weight": weight, "bias": bias, "bias16": bias.half(), "codes": codes,
+            "weight_codes": weight_codes, "col_scales": col_scales}
+
+
+def tera_ops_per_s(rows: int, n: int, k: int, ms: float) -> float:
+    return 2.0 * rows * n * k / (ms * 1e-3) / 1e12
+
+
 def time_gemms(rows: int) -> list[dict]:
     """One record per GEMM at ``rows``: µs and TOPS of each variant (``fused_engine``: the Triton
     kernel with the epilogue the INT8 engine runs), and the fused kernel's largest deviation from
@@ -61,15 +80,11 @@ def time_gemms(rows: int) -> list[dict]:
     gen = torch.Generator(device="cuda").manual_seed(0)
     records = []
     for name, n, k, gelu, engine_out in BERT_LARGE_GEMMS:
-        x = torch.randn(rows, k, device="cuda", generator=gen).half()
-        weight = (torch.randn(n, k, device="cuda", generator=gen) / 32).half()
-        bias = torch.randn(n, device="cuda", generator=gen)
-        codes = torch.randint(-128, 128, (rows, k), device="cuda", generator=gen, dtype=torch.int8)
-        weight_codes = torch.randint(-127, 128, (n, k), device="cuda", generator=gen, dtype=torch.int8)
-        col_scales = torch.rand(n, device="cuda", generator=gen) * 1e-5
+        operands = gemm_operands(rows, n, k, gen)
+        x, weight, bias, bias16 = operands["x"], operands["weight"], operands["bias"], operands["bias16"]
+        codes, weight_codes, col_scales = operands["codes"], operands["weight_codes"], operands["col_scales"]
         out = torch.empty(rows, n, dtype=torch.float16, device="cuda")
         out_engine = torch.empty(rows, n, dtype=engine_out, device="cuda")
-        bias16 = bias.half()
         variants = {
             "fp16_cublas": lambda: F.linear(x, weight, bias16),
             "int_mm": lambda: torch._int_mm(codes, weight_codes.t()),
@@ -82,12 +97,12 @@ def time_gemms(rows: int) -> list[dict]:
         for variant, fn in variants.items():
             ms = time_cuda(fn, warmup=3, iterations=30).median_ms
             record[f"{variant}_us"] = ms * 1e3
-            record[f"{variant}_tops"] = 2.0 * rows * n * k / (ms * 1e-3) / 1e12
+            record[f"{variant}_tops"] = tera_ops_per_s(rows, n, k, ms)
         int8_gemm_into(out, codes, weight_codes, col_scales, bias)
         reference = torch.addcmul(bias, torch._int_mm(codes, weight_codes.t()), col_scales).half()
         record["fused_max_rel_err"] = float((out.float() - reference.float()).abs().max() / reference.float().abs().max())
         records.append(record)
-        del x, weight, codes, weight_codes, out, out_engine, reference
+        del operands, x, weight, codes, weight_codes, out, out_engine, reference
         torch.cuda.empty_cache()
     return records
 
@@ -104,25 +119,17 @@ def sustained_gemm_rate(precision: str, seconds: float) -> dict:
     from helpers.portable.kernels.int8_gemm import int8_gemm_into
 
     rows, n, k = SUSTAINED_SHAPE
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    bias = torch.randn(n, device="cuda", generator=gen)
+    operands = gemm_operands(rows, n, k, torch.Generator(device="cuda").manual_seed(0))
     if precision == "fp16":
-        x = torch.randn(rows, k, device="cuda", generator=gen).half()
-        weight = (torch.randn(n, k, device="cuda", generator=gen) / 32).half()
-        bias16 = bias.half()
-
         def product() -> object:
-            return F.linear(x, weight, bias16)
+            return F.linear(operands["x"], operands["weight"], operands["bias16"])
     else:
-        codes = torch.randint(-128, 128, (rows, k), device="cuda", generator=gen, dtype=torch.int8)
-        weight_codes = torch.randint(-127, 128, (n, k), device="cuda", generator=gen, dtype=torch.int8)
-        col_scales = torch.rand(n, device="cuda", generator=gen) * 1e-5
         out = torch.empty(rows, n, dtype=torch.float16, device="cuda")
 
         def product() -> object:
-            return int8_gemm_into(out, codes, weight_codes, col_scales, bias)
-    tera_ops = 2.0 * rows * n * k / 1e12
-    rate = sustained_rate(product, lambda timing: tera_ops / (timing.median_ms * 1e-3), seconds)
+            return int8_gemm_into(out, operands["codes"], operands["weight_codes"], operands["col_scales"],
+                                  operands["bias"])
+    rate = sustained_rate(product, lambda timing: tera_ops_per_s(rows, n, k, timing.median_ms), seconds)
     return {"sustained_gemm": "x".join(map(str, SUSTAINED_SHAPE)), "precision": precision, "seconds": seconds,
             "rate_tera_ops": rate}
 
