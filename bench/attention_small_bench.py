@@ -18,7 +18,8 @@ import sys
 
 import torch
 
-from bench.kernels_bench import max_error, time_graphed
+from bench.kernels_bench import max_error
+from bench.timing import time_graphed
 from helpers.portable import ops
 from helpers.portable.kernels.attention import attention_fixed_sdpa, key_padding_bias, uses_small_kernel
 from helpers.portable.kernels.attention_small import Tiles, attention_small, default_tiles

@@ -33,7 +33,7 @@ import torch
 
 from bench.compare import (LOGIT_TOLERANCE, MODELS, CompareError, EngineUnderTest, build_engine, gpu_models,
                            make_inputs, save_random_model)
-from bench.timing import time_cuda
+from bench.timing import time_graphed
 from helpers.files import write_json_and_markdown
 from helpers.portable import ops
 from helpers.portable.kernels import cublaslt
@@ -105,19 +105,6 @@ def set_env(name: str, value: str) -> None:
     os.environ[name] = value
 
 
-def graph_us(fn: Callable[[], object], calls: int) -> float:
-    """µs per call of ``fn`` (which makes ``calls`` calls), from replays of one CUDA graph of it."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()  # compiles / tunes outside of the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return time_cuda(graph.replay, warmup=5, iterations=40).median_ms * 1e3 / calls
-
-
 class GemmCase:
     """Operands of one GEMM shape: rows, 12 weight copies, bias, the skip-LN's operands."""
 
@@ -166,7 +153,7 @@ class GemmCase:
         def calls() -> None:
             for weight in self.weights:
                 call(weight)
-        return graph_us(calls, len(self.weights))
+        return time_graphed(calls).median_ms * 1e3 / len(self.weights)
 
 
 def validate(results: Results, models: list[str]) -> list[str]:

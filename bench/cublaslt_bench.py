@@ -26,6 +26,7 @@ import torch
 
 from bench.compare import (MODELS, CompareError, EngineUnderTest, build_engine, gpu_models, make_inputs,
                            save_random_model)
+from bench.timing import time_graphed
 from helpers.files import write_json_and_markdown
 from helpers.portable.kernels import cublaslt
 
@@ -70,8 +71,6 @@ class Results:
 
 
 def bench_gemm(results: Results, model: str, name: str, n: int, k: int, with_bias: bool, gelu: bool, m: int) -> None:
-    from bench.kernels_bench import time_graphed  # Triton: GPU machines only
-
     copies = ROTATED_COPIES if m <= 1024 else 1
     rows = torch.randn(m, k, device="cuda").half()
     weights = [(torch.randn(n, k, device="cuda") / math.sqrt(k)).half() for _ in range(copies)]

@@ -18,28 +18,12 @@ import torch.nn.functional as F
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bench.timing import Timing, copy_bandwidth_tbps, matmul_peak_tflops, time_cuda
+from bench.timing import copy_bandwidth_tbps, matmul_peak_tflops, time_cuda, time_graphed
 from helpers.portable import kernels, ops
 from helpers.portable.kernels.attention import attention_fixed_biased, key_padding_bias
 from helpers.portable.kernels.gelu import bias_gelu_into
 from helpers.portable.kernels.norms import skip_layernorm_into
 
-
-GRAPH_REPEATS = 10
-
-
-def time_graphed(fn) -> Timing:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(GRAPH_REPEATS):
-            fn()
-    t = time_cuda(graph.replay)
-    return Timing(t.median_ms / GRAPH_REPEATS, t.p99_ms / GRAPH_REPEATS, t.iterations)
 
 
 def max_error(reference: torch.Tensor, candidate: torch.Tensor) -> float:

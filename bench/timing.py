@@ -34,6 +34,26 @@ def time_cuda(fn: Callable[[], object], warmup: int = 10, iterations: int = 100)
     return Timing(times[len(times) // 2], times[p99_index], iterations)
 
 
+GRAPH_REPEATS = 10
+
+
+def time_graphed(fn: Callable[[], object]) -> Timing:
+    """``time_cuda`` of one call of ``fn`` from replays of a CUDA graph of ``GRAPH_REPEATS`` calls
+    (no launch overhead); ``fn`` runs once first on a side stream, to compile and tune outside of
+    the capture."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(GRAPH_REPEATS):
+            fn()
+    t = time_cuda(graph.replay)
+    return Timing(t.median_ms / GRAPH_REPEATS, t.p99_ms / GRAPH_REPEATS, t.iterations)
+
+
 def _square_matmul(size: int, dtype: torch.dtype) -> tuple[Callable[[], object], Callable[[Timing], float]]:
     """A ``size``³ product on random operands, and the TFLOP/s of a timing of it."""
     a = torch.randn(size, size, dtype=dtype, device="cuda")
