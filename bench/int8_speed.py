@@ -10,11 +10,16 @@ line per measurement and writes them all to ``--out``.
 ``--gemm-rows M`` (repeatable) first times BERT-large's four encoder GEMMs alone at M rows: FP16
 ``F.linear`` (cuBLAS), ``torch._int_mm`` alone and followed by a PyTorch dequantize + bias (the
 INT8 path before the fused kernel, whose own dequantize pass sat between those two), and the fused
-Triton INT8 GEMM (float output, and the epilogue the engine runs: GELU, int8 codes or INT8 values).
+Triton INT8 GEMM (float output, and the epilogue the engine runs: GELU, int8 codes).
 ``--sustained SECONDS`` times, after everything else, the FC1-shaped GEMM (16384 × 4096 × 1024) back
 to back for that long in FP16 (cuBLAS) and then in INT8 (the Triton kernel, float output), printing
 each rate as it is measured: the rates the card holds at its power cap, whose ratio bounds what the
 INT8 engine's GEMMs can gain (about 2 × SECONDS + 10 s).
+``--layernorm-rows R`` (repeatable) times the INT8 skip-LayerNorm alone (int8 codes in and out,
+BERT-large's width, at the token counts of batch 128 × 128 / 384) with R rows per program.
+``--attention`` times the ``-imh`` attention alone (BERT-large's 16 heads of 64, batch 128, S = 128
+and 384, codes in and out) for each of ``ATTENTION_CANDIDATES``, next to FP16 attention (the FP16
+engine's: SDPA) on the same shapes.
 ``--no-engines`` skips the engines.
 """
 
@@ -43,9 +48,9 @@ def fixed_inputs(batch: int, seq: int) -> dict[str, np.ndarray]:
             "input_mask": np.ones((batch, seq), np.int32)}
 
 
-# (name, N, K, GELU, what the INT8 engine writes: INT8 values for -imh attention or int8 codes for
-# the next GEMM / skip-LayerNorm) of one BERT-large encoder layer's GEMMs, all with a bias.
-BERT_LARGE_GEMMS = (("QKV", 3072, 1024, False, torch.float16), ("attention out", 1024, 1024, False, torch.int8),
+# (name, N, K, GELU, what the INT8 engine writes: int8 codes for -imh attention, the next GEMM or the
+# skip-LayerNorm) of one BERT-large encoder layer's GEMMs, all with a bias.
+BERT_LARGE_GEMMS = (("QKV", 3072, 1024, False, torch.int8), ("attention out", 1024, 1024, False, torch.int8),
                     ("FC1 + GELU", 4096, 1024, True, torch.int8), ("FC2", 1024, 4096, False, torch.int8))
 
 
@@ -69,12 +74,13 @@ def tera_ops_per_s(rows: int, n: int, k: int, ms: float) -> float:
 
 
 def time_gemms(rows: int) -> list[dict]:
-    """One record per GEMM at ``rows``: µs and TOPS of each variant (``fused_engine``: the Triton
-    kernel with the epilogue the INT8 engine runs), and the fused kernel's largest deviation from
-    ``_int_mm`` + dequantize (float32 rounding only: both are the exact integer product)."""
+    """One record per GEMM at ``rows``: µs (CUDA-graph replays) and TOPS of each variant
+    (``fused_engine``: the Triton kernel with the epilogue the INT8 engine runs), and the fused
+    kernel's largest deviation from ``_int_mm`` + dequantize (float32 rounding only: both are the
+    exact integer product)."""
     import torch.nn.functional as F
 
-    from bench.timing import time_cuda
+    from bench.timing import time_graphed
     from helpers.portable.kernels.int8_gemm import int8_gemm_into
 
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -95,7 +101,7 @@ def time_gemms(rows: int) -> list[dict]:
         }
         record = {"gemm": name, "m": rows, "n": n, "k": k}
         for variant, fn in variants.items():
-            ms = time_cuda(fn, warmup=3, iterations=30).median_ms
+            ms = time_graphed(fn).median_ms
             record[f"{variant}_us"] = ms * 1e3
             record[f"{variant}_tops"] = tera_ops_per_s(rows, n, k, ms)
         int8_gemm_into(out, codes, weight_codes, col_scales, bias)
@@ -104,6 +110,56 @@ def time_gemms(rows: int) -> list[dict]:
         records.append(record)
         del operands, x, weight, codes, weight_codes, out, out_engine, reference
         torch.cuda.empty_cache()
+    return records
+
+
+def time_int8_skip_layernorm(rows_per_program: list[int]) -> list[dict]:
+    """µs (CUDA-graph replays: no launch overhead) and GB/s (int8 bytes read and written) of
+    ``int8_skip_layernorm_into`` on codes, per token count and rows per program."""
+    from bench.timing import time_graphed
+    from helpers.portable.kernels.quant_kernels import int8_skip_layernorm_into
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    hidden = 1024
+    gamma, beta, bias = (torch.randn(hidden, device="cuda", generator=gen) for _ in range(3))
+    records = []
+    for tokens in (16384, 49152):
+        x, skip = (torch.randint(-128, 128, (tokens, hidden), device="cuda", generator=gen, dtype=torch.int8)
+                   for _ in range(2))
+        out = torch.empty_like(x)
+        for rows in rows_per_program:
+            ms = time_graphed(lambda: int8_skip_layernorm_into(out, x, skip, gamma, beta, bias, 0.03, 0.025, 0.04,
+                                                               1e-5, rows_per_program=rows)).median_ms
+            records.append({"int8_skip_layernorm_tokens": tokens, "rows_per_program": rows, "us": ms * 1e3,
+                            "gb_per_s": 3 * x.numel() / (ms * 1e-3) / 1e9})
+    return records
+
+
+# (BLOCK_M, BLOCK_N, warps) of the INT8 attention kernel tried by --attention.
+ATTENTION_CANDIDATES = ((32, 128, 2), (32, 128, 4), (64, 128, 4), (64, 128, 8), (128, 128, 8), (64, 64, 4),
+                        (128, 64, 8), (128, 64, 4), (64, 32, 4), (128, 32, 8))
+
+
+def time_int8_attention(batch: int = 128, heads: int = 16, head: int = 64) -> list[dict]:
+    """µs per call (CUDA-graph replays) of ``int8_attention_into`` per block candidate, and of the FP16
+    engine's attention."""
+    from bench.timing import time_graphed
+    from helpers.portable import kernels
+    from helpers.portable.kernels.int8_attention import int8_attention_into
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    records = []
+    for seq in (128, 384):
+        qkv = torch.randint(-127, 128, (seq, batch, 3 * heads * head), device="cuda", generator=gen, dtype=torch.int8)
+        mask_idx = torch.full((batch,), seq, dtype=torch.int32, device="cuda")
+        out = torch.empty(seq, batch, heads * head, dtype=torch.int8, device="cuda")
+        half = (qkv.float() * 0.02).half()
+        times = {"fp16_sdpa": time_graphed(lambda: kernels.attention_fixed(half, mask_idx, heads)).median_ms}
+        for blocks in ATTENTION_CANDIDATES:
+            times["int8 %dx%d w%d" % blocks] = time_graphed(
+                lambda: int8_attention_into(out, qkv, mask_idx, heads, 0.02, 0.004, 1 / 127, blocks=blocks)).median_ms
+        for name, ms in times.items():
+            records.append({"attention": name, "seq": seq, "batch": batch, "us": ms * 1e3})
     return records
 
 
@@ -164,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", action="append", choices=sorted(VARIANTS), help="engines (default all)")
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--gemm-rows", type=int, action="append", default=[], help="time the GEMMs alone at M rows")
+    parser.add_argument("--layernorm-rows", type=int, action="append", default=[],
+                        help="time the INT8 skip-LayerNorm alone with this many rows per program")
+    parser.add_argument("--attention", action="store_true", help="time the -imh attention kernel alone")
     parser.add_argument("--no-engines", action="store_true", help="skip the engines (with --gemm-rows)")
     parser.add_argument("--sustained", type=float, default=0.0, metavar="SECONDS",
                         help="then hold the FP16 and INT8 GEMMs this long each (power-capped rates)")
@@ -174,6 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for rows in args.gemm_rows:
         for record in time_gemms(rows):
+            print(json.dumps(record), flush=True)
+            records.append(record)
+    if args.layernorm_rows:
+        for record in time_int8_skip_layernorm(args.layernorm_rows):
+            print(json.dumps(record), flush=True)
+            records.append(record)
+    if args.attention:
+        for record in time_int8_attention():
             print(json.dumps(record), flush=True)
             records.append(record)
     if not args.no_engines:

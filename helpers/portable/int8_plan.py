@@ -32,14 +32,13 @@ memory: an INT8 GEMM is one Triton tensor-core GEMM on weight codes made once at
 epilogue (the chain's other steps become empty steps), behind one quantize pass
 (``kernels/quant_kernels.py``) unless its producer already wrote the int8 codes; FP8 is one
 quantize pass and ``torch._scaled_mm`` with the bias in its epilogue.  ``-iln`` skip-LayerNorm is
-one row pass; ``-imh`` attention quantizes Q, K, V and the context with their ranges and runs fused
-FP16 attention (SDPA) in between, so, unlike the CPU simulation, it does not quantize the
-probabilities with ``dq_probs``.  A tensor read only by INT8 GEMMs and ``-iln`` skip-LayerNorms
-(the GELU output, ``-imh``'s context, the attention-output and FC2 GEMMs' outputs, each skip-LayerNorm's
-output, which is the next GEMM's input and the next residual) is handed over as int8 codes, so no
-quantize pass is left between them; the QKV GEMM in front of ``-imh`` attention writes its output
-on the INT8 grid itself (attention then skips that quantize pass): the same values, rounded once to
-the engine's float type and then to the grid, as the separate passes make.
+one row pass; ``-imh`` attention is one Triton kernel with both products on int8 codes and the
+probabilities quantized with ``dq_probs``, as in the CPU simulation (``kernels/int8_attention.py``).
+A tensor read only by INT8 GEMMs, ``-iln`` skip-LayerNorms and ``-imh`` attention (the QKV GEMM's
+output, the GELU output, ``-imh``'s context, the attention-output and FC2 GEMMs' outputs, each
+skip-LayerNorm's output, which is the next GEMM's input and the next residual) is handed over as
+int8 codes, so no quantize pass is left between them: the same codes, from the value rounded to the
+engine's float type, as the separate passes make.
 """
 
 from __future__ import annotations
@@ -58,7 +57,7 @@ from helpers.portable.layers import TORCH_DTYPE, BuildError, is_known
 from helpers.portable.plugins import QKV, SKIP_LN
 
 STEP_PREFIX = "int8:"
-CODES, VALUES = "codes", "values"  # how an INT8 tensor is handed over on CUDA (``_Lowering.handover``)
+CODES = "codes"  # how an INT8 tensor is handed over on CUDA (``_Lowering.handover``)
 _STRICT_FLAGS = ("PREFER_PRECISION_CONSTRAINTS", "OBEY_PRECISION_CONSTRAINTS")
 _FLOAT_PRECISIONS = (int(DataType.FLOAT), int(DataType.HALF))
 
@@ -202,8 +201,8 @@ class _Lowering:
         for slot, tensor in enumerate(description["tensors"]):
             if tensor["dynamic_range"] is not None:
                 self.amax[slot] = max(abs(float(v)) for v in tensor["dynamic_range"])
-        # Slot → how its producer hands it over on CUDA: CODES (int8 codes of its range) or
-        # VALUES (its INT8 values in its float type); absent: plain float values.
+        # Slot → how its producer hands it over on CUDA: CODES (int8 codes of its range); absent:
+        # plain float values.
         self.handover: dict[int, str] = {}
 
     def int8_gemm_source(self, layer: dict[str, Any]) -> int | None:
@@ -241,10 +240,9 @@ class _Lowering:
             and self.scales([*layer["inputs"][:2], *layer["outputs"]]) is not None
 
     def plan_handovers(self, description: dict[str, Any], gelu_chains: dict[int, list[int]]) -> None:
-        """Fill ``handover``: INT8 codes for a tensor that only fast INT8 GEMMs and ``-iln``
-        skip-LayerNorms read, its INT8 values for one that only ``-imh`` attention reads, where its
-        producer can write them (an INT8 GEMM, with its fused GELU; ``-imh`` attention's context; an
-        ``-iln`` skip-LayerNorm)."""
+        """Fill ``handover``: INT8 codes for a tensor that only fast INT8 GEMMs, ``-iln``
+        skip-LayerNorms and ``-imh`` attention read, where its producer can write them (an INT8
+        GEMM, with its fused GELU; ``-imh`` attention's context; an ``-iln`` skip-LayerNorm)."""
         if not self.fast or self.fp8:
             return
         layers = description["layers"]
@@ -259,10 +257,9 @@ class _Lowering:
             if slot in engine_outputs or not users:
                 return None
             if all((u["kind"] == "convolution" and u["inputs"] == [slot] and self.int8_gemm_source(u) == slot)
-                   or (self.fast_int8_skip_layernorm(u) and slot in u["inputs"][:2]) for u in users):
+                   or (self.fast_int8_skip_layernorm(u) and slot in u["inputs"][:2])
+                   or self.fast_int8_attention_source(u) == slot for u in users):
                 return CODES
-            if all(self.fast_int8_attention_source(u) == slot for u in users):
-                return VALUES
             return None
 
         for index, layer in enumerate(layers):
@@ -274,7 +271,7 @@ class _Lowering:
             else:
                 continue
             how = wanted(result)
-            if how == CODES or (how == VALUES and layer["kind"] == "convolution"):
+            if how is not None:
                 self.handover[result] = how
 
     def scales(self, slots: Sequence[int]) -> list[float] | None:
@@ -312,10 +309,9 @@ class _Lowering:
             if fast is not None:
                 return _channel_gemm(fast, spatial, out_dtype)
         elif self.fast:
-            how = self.handover.get(result)
-            out_amax = None if how is None else self.amax[result]
-            fast = fast_int8_gemm(weight, bias, self.amax[source], gelu, out_dtype, out_amax, how == CODES)
-            return _channel_gemm(fast, spatial, torch.int8 if how == CODES else out_dtype)
+            out_amax = self.amax[result] if self.handover.get(result) == CODES else None
+            fast = fast_int8_gemm(weight, bias, self.amax[source], gelu, out_dtype, out_amax)
+            return _channel_gemm(fast, spatial, out_dtype if out_amax is None else torch.int8)
         gemm = fp8_gemm(weight, bias, self.amax[source]) if self.fp8 else int8_gemm(weight, bias, self.amax[source])
         run = _channel_gemm(gemm, spatial, out_dtype)
         return _then_gelu(run) if gelu else run
@@ -357,8 +353,8 @@ class _Lowering:
             has_mask = bool(params["has_mask"])
             if self.fast:
                 ctx_codes = self.handover.get(layer["outputs"][0]) == CODES
-                return _fast_int8_attention(heads, has_mask, qkv_scale, ctx_scale, torch.int8 if ctx_codes else out_types[0],
-                                            qkv_on_grid=self.handover.get(layer["inputs"][0]) == VALUES)
+                return _fast_int8_attention(heads, has_mask, qkv_scale, ctx_scale, dq_probs,
+                                            torch.int8 if ctx_codes else out_types[0])
 
             def attention_fixed(qkv: torch.Tensor, mask: torch.Tensor | None = None) -> Sequence[torch.Tensor]:
                 mask_idx = mask[:, 0] if has_mask and mask is not None else None
@@ -444,14 +440,13 @@ def _round_up(value: int, multiple: int) -> int:
 
 def fast_int8_gemm(
     weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float, gelu: bool, out_dtype: torch.dtype,
-    out_amax: float | None = None, out_codes: bool = False,
+    out_amax: float | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``int8_gemm`` (then the tanh GELU when ``gelu``) as the Triton GEMM with the dequantize in
     its epilogue, behind one quantize pass, or none when given int8 codes (of ``in_amax``'s grid).
 
-    ``out_amax`` set: the output lands on that range's INT8 grid, as int8 codes when ``out_codes``,
-    else as INT8 values in ``out_dtype``; either way from the ``out_dtype`` value the unfused steps
-    would hand to the next layer's quantize pass.
+    ``out_amax`` set: the output is its int8 codes on that range's grid, from the ``out_dtype``
+    value the unfused steps would hand to the next layer's quantize pass.
     """
     from helpers.portable.kernels import int8_gemm as ig
     from helpers.portable.kernels import quant_kernels as qk
@@ -470,7 +465,7 @@ def fast_int8_gemm(
         else:
             codes = torch.empty(m, k, dtype=torch.int8, device=rows.device)
             qk.quantize_into(codes, rows.contiguous(), qk.INT8_CODES, in_scale)
-        y = torch.empty(m, n, dtype=torch.int8 if out_codes else out_dtype, device=rows.device)
+        y = torch.empty(m, n, dtype=out_dtype if out_scale is None else torch.int8, device=rows.device)
         ig.int8_gemm_into(y, codes, codes_w.codes, col_scales, bias32, gelu=gelu, out_scale=out_scale,
                           value_dtype=out_dtype)
         return y
@@ -506,34 +501,19 @@ def fast_fp8_gemm(
     return gemm
 
 
-def _quantize_fast(x: torch.Tensor, scale: float, codes: bool) -> torch.Tensor:
-    """``x`` on the INT8 grid of ``scale``: its codes (int8) or its INT8 values (in x's dtype)."""
-    from helpers.portable.kernels import quant_kernels as qk
-
-    x = x.contiguous()
-    out = torch.empty_like(x, dtype=torch.int8 if codes else x.dtype)
-    qk.quantize_into(out, x, qk.INT8_CODES if codes else qk.INT8_VALUES, scale)
-    return out
-
-
 def _fast_int8_attention(
-    heads: int, has_mask: bool, qkv_scale: float, ctx_scale: float, out_type: torch.dtype, qkv_on_grid: bool = False
+    heads: int, has_mask: bool, qkv_scale: float, ctx_scale: float, dq_probs: float, out_type: torch.dtype
 ) -> Run:
-    """``-imh`` attention on CUDA: Q, K, V and the context hold INT8 values (quantized with their
-    ranges), the attention itself runs on them in FP16 (cuDNN / flash through SDPA).  Unlike
-    ``quantization.int8_attention`` the probabilities stay unquantized (no ``dq_probs`` step):
-    fused FP16 attention never materializes them.  ``qkv_on_grid``: the input already holds INT8
-    values of ``qkv_scale`` (its GEMM wrote them), so it is not quantized again; ``out_type``
-    int8: the context is returned as its int8 codes."""
-    from helpers.portable import kernels
+    """``-imh`` attention on CUDA: ``quantization.int8_attention`` as one Triton kernel.  The QKV
+    input may come as its int8 codes; ``out_type`` int8: the context is returned as its codes."""
+    from helpers.portable.kernels.int8_attention import int8_attention_into
 
     def attention(qkv: torch.Tensor, mask: torch.Tensor | None = None) -> Sequence[torch.Tensor]:
         mask_idx = mask[:, 0] if has_mask and mask is not None else None
-        values = qkv.flatten(2) if qkv_on_grid else _quantize_fast(qkv.flatten(2), qkv_scale, codes=False)
-        ctx = kernels.attention_fixed(values, mask_idx, heads)
-        if out_type == torch.int8:
-            return (_quantize_fast(ctx, ctx_scale, codes=True).unflatten(-1, (-1, 1, 1)),)
-        return (_quantize_fast(ctx, ctx_scale, codes=False).unflatten(-1, (-1, 1, 1)).to(out_type),)
+        rows = qkv.flatten(2).contiguous()
+        out = torch.empty(*rows.shape[:2], rows.shape[2] // 3, dtype=out_type, device=rows.device)
+        int8_attention_into(out, rows, mask_idx, heads, qkv_scale, ctx_scale, dq_probs)
+        return (out.unflatten(-1, (-1, 1, 1)),)
 
     return attention
 

@@ -25,8 +25,9 @@ def _row_launch(hidden: int) -> tuple[int, int]:
 
 @triton.jit
 def _normalize(v, cols_mask, gamma, beta, hidden, eps):
-    mean = tl.sum(v, axis=0) / hidden
-    var = tl.sum(v * v, axis=0) / hidden - mean * mean
+    # Statistics over the last axis: of one row (1-D ``v``) or of each row of a block (2-D).
+    mean = tl.sum(v, axis=-1, keep_dims=True) / hidden
+    var = tl.sum(v * v, axis=-1, keep_dims=True) / hidden - mean * mean
     return (v - mean) * (1.0 / tl.sqrt(var + eps)) * gamma + beta
 
 

@@ -20,14 +20,29 @@ from triton.language.extra import libdevice
 from helpers.portable.kernels.norms import _load_params, _normalize, _row_launch
 
 _BLOCK = 2048
-# What a pass stores: int8 codes, FP8 E4M3 codes, INT8 values (codes · scale) in the output's
-# float dtype, or plain float values (the INT8 GEMM's epilogue only).
-INT8_CODES, FP8_CODES, INT8_VALUES, FLOAT_VALUES = 0, 1, 2, 3
+# What a pass stores: int8 codes, FP8 E4M3 codes, or plain float values (the INT8 GEMM's epilogue only).
+INT8_CODES, FP8_CODES, FLOAT_VALUES = 0, 1, 2
 
 
 @triton.jit
 def _int8_grid(v, scale):
+    """The code of ``v`` on the INT8 grid of ``scale``, as a float."""
     return tl.minimum(tl.maximum(libdevice.rint(v / scale), -128.0), 127.0)
+
+
+# 1.5 · 2²³: adding it to a float32 of magnitude ≤ 2²² makes the adder round that value to an
+# integer (half to even, as ``rint``) held in the sum's low mantissa bits, and the sum's low byte is
+# then the int8 code (the constant's is zero).  Two ALU operations instead of ``rint`` and a
+# float-to-int conversion, which take the conversion unit (16 per clock per SM on Hopper): that
+# unit bounds the INT8 GEMM's epilogue.
+_ROUNDING_SHIFT = tl.constexpr(12582912.0)
+
+
+@triton.jit
+def _int8_codes(v, scale):
+    """``_int8_grid(v, scale)`` as int8."""
+    shifted = tl.minimum(tl.maximum(v / scale, -128.0), 127.0) + _ROUNDING_SHIFT
+    return shifted.to(tl.int32, bitcast=True).to(tl.int8)
 
 
 @triton.jit
@@ -36,17 +51,15 @@ def _quantize_kernel(x_ptr, out_ptr, numel, out_scale, MODE: tl.constexpr, BLOCK
     in_range = offsets < numel
     v = tl.load(x_ptr + offsets, mask=in_range, other=0).to(tl.float32)
     if MODE == 0:
-        tl.store(out_ptr + offsets, _int8_grid(v, out_scale).to(tl.int8), mask=in_range)
-    elif MODE == 1:
+        tl.store(out_ptr + offsets, _int8_codes(v, out_scale), mask=in_range)
+    else:
         codes = tl.minimum(tl.maximum(v / out_scale, -448.0), 448.0)  # the finite E4M3 range
         tl.store(out_ptr + offsets, codes.to(out_ptr.dtype.element_ty), mask=in_range)
-    else:
-        tl.store(out_ptr + offsets, (_int8_grid(v, out_scale) * out_scale).to(out_ptr.dtype.element_ty), mask=in_range)
 
 
 def quantize_into(out: torch.Tensor, x: torch.Tensor, mode: int, out_scale: float) -> None:
     """``out = store(x)`` over contiguous tensors of one shape; ``store`` per ``mode``
-    (``INT8_CODES``, ``FP8_CODES`` or ``INT8_VALUES``) with the per-tensor ``out_scale``."""
+    (``INT8_CODES`` or ``FP8_CODES``) with the per-tensor ``out_scale``."""
     numel = x.numel()
     if numel == 0:
         return
@@ -56,38 +69,47 @@ def quantize_into(out: torch.Tensor, x: torch.Tensor, mode: int, out_scale: floa
 
 @triton.jit
 def _int8_skip_layernorm_kernel(
-    x_ptr, skip_ptr, bias_ptr, gamma_ptr, beta_ptr, out_ptr, hidden, eps, x_scale, skip_scale, out_scale,
+    x_ptr, skip_ptr, bias_ptr, gamma_ptr, beta_ptr, out_ptr, n_rows, hidden, eps, x_scale, skip_scale, out_scale,
     HAS_BIAS: tl.constexpr, X_CODES: tl.constexpr, SKIP_CODES: tl.constexpr, OUT_CODES: tl.constexpr,
-    BLOCK: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
+    # ROWS rows per program: an int8 row is a few hundred bytes, less than the float32 LayerNorm
+    # parameters, which each program reads once.
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
     cols_mask = cols < hidden
-    offsets = row * hidden + cols
+    mask = (rows < n_rows)[:, None] & cols_mask[None, :]
+    offsets = rows[:, None] * hidden + cols[None, :]
     # An input given as its int8 codes is already on its grid: codes · scale is the value the
     # quantize step makes from the float values those codes stand for.
     if X_CODES:
-        x = tl.load(x_ptr + offsets, mask=cols_mask, other=0).to(tl.float32) * x_scale
+        x = tl.load(x_ptr + offsets, mask=mask, other=0).to(tl.float32) * x_scale
     else:
-        x = _int8_grid(tl.load(x_ptr + offsets, mask=cols_mask, other=0.0).to(tl.float32), x_scale) * x_scale
+        x = _int8_grid(tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32), x_scale) * x_scale
     if SKIP_CODES:
-        skip = tl.load(skip_ptr + offsets, mask=cols_mask, other=0).to(tl.float32) * skip_scale
+        skip = tl.load(skip_ptr + offsets, mask=mask, other=0).to(tl.float32) * skip_scale
     else:
-        skip = _int8_grid(tl.load(skip_ptr + offsets, mask=cols_mask, other=0.0).to(tl.float32), skip_scale) * skip_scale
+        skip = _int8_grid(tl.load(skip_ptr + offsets, mask=mask, other=0.0).to(tl.float32), skip_scale) * skip_scale
     v = x + skip
     if HAS_BIAS:
-        v += tl.load(bias_ptr + cols, mask=cols_mask, other=0.0).to(tl.float32)
+        v += tl.load(bias_ptr + cols, mask=cols_mask, other=0.0).to(tl.float32)[None, :]
     gamma, beta = _load_params(gamma_ptr, beta_ptr, cols, cols_mask, False)
-    y = _normalize(v, cols_mask, gamma, beta, hidden, eps)
+    y = _normalize(v, cols_mask, gamma[None, :], beta[None, :], hidden, eps)
     if OUT_CODES:
-        tl.store(out_ptr + offsets, _int8_grid(y, out_scale).to(tl.int8), mask=cols_mask)
+        tl.store(out_ptr + offsets, _int8_codes(y, out_scale), mask=mask)
     else:
-        tl.store(out_ptr + offsets, (_int8_grid(y, out_scale) * out_scale).to(out_ptr.dtype.element_ty), mask=cols_mask)
+        tl.store(out_ptr + offsets, (_int8_grid(y, out_scale) * out_scale).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# Rows per program of the INT8 skip-LayerNorm at BERT's widths (a sweep on the H100: bench/int8_speed.py
+# --layernorm-rows).
+INT8_SKIP_LAYERNORM_ROWS = 4
 
 
 def int8_skip_layernorm_into(
     out: torch.Tensor, x: torch.Tensor, skip: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
     bias: torch.Tensor | None, x_scale: float, skip_scale: float, out_scale: float, eps: float,
+    rows_per_program: int = INT8_SKIP_LAYERNORM_ROWS,  # a power of two
 ) -> None:
     """The normalized output of ``quantization.int8_skip_layernorm`` over contiguous ``[..., E]`` rows.
 
@@ -98,10 +120,10 @@ def int8_skip_layernorm_into(
     rows = x.numel() // hidden if hidden else 0
     if rows == 0:
         return
-    block, warps = _row_launch(hidden)
-    _int8_skip_layernorm_kernel[(rows,)](
-        x, skip, bias if bias is not None else gamma, gamma, beta, out, hidden, float(eps),
+    _, warps = _row_launch(hidden * rows_per_program)
+    _int8_skip_layernorm_kernel[(triton.cdiv(rows, rows_per_program),)](
+        x, skip, bias if bias is not None else gamma, gamma, beta, out, rows, hidden, float(eps),
         float(x_scale), float(skip_scale), float(out_scale),
         HAS_BIAS=bias is not None, X_CODES=x.dtype == torch.int8, SKIP_CODES=skip.dtype == torch.int8,
-        OUT_CODES=out.dtype == torch.int8, BLOCK=block, num_warps=warps,
+        OUT_CODES=out.dtype == torch.int8, ROWS=rows_per_program, BLOCK=triton.next_power_of_2(hidden), num_warps=warps,
     )

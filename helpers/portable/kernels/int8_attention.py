@@ -1,0 +1,163 @@
+"""Triton fused INT8 attention: the ``-imh`` QKV-to-context plugin (``type_id`` INT8) on CUDA.
+
+The reference is ``quantization.int8_attention``: Q·Kᵀ on the int8 codes (exact int32), scaled by
+``s_qkv² / √H``; softmax in float32; the probabilities quantized with step ``dq_probs`` to codes
+0…127; P·V on the codes (exact int32), scaled by ``dq_probs · s_qkv``; the context written on the
+INT8 grid of ``ctx_scale``.  Q·Kᵀ runs on the int8 tensor cores, P·V on the FP16 ones with the
+same exact integer result (``_times_v``).
+
+One program takes ``BLOCK_M`` queries of one (sequence, head).  When all keys fit in one block
+the scores are made once; otherwise it walks the keys twice: first for each row's maximum and sum
+of exponentials, then for the probabilities, which can only be quantized once that sum is known,
+and their product with V.  The exponentials use ``exp2`` (the hardware's),
+so a probability may differ from PyTorch's in its last bits and, at a tie, move its code by one; the
+context then moves by at most one step of its grid.  Imported lazily: Triton exists only on GPU
+machines.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from helpers.portable.kernels.quant_kernels import _ROUNDING_SHIFT, _int8_codes, _int8_grid
+
+
+@triton.jit
+def _load_codes(ptrs, mask, scale, CODES: tl.constexpr):
+    """int8 codes of a [rows, dims] tile: read as they are, or quantized from float values."""
+    if CODES:
+        return tl.load(ptrs, mask=mask, other=0)
+    return _int8_grid(tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), scale).to(tl.int8)
+
+
+@triton.jit
+def _scores(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, score_scale, QKV_CODES: tl.constexpr):
+    """log2-scaled scores [BLOCK_M, BLOCK_N] of the keys ``keys``; -inf past the valid ones."""
+    # K read as a [dims, keys] tile, contiguous along dims: the operand layout of int8 tensor cores.
+    k = _load_codes(qkv_ptr + key_rows[None, :] + k_cols[:, None], in_head[:, None] & (keys < valid)[None, :],
+                    qkv_scale, QKV_CODES)
+    scores = tl.dot(q, k, out_dtype=tl.int32).to(tl.float32) * score_scale
+    return tl.where((keys < valid)[None, :], scores, float("-inf"))
+
+
+@triton.jit
+def _times_v(context, exps, inv_sum, qkv_ptr, key_rows, v_cols, keys, in_head, valid, qkv_scale,
+             QKV_CODES: tl.constexpr):
+    """``context`` + (probability codes of ``exps · inv_sum``) · (V codes of ``keys``)."""
+    # Probability / dq_probs rounded half to even into 0…127 (quant_kernels._int8_codes' way).
+    steps = tl.minimum(exps * inv_sum[:, None], 127.0) + _ROUNDING_SHIFT
+    prob_codes = steps.to(tl.int32, bitcast=True).to(tl.int8)
+    v = _load_codes(qkv_ptr + key_rows[:, None] + v_cols[None, :], (keys < valid)[:, None] & in_head[None, :],
+                    qkv_scale, QKV_CODES)
+    # On FP16 tensor cores: codes and their products are exact there, and the sums stay below 2²⁴
+    # (S · 127 · 127, MAX_SEQ_LEN), exact in the float32 accumulator: the int32 result, while V's
+    # layout (dims contiguous) is one Hopper's int8 instructions cannot read as this operand.
+    return tl.dot(prob_codes.to(tl.float16), v.to(tl.float16), context)
+
+
+@triton.jit
+def _int8_attention_kernel(
+    qkv_ptr, mask_ptr, out_ptr, seq_len, batch, qkv_scale, score_scale, inv_dq_probs, pv_scale, out_scale,
+    HEADS: tl.constexpr, HEAD: tl.constexpr, HEAD_BLOCK: tl.constexpr, HAS_MASK: tl.constexpr,
+    QKV_CODES: tl.constexpr, OUT_CODES: tl.constexpr, ONE_KEY_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    seq = tl.program_id(0) // HEADS
+    head = tl.program_id(0) % HEADS
+    queries = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, HEAD_BLOCK)
+    in_head = dims < HEAD
+    # Token (s, b) is row s·B + b of [S, B, 3E]; head n's q | k | v are its columns 3Hn + [0, H, 2H).
+    width = 3 * HEADS * HEAD
+    q_cols = head * 3 * HEAD + dims
+    q_rows = (queries.to(tl.int64) * batch + seq) * width
+    q = _load_codes(qkv_ptr + q_rows[:, None] + q_cols[None, :], (queries < seq_len)[:, None] & in_head[None, :],
+                    qkv_scale, QKV_CODES)
+    valid = seq_len
+    if HAS_MASK:
+        valid = tl.minimum(tl.load(mask_ptr + seq), seq_len)
+
+    context = tl.zeros([BLOCK_M, HEAD_BLOCK], tl.float32)
+    if ONE_KEY_BLOCK:  # all keys in one block: the scores and exponentials are made once
+        keys = tl.arange(0, BLOCK_N)
+        key_rows = (keys.to(tl.int64) * batch + seq) * width
+        scores = _scores(q, qkv_ptr, keys, key_rows, q_cols + HEAD, in_head, valid, qkv_scale, score_scale, QKV_CODES)
+        row_max = tl.max(scores, axis=1)
+        exps = tl.exp2(scores - tl.where(row_max == float("-inf"), 0.0, row_max)[:, None])
+        row_sum = tl.sum(exps, axis=1)
+        inv_sum = tl.where(row_sum > 0.0, inv_dq_probs / row_sum, 0.0)
+        context = _times_v(context, exps, inv_sum, qkv_ptr, key_rows, q_cols + 2 * HEAD, keys, in_head, valid,
+                           qkv_scale, QKV_CODES)
+    else:
+        row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        row_sum = tl.zeros([BLOCK_M], tl.float32)
+        for start in range(0, seq_len, BLOCK_N):
+            keys = start + tl.arange(0, BLOCK_N)
+            key_rows = (keys.to(tl.int64) * batch + seq) * width
+            scores = _scores(q, qkv_ptr, keys, key_rows, q_cols + HEAD, in_head, valid, qkv_scale, score_scale,
+                             QKV_CODES)
+            new_max = tl.maximum(row_max, tl.max(scores, axis=1))
+            # A row with no valid key yet keeps -inf: shift by 0 there, so no inf - inf.
+            shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+            row_sum = row_sum * tl.exp2(row_max - shift) + tl.sum(tl.exp2(scores - shift[:, None]), axis=1)
+            row_max = new_max
+        shift = tl.where(row_max == float("-inf"), 0.0, row_max)
+        # A sequence with no valid key has probabilities 0 (the reference's NaN → 0): context 0.
+        inv_sum = tl.where(row_sum > 0.0, inv_dq_probs / row_sum, 0.0)
+        for start in range(0, seq_len, BLOCK_N):
+            keys = start + tl.arange(0, BLOCK_N)
+            key_rows = (keys.to(tl.int64) * batch + seq) * width
+            scores = _scores(q, qkv_ptr, keys, key_rows, q_cols + HEAD, in_head, valid, qkv_scale, score_scale,
+                             QKV_CODES)
+            context = _times_v(context, tl.exp2(scores - shift[:, None]), inv_sum, qkv_ptr, key_rows,
+                               q_cols + 2 * HEAD, keys, in_head, valid, qkv_scale, QKV_CODES)
+
+    values = context * pv_scale
+    out_ptrs = out_ptr + (queries.to(tl.int64) * batch + seq)[:, None] * (HEADS * HEAD) + (head * HEAD + dims)[None, :]
+    out_mask = (queries < seq_len)[:, None] & in_head[None, :]
+    if OUT_CODES:
+        tl.store(out_ptrs, _int8_codes(values, out_scale), mask=out_mask)
+    else:
+        tl.store(out_ptrs, (_int8_grid(values, out_scale) * out_scale).to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+MAX_SEQ_LEN = 1040  # P·V's sums reach S · 127 · 127, exact in float32 below 2²⁴
+
+
+def attention_blocks(seq_len: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, warps): the winners of a sweep on the H100 (``bench/int8_speed.py
+    --attention``, BERT-large at batch 128): all keys in one block up to 128, else two passes over
+    blocks of 64 (one block of 512 keys spills registers)."""
+    return (64, 128, 4) if seq_len <= 128 else (128, 64, 8)
+
+
+def int8_attention_into(
+    out: torch.Tensor, qkv: torch.Tensor, mask_idx: torch.Tensor | None, num_heads: int, qkv_scale: float,
+    ctx_scale: float, dq_probs: float, blocks: tuple[int, int, int] | None = None,
+) -> None:
+    """``out [S, B, E]`` = ``quantization.int8_attention`` of ``qkv [S, B, 3E]`` (contiguous; int8
+    codes of ``qkv_scale``, or float values) with ``mask_idx [B]`` (valid keys per sequence) or
+    none; ``out`` int8: the context's codes, else its INT8 values in ``out``'s dtype.  ``blocks``
+    pins (BLOCK_M, BLOCK_N, warps) in place of ``attention_blocks``."""
+    seq_len, batch, width = qkv.shape
+    head = width // (3 * num_heads)
+    if out.shape != (seq_len, batch, num_heads * head) or not (qkv.is_contiguous() and out.is_contiguous()):
+        raise ValueError(f"int8_attention_into: qkv {tuple(qkv.shape)} -> out {tuple(out.shape)}")
+    if seq_len > MAX_SEQ_LEN:
+        raise ValueError(f"int8_attention_into: {seq_len} tokens, more than the {MAX_SEQ_LEN} whose P·V is exact")
+    if seq_len == 0 or batch == 0:
+        return
+    block_m, block_n, warps = blocks or attention_blocks(seq_len)
+    mask = mask_idx.to(torch.int32).contiguous() if mask_idx is not None else qkv
+    score_scale = qkv_scale * qkv_scale / math.sqrt(head) * math.log2(math.e)
+    grid = (batch * num_heads, triton.cdiv(seq_len, block_m))
+    _int8_attention_kernel[grid](
+        qkv, mask, out, seq_len, batch, float(qkv_scale), score_scale, 1.0 / dq_probs, dq_probs * qkv_scale,
+        float(ctx_scale), HEADS=num_heads, HEAD=head, HEAD_BLOCK=max(32, triton.next_power_of_2(head)),
+        HAS_MASK=mask_idx is not None, QKV_CODES=qkv.dtype == torch.int8, OUT_CODES=out.dtype == torch.int8,
+        ONE_KEY_BLOCK=seq_len <= block_n, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+    )
