@@ -3,7 +3,7 @@
 * Kernel (GPU machine only): the Triton INT8 GEMMs (cp.async and TMA) against the exact integer
   product (float64 on the CPU) with the float32 epilogue of ``quantization.int8_linear`` (+
   ``ops.gelu_tanh``), on awkward sizes, every epilogue and every tuning configuration.
-* Plan: which tensors the lowered CUDA plan hands over as int8 codes / INT8 values (decided on
+* Plan: which tensors the lowered CUDA plan hands over as int8 codes (decided on
   the CPU from a built engine), and, on the GPU, that the hand-overs change no result.
 """
 
