@@ -34,13 +34,35 @@ def _load_codes(ptrs, mask, scale, CODES: tl.constexpr):
     return _int8_grid(tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), scale).to(tl.int8)
 
 
+# The kernel is bound by instructions per score, not by its tensor cores: the conversion unit (16
+# per clock per SM, like the exponential's) is kept for exp2 alone.  Integers become floats by bit
+# arithmetic: i + 1.5·2²³ (|i| < 2²²) is a float32 whose low bits hold i, and 1536 + c (|c| ≤ 128)
+# an FP16 whose low bits hold c.
+_FLOAT32_SHIFT_BITS = tl.constexpr(0x4B400000)  # the bits of _ROUNDING_SHIFT
+_HALF_SHIFT = tl.constexpr(1536.0)
+_HALF_SHIFT_BITS = tl.constexpr(0x6600)
+
+
+@triton.jit
+def _int32_to_float(x):
+    """int32 ``x`` with |x| < 2²² as float32, exactly."""
+    return (x + _FLOAT32_SHIFT_BITS).to(tl.float32, bitcast=True) - _ROUNDING_SHIFT
+
+
+@triton.jit
+def _int16_to_half(x):
+    """int16 ``x`` in [-128, 128] as float16, exactly."""
+    return ((x + _HALF_SHIFT_BITS).to(tl.float16, bitcast=True) - _HALF_SHIFT).to(tl.float16)
+
+
 @triton.jit
 def _scores(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, score_scale, QKV_CODES: tl.constexpr):
     """log2-scaled scores [BLOCK_M, BLOCK_N] of the keys ``keys``; -inf past the valid ones."""
     # K read as a [dims, keys] tile, contiguous along dims: the operand layout of int8 tensor cores.
     k = _load_codes(qkv_ptr + key_rows[None, :] + k_cols[:, None], in_head[:, None] & (keys < valid)[None, :],
                     qkv_scale, QKV_CODES)
-    scores = tl.dot(q, k, out_dtype=tl.int32).to(tl.float32) * score_scale
+    # |q·k| ≤ H · 128² < 2²² (MAX_HEAD_SIZE).
+    scores = _int32_to_float(tl.dot(q, k, out_dtype=tl.int32)) * score_scale
     return tl.where((keys < valid)[None, :], scores, float("-inf"))
 
 
@@ -48,15 +70,16 @@ def _scores(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, score
 def _times_v(context, exps, inv_sum, qkv_ptr, key_rows, v_cols, keys, in_head, valid, qkv_scale,
              QKV_CODES: tl.constexpr):
     """``context`` + (probability codes of ``exps · inv_sum``) · (V codes of ``keys``)."""
-    # Probability / dq_probs rounded half to even into 0…127 (quant_kernels._int8_codes' way).
+    # Probability / dq_probs rounded half to even into 0…127 (quant_kernels._int8_codes' way), its
+    # float32 bits turned into those of the FP16 1536 + code.
     steps = tl.minimum(exps * inv_sum[:, None], 127.0) + _ROUNDING_SHIFT
-    prob_codes = steps.to(tl.int32, bitcast=True).to(tl.int8)
+    prob_codes = _int16_to_half((steps.to(tl.int32, bitcast=True) - _FLOAT32_SHIFT_BITS).to(tl.int16))
     v = _load_codes(qkv_ptr + key_rows[:, None] + v_cols[None, :], (keys < valid)[:, None] & in_head[None, :],
                     qkv_scale, QKV_CODES)
     # On FP16 tensor cores: codes and their products are exact there, and the sums stay below 2²⁴
     # (S · 127 · 127, MAX_SEQ_LEN), exact in the float32 accumulator: the int32 result, while V's
     # layout (dims contiguous) is one Hopper's int8 instructions cannot read as this operand.
-    return tl.dot(prob_codes.to(tl.float16), v.to(tl.float16), context)
+    return tl.dot(prob_codes, _int16_to_half(v.to(tl.int16)), context)
 
 
 @triton.jit
@@ -126,6 +149,7 @@ def _int8_attention_kernel(
 
 
 MAX_SEQ_LEN = 1040  # P·V's sums reach S · 127 · 127, exact in float32 below 2²⁴
+MAX_HEAD_SIZE = 255  # Q·K's sums reach H · 128², turned into floats exactly below 2²²
 
 
 def attention_blocks(seq_len: int) -> tuple[int, int, int]:
@@ -147,8 +171,9 @@ def int8_attention_into(
     head = width // (3 * num_heads)
     if out.shape != (seq_len, batch, num_heads * head) or not (qkv.is_contiguous() and out.is_contiguous()):
         raise ValueError(f"int8_attention_into: qkv {tuple(qkv.shape)} -> out {tuple(out.shape)}")
-    if seq_len > MAX_SEQ_LEN:
-        raise ValueError(f"int8_attention_into: {seq_len} tokens, more than the {MAX_SEQ_LEN} whose P·V is exact")
+    if seq_len > MAX_SEQ_LEN or head > MAX_HEAD_SIZE:
+        raise ValueError(f"int8_attention_into: {seq_len} tokens of heads {head} wide, beyond the "
+                         f"{MAX_SEQ_LEN} × {MAX_HEAD_SIZE} whose products are exact")
     if seq_len == 0 or batch == 0:
         return
     block_m, block_n, warps = blocks or attention_blocks(seq_len)
