@@ -265,28 +265,29 @@ def test_cuda_int8_skip_layernorm_on_codes_makes_the_same_codes():
     assert torch.equal(mixed, codes)
 
 
-# (S, B, heads, head size, (BLOCK_M, BLOCK_N, warps)): BERT's head size and the tiny test models',
-# lengths that are no multiple of the blocks, one or several key blocks.
+# (S, B, heads, head size, (BLOCK_M, BLOCK_N, warps), dq_probs): BERT's head size and the tiny test
+# models', lengths that are no multiple of the blocks, one or several key blocks, probability codes
+# that reach 127 or saturate there.
 INT8_ATTENTION_CASES = [
-    (37, 3, 2, 64, (64, 128, 4)),
-    (130, 2, 3, 64, (64, 64, 4)),
-    (384, 1, 2, 64, (128, 128, 8)),
-    (384, 2, 2, 64, (32, 512, 4)),
-    (20, 3, 4, 16, (16, 32, 4)),
+    (37, 3, 2, 64, (64, 128, 4), 1 / 127),
+    (130, 2, 3, 64, (64, 64, 4), 1 / 127),
+    (384, 1, 2, 64, (128, 128, 8), 1 / 127),
+    (384, 2, 2, 64, (32, 512, 4), 1 / 255),
+    (20, 3, 4, 16, (16, 32, 4), 1 / 255),
 ]
 
 
 @CUDA
-@pytest.mark.parametrize("seq, batch, heads, head, blocks", INT8_ATTENTION_CASES)
+@pytest.mark.parametrize("seq, batch, heads, head, blocks, dq_probs", INT8_ATTENTION_CASES)
 @pytest.mark.parametrize("codes_in, out_dtype", [(True, torch.int8), (False, torch.float16), (False, torch.float32)])
-def test_cuda_int8_attention_is_the_reference(seq, batch, heads, head, blocks, codes_in, out_dtype):
+def test_cuda_int8_attention_is_the_reference(seq, batch, heads, head, blocks, dq_probs, codes_in, out_dtype):
     """The Triton -imh attention against ``quantization.int8_attention``: at most one context code off
     (a probability whose exp2 lands on the other side of a rounding tie), rarely; sequences with all,
     some and no valid keys."""
     from helpers.portable.kernels.int8_attention import int8_attention_into
 
     qkv_codes = torch.randint(-127, 128, (seq, batch, 3 * heads * head), generator=gen(60 + seq), dtype=torch.int8)
-    qkv_scale, ctx_scale, dq_probs = 0.02, 0.004, 1 / 127
+    qkv_scale, ctx_scale = 0.02, 0.004
     mask_idx = torch.tensor([seq, max(1, seq // 3), 0][:batch], dtype=torch.int32)
     values = qkv_codes.float() * qkv_scale
     reference = q.quantize(q.int8_attention(values, mask_idx, heads, qkv_scale, ctx_scale, dq_probs), ctx_scale)

@@ -61,19 +61,24 @@ def _scores(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, score
     # K read as a [dims, keys] tile, contiguous along dims: the operand layout of int8 tensor cores.
     k = _load_codes(qkv_ptr + key_rows[None, :] + k_cols[:, None], in_head[:, None] & (keys < valid)[None, :],
                     qkv_scale, QKV_CODES)
-    # |q·k| ≤ H · 128² < 2²² (MAX_HEAD_SIZE).
-    scores = _int32_to_float(tl.dot(q, k, out_dtype=tl.int32)) * score_scale
-    return tl.where((keys < valid)[None, :], scores, float("-inf"))
+    # |q·k| ≤ H · 128² < 2²² (MAX_HEAD_SIZE).  The mask as a per-key bias of 0 or -inf: one fused
+    # multiply-add with the scale, not a select per score.
+    key_bias = tl.where(keys < valid, 0.0, float("-inf"))
+    return _int32_to_float(tl.dot(q, k, out_dtype=tl.int32)) * score_scale + key_bias[None, :]
 
 
 @triton.jit
 def _times_v(context, exps, inv_sum, qkv_ptr, key_rows, v_cols, keys, in_head, valid, qkv_scale,
-             QKV_CODES: tl.constexpr):
+             QKV_CODES: tl.constexpr, CLAMP: tl.constexpr):
     """``context`` + (probability codes of ``exps · inv_sum``) · (V codes of ``keys``)."""
-    # Probability / dq_probs rounded half to even into 0…127 (quant_kernels._int8_codes' way), its
-    # float32 bits turned into those of the FP16 1536 + code.
-    steps = tl.minimum(exps * inv_sum[:, None], 127.0) + _ROUNDING_SHIFT
-    prob_codes = _int16_to_half((steps.to(tl.int32, bitcast=True) - _FLOAT32_SHIFT_BITS).to(tl.int16))
+    # Probability / dq_probs rounded half to even into 0…127 (quant_kernels._int8_codes' way; the
+    # clamp only where 1 / dq_probs would round above 127), the float32 bits M + code turned by one
+    # subtraction into the FP16 bits of 1536 + code.
+    steps = exps * inv_sum[:, None]
+    if CLAMP:
+        steps = tl.minimum(steps, 127.0)
+    half_bits = ((steps + _ROUNDING_SHIFT).to(tl.int32, bitcast=True) - (_FLOAT32_SHIFT_BITS - _HALF_SHIFT_BITS))
+    prob_codes = (half_bits.to(tl.int16).to(tl.float16, bitcast=True) - _HALF_SHIFT).to(tl.float16)
     v = _load_codes(qkv_ptr + key_rows[:, None] + v_cols[None, :], (keys < valid)[:, None] & in_head[None, :],
                     qkv_scale, QKV_CODES)
     # On FP16 tensor cores: codes and their products are exact there, and the sums stay below 2²⁴
@@ -86,8 +91,8 @@ def _times_v(context, exps, inv_sum, qkv_ptr, key_rows, v_cols, keys, in_head, v
 def _int8_attention_kernel(
     qkv_ptr, mask_ptr, out_ptr, seq_len, batch, qkv_scale, score_scale, inv_dq_probs, pv_scale, out_scale,
     HEADS: tl.constexpr, HEAD: tl.constexpr, HEAD_BLOCK: tl.constexpr, HAS_MASK: tl.constexpr,
-    QKV_CODES: tl.constexpr, OUT_CODES: tl.constexpr, ONE_KEY_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    QKV_CODES: tl.constexpr, OUT_CODES: tl.constexpr, CLAMP: tl.constexpr, ONE_KEY_BLOCK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     seq = tl.program_id(0) // HEADS
     head = tl.program_id(0) % HEADS
@@ -114,7 +119,7 @@ def _int8_attention_kernel(
         row_sum = tl.sum(exps, axis=1)
         inv_sum = tl.where(row_sum > 0.0, inv_dq_probs / row_sum, 0.0)
         context = _times_v(context, exps, inv_sum, qkv_ptr, key_rows, q_cols + 2 * HEAD, keys, in_head, valid,
-                           qkv_scale, QKV_CODES)
+                           qkv_scale, QKV_CODES, CLAMP)
     else:
         row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
         row_sum = tl.zeros([BLOCK_M], tl.float32)
@@ -137,7 +142,7 @@ def _int8_attention_kernel(
             scores = _scores(q, qkv_ptr, keys, key_rows, q_cols + HEAD, in_head, valid, qkv_scale, score_scale,
                              QKV_CODES)
             context = _times_v(context, tl.exp2(scores - shift[:, None]), inv_sum, qkv_ptr, key_rows,
-                               q_cols + 2 * HEAD, keys, in_head, valid, qkv_scale, QKV_CODES)
+                               q_cols + 2 * HEAD, keys, in_head, valid, qkv_scale, QKV_CODES, CLAMP)
 
     values = context * pv_scale
     out_ptrs = out_ptr + (queries.to(tl.int64) * batch + seq)[:, None] * (HEADS * HEAD) + (head * HEAD + dims)[None, :]
@@ -184,5 +189,5 @@ def int8_attention_into(
         qkv, mask, out, seq_len, batch, float(qkv_scale), score_scale, 1.0 / dq_probs, dq_probs * qkv_scale,
         float(ctx_scale), HEADS=num_heads, HEAD=head, HEAD_BLOCK=max(32, triton.next_power_of_2(head)),
         HAS_MASK=mask_idx is not None, QKV_CODES=qkv.dtype == torch.int8, OUT_CODES=out.dtype == torch.int8,
-        ONE_KEY_BLOCK=seq_len <= block_n, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+        CLAMP=1.0 / dq_probs >= 127.5, ONE_KEY_BLOCK=seq_len <= block_n, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
     )
