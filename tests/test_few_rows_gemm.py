@@ -157,6 +157,19 @@ def test_pdl_is_on_for_the_batch_1_chain_only(monkeypatch):
 
 
 @CUDA
+def test_prefetch_rule_takes_small_weights_with_bulk_prefetchable_rows(few_rows_gemm):
+    """BERT-base's weights (≤ 768 × 3072) and BERT-large's attention output are prefetched under PDL,
+    BERT-large's QKV and FC weights are not, nor rows the bulk prefetch cannot take (K % 8)."""
+    def weight(n, k):
+        return torch.empty(n, k, dtype=torch.float16, device="cuda")
+
+    assert few_rows_gemm._prefetches(weight(3072, 768)) and few_rows_gemm._prefetches(weight(768, 3072))
+    assert few_rows_gemm._prefetches(weight(1024, 1024))
+    assert not few_rows_gemm._prefetches(weight(3072, 1024)) and not few_rows_gemm._prefetches(weight(4096, 1024))
+    assert not few_rows_gemm._prefetches(weight(64, 60))
+
+
+@CUDA
 def test_refusals(few_rows_gemm):
     rows, weight = operands(8, 16, 32)
     with pytest.raises(ValueError, match="float16"):

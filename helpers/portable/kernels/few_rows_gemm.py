@@ -7,9 +7,10 @@ split over K, the float32 partial products ``[S, M, N]`` that the following skip
 At a few hundred rows a GEMM is bound by the latency of starting to stream its weight from HBM,
 not by bandwidth (docs/perf/KERNELS.md).  Under PDL (``kernels.pdl``) each program first lets the
 next kernel launch, then waits for the previous one: a chain of these kernels skips the launch
-gaps, and the next kernel's programs are resident when this one ends.  Prefetching the weight slab
-into L2 before the wait (``cp.async.bulk.prefetch``) was measured slower and is not done
-(docs/perf/KERNELS.md, "Batch 1: PDL chain").
+gaps, and the next kernel's programs are resident when this one ends.  Before its wait, a GEMM
+whose weight is at most ``PREFETCH_MAX_WEIGHT_BYTES`` asks the TMA unit to prefetch its weight
+slab into L2 (``cp.async.bulk.prefetch``), so its first reads overlap the previous kernel; larger
+weights' prefetches slowed the chain (docs/perf/KERNELS.md, "Batch 1: PDL chain").
 
 Tile configurations per (N, K, row bucket) are the winners of ``bench/batch1_latency.py --sweep``
 on the H100; other shapes take the defaults.  Imported lazily: Triton exists only on GPU machines.
@@ -71,17 +72,28 @@ def config_for(m: int, n: int, k: int, partials: bool) -> Config:
     return CONFIGS.get((n, k, row_bucket(m), partials), default)
 
 
+# End to end under PDL (BERT 128 × 1, CUDA graph): prefetching every weight made base 3 % faster and
+# large 2 % slower; prefetching those up to 5 MiB (all of base's, large's attention-output one)
+# made base 3.3 % and large 0.8 % faster.
+PREFETCH_MAX_WEIGHT_BYTES = 5 << 20
+
+
+@triton.jit
+def _prefetch_rows_to_l2(row_ptrs, nbytes):
+    # One bulk prefetch per weight row of the slab (sm_90+); no result.
+    tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2; // $0", "=r,l,r", [row_ptrs, nbytes],
+                              dtype=tl.int32, is_pure=False, pack=1)
+
+
 @triton.jit
 def _few_rows_gemm_kernel(
     a_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_a, stride_w, k_per_split, coeff, sqrt_2_over_pi,
     HAS_BIAS: tl.constexpr, GELU: tl.constexpr, PARTIALS: tl.constexpr, USE_PDL: tl.constexpr,
-    EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PREFETCH: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     if USE_PDL:
-        # Let the next kernel's programs launch and take their places now; this one reads nothing
-        # before its predecessor ends (an L2 prefetch of the weights here measured slower).
         tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -90,6 +102,12 @@ def _few_rows_gemm_kernel(
     w_rows = (cols % N).to(tl.int64)
     k_begin = split * k_per_split
     k_len = tl.minimum(K - k_begin, k_per_split)
+    if USE_PDL:
+        if PREFETCH and pid_m == 0:
+            # Weights only (the contract of kernels.pdl): this program's slab, asked for once per
+            # column block and K split, by the first row block's program.
+            _prefetch_rows_to_l2(w_ptr + w_rows * stride_w + k_begin, tl.full([BLOCK_N], 0, tl.int32) + k_len * 2)
+        tl.extra.cuda.gdc_wait()
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     ks = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + (rows % M)[:, None].to(tl.int64) * stride_a + (k_begin + ks)[None, :]
@@ -128,6 +146,14 @@ def _check(rows: torch.Tensor, weight: torch.Tensor) -> None:
                          f"weight [N, K]; got {rows.dtype} {tuple(rows.shape)} x {weight.dtype} {tuple(weight.shape)}")
 
 
+def _prefetches(weight: torch.Tensor) -> bool:
+    """Whether the GEMM prefetches ``weight`` under PDL: small enough, and rows the bulk prefetch
+    takes (16-byte aligned, a multiple of 16 bytes: every K split spans a multiple of block_k)."""
+    n, k = weight.shape
+    return (n * k * weight.element_size() <= PREFETCH_MAX_WEIGHT_BYTES and k % 8 == 0
+            and weight.data_ptr() % 16 == 0 and torch.cuda.get_device_capability(weight.device)[0] >= 9)
+
+
 def _launch(out: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool,
             config: Config, splits: int, k_per_split: int) -> None:
     m, k = rows.shape
@@ -136,7 +162,7 @@ def _launch(out: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: t
     _few_rows_gemm_kernel[grid](
         rows, weight, bias if bias is not None else weight, out, m, n, k, rows.stride(0), weight.stride(0),
         k_per_split, GELU_COEFF, GELU_SQRT_2_OVER_PI,
-        HAS_BIAS=bias is not None, GELU=gelu, PARTIALS=out.dtype == torch.float32,
+        HAS_BIAS=bias is not None, GELU=gelu, PARTIALS=out.dtype == torch.float32, PREFETCH=_prefetches(weight),
         EVEN_K=k % config.block_k == 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         BLOCK_K=config.block_k, num_warps=config.warps, num_stages=config.stages, **pdl_launch(rows.device, m),
     )
