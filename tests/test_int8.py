@@ -303,6 +303,17 @@ def test_cuda_int8_attention_is_the_reference(seq, batch, heads, head, blocks, d
 
 
 @CUDA
+def test_cuda_int8_attention_refuses_sizes_whose_products_would_not_be_exact():
+    from helpers.portable.kernels.int8_attention import int8_attention_into
+
+    for seq, head in ((1041, 64), (8, 256)):
+        qkv = torch.zeros(seq, 1, 3 * head, dtype=torch.int8, device="cuda")
+        out = torch.empty(seq, 1, head, dtype=torch.int8, device="cuda")
+        with pytest.raises(ValueError, match="exact"):
+            int8_attention_into(out, qkv, None, 1, 0.02, 0.004, 1 / 127)
+
+
+@CUDA
 def test_cuda_fast_int8_attention_step_takes_the_plugin_mask():
     """``int8_plan._fast_int8_attention``, as the lowering runs it: the plugin's [S, B, 3E, 1, 1] input
     and its [B, 1] mask, the context returned as codes."""

@@ -9,10 +9,9 @@ same exact integer result (``_times_v``).
 One program takes ``BLOCK_M`` queries of one (sequence, head).  When all keys fit in one block
 the scores are made once; otherwise it walks the keys twice: first for each row's maximum and sum
 of exponentials, then for the probabilities, which can only be quantized once that sum is known,
-and their product with V.  The exponentials use ``exp2`` (the hardware's),
-so a probability may differ from PyTorch's in its last bits and, at a tie, move its code by one; the
-context then moves by at most one step of its grid.  Imported lazily: Triton exists only on GPU
-machines.
+and their product with V.  The exponentials use ``exp2`` (the hardware's), so a probability may
+differ from PyTorch's in its last bits and, at a tie, move its code by one; the context then moves
+by at most one step of its grid.  Imported lazily: Triton exists only on GPU machines.
 """
 
 from __future__ import annotations
@@ -189,5 +188,6 @@ def int8_attention_into(
         qkv, mask, out, seq_len, batch, float(qkv_scale), score_scale, 1.0 / dq_probs, dq_probs * qkv_scale,
         float(ctx_scale), HEADS=num_heads, HEAD=head, HEAD_BLOCK=max(32, triton.next_power_of_2(head)),
         HAS_MASK=mask_idx is not None, QKV_CODES=qkv.dtype == torch.int8, OUT_CODES=out.dtype == torch.int8,
-        CLAMP=1.0 / dq_probs >= 127.5, ONE_KEY_BLOCK=seq_len <= block_n, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+        CLAMP=1.0 / dq_probs >= 127.5, ONE_KEY_BLOCK=seq_len <= block_n, BLOCK_M=block_m, BLOCK_N=block_n,
+        num_warps=warps,
     )
