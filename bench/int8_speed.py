@@ -15,8 +15,9 @@ Triton INT8 GEMM (float output, and the epilogue the engine runs: GELU, int8 cod
 to back for that long in FP16 (cuBLAS) and then in INT8 (the Triton kernel, float output), printing
 each rate as it is measured: the rates the card holds at its power cap, whose ratio bounds what the
 INT8 engine's GEMMs can gain (about 2 × SECONDS + 10 s).
-``--layernorm-rows R`` (repeatable) times the INT8 skip-LayerNorm alone (int8 codes in and out,
-BERT-large's width, at the token counts of batch 128 × 128 / 384) with R rows per program.
+``--layernorm`` times the INT8 skip-LayerNorm alone (int8 codes in and out, BERT-large's width, at
+the token counts of batch 128 × 128 / 384) for each (rows per program, warps) of
+``LAYERNORM_CANDIDATES``.
 ``--attention`` times the ``-imh`` attention alone (BERT-large's 16 heads of 64, batch 128, S = 128
 and 384, codes in and out) for each of ``ATTENTION_CANDIDATES``, next to FP16 attention (the FP16
 engine's: SDPA) on the same shapes.
@@ -113,9 +114,12 @@ def time_gemms(rows: int) -> list[dict]:
     return records
 
 
-def time_int8_skip_layernorm(rows_per_program: list[int]) -> list[dict]:
+LAYERNORM_CANDIDATES = ((1, 4), (2, 4), (2, 2), (4, 2), (4, 4), (4, 8), (8, 4), (8, 8), (16, 8))
+
+
+def time_int8_skip_layernorm() -> list[dict]:
     """µs (CUDA-graph replays: no launch overhead) and GB/s (int8 bytes read and written) of
-    ``int8_skip_layernorm_into`` on codes, per token count and rows per program."""
+    ``int8_skip_layernorm_into`` on codes, per token count and (rows per program, warps)."""
     from bench.timing import time_graphed
     from helpers.portable.kernels.quant_kernels import int8_skip_layernorm_into
 
@@ -127,11 +131,11 @@ def time_int8_skip_layernorm(rows_per_program: list[int]) -> list[dict]:
         x, skip = (torch.randint(-128, 128, (tokens, hidden), device="cuda", generator=gen, dtype=torch.int8)
                    for _ in range(2))
         out = torch.empty_like(x)
-        for rows in rows_per_program:
+        for launch in LAYERNORM_CANDIDATES:
             ms = time_graphed(lambda: int8_skip_layernorm_into(out, x, skip, gamma, beta, bias, 0.03, 0.025, 0.04,
-                                                               1e-5, rows_per_program=rows)).median_ms
-            records.append({"int8_skip_layernorm_tokens": tokens, "rows_per_program": rows, "us": ms * 1e3,
-                            "gb_per_s": 3 * x.numel() / (ms * 1e-3) / 1e9})
+                                                               1e-5, launch=launch)).median_ms
+            records.append({"int8_skip_layernorm_tokens": tokens, "rows_per_program": launch[0], "warps": launch[1],
+                            "us": ms * 1e3, "gb_per_s": 3 * x.numel() / (ms * 1e-3) / 1e9})
     return records
 
 
@@ -220,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", action="append", choices=sorted(VARIANTS), help="engines (default all)")
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--gemm-rows", type=int, action="append", default=[], help="time the GEMMs alone at M rows")
-    parser.add_argument("--layernorm-rows", type=int, action="append", default=[],
-                        help="time the INT8 skip-LayerNorm alone with this many rows per program")
+    parser.add_argument("--layernorm", action="store_true", help="time the INT8 skip-LayerNorm kernel alone")
     parser.add_argument("--attention", action="store_true", help="time the -imh attention kernel alone")
     parser.add_argument("--no-engines", action="store_true", help="skip the engines (with --gemm-rows)")
     parser.add_argument("--sustained", type=float, default=0.0, metavar="SECONDS",
@@ -235,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         for record in time_gemms(rows):
             print(json.dumps(record), flush=True)
             records.append(record)
-    if args.layernorm_rows:
-        for record in time_int8_skip_layernorm(args.layernorm_rows):
+    if args.layernorm:
+        for record in time_int8_skip_layernorm():
             print(json.dumps(record), flush=True)
             records.append(record)
     if args.attention:

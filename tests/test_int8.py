@@ -219,9 +219,9 @@ def test_cuda_fused_fp8_gemm_is_the_reference_gemm():
 
 
 @CUDA
-@pytest.mark.parametrize("rows_per_program", [1, 4, 8])
+@pytest.mark.parametrize("launch", [(1, 4), (4, 8), (8, 4), (2, 1)])
 @pytest.mark.parametrize("shape", [(2, 64, 8, 1024), (3, 37, 768)])
-def test_cuda_fused_int8_skip_layernorm_is_the_reference(shape, rows_per_program):
+def test_cuda_fused_int8_skip_layernorm_is_the_reference(shape, launch):
     from helpers.portable.kernels import quant_kernels
 
     x, skip = (t.cuda().half() for t in torch.randn(2, *shape, generator=gen(36)))
@@ -229,8 +229,7 @@ def test_cuda_fused_int8_skip_layernorm_is_the_reference(shape, rows_per_program
     scales = (0.03, 0.025, 0.04)
     reference, _ = q.int8_skip_layernorm(x, skip, gamma, beta, *scales, 1e-5, bias)
     fused = torch.empty_like(x)
-    quant_kernels.int8_skip_layernorm_into(fused, x, skip, gamma, beta, bias, *scales, 1e-5,
-                                           rows_per_program=rows_per_program)
+    quant_kernels.int8_skip_layernorm_into(fused, x, skip, gamma, beta, bias, *scales, 1e-5, launch=launch)
     # One step (a tie rounded the other way), plus the FP16 rounding of the INT8 values (codes · scale).
     assert (fused.float() - reference.float()).abs().max() <= scales[2] + 2**-11 * float(reference.abs().max())
 

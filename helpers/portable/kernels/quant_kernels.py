@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from helpers.portable.kernels.norms import _load_params, _normalize, _row_launch
+from helpers.portable.kernels.norms import _load_params, _normalize
 
 _BLOCK = 2048
 # What a pass stores: int8 codes, FP8 E4M3 codes, or plain float values (the INT8 GEMM's epilogue only).
@@ -101,26 +101,27 @@ def _int8_skip_layernorm_kernel(
         tl.store(out_ptr + offsets, (_int8_grid(y, out_scale) * out_scale).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-# Rows per program of the INT8 skip-LayerNorm at BERT's widths (a sweep on the H100: bench/int8_speed.py
-# --layernorm-rows).
-INT8_SKIP_LAYERNORM_ROWS = 4
+# (rows per program, warps) of the INT8 skip-LayerNorm at BERT's widths: a sweep on the H100
+# (bench/int8_speed.py --layernorm).
+INT8_SKIP_LAYERNORM_LAUNCH = (4, 4)
 
 
 def int8_skip_layernorm_into(
     out: torch.Tensor, x: torch.Tensor, skip: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
     bias: torch.Tensor | None, x_scale: float, skip_scale: float, out_scale: float, eps: float,
-    rows_per_program: int = INT8_SKIP_LAYERNORM_ROWS,  # a power of two
+    launch: tuple[int, int] = INT8_SKIP_LAYERNORM_LAUNCH,
 ) -> None:
     """The normalized output of ``quantization.int8_skip_layernorm`` over contiguous ``[..., E]`` rows.
 
     ``x`` and ``skip``: float values, or int8 codes of ``x_scale`` / ``skip_scale``; ``out``: int8
-    for the output's codes, else its INT8 values in ``out``'s dtype.
+    for the output's codes, else its INT8 values in ``out``'s dtype.  ``launch``: rows per program
+    (a power of two) and warps.
     """
     hidden = x.shape[-1]
     rows = x.numel() // hidden if hidden else 0
     if rows == 0:
         return
-    _, warps = _row_launch(hidden * rows_per_program)
+    rows_per_program, warps = launch
     _int8_skip_layernorm_kernel[(triton.cdiv(rows, rows_per_program),)](
         x, skip, bias if bias is not None else gamma, gamma, beta, out, rows, hidden, float(eps),
         float(x_scale), float(skip_scale), float(out_scale),
