@@ -60,6 +60,18 @@ def tiny_qa_model(
     return perturb_parameters(model, seed, r"LayerNorm\.weight")
 
 
+def int8_test_model(seq: int):
+    """The INT8 engine tests' model and data: a tiny random BERT (2 layers of 64, 4 heads) over the
+    real uncased vocabulary, so that bench/int8_accuracy.py's hand-made SQuAD set tokenizes into
+    it.  Returns (vocab file, the set's features at ``seq`` tokens, the model)."""
+    from bench import int8_accuracy as ia
+    from tests import squad_fixtures
+
+    vocab = squad_fixtures.minilm_vocab_file()
+    model = tiny_qa_model(hidden=64, heads=4, layers=2, intermediate=128, vocab=30522, max_positions=seq)
+    return vocab, ia.handmade_features(vocab, seq), model
+
+
 def perturb_parameters(model, seed: int, layernorm_weight: str):
     """Replace every parameter of ``model`` with seeded noise of a sensible scale: LayerNorm weights
     (names matching the regex ``layernorm_weight``) near 1, biases and embeddings around 0."""

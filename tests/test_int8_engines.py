@@ -29,12 +29,10 @@ SEQ = 128
 def int8_workdir(tmp_path_factory):
     """A tiny random BERT with the real vocabulary and a SQuAD head fitted on the hand-made set."""
     from bench import int8_accuracy as ia
-    from tests import checkpoints, squad_fixtures
+    from tests import checkpoints
 
     work = tmp_path_factory.mktemp("int8")
-    vocab = squad_fixtures.minilm_vocab_file()
-    features = ia.handmade_features(vocab, SEQ)
-    model = checkpoints.tiny_qa_model(hidden=64, heads=4, layers=2, intermediate=128, vocab=30522, max_positions=SEQ)
+    vocab, features, model = checkpoints.int8_test_model(SEQ)
     ia.fit_squad_head(model, features)
     model.save_pretrained(work / "hf")
     return {

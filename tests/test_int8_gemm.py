@@ -204,12 +204,10 @@ def imh_iln_engine(tmp_path_factory):
     """A tiny random BERT's PTQ ``-i -imh -iln`` engine (builder.py, portable, built on the CPU)."""
     import builder
     from bench import int8_accuracy as ia
-    from tests import checkpoints, squad_fixtures
+    from tests import checkpoints
 
     work = tmp_path_factory.mktemp("int8_gemm")
-    vocab = squad_fixtures.minilm_vocab_file()
-    features = ia.handmade_features(vocab, SEQ)
-    model = checkpoints.tiny_qa_model(hidden=64, heads=4, layers=2, intermediate=128, vocab=30522, max_positions=SEQ)
+    vocab, features, model = checkpoints.int8_test_model(SEQ)
     model.save_pretrained(work / "hf")
     engine = work / "int8.engine"
     with pytest.MonkeyPatch.context() as patch:
