@@ -81,9 +81,10 @@ def test_partial_products_sum_to_the_product(few_rows_gemm, pdl_setting, m, n, k
     config = few_rows_gemm.Config(64, 32, block_k, split_k, 4, 3)
     partials = few_rows_gemm.partial_products(rows, weight, config)
     assert partials.dtype == torch.float32 and partials.shape[1:] == (m, n)
-    # K splits whenever it can: more than one split asked for and more than one block of K.
-    assert 1 <= partials.shape[0] <= split_k
-    assert (partials.shape[0] > 1) == (split_k > 1 and k > block_k)
+    # K cut into slices of whole blocks, as even as the blocks allow, at most split_k of them.
+    blocks = -(-k // block_k)
+    blocks_per_slice = -(-blocks // split_k)
+    assert partials.shape[0] == -(-blocks // blocks_per_slice)
     torch.testing.assert_close(partials.sum(0), reference(rows, weight), atol=2e-3, rtol=2e-3)
 
 
