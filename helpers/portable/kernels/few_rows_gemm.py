@@ -147,11 +147,11 @@ def _check(rows: torch.Tensor, weight: torch.Tensor) -> None:
 
 
 def _prefetches(weight: torch.Tensor) -> bool:
-    """Whether the GEMM prefetches ``weight`` under PDL: small enough, and rows the bulk prefetch
-    takes (16-byte aligned, a multiple of 16 bytes: every K split spans a multiple of block_k)."""
+    """Whether the GEMM prefetches ``weight`` under PDL (which implies sm_90, where the bulk prefetch
+    exists): small enough, and rows the bulk prefetch takes (16-byte aligned, a multiple of 16
+    bytes: every K split spans a multiple of block_k)."""
     n, k = weight.shape
-    return (n * k * weight.element_size() <= PREFETCH_MAX_WEIGHT_BYTES and k % 8 == 0
-            and weight.data_ptr() % 16 == 0 and torch.cuda.get_device_capability(weight.device)[0] >= 9)
+    return n * k * weight.element_size() <= PREFETCH_MAX_WEIGHT_BYTES and k % 8 == 0 and weight.data_ptr() % 16 == 0
 
 
 def _launch(out: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool,
