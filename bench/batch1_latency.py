@@ -52,13 +52,13 @@ TOLERANCE = {"atol": 2e-2, "rtol": 2e-2}
 def sweep_configs(partials: bool) -> list:
     from helpers.portable.kernels.few_rows_gemm import Config
 
-    # (block_m, block_n, block_k, warps, stages); ≤ 96 KB of shared memory lets a kernel's programs
-    # share an SM with the next one's under PDL.
+    # (block_m, block_n, block_k, warps, stages), each through pointers and through TMA; ≤ 96 KB of
+    # shared memory lets a kernel's programs share an SM with the next one's under PDL.
     tiles = [(64, 32, 128, 4, 4), (64, 64, 128, 4, 4), (64, 64, 128, 4, 3), (64, 64, 64, 4, 4), (64, 64, 64, 4, 6),
              (128, 32, 128, 4, 4), (128, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 128, 64, 8, 3),
              (128, 64, 128, 8, 3)]
     splits = (1, 2, 4, 8) if partials else (1,)
-    return [Config(m, n, k, s, w, st) for m, n, k, w, st in tiles for s in splits]
+    return [Config(m, n, k, s, w, st, tma) for m, n, k, w, st in tiles for s in splits for tma in (False, True)]
 
 
 def gemms(model: str) -> list[tuple[str, int, int, bool, bool, bool]]:

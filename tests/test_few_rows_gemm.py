@@ -2,7 +2,8 @@
 
 Against float32 PyTorch math (``helpers.portable.ops`` for the GELU and LayerNorm): awkward sizes
 (rows, N and K off every tile), every epilogue, split-K partial products summed by the
-skip-LayerNorm, with programmatic dependent launch on and off, eager and replayed in a CUDA graph;
+skip-LayerNorm, operands read through TMA or pointers, with programmatic dependent launch on and
+off, eager and replayed in a CUDA graph;
 and a built tiny engine's fast plan at batch 1 (which takes this GEMM) against its reference plan.
 GPU only (skipped on machines without CUDA), but for the PDL switch's rule.
 """
@@ -52,33 +53,44 @@ def reference(rows, weight, bias=None, gelu=False) -> torch.Tensor:
     return ops.gelu_tanh(y) if gelu else y
 
 
+@pytest.fixture(params=[False, True], ids=["pointers", "tma"])
+def tma(request):
+    return request.param
+
+
 @CUDA
 @pytest.mark.parametrize("m,n,k", SHAPES)
 @pytest.mark.parametrize("epilogue", EPILOGUES)
-def test_linear_matches_float32_math(few_rows_gemm, pdl_setting, m, n, k, epilogue):
+def test_linear_matches_float32_math(few_rows_gemm, pdl_setting, tma, m, n, k, epilogue):
     rows, weight = operands(m, n, k)
     bias = None if epilogue == "none" else torch.randn(n, device="cuda").to(
         torch.float32 if epilogue == "bias32" else torch.float16)
-    got = few_rows_gemm.linear(rows, weight, bias, gelu=epilogue == "gelu")
+    got = few_rows_gemm.linear(rows, weight, bias, gelu=epilogue == "gelu",
+                               config=few_rows_gemm.Config(64, 64, 64, 1, 4, 3, tma))
     assert got.dtype == torch.float16 and got.shape == (m, n) and got.is_contiguous()
     torch.testing.assert_close(got.float(), reference(rows, weight, bias, epilogue == "gelu"), atol=1e-2, rtol=1e-2)
 
 
 @CUDA
-def test_linear_reads_rows_with_a_row_stride(few_rows_gemm):
+@pytest.mark.parametrize("offset,width", [(8, 200), (3, 203)])
+def test_linear_reads_rows_with_a_row_stride(few_rows_gemm, tma, offset, width):
+    """Rows inside a wider tensor: TMA-aligned (16-byte base and stride), or not, which a TMA
+    configuration then reads with pointers."""
     rows, weight = operands(50, 96, 160)
-    wide = torch.zeros(50, 200, dtype=torch.float16, device="cuda")
-    wide[:, 8:168] = rows
-    got = few_rows_gemm.linear(wide[:, 8:168], weight)
+    wide = torch.zeros(50, width, dtype=torch.float16, device="cuda")
+    wide[:, offset:offset + 160] = rows
+    view = wide[:, offset:offset + 160]
+    assert few_rows_gemm._tma_ready(view) == (offset == 8)
+    got = few_rows_gemm.linear(view, weight, config=few_rows_gemm.Config(64, 32, 64, 1, 4, 3, tma))
     torch.testing.assert_close(got.float(), reference(rows, weight), atol=1e-2, rtol=1e-2)
 
 
 @CUDA
 @pytest.mark.parametrize("m,n,k", SHAPES)
 @pytest.mark.parametrize("split_k,block_k", [(1, 128), (3, 64), (4, 128), (8, 32)])
-def test_partial_products_sum_to_the_product(few_rows_gemm, pdl_setting, m, n, k, split_k, block_k):
+def test_partial_products_sum_to_the_product(few_rows_gemm, pdl_setting, tma, m, n, k, split_k, block_k):
     rows, weight = operands(m, n, k, seed=1)
-    config = few_rows_gemm.Config(64, 32, block_k, split_k, 4, 3)
+    config = few_rows_gemm.Config(64, 32, block_k, split_k, 4, 3, tma)
     partials = few_rows_gemm.partial_products(rows, weight, config)
     assert partials.dtype == torch.float32 and partials.shape[1:] == (m, n)
     # K cut into slices of whole blocks, as even as the blocks allow, at most split_k of them.
@@ -120,7 +132,7 @@ def test_a_pdl_chain_replayed_in_a_cuda_graph(few_rows_gemm, pdl_setting):
     x = torch.empty(m, hidden, device="cuda").half()
 
     def layer() -> torch.Tensor:
-        partials = few_rows_gemm.partial_products(x, w_in, few_rows_gemm.Config(64, 64, 64, 2, 4, 3))
+        partials = few_rows_gemm.partial_products(x, w_in, few_rows_gemm.Config(64, 64, 64, 2, 4, 3, True))
         h = torch.empty_like(x)
         skip_layernorm_into(h, None, partials, x, gamma, beta, None, 1e-5, partials.shape[0])
         up = few_rows_gemm.linear(h, w_up, b_up, gelu=True)

@@ -12,8 +12,11 @@ whose weight is at most ``PREFETCH_MAX_WEIGHT_BYTES`` asks the TMA unit to prefe
 slab into L2 (``cp.async.bulk.prefetch``), so its first reads overlap the previous kernel; larger
 weights' prefetches slowed the chain (docs/perf/KERNELS.md, "Batch 1: PDL chain").
 
-Tile configurations per (N, K, row bucket) are the winners of ``bench/batch1_latency.py --sweep``
-on the H100; other shapes take the defaults.  Imported lazily: Triton exists only on GPU machines.
+Two kernels of one grid and contract: operand tiles through TMA descriptors (``Config.tma``, the
+sweep's winner on every BERT shape: up to 19 % faster per GEMM at 128 rows), or cp.async pointer
+loads, which also take operands TMA cannot (rows or base not 16-byte aligned).  Tile
+configurations per (N, K, row bucket) are the winners of ``bench/batch1_latency.py --sweep`` on the
+H100; other shapes take the (pointer) defaults.  Imported lazily: Triton exists only on GPU machines.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from helpers.portable.kernels.int8_gemm import _gelu_tanh
 from helpers.portable.kernels.pdl import pdl_launch
@@ -37,29 +41,30 @@ class Config:
     split_k: int  # K splits of a partial-products launch (1 for a finished result)
     warps: int
     stages: int
+    tma: bool = False  # operand tiles through TMA descriptors instead of cp.async pointer loads
 
 
 DEFAULT_CONFIG = Config(64, 64, 128, 1, 4, 4)
 DEFAULT_PARTIALS_CONFIG = Config(64, 64, 128, 4, 4, 4)
 ROW_BUCKETS = (128, 384)
-# (N, K, row bucket, partials) → the sweep's winner.
+# (N, K, row bucket, partials) → the sweep's winner: every one reads through TMA.
 CONFIGS: dict[tuple[int, int, int, bool], Config] = {
-    (768, 768, 128, True): Config(64, 32, 128, 1, 4, 4),
-    (768, 768, 384, True): Config(64, 64, 128, 1, 4, 4),
-    (768, 3072, 128, True): Config(64, 64, 128, 4, 4, 4),
-    (768, 3072, 384, True): Config(128, 64, 64, 2, 4, 3),
-    (1024, 1024, 128, True): Config(64, 64, 128, 4, 4, 4),
-    (1024, 1024, 384, True): Config(64, 64, 128, 1, 4, 4),
-    (1024, 4096, 128, True): Config(64, 64, 128, 4, 4, 4),
-    (1024, 4096, 384, True): Config(128, 64, 64, 2, 4, 3),
-    (2304, 768, 128, False): Config(64, 64, 128, 1, 4, 4),
-    (2304, 768, 384, False): Config(128, 64, 128, 1, 8, 3),
-    (3072, 768, 128, False): Config(64, 64, 128, 1, 4, 4),
-    (3072, 768, 384, False): Config(64, 64, 64, 1, 4, 4),
-    (3072, 1024, 128, False): Config(64, 64, 128, 1, 4, 4),
-    (3072, 1024, 384, False): Config(64, 64, 64, 1, 4, 4),
-    (4096, 1024, 128, False): Config(64, 64, 128, 1, 4, 4),
-    (4096, 1024, 384, False): Config(128, 64, 64, 1, 4, 3),
+    (768, 768, 128, True): Config(64, 64, 128, 4, 4, 4, True),
+    (768, 768, 384, True): Config(64, 64, 128, 1, 4, 4, True),
+    (768, 3072, 128, True): Config(64, 64, 128, 4, 4, 4, True),
+    (768, 3072, 384, True): Config(128, 64, 64, 4, 4, 4, True),
+    (1024, 1024, 128, True): Config(64, 64, 128, 4, 4, 4, True),
+    (1024, 1024, 384, True): Config(64, 64, 64, 2, 4, 4, True),
+    (1024, 4096, 128, True): Config(64, 64, 128, 4, 4, 4, True),
+    (1024, 4096, 384, True): Config(128, 128, 64, 4, 4, 4, True),
+    (2304, 768, 128, False): Config(64, 64, 128, 1, 4, 4, True),
+    (2304, 768, 384, False): Config(64, 128, 128, 1, 4, 3, True),
+    (3072, 768, 128, False): Config(64, 64, 128, 1, 4, 4, True),
+    (3072, 768, 384, False): Config(64, 64, 64, 1, 4, 4, True),
+    (3072, 1024, 128, False): Config(64, 64, 128, 1, 4, 4, True),
+    (3072, 1024, 384, False): Config(128, 128, 64, 1, 8, 4, True),
+    (4096, 1024, 128, False): Config(64, 64, 128, 1, 4, 4, True),
+    (4096, 1024, 384, False): Config(128, 128, 64, 1, 8, 4, True),
 }
 
 
@@ -125,6 +130,12 @@ def _few_rows_gemm_kernel(
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
+    _store(acc, rows, cols, split, bias_ptr, out_ptr, M, N, coeff, sqrt_2_over_pi, HAS_BIAS, GELU, PARTIALS)
+
+
+@triton.jit
+def _store(acc, rows, cols, split, bias_ptr, out_ptr, M, N, coeff, sqrt_2_over_pi, HAS_BIAS: tl.constexpr,
+           GELU: tl.constexpr, PARTIALS: tl.constexpr):
     in_cols = cols < N
     in_range = (rows < M)[:, None] & in_cols[None, :]
     offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
@@ -137,6 +148,36 @@ def _few_rows_gemm_kernel(
         if GELU:
             v = _gelu_tanh(v, coeff, sqrt_2_over_pi)
         tl.store(out_ptr + offsets, v.to(out_ptr.dtype.element_ty), mask=in_range)
+
+
+@triton.jit
+def _few_rows_gemm_tma_kernel(
+    a_desc, w_desc, w_ptr, bias_ptr, out_ptr, M, N, K, stride_w, k_per_split, coeff, sqrt_2_over_pi,
+    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, PARTIALS: tl.constexpr, USE_PDL: tl.constexpr,
+    PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # The pointer kernel's grid and PDL contract, with the tiles read through TMA descriptors
+    # (``a_desc`` [M, K], ``w_desc`` [N, K]), which fill reads past M, N and K with zeros.
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_begin = split * k_per_split
+    k_end = tl.minimum(K, k_begin + k_per_split)
+    if USE_PDL:
+        if PREFETCH and pid_m == 0:
+            _prefetch_rows_to_l2(w_ptr + (cols % N).to(tl.int64) * stride_w + k_begin,
+                                 tl.full([BLOCK_N], 0, tl.int32) + (k_end - k_begin) * 2)
+        tl.extra.cuda.gdc_wait()
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for start in tl.range(k_begin, k_end, BLOCK_K):
+        a = a_desc.load([pid_m * BLOCK_M, start])
+        w = w_desc.load([pid_n * BLOCK_N, start])
+        acc = tl.dot(a, w.T, acc)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    _store(acc, rows, cols, split, bias_ptr, out_ptr, M, N, coeff, sqrt_2_over_pi, HAS_BIAS, GELU, PARTIALS)
 
 
 def _check(rows: torch.Tensor, weight: torch.Tensor) -> None:
@@ -154,18 +195,29 @@ def _prefetches(weight: torch.Tensor) -> bool:
     return n * k * weight.element_size() <= PREFETCH_MAX_WEIGHT_BYTES and k % 8 == 0 and weight.data_ptr() % 16 == 0
 
 
+def _tma_ready(t: torch.Tensor) -> bool:
+    """TMA reads ``t`` (rows of float16): 16-byte aligned base and row stride."""
+    return t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
+
+
 def _launch(out: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool,
             config: Config, splits: int, k_per_split: int) -> None:
     m, k = rows.shape
     n = weight.shape[0]
     grid = (triton.cdiv(n, config.block_n), splits, triton.cdiv(m, config.block_m))
+    flags = dict(HAS_BIAS=bias is not None, GELU=gelu, PARTIALS=out.dtype == torch.float32, PREFETCH=_prefetches(weight),
+                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.warps,
+                 num_stages=config.stages, **pdl_launch(rows.device, m))
+    bias_or_any = bias if bias is not None else weight
+    if config.tma and _tma_ready(rows) and _tma_ready(weight):
+        descriptors = (TensorDescriptor(rows, [m, k], [rows.stride(0), 1], [config.block_m, config.block_k]),
+                       TensorDescriptor(weight, [n, k], [k, 1], [config.block_n, config.block_k]))
+        _few_rows_gemm_tma_kernel[grid](*descriptors, weight, bias_or_any, out, m, n, k, k, k_per_split, GELU_COEFF,
+                                        GELU_SQRT_2_OVER_PI, **flags)
+        return
     _few_rows_gemm_kernel[grid](
-        rows, weight, bias if bias is not None else weight, out, m, n, k, rows.stride(0), weight.stride(0),
-        k_per_split, GELU_COEFF, GELU_SQRT_2_OVER_PI,
-        HAS_BIAS=bias is not None, GELU=gelu, PARTIALS=out.dtype == torch.float32, PREFETCH=_prefetches(weight),
-        EVEN_K=k % config.block_k == 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k, num_warps=config.warps, num_stages=config.stages, **pdl_launch(rows.device, m),
-    )
+        rows, weight, bias_or_any, out, m, n, k, rows.stride(0), weight.stride(0), k_per_split, GELU_COEFF,
+        GELU_SQRT_2_OVER_PI, EVEN_K=k % config.block_k == 0, **flags)
 
 
 def linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False,
