@@ -265,14 +265,16 @@ def test_cuda_int8_skip_layernorm_on_codes_makes_the_same_codes():
 
 
 # (S, B, heads, head size, (BLOCK_M, BLOCK_N, warps), dq_probs): BERT's head size and the tiny test
-# models', lengths that are no multiple of the blocks, one or several key blocks, probability codes
-# that reach 127 or saturate there.
+# models', lengths that are no multiple of the blocks or are (the last valid key ending a block),
+# heads narrower than their tile, one or several key blocks, probability codes that reach 127 or
+# saturate there.
 INT8_ATTENTION_CASES = [
     (37, 3, 2, 64, (64, 128, 4), 1 / 127),
     (130, 2, 3, 64, (64, 64, 4), 1 / 127),
     (384, 1, 2, 64, (128, 128, 8), 1 / 127),
     (384, 2, 2, 64, (32, 512, 4), 1 / 255),
     (20, 3, 4, 16, (16, 32, 4), 1 / 255),
+    (256, 3, 2, 48, (32, 64, 4), 1 / 127),
 ]
 
 
@@ -280,9 +282,9 @@ INT8_ATTENTION_CASES = [
 @pytest.mark.parametrize("seq, batch, heads, head, blocks, dq_probs", INT8_ATTENTION_CASES)
 @pytest.mark.parametrize("codes_in, out_dtype", [(True, torch.int8), (False, torch.float16), (False, torch.float32)])
 def test_cuda_int8_attention_is_the_reference(seq, batch, heads, head, blocks, dq_probs, codes_in, out_dtype):
-    """The Triton -imh attention against ``quantization.int8_attention``: at most one context code off
-    (a probability whose exp2 lands on the other side of a rounding tie), rarely; sequences with all,
-    some and no valid keys."""
+    """The Triton -imh attention against ``quantization.int8_attention``: outputs off only where a
+    probability's exp2 lands on the other side of a rounding tie (its code moves by one, the
+    context by at most one V code's share of it), rarely; sequences with all, some and no valid keys."""
     from helpers.portable.kernels.int8_attention import int8_attention_into
 
     qkv_codes = torch.randint(-127, 128, (seq, batch, 3 * heads * head), generator=gen(60 + seq), dtype=torch.int8)
@@ -296,7 +298,8 @@ def test_cuda_int8_attention_is_the_reference(seq, batch, heads, head, blocks, d
     int8_attention_into(out, qkv.cuda(), mask_idx.cuda(), heads, qkv_scale, ctx_scale, dq_probs, blocks=blocks)
     got = out.cpu().int() if out_dtype == torch.int8 else torch.round(out.cpu().float() / ctx_scale).int()
     off = (got - reference.int()).abs()
-    assert int(off.max()) <= 1 and float((off > 0).float().mean()) < 0.01
+    one_probability_code = math.ceil(127 * dq_probs * qkv_scale / ctx_scale) + 1
+    assert int(off.max()) <= one_probability_code and float((off > 0).float().mean()) < 0.01
     if batch == 3:
         assert not got[:, 2].any()  # no valid key: probabilities 0, context 0
 

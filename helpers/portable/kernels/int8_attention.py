@@ -9,9 +9,12 @@ same exact integer result (``_times_v``).
 One program takes ``BLOCK_M`` queries of one (sequence, head).  When all keys fit in one block
 the scores are made once; otherwise it walks the keys twice: first for each row's maximum and sum
 of exponentials, then for the probabilities, which can only be quantized once that sum is known,
-and their product with V.  The exponentials use ``exp2`` (the hardware's), so a probability may
-differ from PyTorch's in its last bits and, at a tie, move its code by one; the context then moves
-by at most one step of its grid.  Imported lazily: Triton exists only on GPU machines.
+and their product with V.  The walks stop at the sequence's last valid key, and only the block
+holding it masks; the scale and the row's shift meet the integer dot in one fused multiply-add.
+The exponentials use ``exp2`` (the hardware's), so a probability may differ from PyTorch's in its
+last bits and, at a tie, move its code by one; that query's context then moves by at most
+``127 · dq_probs · s_qkv / s_ctx`` steps of its grid (plus one for its own rounding), which is rare
+(about 1 output in 10⁵ on BERT-large's shapes).  Imported lazily: Triton exists only on GPU machines.
 """
 
 from __future__ import annotations
@@ -26,11 +29,16 @@ from helpers.portable.kernels.quant_kernels import _ROUNDING_SHIFT, _int8_codes,
 
 
 @triton.jit
-def _load_codes(ptrs, mask, scale, CODES: tl.constexpr):
-    """int8 codes of a [rows, dims] tile: read as they are, or quantized from float values."""
+def _load_codes(ptrs, mask, scale, CODES: tl.constexpr, MASKED: tl.constexpr = True):
+    """int8 codes of a [rows, dims] tile: read as they are, or quantized from float values;
+    ``mask`` is ignored unless ``MASKED``."""
+    if MASKED:
+        values = tl.load(ptrs, mask=mask, other=0)
+    else:
+        values = tl.load(ptrs)
     if CODES:
-        return tl.load(ptrs, mask=mask, other=0)
-    return _int8_grid(tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), scale).to(tl.int8)
+        return values
+    return _int8_grid(values.to(tl.float32), scale).to(tl.int8)
 
 
 # The kernel is bound by instructions per score, not by its tensor cores: the conversion unit (16
@@ -55,20 +63,35 @@ def _int16_to_half(x):
 
 
 @triton.jit
-def _scores(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, score_scale, QKV_CODES: tl.constexpr):
-    """log2-scaled scores [BLOCK_M, BLOCK_N] of the keys ``keys``; -inf past the valid ones."""
+def _dots(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, QKV_CODES: tl.constexpr,
+          MASKED: tl.constexpr, EVEN_HEAD: tl.constexpr):
+    """Q·Kᵀ [BLOCK_M, BLOCK_N] of the keys ``keys`` as exact float32, unscaled; when ``MASKED``
+    (only the block holding the last valid key), -inf past the valid ones."""
     # K read as a [dims, keys] tile, contiguous along dims: the operand layout of int8 tensor cores.
-    k = _load_codes(qkv_ptr + key_rows[None, :] + k_cols[:, None], in_head[:, None] & (keys < valid)[None, :],
-                    qkv_scale, QKV_CODES)
-    # |q·k| ≤ H · 128² < 2²² (MAX_HEAD_SIZE).  The mask as a per-key bias of 0 or -inf: one fused
-    # multiply-add with the scale, not a select per score.
-    key_bias = tl.where(keys < valid, 0.0, float("-inf"))
-    return _int32_to_float(tl.dot(q, k, out_dtype=tl.int32)) * score_scale + key_bias[None, :]
+    k_ptrs = qkv_ptr + key_rows[None, :] + k_cols[:, None]
+    if MASKED:
+        k = _load_codes(k_ptrs, in_head[:, None] & (keys < valid)[None, :], qkv_scale, QKV_CODES)
+    elif EVEN_HEAD:
+        k = _load_codes(k_ptrs, None, qkv_scale, QKV_CODES, False)
+    else:
+        k = _load_codes(k_ptrs, in_head[:, None], qkv_scale, QKV_CODES)
+    # |q·k| ≤ H · 128² < 2²² (MAX_HEAD_SIZE).
+    dots = _int32_to_float(tl.dot(q, k, out_dtype=tl.int32))
+    if MASKED:
+        dots = tl.where((keys < valid)[None, :], dots, float("-inf"))
+    return dots
+
+
+@triton.jit
+def _exps(dots, score_scale, shift):
+    """2^(dots · score_scale - shift): the log2-scaled score and its shift in one fused multiply-add
+    (-inf dots give 0)."""
+    return tl.exp2(dots * score_scale - shift[:, None])
 
 
 @triton.jit
 def _times_v(context, exps, inv_sum, qkv_ptr, key_rows, v_cols, keys, in_head, valid, qkv_scale,
-             QKV_CODES: tl.constexpr, CLAMP: tl.constexpr):
+             QKV_CODES: tl.constexpr, CLAMP: tl.constexpr, MASKED: tl.constexpr, EVEN_HEAD: tl.constexpr):
     """``context`` + (probability codes of ``exps · inv_sum``) · (V codes of ``keys``)."""
     # Probability / dq_probs rounded half to even into 0…127 (quant_kernels._int8_codes' way; the
     # clamp only where 1 / dq_probs would round above 127), the float32 bits M + code turned by one
@@ -78,12 +101,49 @@ def _times_v(context, exps, inv_sum, qkv_ptr, key_rows, v_cols, keys, in_head, v
         steps = tl.minimum(steps, 127.0)
     half_bits = ((steps + _ROUNDING_SHIFT).to(tl.int32, bitcast=True) - (_FLOAT32_SHIFT_BITS - _HALF_SHIFT_BITS))
     prob_codes = (half_bits.to(tl.int16).to(tl.float16, bitcast=True) - _HALF_SHIFT).to(tl.float16)
-    v = _load_codes(qkv_ptr + key_rows[:, None] + v_cols[None, :], (keys < valid)[:, None] & in_head[None, :],
-                    qkv_scale, QKV_CODES)
+    v_ptrs = qkv_ptr + key_rows[:, None] + v_cols[None, :]
+    if MASKED:
+        v = _load_codes(v_ptrs, (keys < valid)[:, None] & in_head[None, :], qkv_scale, QKV_CODES)
+    elif EVEN_HEAD:
+        v = _load_codes(v_ptrs, None, qkv_scale, QKV_CODES, False)
+    else:
+        v = _load_codes(v_ptrs, in_head[None, :], qkv_scale, QKV_CODES)
     # On FP16 tensor cores: codes and their products are exact there, and the sums stay below 2²⁴
     # (S · 127 · 127, MAX_SEQ_LEN), exact in the float32 accumulator: the int32 result, while V's
     # layout (dims contiguous) is one Hopper's int8 instructions cannot read as this operand.
     return tl.dot(prob_codes, _int16_to_half(v.to(tl.int16)), context)
+
+
+@triton.jit
+def _key_rows(start, seq, batch, width, BLOCK_N: tl.constexpr):
+    """Keys ``start`` … ``start + BLOCK_N - 1`` of sequence ``seq`` and their rows' offsets in qkv."""
+    keys = start + tl.arange(0, BLOCK_N)
+    return keys, (keys.to(tl.int64) * batch + seq) * width
+
+
+@triton.jit
+def _sum_block(row_max, row_sum, q, qkv_ptr, start, seq, batch, width, k_cols, in_head, valid, qkv_scale,
+               score_scale, QKV_CODES: tl.constexpr, MASKED: tl.constexpr, EVEN_HEAD: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+    """The first walk's step: each row's maximum dot and sum of exponentials, with one more block."""
+    keys, key_rows = _key_rows(start, seq, batch, width, BLOCK_N)
+    dots = _dots(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, QKV_CODES, MASKED, EVEN_HEAD)
+    new_max = tl.maximum(row_max, tl.max(dots, axis=1))
+    # A row with no valid key yet keeps -inf: shift by 0 there, so no inf - inf.
+    shift = tl.where(new_max == float("-inf"), 0.0, new_max * score_scale)
+    row_sum = row_sum * tl.exp2(row_max * score_scale - shift) + tl.sum(_exps(dots, score_scale, shift), axis=1)
+    return new_max, row_sum
+
+
+@triton.jit
+def _context_block(context, shift, inv_sum, q, qkv_ptr, start, seq, batch, width, k_cols, v_cols, in_head, valid,
+                   qkv_scale, score_scale, QKV_CODES: tl.constexpr, CLAMP: tl.constexpr, MASKED: tl.constexpr,
+                   EVEN_HEAD: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The second walk's step: one more block's probability codes times its V codes."""
+    keys, key_rows = _key_rows(start, seq, batch, width, BLOCK_N)
+    dots = _dots(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, QKV_CODES, MASKED, EVEN_HEAD)
+    return _times_v(context, _exps(dots, score_scale, shift), inv_sum, qkv_ptr, key_rows, v_cols, keys, in_head,
+                    valid, qkv_scale, QKV_CODES, CLAMP, MASKED, EVEN_HEAD)
 
 
 @triton.jit
@@ -98,9 +158,12 @@ def _int8_attention_kernel(
     queries = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, HEAD_BLOCK)
     in_head = dims < HEAD
+    EVEN_HEAD: tl.constexpr = HEAD == HEAD_BLOCK
     # Token (s, b) is row s·B + b of [S, B, 3E]; head n's q | k | v are its columns 3Hn + [0, H, 2H).
     width = 3 * HEADS * HEAD
     q_cols = head * 3 * HEAD + dims
+    k_cols = q_cols + HEAD
+    v_cols = q_cols + 2 * HEAD
     q_rows = (queries.to(tl.int64) * batch + seq) * width
     q = _load_codes(qkv_ptr + q_rows[:, None] + q_cols[None, :], (queries < seq_len)[:, None] & in_head[None, :],
                     qkv_scale, QKV_CODES)
@@ -108,40 +171,40 @@ def _int8_attention_kernel(
     if HAS_MASK:
         valid = tl.minimum(tl.load(mask_ptr + seq), seq_len)
 
+    # Keys past the valid ones have probability 0: the walks stop at the last valid key, and only
+    # the block holding it masks its keys.
     context = tl.zeros([BLOCK_M, HEAD_BLOCK], tl.float32)
-    if ONE_KEY_BLOCK:  # all keys in one block: the scores and exponentials are made once
-        keys = tl.arange(0, BLOCK_N)
-        key_rows = (keys.to(tl.int64) * batch + seq) * width
-        scores = _scores(q, qkv_ptr, keys, key_rows, q_cols + HEAD, in_head, valid, qkv_scale, score_scale, QKV_CODES)
-        row_max = tl.max(scores, axis=1)
-        exps = tl.exp2(scores - tl.where(row_max == float("-inf"), 0.0, row_max)[:, None])
+    if ONE_KEY_BLOCK:  # all keys in one block: the dots and exponentials are made once
+        keys, key_rows = _key_rows(0, seq, batch, width, BLOCK_N)
+        dots = _dots(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, QKV_CODES, True, EVEN_HEAD)
+        row_max = tl.max(dots, axis=1)
+        shift = tl.where(row_max == float("-inf"), 0.0, row_max * score_scale)
+        exps = _exps(dots, score_scale, shift)
         row_sum = tl.sum(exps, axis=1)
-        inv_sum = tl.where(row_sum > 0.0, inv_dq_probs / row_sum, 0.0)
-        context = _times_v(context, exps, inv_sum, qkv_ptr, key_rows, q_cols + 2 * HEAD, keys, in_head, valid,
-                           qkv_scale, QKV_CODES, CLAMP)
-    else:
-        row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        row_sum = tl.zeros([BLOCK_M], tl.float32)
-        for start in range(0, seq_len, BLOCK_N):
-            keys = start + tl.arange(0, BLOCK_N)
-            key_rows = (keys.to(tl.int64) * batch + seq) * width
-            scores = _scores(q, qkv_ptr, keys, key_rows, q_cols + HEAD, in_head, valid, qkv_scale, score_scale,
-                             QKV_CODES)
-            new_max = tl.maximum(row_max, tl.max(scores, axis=1))
-            # A row with no valid key yet keeps -inf: shift by 0 there, so no inf - inf.
-            shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-            row_sum = row_sum * tl.exp2(row_max - shift) + tl.sum(tl.exp2(scores - shift[:, None]), axis=1)
-            row_max = new_max
-        shift = tl.where(row_max == float("-inf"), 0.0, row_max)
         # A sequence with no valid key has probabilities 0 (the reference's NaN → 0): context 0.
         inv_sum = tl.where(row_sum > 0.0, inv_dq_probs / row_sum, 0.0)
-        for start in range(0, seq_len, BLOCK_N):
-            keys = start + tl.arange(0, BLOCK_N)
-            key_rows = (keys.to(tl.int64) * batch + seq) * width
-            scores = _scores(q, qkv_ptr, keys, key_rows, q_cols + HEAD, in_head, valid, qkv_scale, score_scale,
-                             QKV_CODES)
-            context = _times_v(context, tl.exp2(scores - shift[:, None]), inv_sum, qkv_ptr, key_rows,
-                               q_cols + 2 * HEAD, keys, in_head, valid, qkv_scale, QKV_CODES, CLAMP)
+        context = _times_v(context, exps, inv_sum, qkv_ptr, key_rows, v_cols, keys, in_head, valid, qkv_scale,
+                           QKV_CODES, CLAMP, True, EVEN_HEAD)
+    else:
+        full_end = (valid // BLOCK_N) * BLOCK_N
+        row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        row_sum = tl.zeros([BLOCK_M], tl.float32)
+        for start in range(0, full_end, BLOCK_N):
+            row_max, row_sum = _sum_block(row_max, row_sum, q, qkv_ptr, start, seq, batch, width, k_cols, in_head,
+                                          valid, qkv_scale, score_scale, QKV_CODES, False, EVEN_HEAD, BLOCK_N)
+        if full_end < valid:
+            row_max, row_sum = _sum_block(row_max, row_sum, q, qkv_ptr, full_end, seq, batch, width, k_cols, in_head,
+                                          valid, qkv_scale, score_scale, QKV_CODES, True, EVEN_HEAD, BLOCK_N)
+        shift = tl.where(row_max == float("-inf"), 0.0, row_max * score_scale)
+        inv_sum = tl.where(row_sum > 0.0, inv_dq_probs / row_sum, 0.0)
+        for start in range(0, full_end, BLOCK_N):
+            context = _context_block(context, shift, inv_sum, q, qkv_ptr, start, seq, batch, width, k_cols, v_cols,
+                                     in_head, valid, qkv_scale, score_scale, QKV_CODES, CLAMP, False, EVEN_HEAD,
+                                     BLOCK_N)
+        if full_end < valid:
+            context = _context_block(context, shift, inv_sum, q, qkv_ptr, full_end, seq, batch, width, k_cols, v_cols,
+                                     in_head, valid, qkv_scale, score_scale, QKV_CODES, CLAMP, True, EVEN_HEAD,
+                                     BLOCK_N)
 
     values = context * pv_scale
     out_ptrs = out_ptr + (queries.to(tl.int64) * batch + seq)[:, None] * (HEADS * HEAD) + (head * HEAD + dims)[None, :]
