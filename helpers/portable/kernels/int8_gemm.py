@@ -11,8 +11,8 @@ The reference is ``quantization.int8_linear``'s arithmetic (exact integer produc
 dequantize + bias) followed by ``ops.gelu_tanh`` and ``quantization.quantize`` /
 ``fake_quantize``.  Before quantizing, ``y`` is rounded to ``value_dtype``, the float type of the
 tensor the engine's reference plan holds there, so the codes are those the next layer's quantize
-pass would make from it; as in ``quant_kernels`` the float32 division may round one ulp away from
-PyTorch's (a code moves by at most one step).  Where the value is rounded to FP16 or BF16 and then
+pass would make from it; as in ``quant_kernels`` the multiplication by the scale's reciprocal may
+round one ulp away from PyTorch's division (a code moves by at most one step).  Where the value is rounded to FP16 or BF16 and then
 quantized, the GELU's tanh is the hardware approximation (``_gelu_tanh_approx``), whose error that
 rounding all but hides; elsewhere the exact formula.  Imported lazily: Triton exists only on GPU machines.
 

@@ -6,8 +6,12 @@ Their references are in ``helpers.portable.quantization`` (``quantize``, ``fake_
 input cast of ``fp8_linear``, ``int8_skip_layernorm``);
 ``tests/test_int8.py`` checks each against it on the GPU machine.  The skip-LayerNorm also reads and
 writes int8 codes (the INT8 engine's hand-overs between it and the GEMMs, ``int8_plan``).  Rounding is half to even
-(``rint``) as in the references; the float32 division may differ from PyTorch's by one ulp,
-which moves a code by at most one step.  Imported lazily: Triton exists only on GPU machines.
+(``rint``) as in the references.  Every INT8 pass multiplies by the scale's reciprocal, where the
+references divide: the product may differ from the quotient by one ulp, which moves a code by at
+most one step, at a tie, and every CUDA kernel makes the same codes from the same value, so the
+fused and the separate paths agree (a division per element costs the special-function unit a
+reciprocal each: the INT8 GEMMs were 2-4 % slower with it).  Imported lazily: Triton exists only on
+GPU machines.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ INT8_CODES, FP8_CODES, FLOAT_VALUES = 0, 1, 2
 @triton.jit
 def _int8_grid(v, scale):
     """The code of ``v`` on the INT8 grid of ``scale``, as a float."""
-    return tl.minimum(tl.maximum(libdevice.rint(v / scale), -128.0), 127.0)
+    return tl.minimum(tl.maximum(libdevice.rint(v * (1.0 / scale)), -128.0), 127.0)
 
 
 # 1.5 · 2²³: adding it to a float32 of magnitude ≤ 2²² makes the adder round that value to an
@@ -41,7 +45,7 @@ _ROUNDING_SHIFT = tl.constexpr(12582912.0)
 @triton.jit
 def _int8_codes(v, scale):
     """``_int8_grid(v, scale)`` as int8."""
-    shifted = tl.minimum(tl.maximum(v / scale, -128.0), 127.0) + _ROUNDING_SHIFT
+    shifted = tl.minimum(tl.maximum(v * (1.0 / scale), -128.0), 127.0) + _ROUNDING_SHIFT
     return shifted.to(tl.int32, bitcast=True).to(tl.int8)
 
 
