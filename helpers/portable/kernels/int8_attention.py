@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from helpers.portable.kernels.quant_kernels import _ROUNDING_SHIFT, _int8_codes, _int8_grid
+from helpers.portable.kernels.quant_kernels import _ROUNDING_SHIFT, _ROUNDING_SHIFT_BITS, _int8_codes, _int8_grid
 
 
 @triton.jit
@@ -45,7 +45,6 @@ def _load_codes(ptrs, mask, scale, CODES: tl.constexpr, MASKED: tl.constexpr = T
 # per clock per SM, like the exponential's) is kept for exp2 alone.  Integers become floats by bit
 # arithmetic: i + 1.5·2²³ (|i| < 2²²) is a float32 whose low bits hold i, and 1536 + c (|c| ≤ 128)
 # an FP16 whose low bits hold c.
-_FLOAT32_SHIFT_BITS = tl.constexpr(0x4B400000)  # the bits of _ROUNDING_SHIFT
 _HALF_SHIFT = tl.constexpr(1536.0)
 _HALF_SHIFT_BITS = tl.constexpr(0x6600)
 
@@ -53,7 +52,7 @@ _HALF_SHIFT_BITS = tl.constexpr(0x6600)
 @triton.jit
 def _int32_to_float(x):
     """int32 ``x`` with |x| < 2²² as float32, exactly."""
-    return (x + _FLOAT32_SHIFT_BITS).to(tl.float32, bitcast=True) - _ROUNDING_SHIFT
+    return (x + _ROUNDING_SHIFT_BITS).to(tl.float32, bitcast=True) - _ROUNDING_SHIFT
 
 
 @triton.jit
@@ -99,7 +98,7 @@ def _times_v(context, exps, inv_sum, qkv_ptr, key_rows, v_cols, keys, in_head, v
     steps = exps * inv_sum[:, None]
     if CLAMP:
         steps = tl.minimum(steps, 127.0)
-    half_bits = ((steps + _ROUNDING_SHIFT).to(tl.int32, bitcast=True) - (_FLOAT32_SHIFT_BITS - _HALF_SHIFT_BITS))
+    half_bits = ((steps + _ROUNDING_SHIFT).to(tl.int32, bitcast=True) - (_ROUNDING_SHIFT_BITS - _HALF_SHIFT_BITS))
     prob_codes = (half_bits.to(tl.int16).to(tl.float16, bitcast=True) - _HALF_SHIFT).to(tl.float16)
     v_ptrs = qkv_ptr + key_rows[:, None] + v_cols[None, :]
     if MASKED:

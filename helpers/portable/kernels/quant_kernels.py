@@ -40,6 +40,7 @@ def _int8_grid(v, scale):
 # float-to-int conversion, which take the conversion unit (16 per clock per SM on Hopper): that
 # unit bounds the INT8 GEMM's epilogue.
 _ROUNDING_SHIFT = tl.constexpr(12582912.0)
+_ROUNDING_SHIFT_BITS = tl.constexpr(0x4B400000)  # its float32 bits
 
 
 @triton.jit
