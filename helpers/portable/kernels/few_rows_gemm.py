@@ -91,28 +91,39 @@ def _prefetch_rows_to_l2(row_ptrs, nbytes):
 
 
 @triton.jit
-def _few_rows_gemm_kernel(
-    a_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_a, stride_w, k_per_split, coeff, sqrt_2_over_pi,
-    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, PARTIALS: tl.constexpr, USE_PDL: tl.constexpr,
-    PREFETCH: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
+def _begin(w_ptr, N, K, stride_w, k_per_split, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr,
+           BLOCK_N: tl.constexpr):
+    """The program's row block, column block, K split, columns and K slice (start, length); under
+    PDL it first lets the next kernel launch, then waits for the previous one."""
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     pid_m = tl.program_id(2)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    # Columns past N read valid weight rows (wrapped) and are never stored: no N mask on loads.
-    w_rows = (cols % N).to(tl.int64)
     k_begin = split * k_per_split
     k_len = tl.minimum(K - k_begin, k_per_split)
     if USE_PDL:
         if PREFETCH and pid_m == 0:
             # Weights only (the contract of kernels.pdl): this program's slab, asked for once per
             # column block and K split, by the first row block's program.
-            _prefetch_rows_to_l2(w_ptr + w_rows * stride_w + k_begin, tl.full([BLOCK_N], 0, tl.int32) + k_len * 2)
+            _prefetch_rows_to_l2(w_ptr + (cols % N).to(tl.int64) * stride_w + k_begin,
+                                 tl.full([BLOCK_N], 0, tl.int32) + k_len * 2)
         tl.extra.cuda.gdc_wait()
+    return pid_m, pid_n, split, cols, k_begin, k_len
+
+
+@triton.jit
+def _few_rows_gemm_kernel(
+    a_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_a, stride_w, k_per_split, coeff, sqrt_2_over_pi,
+    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, PARTIALS: tl.constexpr, USE_PDL: tl.constexpr,
+    PREFETCH: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_m, pid_n, split, cols, k_begin, k_len = _begin(w_ptr, N, K, stride_w, k_per_split, USE_PDL, PREFETCH,
+                                                      BLOCK_N)
+    # Columns past N read valid weight rows (wrapped) and are never stored: no N mask on loads.
+    w_rows = (cols % N).to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     ks = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + (rows % M)[:, None].to(tl.int64) * stride_a + (k_begin + ks)[None, :]
@@ -158,21 +169,10 @@ def _few_rows_gemm_tma_kernel(
 ):
     # The pointer kernel's grid and PDL contract, with the tiles read through TMA descriptors
     # (``a_desc`` [M, K], ``w_desc`` [N, K]), which fill reads past M, N and K with zeros.
-    if USE_PDL:
-        tl.extra.cuda.gdc_launch_dependents()
-    pid_n = tl.program_id(0)
-    split = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    k_begin = split * k_per_split
-    k_end = tl.minimum(K, k_begin + k_per_split)
-    if USE_PDL:
-        if PREFETCH and pid_m == 0:
-            _prefetch_rows_to_l2(w_ptr + (cols % N).to(tl.int64) * stride_w + k_begin,
-                                 tl.full([BLOCK_N], 0, tl.int32) + (k_end - k_begin) * 2)
-        tl.extra.cuda.gdc_wait()
+    pid_m, pid_n, split, cols, k_begin, k_len = _begin(w_ptr, N, K, stride_w, k_per_split, USE_PDL, PREFETCH,
+                                                      BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for start in tl.range(k_begin, k_end, BLOCK_K):
+    for start in tl.range(k_begin, k_begin + k_len, BLOCK_K):
         a = a_desc.load([pid_m * BLOCK_M, start])
         w = w_desc.load([pid_n * BLOCK_N, start])
         acc = tl.dot(a, w.T, acc)
