@@ -41,6 +41,18 @@ def _load_codes(ptrs, mask, scale, CODES: tl.constexpr, MASKED: tl.constexpr = T
     return _int8_grid(values.to(tl.float32), scale).to(tl.int8)
 
 
+@triton.jit
+def _load_key_codes(ptrs, key_ok, dim_ok, scale, CODES: tl.constexpr, MASKED: tl.constexpr,
+                    EVEN_HEAD: tl.constexpr):
+    """A K or V tile's codes (``key_ok`` / ``dim_ok`` broadcast to its shape): masked by key only in
+    the block holding the last valid key, by dimension only where the head is narrower than its tile."""
+    if MASKED:
+        return _load_codes(ptrs, key_ok & dim_ok, scale, CODES)
+    if EVEN_HEAD:
+        return _load_codes(ptrs, None, scale, CODES, False)
+    return _load_codes(ptrs, dim_ok, scale, CODES)
+
+
 # The kernel is bound by instructions per score, not by its tensor cores: the conversion unit (16
 # per clock per SM, like the exponential's) is kept for exp2 alone.  Integers become floats by bit
 # arithmetic: i + 1.5·2²³ (|i| < 2²²) is a float32 whose low bits hold i, and 1536 + c (|c| ≤ 128)
@@ -67,13 +79,8 @@ def _dots(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, QKV_COD
     """Q·Kᵀ [BLOCK_M, BLOCK_N] of the keys ``keys`` as exact float32, unscaled; when ``MASKED``
     (only the block holding the last valid key), -inf past the valid ones."""
     # K read as a [dims, keys] tile, contiguous along dims: the operand layout of int8 tensor cores.
-    k_ptrs = qkv_ptr + key_rows[None, :] + k_cols[:, None]
-    if MASKED:
-        k = _load_codes(k_ptrs, in_head[:, None] & (keys < valid)[None, :], qkv_scale, QKV_CODES)
-    elif EVEN_HEAD:
-        k = _load_codes(k_ptrs, None, qkv_scale, QKV_CODES, False)
-    else:
-        k = _load_codes(k_ptrs, in_head[:, None], qkv_scale, QKV_CODES)
+    k = _load_key_codes(qkv_ptr + key_rows[None, :] + k_cols[:, None], (keys < valid)[None, :], in_head[:, None],
+                        qkv_scale, QKV_CODES, MASKED, EVEN_HEAD)
     # |q·k| ≤ H · 128² < 2²² (MAX_HEAD_SIZE).
     dots = _int32_to_float(tl.dot(q, k, out_dtype=tl.int32))
     if MASKED:
@@ -100,13 +107,8 @@ def _times_v(context, exps, inv_sum, qkv_ptr, key_rows, v_cols, keys, in_head, v
         steps = tl.minimum(steps, 127.0)
     half_bits = ((steps + _ROUNDING_SHIFT).to(tl.int32, bitcast=True) - (_ROUNDING_SHIFT_BITS - _HALF_SHIFT_BITS))
     prob_codes = (half_bits.to(tl.int16).to(tl.float16, bitcast=True) - _HALF_SHIFT).to(tl.float16)
-    v_ptrs = qkv_ptr + key_rows[:, None] + v_cols[None, :]
-    if MASKED:
-        v = _load_codes(v_ptrs, (keys < valid)[:, None] & in_head[None, :], qkv_scale, QKV_CODES)
-    elif EVEN_HEAD:
-        v = _load_codes(v_ptrs, None, qkv_scale, QKV_CODES, False)
-    else:
-        v = _load_codes(v_ptrs, in_head[None, :], qkv_scale, QKV_CODES)
+    v = _load_key_codes(qkv_ptr + key_rows[:, None] + v_cols[None, :], (keys < valid)[:, None], in_head[None, :],
+                        qkv_scale, QKV_CODES, MASKED, EVEN_HEAD)
     # On FP16 tensor cores: codes and their products are exact there, and the sums stay below 2²⁴
     # (S · 127 · 127, MAX_SEQ_LEN), exact in the float32 accumulator: the int32 result, while V's
     # layout (dims contiguous) is one Hopper's int8 instructions cannot read as this operand.
