@@ -130,6 +130,25 @@ def _epilogue(
 
 
 @triton.jit
+def _dot_k_blocks(a_ptrs, w_ptrs, ks, k_len, acc, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``acc`` + the product of ``k_len`` columns of the row tile at ``a_ptrs`` [BLOCK_M, BLOCK_K] and
+    the K-major weight tile at ``w_ptrs`` [BLOCK_K, BLOCK_N], BLOCK_K at a time (the last block
+    masked unless ``EVEN_K``); the pointer kernels' main loop, accumulating in ``acc``'s type."""
+    for start in tl.range(0, k_len, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            left = k_len - start
+            a = tl.load(a_ptrs, mask=ks[None, :] < left, other=0)
+            w = tl.load(w_ptrs, mask=ks[:, None] < left, other=0)
+        acc = tl.dot(a, w, acc, out_dtype=acc.dtype)
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    return acc
+
+
+@triton.jit
 def _int8_gemm_kernel(
     a_ptr, w_ptr, col_scale_ptr, bias_ptr, out_ptr, M, N, K, stride_a, stride_w, stride_out, m_bucket,
     out_scale, coeff, sqrt_2_over_pi,
@@ -144,18 +163,7 @@ def _int8_gemm_kernel(
     # Rows / columns past the end read valid ones (wrapped) and are never stored: no M / N masks.
     a_ptrs = a_ptr + (rows % M)[:, None].to(tl.int64) * stride_a + ks[None, :]
     w_ptrs = w_ptr + (cols % N)[None, :].to(tl.int64) * stride_w + ks[:, None]  # [BLOCK_K, BLOCK_N], K-major
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for start in tl.range(0, K, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(a_ptrs)
-            w = tl.load(w_ptrs)
-        else:
-            left = K - start
-            a = tl.load(a_ptrs, mask=ks[None, :] < left, other=0)
-            w = tl.load(w_ptrs, mask=ks[:, None] < left, other=0)
-        acc = tl.dot(a, w, acc, out_dtype=tl.int32)
-        a_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K
+    acc = _dot_k_blocks(a_ptrs, w_ptrs, ks, K, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32), EVEN_K, BLOCK_K)
     _epilogue(acc, pid_m, pid_n, col_scale_ptr, bias_ptr, out_ptr, M, N, stride_out, out_scale, coeff,
               sqrt_2_over_pi, HAS_BIAS, GELU, MODE, VALUE_DTYPE, BLOCK_M, BLOCK_N)
 
