@@ -45,14 +45,13 @@ def read_text_file(path: str, what: str) -> str:
         raise RunnerError(f"cannot read {what} file {path}: {err.strerror}") from None
 
 
-class QuestionAnswerer:
-    """Answers questions about passages with one engine, at one batch size and sequence length."""
+class AnswerExtractor:
+    """The text side of question answering: features of a question and passage, and the best
+    span from per-feature logits.  Engines are run by :class:`QuestionAnswerer` or a server."""
 
     def __init__(
         self,
-        runner: EngineRunner,
         vocab_file: str,
-        batch_size: int = 1,
         max_seq_length: int = 128,
         doc_stride: int = 128,
         max_query_length: int = 64,
@@ -67,18 +66,11 @@ class QuestionAnswerer:
             self.tokenizer = tokenization.FullTokenizer(vocab_file=vocab_file, do_lower_case=True)
         except tokenization.VocabError as err:
             raise RunnerError(str(err)) from None
-        self.runner = runner
-        self.batch_size = 1 if runner.varseqlen else batch_size
         self.max_seq_length = max_seq_length
         self.doc_stride = doc_stride
         self.max_query_length = max_query_length
         self.n_best_size = n_best_size
         self.max_answer_length = max_answer_length
-        if not runner.varseqlen:
-            try:
-                runner.activate(self.batch_size, max_seq_length)
-            except NoProfileError:
-                raise RunnerError(f"Could not find any profile that can run batch size {self.batch_size}.") from None
 
     def features(self, doc_tokens: list[str], question: str) -> list[Any]:
         import helpers.data_processing as dp
@@ -89,6 +81,37 @@ class QuestionAnswerer:
             )
         except dp.FeatureError as err:
             raise RunnerError(str(err)) from None
+
+    def best_answer(self, doc_tokens: list[str], features: list[Any], outputs: list[NetworkOutput]) -> tuple[str, float, list[Any]]:
+        """(answer text, its probability, n-best list) from the logits of ``features``."""
+        import helpers.data_processing as dp
+
+        prediction, nbest, _ = dp.get_predictions(doc_tokens, features, outputs, self.n_best_size, self.max_answer_length)
+        return prediction, nbest[0]["probability"], nbest
+
+
+class QuestionAnswerer(AnswerExtractor):
+    """Answers questions about passages with one engine, at one batch size and sequence length."""
+
+    def __init__(
+        self,
+        runner: EngineRunner,
+        vocab_file: str,
+        batch_size: int = 1,
+        max_seq_length: int = 128,
+        doc_stride: int = 128,
+        max_query_length: int = 64,
+        n_best_size: int = 20,
+        max_answer_length: int = 30,
+    ):
+        super().__init__(vocab_file, max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length)
+        self.runner = runner
+        self.batch_size = 1 if runner.varseqlen else batch_size
+        if not runner.varseqlen:
+            try:
+                runner.activate(self.batch_size, max_seq_length)
+            except NoProfileError:
+                raise RunnerError(f"Could not find any profile that can run batch size {self.batch_size}.") from None
 
     def feature_logits(self, feature: Any) -> tuple[np.ndarray, np.ndarray, float]:
         """(start logits, end logits, seconds for copy + execute + sync) of one feature."""
@@ -122,8 +145,6 @@ class QuestionAnswerer:
         return first[:, 0], first[:, 1], elapsed
 
     def answer(self, doc_tokens: list[str], question: str) -> Answer:
-        import helpers.data_processing as dp
-
         started = time.perf_counter()
         features = self.features(doc_tokens, question)
         outputs = []
@@ -132,10 +153,10 @@ class QuestionAnswerer:
             start_logits, end_logits, elapsed = self.feature_logits(feature)
             network_seconds += elapsed
             outputs.append(NetworkOutput(start_logits=start_logits, end_logits=end_logits, feature_index=index))
-        prediction, nbest, _ = dp.get_predictions(doc_tokens, features, outputs, self.n_best_size, self.max_answer_length)
+        text, probability, nbest = self.best_answer(doc_tokens, features, outputs)
         return Answer(
-            text=prediction,
-            probability=nbest[0]["probability"],
+            text=text,
+            probability=probability,
             nbest=nbest,
             network_seconds=network_seconds / max(len(features), 1),
             end_to_end_seconds=time.perf_counter() - started,
