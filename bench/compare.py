@@ -3,7 +3,7 @@
 For every model × sequence length × batch: the portable engine built through the builder's code
 path from a random HuggingFace BertForQuestionAnswering (with and without CUDA graph), HF eager
 (SDPA attention), HF captured in a CUDA graph, optionally HF + torch.compile captured in a CUDA
-graph (on the issue's six goal shapes only: inductor compiles each shape anew, 10-20 s each), and the floor
+graph (on the six shapes of GOALS_MS only: inductor compiles each shape anew, 10-20 s each), and the floor
 max(FLOPs / measured fp16 matmul peak, encoder weight bytes / measured copy bandwidth), also with
 the matmul rate the card sustains at its power cap (long batch-128 runs are held to it).  Every
 runner is timed the same way (bench.timing.time_cuda: CUDA events, warm-up, median and p99).
@@ -44,7 +44,7 @@ MODELS = {  # (layers, hidden, heads, intermediate)
     "large": (24, 1024, 16, 4096),
 }
 VOCAB, TYPES, MAX_POSITIONS = 30522, 2, 512
-# The goals (ms) on the H100 for the shapes it lists.
+# Latency targets (ms) on the H100 for six BERT shapes; --quick times only these.
 GOALS_MS = {("large", 128, 1): 0.70, ("large", 384, 1): 0.90, ("large", 128, 128): 15.5,
             ("large", 384, 128): 48.0, ("base", 128, 1): 0.30, ("base", 384, 128): 14.0}
 
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="base,large")
     parser.add_argument("--seqs", default="128,384")
     parser.add_argument("--batches", default="1,8,32,128")
-    parser.add_argument("--quick", action="store_true", help="only the issue's six shapes, 100 iterations")
+    parser.add_argument("--quick", action="store_true", help="only the six shapes with latency targets, 100 iterations")
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--compile", action="store_true",
                         help="also time HF + torch.compile (inductor, default mode) in a CUDA graph, on the goal shapes")

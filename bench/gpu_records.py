@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
-"""The GPU records that issues 3, 5, 6 and 8 ask for, measured in one process on one GPU.
+"""Engine correctness, packed-vs-padded, sparsity and INT8 records, measured in one process on one GPU.
 
 Sections (``--only`` picks some; default: all):
 
-* ``builder`` (issue 3): ``bench/check_builder_gpu.py``'s table, FP32 and FP16 engines of
+* ``builder``: ``bench/check_builder_gpu.py``'s table, FP32 and FP16 engines of
   BERT-base/large-shaped random weights against HF (float64) on CUDA.
-* ``varseqlen`` (issue 5): ``perf_varseqlen.py --squad-lengths`` on a packed engine against
+* ``varseqlen``: ``perf_varseqlen.py --squad-lengths`` on a packed engine against
   ``perf.py`` on a padded engine at S=384, FP16, CUDA graphs for both.
-* ``sparsity`` (issue 5): packed FP16 engines of the 2:4-pruned model (``helpers.sparsity``) with
+* ``sparsity``: packed FP16 engines of the 2:4-pruned model (``helpers.sparsity``) with
   and without ``-sp``: speed of both and the largest logit difference between them.
-* ``int8`` (issue 6): ``perf.py`` on FP16 and INT8 (PTQ-calibrated on a hand-made SQuAD set;
+* ``int8``: ``perf.py`` on FP16 and INT8 (PTQ-calibrated on a hand-made SQuAD set;
   FP8 too when ``builder.py`` offers ``--fp8``) engines at 128/384 × batch 1/32/128, and
   ``bench/int8_accuracy.py``'s cosine / argmax agreement of each against an FP32 engine.
-* ``inference_c`` (issue 8): ``inference_c.py --enable-graph`` against ``inference.py`` on the
+* ``inference_c``: ``inference_c.py --enable-graph`` against ``inference.py`` on the
   same portable engine (the printed answer and format, timings masked).
 * ``profile`` (diagnosis): device time per kernel category (torch.profiler) of the FP16, INT8
   (-imh / -iln / --strict one by one) and FP8 engines at 128 × 32, and of the packed engine.
@@ -60,8 +60,8 @@ FORMAT_VERSION = 1
 SECTIONS = ("builder", "varseqlen", "sparsity", "int8", "inference_c", "profile")
 # Sections measured on the run's shared random model (the others bring their own models).
 SHARED_MODEL_SECTIONS = ("varseqlen", "sparsity", "int8", "profile")
-PACKED_GOAL = 2.2  # issue 5: packed ≥ 2.2× padded sequences/s on the SQuAD length mix
-INT8_GOAL = 1.6  # issue 6: INT8 ≥ 1.6× FP16 sequences/s at batch 128
+PACKED_GOAL = 2.2  # target: packed ≥ 2.2× padded sequences/s on the SQuAD length mix
+INT8_GOAL = 1.6  # target: INT8 ≥ 1.6× FP16 sequences/s at the largest batch
 # What scripts/inference_benchmark.sh builds on Ampere and later; builder.py refuses -imh without a GPU.
 INT8_BUILD_FLAGS = ["-i", "--strict", "-iln", "-imh"]
 ACCURACY_MIN_SEQ = 128  # every answer of the hand-made SQuAD set fits one window from here on
@@ -84,9 +84,9 @@ class Setup:
     device: str
     model_shape: dict
     float_flags: list[str]  # ["-f"] on CUDA; FP16 engines do not run on the CPU
-    seq_lengths: tuple[int, int]  # issue 6's 128 / 384
-    batches: tuple[int, ...]  # issue 6's 1 / 32 / 128
-    packed_batches: tuple[int, ...]  # issue 5's 32 / 128
+    seq_lengths: tuple[int, int]  # padded engines: 128 / 384
+    batches: tuple[int, ...]  # padded engines: 1 / 32 / 128
+    packed_batches: tuple[int, ...]  # packed engines: 32 / 128
     iterations: int
     warm_up: int
     check_builder_args: list[str]
@@ -234,7 +234,7 @@ class Workspace:
         return ["--hf", str(self.model()), "--backend", "portable", "--device", self.setup.device]
 
     def padded_engine(self, precision: str) -> Path:
-        """Fixed-length engine with one profile per (batch, seq) of issue 6 (issue 5 uses its S=384)."""
+        """Fixed-length engine with one profile per (batch, seq) of ``setup`` (the packed comparison uses its long S)."""
         setup = self.setup
         flags = {"float": setup.float_flags, "fp32": [],
                  "int8": [*setup.float_flags, *setup.int8_flags, "-j", str(self.squad()), "-v", self.vocab(), "-n", "20",
@@ -250,7 +250,7 @@ class Workspace:
         return self.once(f"padded_{precision}", make, f"padded_{precision}.engine")
 
     def packed_engine(self, key: str, folder: Path, extra: list[str] = ()) -> tuple[Path, str]:
-        """Variable-length engine (profiles for issue 5's batches) and its build log."""
+        """Variable-length engine (one profile per packed batch) and its build log."""
         logs: dict[str, str] = {}
 
         def make(path: Path) -> None:
@@ -267,7 +267,7 @@ class Workspace:
 
 
 def section_builder(ws: Workspace) -> dict:
-    """Issue 3: check_builder_gpu.py's table as it prints it."""
+    """check_builder_gpu.py's table (engines vs HF in float64) as it prints it."""
     from bench import check_builder_gpu
 
     status, out, err = call_main(check_builder_gpu.main, ws.setup.check_builder_args)
@@ -276,7 +276,7 @@ def section_builder(ws: Workspace) -> dict:
     notes = [heading] if heading else []
     if status != 0:
         notes.append(f"check_builder_gpu.py exit status {status}: {last_line(err) or 'an error above tolerance'}")
-    return {"title": "Issue 3: builder.py engines vs HuggingFace", "passed": status == 0, "table": table,
+    return {"title": "builder.py engines vs HuggingFace", "passed": status == 0, "table": table,
             "notes": notes, "command": "python3 bench/check_builder_gpu.py " + " ".join(ws.setup.check_builder_args)}
 
 
@@ -289,7 +289,7 @@ def squad_length_summary(batch: int, seq: int) -> tuple[int, float]:
 
 
 def section_varseqlen(ws: Workspace) -> dict:
-    """Issue 5: packed (SQuAD lengths) vs padded at the long sequence length, CUDA graphs for both."""
+    """Packed (SQuAD lengths) vs padded at the long sequence length, CUDA graphs for both."""
     setup = ws.setup
     seq, batches = setup.long_seq, setup.packed_batches
     padded = perf("perf.py", ws.padded_engine("float"), seq, batches, setup)
@@ -318,7 +318,7 @@ def section_varseqlen(ws: Workspace) -> dict:
               f"| padded {setup.float_name}, profiles b≤{max(setup.batches)} × S {setup.seq_lengths} | {memory_cells(padded)} |",
               f"| packed {setup.float_name}, b≤{max(batches)}, S≤{seq}, SQuAD mix | {memory_cells(packed_squad)} |",
               f"| packed {setup.float_name}, b≤{max(batches)}, S≤{seq}, all {seq} long | {memory_cells(packed_full)} |"]
-    return {"title": f"Issue 5: packed vs padded, {setup.float_name.upper()}, S={seq}, CUDA graphs",
+    return {"title": f"Packed vs padded, {setup.float_name.upper()}, S={seq}, CUDA graphs",
             "passed": all(r["goal_met"] for r in rows), "rows": rows, "table": "\n".join(table),
             "memory_table": "\n".join(memory), "reports": [padded, packed_squad, packed_full], "notes": []}
 
@@ -348,7 +348,7 @@ def packed_logits(engine: Path, seq: int, device: str, batch: int) -> np.ndarray
 
 
 def section_sparsity(ws: Workspace) -> dict:
-    """Issue 5: the 2:4-pruned model's packed engine with and without -sp."""
+    """The 2:4-pruned model's packed engine with and without -sp."""
     from helpers.sparsity import prune_checkpoint
 
     setup = ws.setup
@@ -379,7 +379,7 @@ def section_sparsity(ws: Workspace) -> dict:
     memory = ["| engine | engine file MiB | peak GPU MiB (perf run) |", "|---|---|---|",
               f"| packed 2:4-pruned, without -sp | {memory_cells(dense)} |",
               f"| packed 2:4-pruned, with -sp | {memory_cells(sparse)} |"]
-    return {"title": f"Issue 5: 2:4-pruned model with and without -sp, {setup.float_name.upper()}, S={seq}",
+    return {"title": f"2:4-pruned model with and without -sp, {setup.float_name.upper()}, S={seq}",
             "passed": difference <= tolerance, "rows": rows, "max_logit_difference": difference,
             "table": "\n".join(table), "memory_table": "\n".join(memory), "reports": [dense, sparse], "notes": notes}
 
@@ -391,7 +391,7 @@ def builder_offers(option: str) -> bool:
 
 
 def section_int8(ws: Workspace) -> dict:
-    """Issue 6: FP16 vs INT8 (vs FP8) speed at 128/384 × 1/32/128, and agreement with FP32."""
+    """FP16 vs INT8 (vs FP8) speed at 128/384 × 1/32/128, and agreement with FP32."""
     from bench.int8_accuracy import handmade_features, logits_agreement, run_engine
 
     setup = ws.setup
@@ -466,14 +466,14 @@ def section_int8(ws: Workspace) -> dict:
     notes.append(f"goal INT8 ≥ {INT8_GOAL}× {names['float']} seq/s at batch {max(setup.batches)}: "
                  f"{'met' if goal_met else 'MISSED'}; goal cosine ≥ 0.99 and argmax ≥ 95%: "
                  f"{'met' if accuracy_met else 'MISSED'}")
-    return {"title": f"Issue 6: {names['float']} vs INT8" + (" vs FP8" if "fp8" in precisions else "")
+    return {"title": f"{names['float']} vs INT8" + (" vs FP8" if "fp8" in precisions else "")
             + ", padded engines, CUDA graphs", "passed": goal_met and accuracy_met and not errors,
             "rows": rows, "agreements": agreements, "table": "\n".join(table), "memory_table": "\n".join(memory),
             "accuracy_table": "\n".join(accuracy), "notes": notes}
 
 
 def section_inference_c(ws: Workspace) -> dict:
-    """Issue 8: inference_c.py --enable-graph prints what inference.py prints (timings masked)."""
+    """inference_c.py --enable-graph prints what inference.py prints (timings masked)."""
     import inference
     import inference_c
     from helpers.demo_model import write_tiny_qa_model
@@ -493,7 +493,7 @@ def section_inference_c(ws: Workspace) -> dict:
              f"outputs identical apart from timings: {'yes' if same else 'NO'}"]
     if not same:
         notes.append(f"stderr: {last_line(python_err)} / {last_line(c_err)}")
-    return {"title": "Issue 8: inference_c.py --enable-graph vs inference.py (tiny portable engine)", "passed": same,
+    return {"title": "inference_c.py --enable-graph vs inference.py (tiny portable engine)", "passed": same,
             "inference_py": python_out, "inference_c_py": c_out, "notes": notes}
 
 
@@ -524,7 +524,7 @@ def profile_engine(engine: Path, batch: int, seq: int, inputs: dict[str, np.ndar
 
 def section_profile(ws: Workspace) -> dict:
     """Where the time goes: the FP16, INT8 (flag by flag) and FP8 padded engines at one shape, and
-    the packed FP16 engine on the SQuAD mix (diagnosis of the issue 5 and 6 rows)."""
+    the packed FP16 engine on the SQuAD mix (diagnosis of the packed and INT8 rows)."""
     import perf_varseqlen
 
     setup = ws.setup
@@ -609,7 +609,7 @@ def environment(setup: Setup) -> dict:
 
 
 def render_markdown(records: dict) -> str:
-    lines = ["# GPU records of issues 3, 5, 6 and 8", "",
+    lines = ["# GPU records: correctness, packed vs padded, sparsity, INT8", "",
              "Written by `bench/gpu_records.py` (raw figures: [records.json](records.json)).  Every speed is",
              "perf.py's / perf_varseqlen.py's average over its timed CUDA-graph replays (CUDA events, copies",
              "excluded); sequences/s = batch / average.  The engines are this project's portable engine (no",

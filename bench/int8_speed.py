@@ -1,4 +1,4 @@
-"""Issue 6 on the GPU: FP16 vs INT8 vs FP8 portable engines, BERT-large, batch 128, S = 128 / 384.
+"""FP16 vs INT8 vs FP8 portable engines on the GPU, BERT-large, batch 128, S = 128 / 384.
 
 Builds the three fixed-length engines from one random BERT-large (INT8 with
 scripts/inference_benchmark.sh's ``-i --strict -iln -imh``, PTQ on the hand-made SQuAD set of
