@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from helpers.portable.kernels.int8_gemm import _dot_k_blocks, _gelu_tanh
+from helpers.portable.kernels.common import dot_k_blocks, gelu_tanh
 from helpers.portable.kernels.pdl import pdl_launch
 from helpers.portable.ops import GELU_COEFF, GELU_SQRT_2_OVER_PI
 
@@ -128,7 +128,7 @@ def _few_rows_gemm_kernel(
     ks = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + (rows % M)[:, None].to(tl.int64) * stride_a + (k_begin + ks)[None, :]
     w_ptrs = w_ptr + w_rows[None, :] * stride_w + (k_begin + ks)[:, None]  # [BLOCK_K, BLOCK_N], K-major
-    acc = _dot_k_blocks(a_ptrs, w_ptrs, ks, k_len, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), EVEN_K, BLOCK_K)
+    acc = dot_k_blocks(a_ptrs, w_ptrs, ks, k_len, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), EVEN_K, BLOCK_K)
     _store(acc, rows, cols, split, bias_ptr, out_ptr, M, N, coeff, sqrt_2_over_pi, HAS_BIAS, GELU, PARTIALS)
 
 
@@ -145,7 +145,7 @@ def _store(acc, rows, cols, split, bias_ptr, out_ptr, M, N, coeff, sqrt_2_over_p
         if HAS_BIAS:
             v += tl.load(bias_ptr + cols, mask=in_cols, other=0.0).to(tl.float32)[None, :]
         if GELU:
-            v = _gelu_tanh(v, coeff, sqrt_2_over_pi)
+            v = gelu_tanh(v, coeff, sqrt_2_over_pi)
         tl.store(out_ptr + offsets, v.to(out_ptr.dtype.element_ty), mask=in_range)
 
 

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from helpers.portable.kernels.quant_kernels import _ROUNDING_SHIFT, _ROUNDING_SHIFT_BITS, _int8_codes, _int8_grid
+from helpers.portable.kernels.common import ROUNDING_SHIFT, ROUNDING_SHIFT_BITS, int8_codes, int8_grid
 
 
 @triton.jit
@@ -38,7 +38,7 @@ def _load_codes(ptrs, mask, scale, CODES: tl.constexpr, MASKED: tl.constexpr = T
         values = tl.load(ptrs)
     if CODES:
         return values
-    return _int8_grid(values.to(tl.float32), scale).to(tl.int8)
+    return int8_grid(values.to(tl.float32), scale).to(tl.int8)
 
 
 @triton.jit
@@ -64,7 +64,7 @@ _HALF_SHIFT_BITS = tl.constexpr(0x6600)
 @triton.jit
 def _int32_to_float(x):
     """int32 ``x`` with |x| < 2²² as float32, exactly."""
-    return (x + _ROUNDING_SHIFT_BITS).to(tl.float32, bitcast=True) - _ROUNDING_SHIFT
+    return (x + ROUNDING_SHIFT_BITS).to(tl.float32, bitcast=True) - ROUNDING_SHIFT
 
 
 @triton.jit
@@ -99,13 +99,13 @@ def _exps(dots, score_scale, shift):
 def _times_v(context, exps, inv_sum, qkv_ptr, key_rows, v_cols, keys, in_head, valid, qkv_scale,
              QKV_CODES: tl.constexpr, CLAMP: tl.constexpr, MASKED: tl.constexpr, EVEN_HEAD: tl.constexpr):
     """``context`` + (probability codes of ``exps · inv_sum``) · (V codes of ``keys``)."""
-    # Probability / dq_probs rounded half to even into 0…127 (quant_kernels._int8_codes' way; the
+    # Probability / dq_probs rounded half to even into 0…127 (common.int8_codes' way; the
     # clamp only where 1 / dq_probs would round above 127), the float32 bits M + code turned by one
     # subtraction into the FP16 bits of 1536 + code.
     steps = exps * inv_sum[:, None]
     if CLAMP:
         steps = tl.minimum(steps, 127.0)
-    half_bits = ((steps + _ROUNDING_SHIFT).to(tl.int32, bitcast=True) - (_ROUNDING_SHIFT_BITS - _HALF_SHIFT_BITS))
+    half_bits = ((steps + ROUNDING_SHIFT).to(tl.int32, bitcast=True) - (ROUNDING_SHIFT_BITS - _HALF_SHIFT_BITS))
     prob_codes = (half_bits.to(tl.int16).to(tl.float16, bitcast=True) - _HALF_SHIFT).to(tl.float16)
     v = _load_key_codes(qkv_ptr + key_rows[:, None] + v_cols[None, :], (keys < valid)[:, None], in_head[None, :],
                         qkv_scale, QKV_CODES, MASKED, EVEN_HEAD)
@@ -211,9 +211,9 @@ def _int8_attention_kernel(
     out_ptrs = out_ptr + (queries.to(tl.int64) * batch + seq)[:, None] * (HEADS * HEAD) + (head * HEAD + dims)[None, :]
     out_mask = (queries < seq_len)[:, None] & in_head[None, :]
     if OUT_CODES:
-        tl.store(out_ptrs, _int8_codes(values, out_scale), mask=out_mask)
+        tl.store(out_ptrs, int8_codes(values, out_scale), mask=out_mask)
     else:
-        tl.store(out_ptrs, (_int8_grid(values, out_scale) * out_scale).to(out_ptr.dtype.element_ty), mask=out_mask)
+        tl.store(out_ptrs, (int8_grid(values, out_scale) * out_scale).to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
 MAX_SEQ_LEN = 1040  # P·V's sums reach S · 127 · 127, exact in float32 below 2²⁴

@@ -34,7 +34,8 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from helpers.portable.kernels.quant_kernels import FLOAT_VALUES, INT8_CODES, _int8_codes
+from helpers.portable.kernels.common import dot_k_blocks, gelu_tanh, int8_codes
+from helpers.portable.kernels.quant_kernels import FLOAT_VALUES, INT8_CODES
 from helpers.portable.ops import GELU_COEFF, GELU_SQRT_2_OVER_PI
 
 # Rows up to this many run the small-M configurations (batch-1 shapes: too few row blocks of 128
@@ -74,17 +75,10 @@ def _quick_bench(kernel_call: Callable[[], object], quantiles: tuple[float, ...]
 
 
 @triton.jit
-def _gelu_tanh(v, coeff, sqrt_2_over_pi):
-    u = sqrt_2_over_pi * (v + coeff * v * v * v)
-    # tanh(u) = 1 - 2 / (exp(2u) + 1): exact limits ±1 for large |u|.
-    return 0.5 * v * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
-
-
-@triton.jit
 def _gelu_tanh_approx(v, coeff, sqrt_2_over_pi):
     # The hardware tanh (one special-function instruction; PTX bounds its relative error by 2⁻¹¹)
     # for values rounded to FP16 / BF16 and quantized next: on BERT-large's FC1 with FP16 values it
-    # moved 2 codes in 10⁷ and, with the cheaper rounding of ``quant_kernels._int8_codes``, made the
+    # moved 2 codes in 10⁷ and, with the cheaper rounding of ``common.int8_codes``, made the
     # GEMM 1.2x faster.
     u = sqrt_2_over_pi * (v + coeff * v * v * v)
     tanh = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [u], dtype=tl.float32, is_pure=True, pack=1)
@@ -116,7 +110,7 @@ def _epilogue(
         if MODE == 0 and VALUE_DTYPE != 0:
             v = _gelu_tanh_approx(v, coeff, sqrt_2_over_pi)
         else:
-            v = _gelu_tanh(v, coeff, sqrt_2_over_pi)
+            v = gelu_tanh(v, coeff, sqrt_2_over_pi)
     out_ptrs = out_ptr + rows[:, None].to(tl.int64) * stride_out + cols[None, :]
     in_range = (rows < M)[:, None] & in_cols[None, :]
     if MODE == 0:  # INT8_CODES
@@ -124,28 +118,9 @@ def _epilogue(
             v = v.to(tl.float16).to(tl.float32)
         elif VALUE_DTYPE == 2:
             v = v.to(tl.bfloat16).to(tl.float32)
-        tl.store(out_ptrs, _int8_codes(v, out_scale), mask=in_range)
+        tl.store(out_ptrs, int8_codes(v, out_scale), mask=in_range)
     else:  # FLOAT_VALUES
         tl.store(out_ptrs, v.to(out_ptr.dtype.element_ty), mask=in_range)
-
-
-@triton.jit
-def _dot_k_blocks(a_ptrs, w_ptrs, ks, k_len, acc, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``acc`` + the product of ``k_len`` columns of the row tile at ``a_ptrs`` [BLOCK_M, BLOCK_K] and
-    the K-major weight tile at ``w_ptrs`` [BLOCK_K, BLOCK_N], BLOCK_K at a time (the last block
-    masked unless ``EVEN_K``); the pointer kernels' main loop, accumulating in ``acc``'s type."""
-    for start in tl.range(0, k_len, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(a_ptrs)
-            w = tl.load(w_ptrs)
-        else:
-            left = k_len - start
-            a = tl.load(a_ptrs, mask=ks[None, :] < left, other=0)
-            w = tl.load(w_ptrs, mask=ks[:, None] < left, other=0)
-        acc = tl.dot(a, w, acc, out_dtype=acc.dtype)
-        a_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K
-    return acc
 
 
 @triton.jit
@@ -163,7 +138,7 @@ def _int8_gemm_kernel(
     # Rows / columns past the end read valid ones (wrapped) and are never stored: no M / N masks.
     a_ptrs = a_ptr + (rows % M)[:, None].to(tl.int64) * stride_a + ks[None, :]
     w_ptrs = w_ptr + (cols % N)[None, :].to(tl.int64) * stride_w + ks[:, None]  # [BLOCK_K, BLOCK_N], K-major
-    acc = _dot_k_blocks(a_ptrs, w_ptrs, ks, K, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32), EVEN_K, BLOCK_K)
+    acc = dot_k_blocks(a_ptrs, w_ptrs, ks, K, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32), EVEN_K, BLOCK_K)
     _epilogue(acc, pid_m, pid_n, col_scale_ptr, bias_ptr, out_ptr, M, N, stride_out, out_scale, coeff,
               sqrt_2_over_pi, HAS_BIAS, GELU, MODE, VALUE_DTYPE, BLOCK_M, BLOCK_N)
 

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from helpers.portable.kernels.common import load_layernorm_params, normalize
 from helpers.portable.kernels.pdl import pdl_launch
 
 
@@ -21,26 +22,6 @@ def _row_launch(hidden: int) -> tuple[int, int]:
     """Block width (power of two ≥ E) and warps: 16-byte accesses per thread on real sizes."""
     block = triton.next_power_of_2(hidden)
     return block, max(1, min(8, block // 256))
-
-
-@triton.jit
-def _normalize(v, cols_mask, gamma, beta, hidden, eps):
-    # Statistics over the last axis: of one row (1-D ``v``) or of each row of a block (2-D).
-    mean = tl.sum(v, axis=-1, keep_dims=True) / hidden
-    var = tl.sum(v * v, axis=-1, keep_dims=True) / hidden - mean * mean
-    return (v - mean) * (1.0 / tl.sqrt(var + eps)) * gamma + beta
-
-
-@triton.jit
-def _load_params(gamma_ptr, beta_ptr, cols, cols_mask, USE_PDL: tl.constexpr):
-    # The LayerNorm parameters are weights: read before waiting for the previous kernel (kernels.pdl).
-    if USE_PDL:
-        tl.extra.cuda.gdc_launch_dependents()
-    gamma = tl.load(gamma_ptr + cols, mask=cols_mask, other=0.0).to(tl.float32)
-    beta = tl.load(beta_ptr + cols, mask=cols_mask, other=0.0).to(tl.float32)
-    if USE_PDL:
-        tl.extra.cuda.gdc_wait()
-    return gamma, beta
 
 
 @triton.jit
@@ -55,14 +36,14 @@ def _skip_layernorm_kernel(
     offsets = row * hidden + cols
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=cols_mask, other=0.0).to(tl.float32)
-    gamma, beta = _load_params(gamma_ptr, beta_ptr, cols, cols_mask, USE_PDL)
+    gamma, beta = load_layernorm_params(gamma_ptr, beta_ptr, cols, cols_mask, USE_PDL)
     v = tl.load(x_ptr + offsets, mask=cols_mask, other=0.0).to(tl.float32)
     for split in tl.static_range(1, SPLITS):
         v += tl.load(x_ptr + split * split_stride + offsets, mask=cols_mask, other=0.0)
     v += tl.load(skip_ptr + offsets, mask=cols_mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         v += bias
-    y = _normalize(v, cols_mask, gamma, beta, hidden, eps)
+    y = normalize(v, cols_mask, gamma, beta, hidden, eps)
     tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=cols_mask)
     if STORE_SUM:
         tl.store(sum_ptr + offsets, v.to(sum_ptr.dtype.element_ty), mask=cols_mask)
@@ -81,7 +62,7 @@ def _embed_layernorm_kernel(
     b = row % batch
     cols = tl.arange(0, BLOCK)
     cols_mask = cols < hidden
-    gamma, beta = _load_params(gamma_ptr, beta_ptr, cols, cols_mask, USE_PDL)
+    gamma, beta = load_layernorm_params(gamma_ptr, beta_ptr, cols, cols_mask, USE_PDL)
     token = tl.load(ids_ptr + s * ids_stride_s + b * ids_stride_b).to(tl.int64)
     segment = tl.load(segs_ptr + s * segs_stride_s + b * segs_stride_b).to(tl.int64)
     if POSITION_IS_S:
@@ -100,7 +81,7 @@ def _embed_layernorm_kernel(
     table_type = word.dtype
     v = (word.to(tl.float32) + kind.to(tl.float32)).to(table_type).to(tl.float32)
     v = (v + place.to(tl.float32)).to(table_type).to(tl.float32)
-    y = _normalize(v, cols_mask, gamma, beta, hidden, 0.0)
+    y = normalize(v, cols_mask, gamma, beta, hidden, 0.0)
     keep = cols_mask & valid
     tl.store(out_ptr + row * hidden + cols, tl.where(keep, y, 0.0).to(out_ptr.dtype.element_ty), mask=cols_mask)
     if STORE_SUM:

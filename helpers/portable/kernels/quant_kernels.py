@@ -19,35 +19,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
-from helpers.portable.kernels.norms import _load_params, _normalize
+from helpers.portable.kernels.common import int8_codes, int8_grid, load_layernorm_params, normalize
 
 _BLOCK = 2048
 # What a pass stores: int8 codes, FP8 E4M3 codes, or plain float values (the INT8 GEMM's epilogue only).
 INT8_CODES, FP8_CODES, FLOAT_VALUES = 0, 1, 2
-
-
-@triton.jit
-def _int8_grid(v, scale):
-    """The code of ``v`` on the INT8 grid of ``scale``, as a float."""
-    return tl.minimum(tl.maximum(libdevice.rint(v * (1.0 / scale)), -128.0), 127.0)
-
-
-# 1.5 · 2²³: adding it to a float32 of magnitude ≤ 2²² makes the adder round that value to an
-# integer (half to even, as ``rint``) held in the sum's low mantissa bits, and the sum's low byte is
-# then the int8 code (the constant's is zero).  Two ALU operations instead of ``rint`` and a
-# float-to-int conversion, which take the conversion unit (16 per clock per SM on Hopper): that
-# unit bounds the INT8 GEMM's epilogue.
-_ROUNDING_SHIFT = tl.constexpr(12582912.0)
-_ROUNDING_SHIFT_BITS = tl.constexpr(0x4B400000)  # its float32 bits
-
-
-@triton.jit
-def _int8_codes(v, scale):
-    """``_int8_grid(v, scale)`` as int8."""
-    shifted = tl.minimum(tl.maximum(v * (1.0 / scale), -128.0), 127.0) + _ROUNDING_SHIFT
-    return shifted.to(tl.int32, bitcast=True).to(tl.int8)
 
 
 @triton.jit
@@ -56,7 +33,7 @@ def _quantize_kernel(x_ptr, out_ptr, numel, out_scale, MODE: tl.constexpr, BLOCK
     in_range = offsets < numel
     v = tl.load(x_ptr + offsets, mask=in_range, other=0).to(tl.float32)
     if MODE == 0:
-        tl.store(out_ptr + offsets, _int8_codes(v, out_scale), mask=in_range)
+        tl.store(out_ptr + offsets, int8_codes(v, out_scale), mask=in_range)
     else:
         codes = tl.minimum(tl.maximum(v / out_scale, -448.0), 448.0)  # the finite E4M3 range
         tl.store(out_ptr + offsets, codes.to(out_ptr.dtype.element_ty), mask=in_range)
@@ -90,20 +67,20 @@ def _int8_skip_layernorm_kernel(
     if X_CODES:
         x = tl.load(x_ptr + offsets, mask=mask, other=0).to(tl.float32) * x_scale
     else:
-        x = _int8_grid(tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32), x_scale) * x_scale
+        x = int8_grid(tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32), x_scale) * x_scale
     if SKIP_CODES:
         skip = tl.load(skip_ptr + offsets, mask=mask, other=0).to(tl.float32) * skip_scale
     else:
-        skip = _int8_grid(tl.load(skip_ptr + offsets, mask=mask, other=0.0).to(tl.float32), skip_scale) * skip_scale
+        skip = int8_grid(tl.load(skip_ptr + offsets, mask=mask, other=0.0).to(tl.float32), skip_scale) * skip_scale
     v = x + skip
     if HAS_BIAS:
         v += tl.load(bias_ptr + cols, mask=cols_mask, other=0.0).to(tl.float32)[None, :]
-    gamma, beta = _load_params(gamma_ptr, beta_ptr, cols, cols_mask, False)
-    y = _normalize(v, cols_mask, gamma[None, :], beta[None, :], hidden, eps)
+    gamma, beta = load_layernorm_params(gamma_ptr, beta_ptr, cols, cols_mask, False)
+    y = normalize(v, cols_mask, gamma[None, :], beta[None, :], hidden, eps)
     if OUT_CODES:
-        tl.store(out_ptr + offsets, _int8_codes(y, out_scale), mask=mask)
+        tl.store(out_ptr + offsets, int8_codes(y, out_scale), mask=mask)
     else:
-        tl.store(out_ptr + offsets, (_int8_grid(y, out_scale) * out_scale).to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + offsets, (int8_grid(y, out_scale) * out_scale).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # (rows per program, warps) of the INT8 skip-LayerNorm at BERT's widths: a sweep on the H100
