@@ -25,7 +25,7 @@ from helpers.runner import EngineRunner, RunnerError, check_writable_output, exi
 
 
 def add_question_options(parser: argparse.ArgumentParser) -> None:
-    """The options from -p to --n-best-size, shared with inference_c.py (§1.3, §1.6)."""
+    """The options from -p to --n-best-size, shared with inference_c.py (docs/SPEC.md "inference.py options")."""
     parser.add_argument("-p", "--passage", nargs="*", default="", help="Text of the passage")
     parser.add_argument("-pf", "--passage-file", default="", help="File whose whole text is the passage")
     parser.add_argument("-q", "--question", nargs="*", default="", help="Text of the question")
@@ -40,7 +40,7 @@ def add_question_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(description: str | None = __doc__, with_batch_size: bool = True) -> argparse.ArgumentParser:
-    """The options of §1.3 (inference_varseqlen.py shares them, without -b)."""
+    """The options of docs/SPEC.md "inference.py options" (inference_varseqlen.py shares them, without -b)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("-e", "--engine", help="Path to the BERT engine (TensorRT plan or portable engine)")
     if with_batch_size:

@@ -226,7 +226,8 @@ def bert_large_random_model(vocab_file: str, max_seq_length: int, head_ridge: fl
 
 
 def activation_amax(model, features) -> dict[str, float]:
-    """NVIDIA QAT amax entries (ONNX names, §5.3) taken as max |x| of the FP32 activations."""
+    """NVIDIA QAT amax entries (ONNX names, docs/SPEC.md "ONNX and PyTorch names") taken as max |x| of the
+    FP32 activations."""
     from tests.checkpoints import qat_amax_names
 
     seen: dict[str, float] = {}
@@ -265,7 +266,7 @@ def activation_amax(model, features) -> dict[str, float]:
     for hook in hooks:
         hook.remove()
     for name in qat_amax_names(len(model.bert.encoder.layer)):
-        if name not in seen:  # weight quantizers: read but unused by the builders (§6.2)
+        if name not in seen:  # weight quantizers: read but unused by the builders (docs/SPEC.md "QAT ranges")
             seen[name] = 1.0
     return seen
 
@@ -340,7 +341,7 @@ def calibrator_class(algorithm: str, quantile: float | None = None):
 
 
 def write_calibration_cache(builder_argv: Sequence[str], calibrator_type) -> None:
-    """builder.py's FP32 calibration pre-build (§6.1) with ``calibrator_type`` instead of the demo's
+    """builder.py's FP32 calibration pre-build (docs/SPEC.md "Calibration") with ``calibrator_type`` instead of the demo's
     legacy calibrator: writes the ``-p`` cache that a ``builder.py`` INT8 build with the same
     arguments then reads."""
     import builder

@@ -46,7 +46,7 @@ def engine_ranges(description: dict) -> list[dict[str, float]]:
     for i, plugin in enumerate(attention):
         qkv, out, fc1, fc2 = convs[4 * i : 4 * i + 4]
         fields = {name: data for name, _, data in plugin["params"]["fields"]}
-        # PTQ builds send no dq_probs: the plugin's INT8 default is 1/127 (§4.2).
+        # PTQ builds send no dq_probs: the plugin's INT8 default is 1/127 (docs/SPEC.md "Attention plugin").
         dq_probs = float(np.asarray(fields["dq_probs"]).ravel()[0]) if "dq_probs" in fields else 1.0 / 127.0
         per_layer.append({
             "qkv_input": amax(qkv["inputs"][0]),

@@ -1,4 +1,4 @@
-"""The INT8 post-training calibrator of ``builder.py`` (DEMOBERT_SPEC §6.1).
+"""The INT8 post-training calibrator of ``builder.py`` (docs/SPEC.md "Calibration").
 
 ``BertCalibrator`` feeds TensorRT (or the portable engine, which implements the same calibrator
 interface) one SQuAD question per batch: the first feature of each example, in file order,

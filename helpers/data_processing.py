@@ -1,4 +1,4 @@
-"""SQuAD reading, feature conversion and answer extraction (DEMOBERT_SPEC §7.2-§7.4).
+"""SQuAD reading, feature conversion and answer extraction (docs/SPEC.md "Host processing").
 
 The flow is the original demo's: ``read_squad_json`` (or ``convert_doc_tokens`` on a raw
 passage) gives whitespace-split "doc tokens"; ``convert_example_to_features`` turns one question

@@ -96,7 +96,7 @@ def benchmark(
 
 
 def format_record(summary: TimingSummary) -> str:
-    """The per-batch record of perf.py (§2.3), each batch size with its own iteration count."""
+    """The per-batch record of perf.py (docs/SPEC.md "perf.py record"), each batch size with its own iteration count."""
     return (
         f"Running {summary.iterations} iterations with Batch Size: {summary.batch_size}\n"
         f"\tTotal Time: {summary.total_ms} ms \tAverage Time: {summary.avg_ms} ms"

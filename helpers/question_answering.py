@@ -169,7 +169,8 @@ class QuestionAnswerer(AnswerExtractor):
 
 
 def format_answer(answer: Answer, sentences_per_call: int) -> str:
-    """The framed result block of §2.1, then the two timing lines this re-implementation adds."""
+    """The framed result block (docs/SPEC.md "Single-question output"), then the two timing lines this
+    re-implementation adds."""
     lines = [
         "------------------------",
         f"Running inference in {sentences_per_call / answer.network_seconds:.3f} Sentences/Sec",

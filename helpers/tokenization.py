@@ -1,4 +1,4 @@
-"""BERT tokenization with Google's original rules (DEMOBERT_SPEC §7.1).
+"""BERT tokenization with Google's original rules (docs/SPEC.md "Tokenization").
 
 ``BasicTokenizer`` cleans the text, isolates CJK ideographs, optionally lower-cases and strips
 accents, and splits punctuation off; ``WordpieceTokenizer`` then splits each word greedily into

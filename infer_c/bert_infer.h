@@ -218,7 +218,7 @@ public:
         return timesMs;
     }
 
-    // Prints the §2.4 summary of one batch size's timed iterations.
+    // Prints the build/perf summary (docs/SPEC.md) of one batch size's timed iterations.
     static void reportTiming(int32_t batchSize, std::vector<float> timesMs)
     {
         if (timesMs.empty())

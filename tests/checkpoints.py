@@ -151,7 +151,7 @@ def write_pytorch_checkpoint(model, path: str | Path) -> Path:
 
 
 def qat_amax_names(num_layers: int) -> list[str]:
-    """ONNX initializer names of the amax values an NVIDIA QAT export carries (§6.2)."""
+    """ONNX initializer names of the amax values an NVIDIA QAT export carries (docs/SPEC.md "QAT ranges")."""
     names = []
     for i in range(num_layers):
         p = f"bert.encoder.layer.{i}."

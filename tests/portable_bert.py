@@ -1,6 +1,6 @@
 """Test helpers: a tiny BERT built by hand through the TensorRT API, and the same math in torch.
 
-The network follows DEMOBERT_SPEC §3.2 (fixed length) and §3.5 (varseqlen, non-interleaved); the
+The network follows docs/SPEC.md "Layer graph" (fixed length) and "Packed path" (varseqlen); the
 reference is written independently from the engine: separate Q/K/V weights, an explicit boolean
 attention mask, the textbook GELU and LayerNorm.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 GELU_CONSTANTS = (0.044715, 0.79788456080286535587989211986876, 1.0, 0.5)
-# The float fields of the embedding plugins, in the order the networks pass them (§4).
+# The float fields of the embedding plugins, in the order the networks pass them (docs/SPEC.md "Embedding plugin").
 EMB_FIELD_NAMES = (
     "bert_embeddings_layernorm_beta",
     "bert_embeddings_layernorm_gamma",
@@ -41,7 +41,8 @@ class TinyConfig:
 
 
 def random_weights(cfg: TinyConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Raw weights in the demo's names (§5.1), with Q/K/V still separate (``l{i}_attention_self_*``)."""
+    """Raw weights in the demo's names (docs/SPEC.md "Weight dictionary"), with Q/K/V still separate
+    (``l{i}_attention_self_*``)."""
     rng = np.random.default_rng(seed)
     E, I = cfg.hidden, cfg.intermediate
 
@@ -79,7 +80,7 @@ def random_weights(cfg: TinyConfig, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def packed_qkv(w: dict[str, np.ndarray], cfg: TinyConfig, layer: int) -> tuple[np.ndarray, np.ndarray]:
-    """§5.6: stack Q/K/V, reorder output channels to [head][q|k|v][h]."""
+    """docs/SPEC.md "QKV packing": stack Q/K/V, reorder output channels to [head][q|k|v][h]."""
     N, H, E = cfg.heads, cfg.head_size, cfg.hidden
     p = f"l{layer}_attention_self_"
     kernel = np.stack([w[p + n + "_kernel"] for n in ("query", "key", "value")])
@@ -90,7 +91,7 @@ def packed_qkv(w: dict[str, np.ndarray], cfg: TinyConfig, layer: int) -> tuple[n
 
 
 # ----------------------------------------------------------------------------------------------
-# Network construction through the TensorRT API (fixed length, §3.2)
+# Network construction through the TensorRT API (fixed length, docs/SPEC.md "Layer graph")
 
 
 def plugin_field(trt: Any, name: str, value: Any, kind: str) -> Any:
@@ -223,7 +224,7 @@ def skip_ln(trt: Any, network: Any, x: Any, skip: Any, w: dict[str, np.ndarray],
 def build_varseqlen_network(
     trt: Any, builder: Any, w: dict[str, np.ndarray], cfg: TinyConfig, batch_sizes: list[int], max_seq: int, v3: bool = False
 ) -> tuple[Any, Any]:
-    """The non-interleaved packed network of §3.5 in FP16 (var_seqlen needs FP16 or INT8)."""
+    """The non-interleaved packed network (docs/SPEC.md "Packed path") in FP16 (var_seqlen needs FP16 or INT8)."""
     network = builder.create_network(0)
     config = builder.create_builder_config()
     config.set_flag(trt.BuilderFlag.FP16)
@@ -248,7 +249,7 @@ def build_varseqlen_network(
             plugin_field(trt, "num_heads", cfg.heads, "i"),
             plugin_field(trt, "has_mask", 1, "i"),
             plugin_field(trt, "type_id", 1, "i"),
-            # the demo's quirk (§12.4): an int32 value tagged FLOAT32
+            # the demo's quirk (docs/SPEC.md "Quirks kept on purpose"): an int32 value tagged FLOAT32
             trt.PluginField("var_seqlen", np.array([1], dtype=np.int32), trt.PluginFieldType.FLOAT32),
         ]
         att = create_plugin(trt, "CustomQKVToContextPluginDynamic", "5" if v3 else "2", "qkv_to_context_varseqlen", fields, v3)

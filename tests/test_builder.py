@@ -313,7 +313,8 @@ def test_command_line_failure_in_a_subprocess(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Network structure (§3.2) and INT8 annotations (§3.3, §6), inspected before any build
+# Network structure and INT8 annotations (docs/SPEC.md "Layer graph", "Precision settings", "INT8"),
+# inspected before any build
 
 
 def network_tensors(config, weights):

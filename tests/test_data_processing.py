@@ -2,7 +2,7 @@
 
 Answer tests place the logits by hand on the gold answer's word pieces and expect the gold text
 back; feature tests check layouts worked out by hand and the max-context rule against its
-definition (spec §7.3) evaluated by brute force.
+definition (docs/SPEC.md "Features") evaluated by brute force.
 """
 
 from __future__ import annotations

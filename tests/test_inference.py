@@ -1,4 +1,5 @@
-"""inference.py: printed formats (§2.1-2.2), answers against a HuggingFace oracle, SQuAD scoring, bad input."""
+"""inference.py: printed formats (docs/SPEC.md "Printed output"), answers against a HuggingFace oracle, SQuAD
+scoring, bad input."""
 
 from __future__ import annotations
 

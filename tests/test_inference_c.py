@@ -1,4 +1,4 @@
-"""inference_c.py: the same answers and printed format as inference.py (§2.1, §2.2), strict options,
+"""inference_c.py: the same answers and printed format as inference.py, strict options,
 and the infer_c path (TensorRT plans) driven through a stand-in infer_c module on CPU."""
 
 from __future__ import annotations

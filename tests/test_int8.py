@@ -68,7 +68,7 @@ def test_int8_linear_output_scale_makes_an_int8_tensor():
 
 
 def spec_int8_attention(qkv, mask_idx, heads, s_qkv, s_ctx, dq_probs):
-    """§4.2's fused INT8 MHA written out per (batch, head) in float64, as the oracle."""
+    """The fused INT8 MHA (docs/SPEC.md "Attention plugin") written out per (batch, head) in float64, as the oracle."""
     seq, batch, width = qkv.shape
     size = width // (3 * heads)
     codes = torch.clamp(torch.round(qkv.double() / s_qkv), -128, 127)

@@ -2,7 +2,7 @@
 
 * Engines built by builder.py / builder_varseqlen.py (portable, CPU) from a tiny random BERT with
   the real vocabulary and a SQuAD head fitted on the hand-made set of bench/int8_accuracy.py:
-  PTQ (calibration cache, GELU10), QAT ranges (§6.2), -imh / -iln, FP8, -t/--strict, against the
+  PTQ (calibration cache, GELU10), QAT ranges (docs/SPEC.md "QAT ranges"), -imh / -iln, FP8, -t/--strict, against the
   FP32 engine and against an independent oracle (HF with fake-quantized Linear inputs,
   bench/int8_oracle.py); bad input.
 * MiniLM: the engine is as accurate as the HF oracle with its ranges; the accuracy goal (cosine >= 0.99,
@@ -76,7 +76,7 @@ def test_ptq_engine_calibrates_and_tracks_the_fp32_engine(int8_workdir, fp32_and
 
     env = int8_workdir
     fp32_engine, int8_engine = fp32_and_ptq_engines
-    # The §6.1 pre-build wrote TensorRT's table, keyed by the network's tensor names; GELU10 survives it.
+    # The FP32 calibration pre-build wrote TensorRT's table, keyed by the network's tensor names; GELU10 survives it.
     algorithm, table = parse_calibration_table((env["work"] / "cache").read_bytes())
     assert algorithm == "LegacyCalibration"
     assert {"embeddings_output", "l0_attention_qkv_mult", "l1_output_reshape"} <= set(table)

@@ -1,6 +1,6 @@
 """Megatron-BERT through builder_varseqlen.py --megatron, against HuggingFace MegatronBertForQuestionAnswering.
 
-The test writes the HF model's weights as a Megatron pickle in the names of DEMOBERT_SPEC §5.5
+The test writes the HF model's weights as a Megatron pickle in the names of docs/SPEC.md "Megatron pickle"
 (fused ``query_key_value`` in q|k|v block order, ``embedding``/``tokentype`` spellings).  Megatron
 is pre-LayerNorm, so the engine's LayerNorm parameters are HF's shifted by one position: the
 embedding LN is layer 0's ``attention.ln``, layer i's attention-output LN is its ``ln``, and layer
@@ -43,7 +43,7 @@ def megatron_qa_model(seed: int = 0):
 
 
 def megatron_pickle_tensors(model, amax: dict[str, float] | None = None) -> dict[str, np.ndarray]:
-    """The model's weights under Megatron pickle names (§5.5), plus optional raw amax entries."""
+    """The model's weights under Megatron pickle names, plus optional raw amax entries."""
     sd = {name: p.detach().float().numpy().copy() for name, p in model.named_parameters()}
     layers = model.config.num_hidden_layers
     tensors = {
@@ -168,7 +168,7 @@ def test_megatron_without_pickle_or_with_bad_pickle_fails_cleanly(megatron_files
 
 
 def qat_amax_entries(layers: int) -> dict[str, float]:
-    """Distinct amax values under Megatron pickle names, for every range §6.2 sets."""
+    """Distinct amax values under Megatron pickle names, for every range docs/SPEC.md "QAT ranges" sets."""
     entries = {}
     for i in range(layers):
         p = f"bert.encoder.layers.{i}."

@@ -1,4 +1,4 @@
-"""perf.py: the §2.3 record per batch size (own iteration counts), --json, errors."""
+"""perf.py: the printed record per batch size (own iteration counts), --json, errors."""
 
 from __future__ import annotations
 

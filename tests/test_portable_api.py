@@ -1,6 +1,6 @@
 """The portable engine as a TensorRT stand-in: API names and values, shape checks, profiles, execution.
 
-Networks are built by hand through the TensorRT API (DEMOBERT_SPEC §3.2 / §3.5) and compared with
+Networks are built by hand through the TensorRT API (docs/SPEC.md "Layer graph" / "Packed path") and compared with
 an independent float64 computation of the same BERT (tests/portable_bert.py).
 """
 

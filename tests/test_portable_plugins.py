@@ -1,7 +1,7 @@
-"""The BERT plugins of the portable engine: creator field validation (DEMOBERT_SPEC §4) and math.
+"""The BERT plugins of the portable engine: creator field validation (docs/SPEC.md "Plugins") and math.
 
 Each plugin runs alone in a one-layer network through the public API and is compared with a
-hand-written torch computation of §4's formulas.
+hand-written torch computation of the plugins' formulas.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def test_a_wrongly_typed_field_is_refused(logger):
 
 
 def test_var_seqlen_tagged_float32_is_read_as_int32(logger):
-    """§12.4: the demo sends var_seqlen as an int32 array tagged FLOAT32; the plugin accepts it."""
+    """The demo sends var_seqlen as an int32 array tagged FLOAT32; the plugin accepts it."""
     tagged = trt.PluginField("var_seqlen", np.array([1], np.int32), F32)
     plugin = create(QKV, "2", qkv_fields(type_id=1) + [tagged])
     assert plugin is not None and plugin.plugin_version == "2" and plugin.plugin_type == QKV
@@ -202,7 +202,7 @@ def test_creators_and_registry(logger):
 
 
 # ----------------------------------------------------------------------------------------------
-# Math (§4.1-§4.3)
+# Math (docs/SPEC.md "Embedding plugin", "Attention plugin", "Skip-LayerNorm plugin")
 
 
 @pytest.mark.parametrize("version", ["1", "6"])
@@ -338,7 +338,7 @@ def test_skip_layernorm_fixed_with_bias(logger, device, version):
 
 @pytest.mark.parametrize("E,type_id,eps", [(768, 0, 2.0**-23), (768, 1, 2.0**-10), (64, 0, 0.0)])
 def test_skip_layernorm_epsilon_rule(logger, device, E, type_id, eps):
-    """§4.3: ε is the compute type's machine epsilon for E ∈ {768, 1024}, else 0."""
+    """ε is the compute type's machine epsilon for E ∈ {768, 1024}, else 0."""
     fields, beta, gamma = skip_fields(E=E, type_id=type_id)
     # A zero-mean row whose variance is close to ε, so ε changes the result visibly.
     amplitude = 3e-2 if type_id else 1e-3
