@@ -41,7 +41,7 @@ INT8_MAX = 127.0
 HISTOGRAM_BINS = 2048
 _MAX_BINS = 4 * HISTOGRAM_BINS
 _ENTROPY_LEVELS = 128
-# The demo's legacy calibrator parameters (§6.1).
+# The demo's legacy calibrator parameters (docs/SPEC.md "Calibration").
 LEGACY_QUANTILE = 0.9999
 LEGACY_REGRESSION_CUTOFF = 1.0
 

@@ -4,7 +4,7 @@ These functions define what the portable engine computes; they run on CPU and CU
 dtype.  Fast CUDA kernels (``helpers.portable.kernels``) implement the same signatures and are
 tested against these on random inputs of awkward sizes.
 
-Layout conventions (TensorRT's, see DEMOBERT_SPEC §3-§4):
+Layout conventions (TensorRT's, see docs/SPEC.md "Plugins"):
 * fixed-length tensors are sequence-major: ``[S, B, ...]``;
 * packed (variable-length) tensors are token-major: ``[T, ...]`` with ``cu_seqlens`` [B+1];
 * a token's 3E QKV values are ordered ``[head][q|k|v][head_size]``.

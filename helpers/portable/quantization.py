@@ -190,7 +190,7 @@ def int8_attention(
     ctx_scale: float,
     dq_probs: float,
 ) -> torch.Tensor:
-    """The fused INT8 MHA of §4.2 on ``[S, B, 3E]`` (values of an INT8 tensor, any float dtype).
+    """The fused INT8 MHA (docs/SPEC.md "Attention plugin") on ``[S, B, 3E]`` (values of an INT8 tensor, any float dtype).
 
     Q·Kᵀ on the int8 codes, scaled by ``s_qkv² / √H``; softmax in float; probabilities
     quantized with step ``dq_probs``; P·V on the codes, scaled by ``dq_probs · s_qkv``; the
@@ -224,7 +224,7 @@ def int8_skip_layernorm(
     eps: float = 0.0,
     bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SkipLayerNorm with INT8 input, skip and output (§4.3): ``LN(s_in·in + s_skip·skip)``.
+    """SkipLayerNorm with INT8 input, skip and output: ``LN(s_in·in + s_skip·skip)``.
 
     Returns (output, pre-LN sum) like ``ops.skip_layernorm``; the output holds INT8 values.
     """
