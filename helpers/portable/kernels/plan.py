@@ -29,9 +29,8 @@ recognises by fused steps over the fast kernels; everything else keeps its refer
 * Other skip-LayerNorm plugins → the Triton pass.
 * Engines built with ``SPARSE_WEIGHTS``: the fast GEMMs of FP16 dense layers whose [out, in] weight
   is 2:4-structured run on PyTorch's semi-structured sparse kernels (``helpers.sparsity``); other
-  layers stay dense.  The engine's logger says which layers went sparse.  On the H100 (torch 2.11,
-  cuSPARSELt) these GEMMs are slower than cuBLAS's dense ones at BERT-large sizes (QKV at 7318
-  tokens 122 vs 66 µs, FC2 at 24907 tokens 689 vs 271 µs), so ``-sp`` costs speed there.
+  layers stay dense.  The engine's logger says which layers went sparse.  These kernels can be
+  slower than the dense ones (docs/PERF.md: on the H100 ``-sp`` costs speed).
 
 Steps an earlier pass already replaced (INT8 lowering renames them) are left alone.  Weights are
 converted once to the compute dtype on the device.  Steps only make views and launch
