@@ -11,8 +11,8 @@ The first time a shape is seen outside CUDA graph capture, cuBLASLt's heuristic 
 (operands rotated through enough copies to miss in L2, as the model's 24 layers of weights do), and
 so is PyTorch's own call; the graphs are replayed in turns and each one's median is kept (measured
 one after the other, the first ones ran on a cooler GPU and looked up to 20 % slower).  PyTorch's
-call keeps the shape unless the fastest cuBLASLt algorithm beats it by ``MIN_GAIN``.  On the H100
-this gains 2.4–3.5 % end to end at 384 × 128 and 1–2 % at batch 1 (docs/perf/KERNELS.md).
+call keeps the shape unless the fastest cuBLASLt algorithm beats it by ``MIN_GAIN``.  What this
+gains end to end: docs/perf/KERNELS.md, "cuBLASLt with per-shape algorithm tuning".
 
 The row count M is bucketed (``m_bucket``: at most 25 % above M, four buckets per octave) so that
 packed engines, whose M changes with every batch, tune a bounded number of shapes; a bucket is

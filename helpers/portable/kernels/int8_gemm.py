@@ -18,11 +18,9 @@ rounding all but hides; elsewhere the exact formula.  Imported lazily: Triton ex
 
 Two kernels: for more than ``_SMALL_M`` rows (BERT at batch ≥ 2) with 16-byte aligned operands and
 a 1- or 2-byte output, operand tiles come through TMA descriptors and persistent programs walk the
-tiles (``TMA_CONFIGS``); otherwise cp.async loads with masks (``CONFIGS``).  Measured on an H100
-(burst clocks, with the epilogues the engine runs): the TMA kernel 975-1240 TOPS on BERT-large's
-QKV / FC2 GEMMs and 720 on FC1 + GELU + int8 codes, where the cp.async one made 700-1040 and
-560-570; FP16 cuBLAS 600-740 TFLOPS.  The tanh GELU and the requantize are ALU work in the
-epilogue (a third of FC1's time), which the two programs per SM overlap with tensor-core work.
+tiles (``TMA_CONFIGS``); otherwise cp.async loads with masks (``CONFIGS``).  The tanh GELU and the
+requantize are ALU work in the epilogue, which the two programs per SM overlap with tensor-core
+work.  Throughput of both kernels against cuBLAS FP16: docs/perf/KERNELS.md, "INT8 engine".
 """
 
 from __future__ import annotations
