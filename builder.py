@@ -4,7 +4,7 @@
 The network is written once against the TensorRT Python API; ``--backend`` picks the real
 ``tensorrt`` module or the portable engine (``helpers.portable``) that implements the same API on
 PyTorch.  Weights come from a TF checkpoint, an ONNX QAT model, a PyTorch checkpoint or a
-HuggingFace folder (DEMOBERT_SPEC §1.1, §3).
+HuggingFace folder (docs/SPEC.md "builder.py options", "Fixed-length network").
 """
 
 from __future__ import annotations
@@ -190,7 +190,8 @@ def check_int8_options(args: argparse.Namespace, backend: str) -> None:
 def profile_shapes(
     batch_sizes: Sequence[int], sequence_lengths: Sequence[int], distributive_independence: bool
 ) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """(min, opt=max) input shape of every optimization profile, in the order they are added (§3.1)."""
+    """(min, opt=max) input shape of every optimization profile, in the order they are added
+    (docs/SPEC.md "Inputs and profiles")."""
     if distributive_independence:
         return [((1, max(sequence_lengths)), (max(batch_sizes), max(sequence_lengths)))]
     if len(batch_sizes) == 1 and len(sequence_lengths) == 1:
@@ -485,7 +486,8 @@ def make_calibrator(args: argparse.Namespace, cache_file: str, max_sequence_leng
 def generate_calibration_cache(
     args: argparse.Namespace, logger: trt.ILogger, config: BertConfig, weights: WeightMap, cache_file: str
 ) -> None:
-    """Calibrate an FP32, static-shape build once, so that the real build only reads the cache (§6.1)."""
+    """Calibrate an FP32, static-shape build once, so that the real build only reads the cache
+    (docs/SPEC.md "Calibration")."""
     if os.path.exists(cache_file):
         return
     saved_fp16 = config.use_fp16

@@ -4,7 +4,8 @@
 All sequences of a batch are concatenated into one token stream of T tokens; ``cu_seqlens`` holds
 the B+1 prefix sums of their lengths, and only the *length* of ``max_seqlen`` is read (the longest
 sequence allowed).  The output ``logits_out`` is ``[2, T, 1, 1]``: start logits, then end logits.
-(DEMOBERT_SPEC §1.2, §3.5, §4, §5.5, §6.2.)
+(docs/SPEC.md: "builder_varseqlen.py options", "Variable-length network", "Plugins", "Megatron
+pickle", "QAT ranges".)
 
 Two network layouts:
 * packed ``[T, E, 1, 1]`` (FP32/FP16, and INT8 without ``-il``);

@@ -22,7 +22,7 @@ def tiny_config(model, **options) -> bw.BertConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Name conversion (examples worked out by hand from the naming rules of DEMOBERT_SPEC §5.3)
+# Name conversion (examples worked out by hand from the naming rules of docs/SPEC.md "ONNX and PyTorch names")
 
 
 @pytest.mark.parametrize(
