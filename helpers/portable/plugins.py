@@ -1,4 +1,4 @@
-"""The BERT plugins of ``libnvinfer_plugin`` (DEMOBERT_SPEC §4): fields, definitions and math.
+"""The BERT plugins of ``libnvinfer_plugin`` (docs/SPEC.md "Plugins"): fields, definitions and math.
 
 A plugin is described once, in :data:`PLUGIN_DEFINITIONS`: its creator fields (names, types,
 counts, required or not), how the fields turn into parameters, and its shape/type rule.  What a
@@ -101,7 +101,7 @@ class FieldSpec:
     type: PluginFieldType
     required: bool = True
     count: int | None = 1  # None: an array (its length is checked by the plugin's rule)
-    # extra tags read with ``type``'s layout, because the demo sends them that way (spec §12.4)
+    # extra tags read with ``type``'s layout, because the demo sends them that way (var_seqlen)
     also_tagged: tuple[PluginFieldType, ...] = ()
 
 
@@ -544,7 +544,7 @@ def plugin_weights(definition: PluginDefinition, params: Params, values: dict[st
     """The weight fields as device tensors, converted once at engine load.
 
     Embedding tables become [rows, E] in the output type; LayerNorm parameters stay float
-    (spec §4.1, §4.3).
+    (docs/SPEC.md "Embedding plugin", "Skip-LayerNorm plugin").
     """
     weights = {}
     for key in definition.weights:
