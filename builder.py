@@ -43,7 +43,7 @@ from builder_utils import (
     add_gelu,
     add_common_builder_options,
     add_plugin_to_network,
-    check_output_folder,
+    check_output_paths,
     create_plugin,
     load_builder_config,
     load_timing_cache,
@@ -445,7 +445,7 @@ def configure_builder(
         logger.log(trt.Logger.INFO, "Setting sparsity flag on builder_config.")
         builder_config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
     if config.timing_cache is not None:
-        load_timing_cache(builder_config, config.timing_cache)
+        load_timing_cache(builder_config, config.timing_cache, logger)
 
 
 def network_creation_flags() -> int:
@@ -560,7 +560,7 @@ def run(args: argparse.Namespace) -> None:
 
     check_int8_options(args, backend)
     kind, path = weight_source(args)
-    check_output_folder(args.output)
+    check_output_paths(args)
     config = load_config(args, logger)
     weights = LOADERS[kind](path, config)
     logger.log(trt.Logger.INFO, f"Found {len(weights)} entries in weight map")

@@ -16,7 +16,8 @@ import numpy as np
 
 from bert_weights import BertConfig, bert_config_path, first_line, load_bert_config, load_hf_config
 from helpers.backend import BACKENDS, BackendError, trt
-from helpers.files import write_bytes_atomically
+from helpers.files import CACHE_FILE_MAX_BYTES, check_output_path, read_limited
+from helpers.files import write_bytes_atomically as write_file_atomically
 
 # The portable engine's device; the builders' --device sets it.
 DEVICE_ENV = "DEMOBERT_DEVICE"
@@ -138,25 +139,32 @@ def set_output_range(layer: trt.ILayer, amax: float | np.ndarray, index: int = 0
 # Files
 
 
-def check_output_folder(path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise OSError(f"output folder does not exist: {folder}")
+def check_output_paths(args: argparse.Namespace) -> None:
+    """Refuse, before any weights are read, an engine, timing cache or calibration cache path that
+    cannot be written."""
+    for path in (args.output, args.timing_cache_file, getattr(args, "calib_path", None)):
+        if path is not None:
+            check_output_path(path)
 
 
-def write_file_atomically(path: str, data: bytes | bytearray | memoryview) -> None:
-    """``helpers.files.write_bytes_atomically`` into a folder that must already exist."""
-    check_output_folder(path)
-    write_bytes_atomically(path, data)
+def load_timing_cache(builder_config: trt.IBuilderConfig, path: str, logger: trt.ILogger) -> None:
+    """Attach the timing cache stored at ``path`` (an empty one if the file does not exist yet).
 
-
-def load_timing_cache(builder_config: trt.IBuilderConfig, path: str) -> None:
-    """Attach the timing cache stored at ``path`` (an empty one if the file does not exist yet)."""
+    A file that is not a timing cache of this backend (garbage, another TensorRT version) gets a
+    warning and an empty cache, as a cache only saves build time; the build then writes a fresh
+    one over it.
+    """
     data = b""
     if os.path.exists(path):
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_limited(path, CACHE_FILE_MAX_BYTES, "timing cache")
     cache = builder_config.create_timing_cache(data)
+    if cache is None:
+        logger.log(
+            trt.Logger.WARNING,
+            f"timing cache {path} is not usable (see the error above); building without it, "
+            "and a new one will be written there",
+        )
+        cache = builder_config.create_timing_cache(b"")
     builder_config.set_timing_cache(cache, ignore_mismatch=False)
 
 

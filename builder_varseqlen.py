@@ -49,7 +49,7 @@ from builder import LOADERS as FIXED_LENGTH_LOADERS
 from builder_utils import (
     add_common_builder_options,
     add_gelu,
-    check_output_folder,
+    check_output_paths,
     load_builder_config,
     load_timing_cache,
     parse_builder_args,
@@ -459,7 +459,7 @@ def configure_builder(
         builder_config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     builder_config.set_tactic_sources(builder_config.get_tactic_sources() & ~(1 << int(trt.TacticSource.CUDNN)))
     if config.timing_cache is not None:
-        load_timing_cache(builder_config, config.timing_cache)
+        load_timing_cache(builder_config, config.timing_cache, logger)
     if config.use_sparsity:
         logger.log(trt.Logger.INFO, "Setting sparsity flag on builder_config.")
         builder_config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
@@ -500,7 +500,7 @@ def run(args: argparse.Namespace) -> None:
     trt.init_libnvinfer_plugins(logger, "")
 
     check_options(args, backend)
-    check_output_folder(args.output)
+    check_output_paths(args)
     config = load_config(args, logger)
     kind, path = weight_source(args)
     if backend == "tensorrt" and not (args.fp16 or args.int8):

@@ -464,20 +464,16 @@ def exit_on_error(main: Callable[..., int | None]) -> Callable[..., int | None]:
 
 
 def check_writable_output(path: str | os.PathLike[str]) -> None:
-    """Fail early (before any long run) when ``path`` cannot be written."""
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise RunnerError(f"output path is a directory: {path}")
-    if not folder.is_dir():
-        raise RunnerError(f"output folder does not exist: {folder}")
-    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise RunnerError(f"output path is not writable: {path}")
+    """Fail early (before any long run) when ``path`` cannot be written (``helpers.files`` rules)."""
+    try:
+        files.check_output_path(path)
+    except files.OutputPathError as err:
+        raise RunnerError(str(err)) from None
 
 
 def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
     """``helpers.files.write_text_atomically``, its failures as a ``RunnerError``."""
     try:
         files.write_text_atomically(path, text)
-    except OSError as err:
-        raise RunnerError(f"cannot write {path}: {err.strerror}") from None
+    except files.OutputPathError as err:
+        raise RunnerError(str(err)) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import io
 import json
 import os
 import sys
@@ -106,10 +107,10 @@ def average_precision(scores, na_probs, has_answer, num_answerable, plt=None, im
 
 
 def save_figure(plt, path) -> None:
-    tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
-    plt.savefig(tmp, format="png")
+    image = io.BytesIO()
+    plt.savefig(image, format="png")
     plt.clf()
-    os.replace(tmp, path)
+    metrics.write_bytes_atomically(path, image.getvalue())
 
 
 def precision_recall_analysis(out_eval, exact, f1, na_probs, has_answer, plt, image_dir) -> None:
@@ -196,6 +197,8 @@ def main(argv=None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     try:
+        if args.out_file:
+            metrics.check_output_path(args.out_file)
         dataset_json = metrics.load_json_file(args.data_file)
         predictions = metrics.load_string_map(args.pred_file, str, "prediction")
         na_probs = None
@@ -207,9 +210,9 @@ def main(argv=None) -> int:
         return 1
     if args.out_file:
         try:
-            metrics.write_text_atomic(args.out_file, json.dumps(out_eval))
+            metrics.write_text_atomically(args.out_file, json.dumps(out_eval))
         except OSError as err:
-            print(f"error: {args.out_file}: cannot write ({err.strerror or err})", file=sys.stderr)
+            print(f"error: {err}", file=sys.stderr)
             return 1
     else:
         print(json.dumps(out_eval, indent=2))

@@ -13,9 +13,21 @@ import json
 import os
 import re
 import string
-import tempfile
+import sys
 from collections.abc import Iterator
 from typing import Any
+
+# The evaluators run as scripts from squad/; the suite's file rules (helpers.files) live one folder up.
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPOSITORY not in sys.path:
+    sys.path.append(_REPOSITORY)
+from helpers.files import (  # noqa: E402, F401  (the evaluators write through these)
+    SQUAD_FILE_MAX_BYTES,
+    check_output_path,
+    read_limited,
+    write_bytes_atomically,
+    write_text_atomically,
+)
 
 _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -51,8 +63,7 @@ def f1(prediction: str, ground_truth: str, empty_matches_empty: bool) -> float:
 
 def load_json_file(path: str) -> Any:
     try:
-        with open(path, encoding="utf-8") as reader:
-            return json.load(reader)
+        return json.loads(read_limited(path, SQUAD_FILE_MAX_BYTES, "SQuAD JSON file").decode("utf-8"))
     except OSError as err:
         raise EvaluationInputError(f"{path}: cannot read file ({err.strerror or err})") from err
     except UnicodeDecodeError as err:
@@ -90,16 +101,3 @@ def load_string_map(path: str, value_kind: type | tuple[type, ...], what: str) -
         if not isinstance(value, value_kind) or isinstance(value, bool):
             raise EvaluationInputError(f"{path}: {what} for question {qid} has the wrong JSON type")
     return content
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` next to ``path`` and rename it into place, so no reader sees half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as writer:
-            writer.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
