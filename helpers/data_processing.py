@@ -94,10 +94,12 @@ def read_squad_json(input_file: str) -> list[Example]:
     """One ``Example`` per question of a SQuAD v1.1 or v2.0 file, in file order.
 
     Answers and ``is_impossible`` are not read.  All questions of a paragraph share one
-    doc-token list.
+    doc-token list.  A file without questions, or with two questions of one id (predictions
+    are keyed by id), is a ``SquadFormatError``.
     """
     data = _field(_load_json(input_file), "data", list, "", input_file)
     examples = []
+    id_paths: dict[str, str] = {}
     for article_index, article in enumerate(data):
         article_path = f"data[{article_index}]"
         paragraphs = _field(article, "paragraphs", list, article_path, input_file)
@@ -114,7 +116,12 @@ def read_squad_json(input_file: str) -> list[Example]:
                 question = _field(qa, "question", str, qa_path, input_file)
                 if not question.strip():
                     raise SquadFormatError(f"{input_file}: {qa_path}.question is empty (id {qid})")
+                if qid in id_paths:
+                    raise SquadFormatError(f"{input_file}: {qa_path}.id {qid!r} is also the id of {id_paths[qid]}")
+                id_paths[qid] = qa_path
                 examples.append(Example(id=qid, question_text=question, doc_tokens=doc_tokens))
+    if not examples:
+        raise SquadFormatError(f"{input_file}: holds no questions")
     return examples
 
 
@@ -293,6 +300,7 @@ def get_predictions(
     non-empty answer's by more than ``null_score_diff_threshold``, and the third value is that
     difference.
     """
+    _check_positive(n_best_size=n_best_size, max_answer_length=max_answer_length)
     prelim = []
     score_null = math.inf
     null_prediction = None

@@ -294,6 +294,15 @@ def test_no_valid_span_gives_empty_placeholder(tokenizer):
     assert nbest == [{"text": "empty", "probability": 1.0, "start_logit": 0.0, "end_logit": 0.0}]
 
 
+@pytest.mark.parametrize(("n_best_size", "max_answer_length", "name"), [(0, 30, "n_best_size"), (20, -1, "max_answer_length")])
+def test_answer_sizes_below_one_are_errors(tokenizer, n_best_size, max_answer_length, name):
+    """With no candidate kept or none short enough, the placeholder would win with probability 1."""
+    doc_tokens, features = _single_feature(tokenizer)
+    start, end = np.zeros(16), np.zeros(16)
+    with pytest.raises(dp.FeatureError, match=f"{name} must be a positive integer"):
+        dp.get_predictions(doc_tokens, features, [dp.NetworkOutput(start, end, 0)], n_best_size, max_answer_length)
+
+
 def test_null_answer_only_behind_the_v2_option(tokenizer):
     doc_tokens, features = _single_feature(tokenizer)
     start, end = np.zeros(16, np.float32), np.zeros(16, np.float32)
@@ -361,6 +370,13 @@ def _dataset_without(path_keys):
             json.dumps(make_dataset([("Text.", [make_qa("q9", " \t")])])).encode(),
             "data[0].paragraphs[0].qas[0].question is empty (id q9)",
         ),
+        (
+            # Predictions are keyed by id: the second question would overwrite the first's answer.
+            json.dumps(make_dataset([("A.", [make_qa("q1", "Who?")]), ("B.", [make_qa("q2", "Why?"), make_qa("q1", "How?")])])).encode(),
+            "data[0].paragraphs[1].qas[1].id 'q1' is also the id of data[0].paragraphs[0].qas[0]",
+        ),
+        (json.dumps(make_dataset([("Text.", [])])).encode(), "holds no questions"),
+        (json.dumps({"version": "1.1", "data": []}).encode(), "holds no questions"),
     ],
 )
 def test_bad_squad_files(tmp_path, content, message):
