@@ -17,11 +17,22 @@ from helpers.question_answering import (
     PASSAGE_PROMPT,
     QUESTION_PROMPT,
     QuestionAnswerer,
+    QuestionError,
+    check_sizes,
+    escape_controls,
     format_answer,
     read_text_file,
     squad_examples,
+    squad_predictions,
 )
-from helpers.runner import EngineRunner, RunnerError, check_writable_output, exit_on_error, write_text_atomically
+from helpers.runner import (
+    EngineRunner,
+    RunnerError,
+    check_writable_output,
+    exit_on_error,
+    parse_known_options,
+    write_text_atomically,
+)
 
 
 def add_question_options(parser: argparse.ArgumentParser) -> None:
@@ -61,20 +72,27 @@ def read_prompt(prompt: str) -> str | None:
     return text if text.strip() else None
 
 
-def answer_squad_examples(answerer: QuestionAnswerer, examples: list, output_path: str) -> None:
-    from tqdm import tqdm
-
-    predictions: collections.OrderedDict[str, str] = collections.OrderedDict()
-    for example in tqdm(examples, desc="SQuAD", unit="question", file=sys.stderr, disable=not sys.stderr.isatty()):
-        predictions[example.id] = answerer.answer(example.doc_tokens, example.question_text).text
+def write_predictions(predictions: collections.OrderedDict[str, str], output_path: str) -> None:
     write_text_atomically(output_path, json.dumps(predictions, indent=4))
     print(f"\nOutput dump to {output_path}")
 
 
+def answer_squad_examples(answerer: QuestionAnswerer, examples: list, output_path: str) -> None:
+    from tqdm import tqdm
+
+    progress = tqdm(examples, desc="SQuAD", unit="question", file=sys.stderr, disable=not sys.stderr.isatty())
+    write_predictions(squad_predictions(answerer, progress, warn=lambda line: tqdm.write(line, file=sys.stderr)), output_path)
+
+
 def answer_interactively(answerer: QuestionAnswerer, doc_tokens: list[str], batch_size: int) -> None:
+    """Answer typed questions until exit/quit, an empty line or Ctrl-D; a question that cannot be
+    answered is explained and the next one asked."""
     question = read_prompt(QUESTION_PROMPT)
     while question is not None and question.strip() not in EXIT_COMMANDS:
-        print(format_answer(answerer.answer(doc_tokens, question), batch_size))
+        try:
+            print(format_answer(answerer.answer(doc_tokens, question), batch_size))
+        except QuestionError as err:
+            print(f"Cannot answer this question: {err}. Try another one.", file=sys.stderr)
         question = read_prompt(QUESTION_PROMPT)
 
 
@@ -83,6 +101,17 @@ def check_engine_and_vocabulary(args: argparse.Namespace) -> None:
         raise RunnerError("no engine given; pass one with -e/--engine")
     if not args.vocab_file:
         raise RunnerError("no vocabulary given; pass the model's vocab.txt with -v/--vocab-file")
+
+
+def check_option_sizes(args: argparse.Namespace) -> None:
+    """The sizes of add_question_options (and --doc-stride where the parser has it) are positive."""
+    check_sizes(
+        max_seq_length=args.sequence_length,
+        doc_stride=getattr(args, "doc_stride", 1),
+        max_query_length=args.max_query_length,
+        n_best_size=args.n_best_size,
+        max_answer_length=args.max_answer_length,
+    )
 
 
 def read_question_inputs(args: argparse.Namespace) -> tuple[str | None, str | None, list | None]:
@@ -116,16 +145,17 @@ def answer_passage(answerer: QuestionAnswerer, passage: str | None, question: st
     if question is None:
         answer_interactively(answerer, doc_tokens, answerer.batch_size)
         return
-    print(f"\nPassage: {passage}")
-    print(f"\nQuestion: {question}")
+    print(f"\nPassage: {escape_controls(passage)}")
+    print(f"\nQuestion: {escape_controls(question)}")
     print(format_answer(answerer.answer(doc_tokens, question), answerer.batch_size))
 
 
 def run(args: argparse.Namespace) -> int:
     """Answer the question(s) of parsed options; shared with inference_varseqlen.py."""
     check_engine_and_vocabulary(args)
-    if args.batch_size < 1 or args.sequence_length < 1:
-        raise RunnerError("batch size and sequence length must be positive")
+    if args.batch_size < 1:
+        raise RunnerError(f"-b/--batch-size must be a positive integer, got {args.batch_size}")
+    check_option_sizes(args)
 
     passage, question, examples = read_question_inputs(args)
 
@@ -150,8 +180,7 @@ def run(args: argparse.Namespace) -> int:
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> int:
-    # Like the original: unknown options are ignored.
-    args, _ = build_parser().parse_known_args(argv)
+    args = parse_known_options(build_parser(), argv)
     return run(args)
 
 

@@ -8,12 +8,10 @@ run through the Python engine runner, whose CUDA graph --enable-graph turns on a
 from __future__ import annotations
 
 import argparse
-import collections
 import importlib
-import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -22,16 +20,23 @@ SCRIPT_DIR = os.path.dirname(os.path.abspath(__file__))
 # infer_c is built into build/ next to this script.
 sys.path.insert(0, os.path.join(SCRIPT_DIR, "build"))
 
-from helpers.question_answering import QuestionAnswerer  # noqa: E402
+from helpers.question_answering import QuestionAnswerer, squad_predictions  # noqa: E402
 from helpers.runner import (  # noqa: E402
     EngineRunner,
     RunnerError,
     engine_backend,
     exit_on_error,
+    parse_known_options,
     read_engine_file,
-    write_text_atomically,
 )
-from inference import add_question_options, answer_passage, check_engine_and_vocabulary, read_question_inputs  # noqa: E402
+from inference import (  # noqa: E402
+    add_question_options,
+    answer_passage,
+    check_engine_and_vocabulary,
+    check_option_sizes,
+    read_question_inputs,
+    write_predictions,
+)
 
 # The C++ front end has no --doc-stride option.
 DOC_STRIDE = 128
@@ -43,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_question_options(parser)
     parser.add_argument("--enable-graph", action="store_true", help="Replay each inference as a captured CUDA graph")
     parser.add_argument("--device", default=None, help="Portable engines only: cpu, cuda or cuda:N (default: DEMOBERT_DEVICE, else CUDA if present)")
-    return parser.parse_args(argv)
+    return parse_known_options(parser, argv)
 
 
 class InferCRunner:
@@ -56,6 +61,8 @@ class InferCRunner:
 
     # QuestionAnswerer always sees the fixed-length layout (see above).
     varseqlen = False
+    # A TensorRT plan's weights cannot be inspected.
+    word_embedding_rows = None
 
     def __init__(self, engine_path: str, sequence_length: int, enable_graph: bool):
         try:
@@ -131,21 +138,22 @@ def make_runner(args: argparse.Namespace) -> Any:
     return EngineRunner(args.engine, device=args.device, enable_graph=args.enable_graph)
 
 
-def answer_squad_examples(answerer: QuestionAnswerer, examples: list, output_path: str) -> None:
-    predictions: collections.OrderedDict[str, str] = collections.OrderedDict()
+def counted(examples: list) -> Iterator[Any]:
+    """The examples, printing the C++ front end's "Processing example n of N" line before each."""
     for number, example in enumerate(examples, start=1):
-        print(f"Processing example {number} of {len(examples)}", end="\r")
-        predictions[example.id] = answerer.answer(example.doc_tokens, example.question_text).text
-    write_text_atomically(output_path, json.dumps(predictions, indent=4))
-    print(f"\nOutput dump to {output_path}")
+        print(f"Processing example {number} of {len(examples)}", end="\r", flush=True)
+        yield example
+
+
+def answer_squad_examples(answerer: QuestionAnswerer, examples: list, output_path: str) -> None:
+    write_predictions(squad_predictions(answerer, counted(examples), warn=lambda line: print(line, file=sys.stderr)), output_path)
 
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_engine_and_vocabulary(args)
-    if args.sequence_length < 1:
-        raise RunnerError("sequence length must be positive")
+    check_option_sizes(args)
 
     passage, question, examples = read_question_inputs(args)
 

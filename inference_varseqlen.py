@@ -11,13 +11,13 @@ from __future__ import annotations
 import sys
 
 import inference
-from helpers.runner import exit_on_error
+from helpers.runner import exit_on_error, parse_known_options
 
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> int:
     # inference.py's options minus -b: a packed batch here is always one sequence.
-    args, _ = inference.build_parser(__doc__, with_batch_size=False).parse_known_args(argv)
+    args = parse_known_options(inference.build_parser(__doc__, with_batch_size=False), argv)
     args.batch_size = 1
     return inference.run(args)
 

@@ -7,7 +7,10 @@ one of them tokenizes, times and post-processes the same way.
 from __future__ import annotations
 
 import collections
+import re
+import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,38 @@ NetworkOutput = collections.namedtuple("NetworkOutput", ["start_logits", "end_lo
 EXIT_COMMANDS = ["exit", "quit"]
 QUESTION_PROMPT = f"Question (to exit, type one of {EXIT_COMMANDS}): "
 PASSAGE_PROMPT = "Paragraph: "
+# An answer that takes longer than this shows a progress bar of its passage windows on a terminal.
+PROGRESS_DELAY_S = 2.0
+# The command-line option behind each size of AnswerExtractor, for error messages.
+SIZE_OPTIONS = {
+    "max_seq_length": "-s/--sequence-length",
+    "doc_stride": "--doc-stride",
+    "max_query_length": "--max-query-length",
+    "n_best_size": "--n-best-size",
+    "max_answer_length": "--max-answer-length",
+}
+
+
+class QuestionError(RunnerError):
+    """This one question (or its passage) cannot be answered, e.g. it has no word pieces;
+    other questions still can."""
+
+
+# C0 and C1 control characters (terminal escape sequences start with ESC or CSI) and the
+# bidirectional overrides and isolates, which reorder what a terminal shows; tab and newline stay.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` safe to print on a terminal: each control character as a Python escape (``\\x1b``)."""
+    return _UNPRINTABLE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def check_sizes(**sizes: int) -> None:
+    """RunnerError naming the option of the first size below 1 (keys of SIZE_OPTIONS)."""
+    for name, value in sizes.items():
+        if value < 1:
+            raise RunnerError(f"{SIZE_OPTIONS[name]} must be a positive integer, got {value}")
 
 
 @dataclass(frozen=True)
@@ -60,8 +95,17 @@ class AnswerExtractor:
     ):
         import helpers.tokenization as tokenization
 
-        if not Path(vocab_file).is_file():
+        check_sizes(
+            max_seq_length=max_seq_length,
+            doc_stride=doc_stride,
+            max_query_length=max_query_length,
+            n_best_size=n_best_size,
+            max_answer_length=max_answer_length,
+        )
+        if not Path(vocab_file).exists():
             raise RunnerError(f"vocabulary file not found: {vocab_file}")
+        if Path(vocab_file).is_dir():
+            raise RunnerError(f"vocabulary path is a directory, not a file: {vocab_file} (pass the vocab.txt inside it)")
         try:
             self.tokenizer = tokenization.FullTokenizer(vocab_file=vocab_file, do_lower_case=True)
         except tokenization.VocabError as err:
@@ -80,7 +124,7 @@ class AnswerExtractor:
                 doc_tokens, question, self.tokenizer, self.max_seq_length, self.doc_stride, self.max_query_length
             )
         except dp.FeatureError as err:
-            raise RunnerError(str(err)) from None
+            raise QuestionError(str(err)) from None
 
     def best_answer(self, doc_tokens: list[str], features: list[Any], outputs: list[NetworkOutput]) -> tuple[str, float, list[Any]]:
         """(answer text, its probability, n-best list) from the logits of ``features``."""
@@ -104,14 +148,24 @@ class QuestionAnswerer(AnswerExtractor):
         n_best_size: int = 20,
         max_answer_length: int = 30,
     ):
+        import helpers.tokenization as tokenization
+
         super().__init__(vocab_file, max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length)
+        if runner.word_embedding_rows is not None:
+            try:
+                self.tokenizer.check_embedding_rows(runner.word_embedding_rows, vocab_file)
+            except tokenization.VocabError as err:
+                raise RunnerError(str(err)) from None
         self.runner = runner
         self.batch_size = 1 if runner.varseqlen else batch_size
-        if not runner.varseqlen:
-            try:
-                runner.activate(self.batch_size, max_seq_length)
-            except NoProfileError:
-                raise RunnerError(f"Could not find any profile that can run batch size {self.batch_size}.") from None
+        # A variable-length engine must take the longest feature, so that no question fails midway.
+        try:
+            runner.activate(self.batch_size, max_seq_length)
+        except NoProfileError:
+            what = f"sequence length {max_seq_length}" if runner.varseqlen else f"batch size {self.batch_size}"
+            raise RunnerError(
+                f"Could not find any profile that can run {what}. " + runner.uncovered_dimension(self.batch_size, max_seq_length)
+            ) from None
 
     def feature_logits(self, feature: Any) -> tuple[np.ndarray, np.ndarray, float]:
         """(start logits, end logits, seconds for copy + execute + sync) of one feature."""
@@ -122,7 +176,9 @@ class QuestionAnswerer(AnswerExtractor):
             try:
                 runner.activate(1, length, total_tokens=length)
             except NoProfileError:
-                raise RunnerError(f"Could not find any profile that can run sequence length {length}.") from None
+                raise RunnerError(
+                    f"Could not find any profile that can run sequence length {length}. " + runner.uncovered_dimension(1, length)
+                ) from None
             inputs = {
                 "input_ids": np.asarray(feature.input_ids[:length], dtype=np.int32),
                 "segment_ids": np.asarray(feature.segment_ids[:length], dtype=np.int32),
@@ -145,12 +201,24 @@ class QuestionAnswerer(AnswerExtractor):
         return first[:, 0], first[:, 1], elapsed
 
     def answer(self, doc_tokens: list[str], question: str) -> Answer:
+        from tqdm import tqdm
+
         started = time.perf_counter()
         features = self.features(doc_tokens, question)
         outputs = []
         network_seconds = 0.0
-        for index, feature in enumerate(features):
+        # A long passage makes many windows (a 1 MB one, thousands): slow answers show progress.
+        windows = tqdm(
+            features, desc="Passage windows", unit="window", file=sys.stderr, leave=False,
+            delay=PROGRESS_DELAY_S, disable=not sys.stderr.isatty(),
+        )
+        for index, feature in enumerate(windows):
             start_logits, end_logits, elapsed = self.feature_logits(feature)
+            if not (np.isfinite(start_logits).all() and np.isfinite(end_logits).all()):
+                raise RunnerError(
+                    "the engine returned NaN or infinite logits (weights that are not finite, or an FP16 overflow?); "
+                    "rebuild it from finite weights"
+                )
             network_seconds += elapsed
             outputs.append(NetworkOutput(start_logits=start_logits, end_logits=end_logits, feature_index=index))
         text, probability, nbest = self.best_answer(doc_tokens, features, outputs)
@@ -175,12 +243,27 @@ def format_answer(answer: Answer, sentences_per_call: int) -> str:
         "------------------------",
         f"Running inference in {sentences_per_call / answer.network_seconds:.3f} Sentences/Sec",
         "------------------------",
-        f"Answer: '{answer.text}'",
+        f"Answer: '{escape_controls(answer.text)}'",
         f"With probability: {answer.probability * 100.0:.3f}",
         f"Network time: {answer.network_seconds * 1000.0:.3f} ms per feature",
         f"End-to-end time: {answer.end_to_end_seconds * 1000.0:.3f} ms",
     ]
     return "\n".join(lines)
+
+
+def squad_predictions(
+    answerer: QuestionAnswerer, examples: Iterable[Any], warn: Callable[[str], None]
+) -> collections.OrderedDict[str, str]:
+    """Answer text by question id, in order.  A question that cannot be answered (QuestionError)
+    does not stop the run: its answer is the empty string, and ``warn`` gets a line naming it."""
+    predictions: collections.OrderedDict[str, str] = collections.OrderedDict()
+    for example in examples:
+        try:
+            predictions[example.id] = answerer.answer(example.doc_tokens, example.question_text).text
+        except QuestionError as err:
+            warn(f"warning: question {example.id!r} answered with an empty string: {err}")
+            predictions[example.id] = ""
+    return predictions
 
 
 def squad_examples(path: str) -> list[Any]:

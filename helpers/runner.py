@@ -14,12 +14,13 @@ Both engine layouts of the demo go through the same methods:
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import functools
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,29 @@ def bind_backend_for(data: bytes, device: str | None = None) -> tuple[str, torch
     return kind, torch.device(device or "cuda")
 
 
+# The embedding plugin and its field holding the word embedding table (TensorRT's names).
+EMBEDDING_PLUGIN = "CustomEmbLayerNormPluginDynamic"
+WORD_EMBEDDINGS_FIELD = "bert_embeddings_word_embeddings"
+LAYERNORM_BETA_FIELD = "bert_embeddings_layernorm_beta"
+
+
+def word_embedding_rows(data: bytes) -> int | None:
+    """Rows (the vocabulary size) of a portable engine's word embedding table, read from its
+    header; None for a TensorRT plan, whose weights cannot be inspected."""
+    from helpers import portable
+
+    if engine_backend(data) != "portable":
+        return None
+    header = portable.read_engine_header(data)
+    arrays = header["arrays"]
+    for layer in header["layers"]:
+        params = layer["params"]
+        if layer["kind"] == "plugin" and params["plugin"] == EMBEDDING_PLUGIN:
+            sizes = {name: int(np.prod(arrays[value["__array__"]]["shape"])) for name, _tag, value in params["fields"]}
+            return sizes[WORD_EMBEDDINGS_FIELD] // sizes[LAYERNORM_BETA_FIELD]
+    return None
+
+
 def portable_device() -> torch.device:
     """The device the portable engine executes on (it reads DEMOBERT_DEVICE, else CUDA when present)."""
     from helpers import portable
@@ -217,6 +241,7 @@ class EngineRunner:
         data = read_engine_file(engine_path)
         self.engine_path = str(engine_path)
         self.backend, self.device = bind_backend_for(data, device)
+        self.word_embedding_rows = word_embedding_rows(data)
         trt = backend.trt
         self.logger = trt.Logger(trt.Logger.ERROR)
         if self.backend == "tensorrt":
@@ -291,6 +316,36 @@ class EngineRunner:
             if all(self._covers(name, profile, shape) for name, shape in shapes.items()):
                 return profile
         return None
+
+    def profile_ranges(self) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """((min, max) batch size, (min, max) sequence length) of every optimization profile."""
+        ranges = []
+        for profile in range(self.engine.num_optimization_profiles):
+            if self.varseqlen:
+                (batch_low,), (batch_high,) = self.profile_shapes("cu_seqlens", profile)
+                (sequence_low,), (sequence_high,) = self.profile_shapes("max_seqlen", profile)
+                # cu_seqlens holds batch size + 1 offsets; a batch has at least one sequence.
+                ranges.append(((max(batch_low - 1, 1), batch_high - 1), (sequence_low, sequence_high)))
+            else:
+                low, high = self.profile_shapes("input_ids", profile)
+                ranges.append(((low[0], high[0]), (low[1], high[1])))
+        return ranges
+
+    def uncovered_dimension(self, batch_size: int, sequence_length: int) -> str:
+        """Which part of a shape no profile takes, and what the profiles take, as one sentence."""
+        ranges = self.profile_ranges()
+
+        def span(low: int, high: int) -> str:
+            return str(low) if low == high else f"{low}..{high}"
+
+        takes = "; ".join(f"batch size {span(*batch)} with sequence length {span(*sequence)}" for batch, sequence in ranges)
+        if not any(low <= batch_size <= high for (low, high), _ in ranges):
+            which = f"Batch size {batch_size} is"
+        elif not any(low <= sequence_length <= high for _, (low, high) in ranges):
+            which = f"Sequence length {sequence_length} is"
+        else:
+            which = f"Batch size {batch_size} with sequence length {sequence_length} is"
+        return f"{which} outside every profile of the engine, which takes {takes}."
 
     def _covers(self, name: str, profile: int, shape: tuple[int, ...]) -> bool:
         low, high = self.profile_shapes(name, profile)
@@ -446,6 +501,16 @@ class EngineRunner:
 
 # --------------------------------------------------------------------------------------------
 # Script entry points
+
+
+def parse_known_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The rule of every builder, runner and benchmark script: as in the original demo, unknown
+    options (and stray words) are ignored and unambiguous prefixes accepted, but what was ignored
+    is named in a warning on stderr, so that a mistyped option is not silently lost."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        print(f"{parser.prog}: warning: ignoring unknown arguments: {' '.join(unknown)}", file=sys.stderr)
+    return args
 
 
 def exit_on_error(main: Callable[..., int | None]) -> Callable[..., int | None]:

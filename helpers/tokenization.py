@@ -232,6 +232,16 @@ class _EndToEndTokenizer:
     def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
         return convert_by_vocab(self.inv_vocab, ids)
 
+    def check_embedding_rows(self, rows: int, vocab_file: str) -> None:
+        """VocabError when the vocabulary holds ids that a word embedding table of ``rows`` rows
+        lacks: the embedding plugin would silently embed them as zeros."""
+        size = max(index for token, index in self.vocab.items() if token) + 1
+        if size > rows:
+            raise VocabError(
+                f"{vocab_file}: vocabulary has {size} entries, but the model's word embedding table has {rows} "
+                f"rows (ids {rows} and up would embed as zeros); is it another model's vocabulary?"
+            )
+
 
 class FullTokenizer(_EndToEndTokenizer):
     """The front end the inference scripts use; ``inv_vocab`` maps ids back to tokens."""

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import helpers.data_processing as dp
@@ -253,3 +254,199 @@ def test_progress_bar_on_a_terminal(engine, vocab, tmp_path):
     assert result.returncode == 0
     assert "3/3" in terminal.decode() and "SQuAD" in terminal.decode()
     assert "SQuAD" not in result.stdout
+
+
+# ---- questions that cannot be answered, and values that would be accepted silently --------------
+
+
+UNANSWERABLE_SQUAD = {
+    "version": "1.1",
+    "data": [{"title": "t", "paragraphs": [
+        {"context": PASSAGE, "qas": [
+            {"id": "q1", "question": QUESTION, "answers": []},
+            # Control characters only: no word pieces.
+            {"id": "q2", "question": "\u0001\u0002", "answers": []},
+            {"id": "q3", "question": "What does it include?", "answers": []},
+        ]},
+        # Combining accents only: the tokenizer strips them all.
+        {"context": "\u0301\u0302", "qas": [{"id": "q4", "question": "What is it?", "answers": []}]},
+    ]}],
+}
+
+
+@pytest.mark.parametrize("script", ["inference", "inference_c"])
+def test_squad_run_goes_on_past_questions_without_tokens(engine, vocab, capsys, tmp_path, tmp_path_factory, script):
+    import inference_c
+
+    main = {"inference": inference.main, "inference_c": inference_c.main}[script]
+    gold = tmp_path / "dev.json"
+    gold.write_text(json.dumps(UNANSWERABLE_SQUAD), encoding="utf-8")
+    model = tiny_model_dir(tmp_path_factory)
+    expected = {
+        "q1": oracle_answer(model, dp.convert_doc_tokens(PASSAGE), QUESTION)[0],
+        "q2": "",
+        "q3": oracle_answer(model, dp.convert_doc_tokens(PASSAGE), "What does it include?")[0],
+        "q4": "",
+    }
+    capsys.readouterr()
+    predictions = tmp_path / "predictions.json"
+    status, out, err = run_main(
+        main, ["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN), "-sq", str(gold), "-o", str(predictions), "--device", "cpu"], capsys
+    )
+    assert status == 0, err
+    assert json.loads(predictions.read_text(encoding="utf-8")) == expected
+    assert list(json.loads(predictions.read_text(encoding="utf-8"))) == ["q1", "q2", "q3", "q4"]
+    assert err.splitlines() == [
+        "warning: question 'q2' answered with an empty string: question has no tokens: '\\x01\\x02'",
+        "warning: question 'q4' answered with an empty string: passage has no tokens",
+    ]
+    assert f"Output dump to {predictions}" in out
+
+
+def test_interactive_mode_explains_a_question_without_tokens_and_asks_again(engine, vocab, capsys, monkeypatch):
+    stdin = f"{PASSAGE}\n\u0001\n{QUESTION}\nexit\n"
+    status, out, err = run(["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN)], capsys, stdin, monkeypatch)
+    assert status == 0, err
+    assert err == "Cannot answer this question: question has no tokens: '\\x01'. Try another one.\n"
+    assert out.count("Question (to exit, type one of ['exit', 'quit']): ") == 3
+    assert out.count("Running inference in") == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "name"),
+    [
+        ("--n-best-size", "0", "--n-best-size"),
+        ("--max-answer-length", "-1", "--max-answer-length"),
+        ("--max-query-length", "0", "--max-query-length"),
+        ("-s", "0", "-s/--sequence-length"),
+        ("--doc-stride", "0", "--doc-stride"),
+    ],
+)
+@pytest.mark.parametrize("script", ["inference", "inference_varseqlen", "inference_c"])
+def test_sizes_below_one_are_refused_before_loading(capsys, tmp_path, option, value, name, script):
+    """Before, --n-best-size 0 answered 'empty' with probability 100 and exit status 0."""
+    import inference_c
+    import inference_varseqlen
+
+    if script == "inference_c" and option == "--doc-stride":
+        pytest.skip("inference_c.py has no --doc-stride (a fixed 128, like the original)")
+    main = {"inference": inference.main, "inference_varseqlen": inference_varseqlen.main, "inference_c": inference_c.main}[script]
+    # Neither file exists: the check comes before anything is read.
+    argv = ["-e", str(tmp_path / "none.engine"), "-v", str(tmp_path / "none.txt"), "-p", "x", "-q", "y", option, value]
+    status, out, err = run_main(main, argv, capsys)
+    assert status == 1 and out == ""
+    assert err == f"{script}.py: error: {name} must be a positive integer, got {value}\n"
+
+
+@pytest.mark.parametrize(
+    ("dataset", "message"),
+    [
+        ({"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": PASSAGE, "qas": []}]}]}, "holds no questions"),
+        (
+            {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": PASSAGE, "qas": [
+                {"id": "a", "question": QUESTION, "answers": []}, {"id": "a", "question": "Why?", "answers": []}]}]}]},
+            "data[0].paragraphs[0].qas[1].id 'a' is also the id of data[0].paragraphs[0].qas[0]",
+        ),
+    ],
+)
+def test_squad_file_without_questions_or_with_a_repeated_id_writes_nothing(engine, vocab, capsys, tmp_path, dataset, message):
+    gold = tmp_path / "dev.json"
+    gold.write_text(json.dumps(dataset), encoding="utf-8")
+    predictions = tmp_path / "predictions.json"
+    status, _, err = run(["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN), "-sq", str(gold), "-o", str(predictions)], capsys)
+    assert_one_line_error(status, err, "not a usable SQuAD file", message)
+    assert not predictions.exists()
+
+
+def test_shape_outside_every_profile_names_the_dimension(engine, vocab, capsys):
+    status, _, err = run(["-e", str(engine), "-v", str(vocab), "-s", "513", "-p", "x", "-q", "y"], capsys)
+    assert_one_line_error(
+        status, err,
+        "Could not find any profile that can run batch size 1. Sequence length 513 is outside every profile of the engine, "
+        f"which takes batch size 1 with sequence length {SEQ_LEN}.",
+    )
+    status, _, err = run(["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN), "-b", "3", "-p", "x", "-q", "y"], capsys)
+    assert_one_line_error(status, err, "Batch size 3 is outside every profile")
+
+
+def test_vocabulary_directory_is_not_reported_missing(engine, vocab, capsys):
+    status, _, err = run(["-e", str(engine), "-v", str(vocab.parent), "-p", "x", "-q", "y"], capsys)
+    assert_one_line_error(status, err, f"vocabulary path is a directory, not a file: {vocab.parent}")
+    assert "not found" not in err
+
+
+def test_vocabulary_larger_than_the_embedding_table_is_refused(engine, vocab, capsys, tmp_path, tmp_path_factory):
+    """The embedding plugin gives ids past its table zero vectors: answers would be silently wrong."""
+    rows = json.loads((tiny_model_dir(tmp_path_factory) / "config.json").read_text())["vocab_size"]
+    larger = tmp_path / "vocab.txt"
+    larger.write_text(vocab.read_text(encoding="utf-8") + "extra1\nextra2\n", encoding="utf-8")
+    status, _, err = run(["-e", str(engine), "-v", str(larger), "-s", str(SEQ_LEN), "-p", "x", "-q", "y"], capsys)
+    assert_one_line_error(status, err, f"vocabulary has {rows + 2} entries, but the model's word embedding table has {rows} rows")
+
+
+def test_engine_with_infinite_logits_is_an_error_not_a_nan_probability(vocab, capsys, tmp_path, tmp_path_factory):
+    """Finite weights whose logits overflow float32: before, the answer came with "probability: nan"."""
+    import shutil
+
+    import builder
+    from safetensors.numpy import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir(tmp_path_factory), model)
+    tensors = load_file(str(model / "model.safetensors"))
+    tensors["qa_outputs.weight"] = np.full_like(tensors["qa_outputs.weight"], 3e38)
+    save_file(tensors, str(model / "model.safetensors"))
+    engine = tmp_path / "overflow.engine"
+    assert builder.main(["--hf", str(model), "-o", str(engine), "--backend", "portable", "--device", "cpu", "-s", str(SEQ_LEN)]) == 0
+    capsys.readouterr()
+    status, out, err = run(["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN), "-p", PASSAGE, "-q", QUESTION], capsys)
+    assert_one_line_error(status, err, "the engine returned NaN or infinite logits")
+    assert "nan" not in out
+
+
+def test_control_characters_are_printed_escaped(engine, vocab, capsys):
+    """Every passage word carries a terminal escape, so the answer (passage words) does too."""
+    passage = "\x1b[31mred\x1b[0m \x1b]0;title\x07blue \u202egreen\u202c"
+    status, out, err = run(["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN), "-p", passage, "-q", "Which\x1b[2J colour?"], capsys)
+    assert status == 0, err
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "\nPassage: \\x1b[31mred\\x1b[0m \\x1b]0;title\\x07blue \\u202egreen\\u202c\n" in out
+    assert "\nQuestion: Which\\x1b[2J colour?\n" in out
+    answer = re.search(r"^Answer: '(.*)'$", out, re.MULTILINE).group(1)
+    assert "\\x1b" in answer or "\\u202e" in answer
+
+
+@pytest.mark.parametrize(
+    ("text", "escaped"),
+    [
+        ("tab\tand\nnewline stay", "tab\tand\nnewline stay"),
+        ("\x1b[1mbold\r\x00\x7f", "\\x1b[1mbold\\r\\x00\\x7f"),
+        ("\x9b2J C1 CSI, \u2066isolate\u2069", "\\x9b2J C1 CSI, \\u2066isolate\\u2069"),
+        ("café, naïve, \u00a0, 漢字", "café, naïve, \u00a0, 漢字"),
+    ],
+)
+def test_escape_controls(text, escaped):
+    from helpers.question_answering import escape_controls
+
+    assert escape_controls(text) == escaped
+
+
+def test_long_passage_shows_window_progress_on_a_terminal(engine, vocab, monkeypatch, tmp_path):
+    """A 1 MB passage makes thousands of windows; a slow answer shows a progress bar on stderr."""
+    import helpers.question_answering as qa
+    import helpers.tokenization as tokenization
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    passage = " ".join([PASSAGE] * 5)
+    tokenizer = tokenization.FullTokenizer(str(vocab), do_lower_case=True)
+    windows = len(dp.convert_example_to_features(dp.convert_doc_tokens(passage), QUESTION, tokenizer, SEQ_LEN, 128, 64))
+    assert windows >= 5
+    monkeypatch.setattr(qa, "PROGRESS_DELAY_S", 0.0)  # show it at once instead of after a slow start
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    status = inference.main(["-e", str(engine), "-v", str(vocab), "-s", str(SEQ_LEN), "-p", passage, "-q", QUESTION, "--device", "cpu"])
+    assert status == 0
+    assert "Passage windows" in terminal.getvalue() and f"/{windows} " in terminal.getvalue()

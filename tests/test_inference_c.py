@@ -1,4 +1,4 @@
-"""inference_c.py: the same answers and printed format as inference.py, strict options,
+"""inference_c.py: the same answers, printed format and option rule as inference.py,
 and the infer_c path (TensorRT plans) driven through a stand-in infer_c module on CPU."""
 
 from __future__ import annotations
@@ -81,10 +81,13 @@ def test_squad_mode_counts_examples_and_writes_inference_py_predictions(engine, 
 
 
 @pytest.mark.parametrize("option", [["--doc-stride", "64"], ["-b", "2"], ["--no-such-option"]])
-def test_options_are_parsed_strictly(engine, vocab, capsys, option):
-    status, out, err = run_main(inference_c.main, ["-e", str(engine), "-v", str(vocab), *option], capsys)
-    assert status == 2
-    assert "unrecognized arguments" in err and out == ""
+def test_unknown_options_are_ignored_with_a_warning(engine, vocab, inference_py_output, capsys, option):
+    """The rule of every runner (the original's inference.py ignored them, its inference_c.py refused
+    them): inference.py's options that this front end lacks are named, not silently dropped."""
+    status, out, err = run_main(inference_c.main, [*question_args(engine, vocab), "--device", "cpu", *option], capsys)
+    assert status == 0, err
+    assert re.fullmatch(f"\\S+: warning: ignoring unknown arguments: {re.escape(' '.join(option))}\n", err), err
+    assert without_timings(out) == without_timings(inference_py_output)
 
 
 def test_tensorrt_plan_without_infer_c_is_one_line_error(vocab, capsys, tmp_path, monkeypatch):
