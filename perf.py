@@ -28,7 +28,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_timing_options(parser)
     parser.add_argument("-r", "--random-seed", default=12345, type=int, help="Seed of the random inputs (default: 12345)")
     add_run_options(parser)
+    parser.add_argument("--verbose", action="store_true",
+                        help="First print the options the engine runs with (portable engines: precision and kernel switches)")
     return parse_benchmark_args(parser, argv)
+
+
+def engine_options_lines(runner: EngineRunner) -> list[str]:
+    """What ``--verbose`` prints about the loaded engine."""
+    if runner.backend != "portable":
+        return [f"Engine: {runner.backend}"]
+    return [f"Engine: portable, on {runner.device}", *(f"  {line}" for line in runner.engine.options.describe())]
 
 
 @exit_on_error
@@ -38,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         check_writable_output(args.json)
     runner = EngineRunner(args.engine, device=args.device, enable_graph=args.enable_graph)
+    if args.verbose:
+        print("\n".join(engine_options_lines(runner)))
     summaries = benchmark(
         runner, args.batch_size, args.sequence_length, args.warm_up_runs, args.iterations, args.duration, args.random_seed
     )

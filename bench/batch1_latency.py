@@ -37,8 +37,7 @@ from bench.timing import time_graphed
 from helpers.files import write_json_and_markdown
 from helpers.portable import ops
 from helpers.portable.kernels import cublaslt
-from helpers.portable.kernels.pdl import PDL_ENV
-from helpers.portable.kernels.plan import FEW_ROWS_ENV
+from helpers.portable.options import FEW_ROWS_ENV, PDL_ENV
 
 ROTATED_COPIES = 12
 GEMM_ROWS = (128, 256, 384)
@@ -111,6 +110,7 @@ class GemmCase:
     def __init__(self, n: int, k: int, m: int, with_bias: bool, gelu: bool, skip_ln: bool) -> None:
         gen = torch.Generator(device="cuda").manual_seed(n * 7 + k * 3 + m)
         self.m, self.n, self.k, self.gelu, self.skip_ln = m, n, k, gelu, skip_ln
+        self.pdl = True  # the few-rows kernels launch under PDL
         self.rows = torch.randn(m, k, device="cuda", generator=gen).half()
         self.weights = [(torch.randn(n, k, device="cuda", generator=gen) / math.sqrt(k)).half()
                         for _ in range(ROTATED_COPIES)]
@@ -132,11 +132,11 @@ class GemmCase:
         from helpers.portable.kernels.norms import skip_layernorm_into
 
         if not self.skip_ln:
-            return few_rows_gemm.linear(self.rows, weight, self.bias, self.gelu, config)
-        partials = few_rows_gemm.partial_products(self.rows, weight, config)
+            return few_rows_gemm.linear(self.rows, weight, self.bias, self.gelu, config, pdl=self.pdl)
+        partials = few_rows_gemm.partial_products(self.rows, weight, config, pdl=self.pdl)
         out = torch.empty_like(self.skip)
         skip_layernorm_into(out, None, partials, self.skip, self.gamma, self.beta, self.bias.float(), 1e-5,
-                            partials.shape[0])
+                            partials.shape[0], pdl=self.pdl)
         return out
 
     def cublaslt(self, weight: torch.Tensor) -> torch.Tensor:
@@ -146,7 +146,7 @@ class GemmCase:
             return cublaslt.linear(self.rows, weight, self.bias, gelu=self.gelu)
         y = cublaslt.linear(self.rows, weight, None)
         out = torch.empty_like(self.skip)
-        skip_layernorm_into(out, None, y, self.skip, self.gamma, self.beta, self.bias.float(), 1e-5)
+        skip_layernorm_into(out, None, y, self.skip, self.gamma, self.beta, self.bias.float(), 1e-5, pdl=self.pdl)
         return out
 
     def time(self, call: Callable[[torch.Tensor], object]) -> float:
@@ -159,7 +159,6 @@ class GemmCase:
 def validate(results: Results, models: list[str]) -> list[str]:
     """Every shape's few-rows result, captured and replayed in a graph under PDL, against float32 math."""
     failures = []
-    set_env(PDL_ENV, "1")
     for model in models:
         for name, n, k, with_bias, gelu, skip_ln in gemms(model):
             for m in SWEEP_ROWS:
@@ -185,7 +184,6 @@ def validate(results: Results, models: list[str]) -> list[str]:
 def sweep(results: Results, models: list[str]) -> None:
     from helpers.portable.kernels import few_rows_gemm
 
-    set_env(PDL_ENV, "1")
     winners = {}
     for model in models:
         for name, n, k, with_bias, gelu, skip_ln in gemms(model):
@@ -226,7 +224,7 @@ def bench_gemms(results: Results, models: list[str]) -> None:
                 timed: dict[str, list[float]] = {"cublaslt": [], "pdl0": [], "pdl1": []}
                 for order in (("cublaslt", "pdl0", "pdl1"), ("pdl1", "pdl0", "cublaslt")):
                     for variant in order:
-                        set_env(PDL_ENV, "1" if variant == "pdl1" else "0")
+                        case.pdl = variant == "pdl1"
                         timed[variant].append(case.time(case.cublaslt if variant == "cublaslt" else case.few_rows))
                 for variant, values in timed.items():
                     row[f"{variant}_us"] = sum(values) / len(values)
@@ -234,7 +232,6 @@ def bench_gemms(results: Results, models: list[str]) -> None:
                       f"{row['pdl0_us']:.2f} us, PDL=1 {row['pdl1_us']:.2f} us", flush=True)
                 results.data["gemms"].append(row)
                 results.save()
-    set_env(PDL_ENV, "1")
 
 
 def bench_engines(results: Results, model: str) -> None:
@@ -244,15 +241,17 @@ def bench_engines(results: Results, model: str) -> None:
         engine_path = os.path.join(folder, "bert.engine")
         build_engine(folder, engine_path, sorted({b for _, b in shapes}), sorted({s for s, _ in shapes}))
         reference = EngineUnderTest(engine_path, fast=False)
-        engines = {setting: EngineUnderTest(engine_path, fast=True) for setting in SETTINGS}
+        engines = {}
+        for setting in SETTINGS:  # an engine reads the switches when it loads
+            set_env(FEW_ROWS_ENV, setting[0])
+            set_env(PDL_ENV, setting[1])
+            engines[setting] = EngineUnderTest(engine_path, fast=True)
         for seq, batch in shapes:
             check_inputs = make_inputs(batch, seq, padded=True, seed=1)
             reference.activate(batch, seq, check_inputs)
             expected = reference.logits().cpu()
             row: dict = {"model": model, "seq": seq, "batch": batch, "ms": {}, "runs_ms": {}, "logit_delta": {}}
             for setting, engine in engines.items():
-                set_env(FEW_ROWS_ENV, setting[0])
-                set_env(PDL_ENV, setting[1])
                 engine.activate(batch, seq, check_inputs)
                 delta = (engine.logits().cpu() - expected).abs().max().item()
                 row["logit_delta"]["".join(setting)] = delta
@@ -261,8 +260,6 @@ def bench_engines(results: Results, model: str) -> None:
                 engine.activate(batch, seq, make_inputs(batch, seq, padded=False, seed=2))
             for order in (SETTINGS, SETTINGS[::-1]):  # drift reaches every setting alike
                 for setting in order:
-                    set_env(FEW_ROWS_ENV, setting[0])
-                    set_env(PDL_ENV, setting[1])  # read when the graph is captured, at the first timing
                     ms = engines[setting].time(ITERATIONS, graph=True).median_ms
                     row["runs_ms"].setdefault("".join(setting), []).append(ms)
             for key, runs in row["runs_ms"].items():

@@ -211,7 +211,7 @@ class EngineUnderTest:
     engine file loaded with DEMOBERT_FAST_KERNELS=0) for the accuracy check."""
 
     def __init__(self, engine_path: str, fast: bool):
-        from helpers.portable.kernels.plan import FAST_KERNELS_ENV
+        from helpers.portable.options import FAST_KERNELS_ENV
         from helpers.runner import EngineRunner
 
         saved = os.environ.get(FAST_KERNELS_ENV)

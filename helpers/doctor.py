@@ -2,7 +2,8 @@
 
 Run ``python3 -m helpers.doctor``.  It prints versions (Python, PyTorch, CUDA, TensorRT), the GPU
 and its compute capability, whether TensorRT's plugin library loads, which backend ``auto``
-picks, then one line per feature: ``ready`` or what it still needs.  Always exits 0.
+picks, then one line per feature: ``ready`` or what it still needs, and the portable engine's
+kernel switches as the environment sets them.  Always exits 0.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from helpers import backend
+from helpers.portable.options import EngineOptions
 from helpers.runner import PLUGIN_LIBRARY, PLUGIN_PATH_VARIABLE
 
 
@@ -106,6 +108,8 @@ def report(machine: Machine) -> str:
     lines.append("Features:")
     for feature, missing in feature_needs(machine):
         lines.append(f"  {feature}: {'ready' if not missing else 'missing ' + ', '.join(missing)}")
+    lines.append("Portable engine options (from the environment; an engine reads them when it loads):")
+    lines.extend(f"  {line}" for line in EngineOptions.from_environment().switches())
     return "\n".join(lines)
 
 

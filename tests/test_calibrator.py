@@ -13,7 +13,7 @@ import helpers.data_processing as dp
 import helpers.tokenization as tokenization
 from helpers.portable import calibration as cal
 from helpers.portable.enums import DataType
-from helpers.portable.runtime import wrap_pointer
+from helpers.portable.device import wrap_pointer
 from tests import squad_fixtures
 
 # ---------------------------------------------------------------------------------------------

@@ -71,11 +71,13 @@ def test_missing_library_switches_cublaslt_off(monkeypatch, reload_library, path
 
 
 def test_environment_switch(monkeypatch):
-    monkeypatch.setenv(cublaslt.CUBLASLT_ENV, "0")
-    assert not cublaslt.available(torch.device("cuda"))
+    from helpers.portable.options import CUBLASLT_ENV, EngineOptions
+
+    monkeypatch.setenv(CUBLASLT_ENV, "0")
+    assert not EngineOptions.from_environment().cublaslt
     assert not cublaslt.available(torch.device("cpu"))
-    monkeypatch.setenv(cublaslt.CUBLASLT_ENV, "1")
-    assert cublaslt.switched_on()
+    monkeypatch.setenv(CUBLASLT_ENV, "1")
+    assert EngineOptions.from_environment().cublaslt
 
 
 @pytest.mark.parametrize("with_bias,gelu", [(False, False), (True, False), (True, True)])
@@ -121,7 +123,6 @@ def test_constants_match_the_installed_header():
                  "CUBLASLT_EPILOGUE_GELU_BIAS": cublaslt.Epilogue.GELU_BIAS})
     ours.update({f"CUBLAS_STATUS_{name.split('CUBLAS_STATUS_')[1]}": status
                  for status, name in cublaslt.STATUS_NAMES.items()})
-    ours.pop("CUBLASLT_ENV")
     assert {name: values.get(name) for name in ours} == {name: int(value) for name, value in ours.items()}
     struct = re.search(r"typedef struct \{([^}]*)\}\s*cublasLtMatmulHeuristicResult_t;", text)
     assert struct is not None
@@ -154,7 +155,6 @@ def ctypes_size(struct: type) -> int:
 def always_cublaslt(monkeypatch):
     """Fresh tuning, in which cuBLASLt wins every shape it has a correct algorithm for (so that
     the cuBLASLt path is what the test checks, whatever PyTorch's speed)."""
-    monkeypatch.setenv(cublaslt.CUBLASLT_ENV, "1")
     monkeypatch.setattr(cublaslt, "MIN_GAIN", -math.inf)
     monkeypatch.setattr(cublaslt, "_choices", {})
     torch.manual_seed(0)
@@ -238,13 +238,13 @@ def test_tuned_gemm_replays_in_a_cuda_graph(always_cublaslt, with_bias, gelu):
 
 @cuda_only
 def test_engine_logits_with_and_without_cublaslt(tmp_path, always_cublaslt, monkeypatch):
-    from test_kernels import build_tiny_engine, run_plan
+    from test_kernels import build_tiny_engine, reference_and_fast_plans, run_plan
 
-    from helpers.portable import runtime
     from helpers.portable.engine_file import read_engine
-    from helpers.portable.kernels.plan import FEW_ROWS_ENV, optimize_plan
+    from helpers.portable.options import EngineOptions
 
-    monkeypatch.setenv(FEW_ROWS_ENV, "0")  # 111 rows: the few-rows GEMM's range, which cuBLASLt would not see
+    # 111 rows: the few-rows GEMM's range, which cuBLASLt would not see
+    options = EngineOptions(few_rows_gemm=False)
     batch, seq = 3, 37
     description = read_engine(build_tiny_engine(tmp_path, True, batch, seq))
     dev = torch.device("cuda")
@@ -252,12 +252,12 @@ def test_engine_logits_with_and_without_cublaslt(tmp_path, always_cublaslt, monk
     mask[1, 20:] = 0
     inputs = (torch.randint(0, 97, (batch, seq), dtype=torch.int32, device="cuda"),
               torch.randint(0, 2, (batch, seq), dtype=torch.int32, device="cuda"), mask)
-    fast = optimize_plan(runtime.build_plan(description, dev), description, dev)
+    _, fast = reference_and_fast_plans(description, dev, options)
     tuned = run_plan(fast, description, inputs)
     # Every dense GEMM shape of the engine (QKV, attention out, FC1 + GELU, FC2, the SQuAD head).
     assert {(c.n, c.k, c.epilogue) for c in cublaslt.choices() if c.algo is not None} >= {
         (192, 64, cublaslt.Epilogue.BIAS), (64, 64, cublaslt.Epilogue.NONE), (256, 64, cublaslt.Epilogue.GELU_BIAS),
         (64, 256, cublaslt.Epilogue.NONE)}
-    monkeypatch.setenv(cublaslt.CUBLASLT_ENV, "0")
-    untuned = run_plan(fast, description, inputs)
+    _, pytorch_gemms = reference_and_fast_plans(description, dev, EngineOptions(few_rows_gemm=False, cublaslt=False))
+    untuned = run_plan(pytorch_gemms, description, inputs)
     torch.testing.assert_close(tuned, untuned, atol=2e-2, rtol=2e-2)

@@ -17,7 +17,7 @@ import torch
 
 from helpers.portable import ops
 from helpers.portable.kernels import pdl
-from helpers.portable.kernels.pdl import PDL_ENV
+from helpers.portable.options import PDL_ENV, EngineOptions
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="the few-rows GEMM needs a CUDA GPU")
 
@@ -33,10 +33,9 @@ def few_rows_gemm():
     return module
 
 
-@pytest.fixture(params=["0", "1"], ids=["pdl_off", "pdl_on"])
-def pdl_setting(request, monkeypatch):
-    monkeypatch.setenv(PDL_ENV, request.param)
-    return request.param == "1"
+@pytest.fixture(params=[False, True], ids=["pdl_off", "pdl_on"])
+def pdl_setting(request):
+    return request.param
 
 
 def operands(m: int, n: int, k: int, seed: int = 0):
@@ -66,7 +65,7 @@ def test_linear_matches_float32_math(few_rows_gemm, pdl_setting, tma, m, n, k, e
     bias = None if epilogue == "none" else torch.randn(n, device="cuda").to(
         torch.float32 if epilogue == "bias32" else torch.float16)
     got = few_rows_gemm.linear(rows, weight, bias, gelu=epilogue == "gelu",
-                               config=few_rows_gemm.Config(64, 64, 64, 1, 4, 3, tma))
+                               config=few_rows_gemm.Config(64, 64, 64, 1, 4, 3, tma), pdl=pdl_setting)
     assert got.dtype == torch.float16 and got.shape == (m, n) and got.is_contiguous()
     torch.testing.assert_close(got.float(), reference(rows, weight, bias, epilogue == "gelu"), atol=1e-2, rtol=1e-2)
 
@@ -91,7 +90,7 @@ def test_linear_reads_rows_with_a_row_stride(few_rows_gemm, tma, offset, width):
 def test_partial_products_sum_to_the_product(few_rows_gemm, pdl_setting, tma, m, n, k, split_k, block_k):
     rows, weight = operands(m, n, k, seed=1)
     config = few_rows_gemm.Config(64, 32, block_k, split_k, 4, 3, tma)
-    partials = few_rows_gemm.partial_products(rows, weight, config)
+    partials = few_rows_gemm.partial_products(rows, weight, config, pdl=pdl_setting)
     assert partials.dtype == torch.float32 and partials.shape[1:] == (m, n)
     # K cut into slices of whole blocks, as even as the blocks allow, at most split_k of them.
     blocks = -(-k // block_k)
@@ -109,10 +108,10 @@ def test_skip_layernorm_sums_the_partials(few_rows_gemm, pdl_setting, m, hidden,
     skip = torch.randn(m, hidden, device="cuda").half()
     gamma, beta, bias = torch.rand(hidden, device="cuda") + 0.5, torch.randn(hidden, device="cuda"), \
         torch.randn(hidden, device="cuda")
-    partials = few_rows_gemm.partial_products(rows, weight, few_rows_gemm.Config(64, 64, 64, 4, 4, 3))
+    partials = few_rows_gemm.partial_products(rows, weight, few_rows_gemm.Config(64, 64, 64, 4, 4, 3), pdl=pdl_setting)
     assert partials.shape[0] > 1
     out = torch.empty_like(skip)
-    skip_layernorm_into(out, None, partials, skip, gamma, beta, bias, 1e-5, partials.shape[0])
+    skip_layernorm_into(out, None, partials, skip, gamma, beta, bias, 1e-5, partials.shape[0], pdl=pdl_setting)
     expected = ops.layernorm(reference(rows, weight) + skip.float() + bias, gamma, beta, 1e-5)
     torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
 
@@ -132,13 +131,15 @@ def test_a_pdl_chain_replayed_in_a_cuda_graph(few_rows_gemm, pdl_setting):
     x = torch.empty(m, hidden, device="cuda").half()
 
     def layer() -> torch.Tensor:
-        partials = few_rows_gemm.partial_products(x, w_in, few_rows_gemm.Config(64, 64, 64, 2, 4, 3, True))
+        partials = few_rows_gemm.partial_products(x, w_in, few_rows_gemm.Config(64, 64, 64, 2, 4, 3, True),
+                                                  pdl=pdl_setting)
         h = torch.empty_like(x)
-        skip_layernorm_into(h, None, partials, x, gamma, beta, None, 1e-5, partials.shape[0])
-        up = few_rows_gemm.linear(h, w_up, b_up, gelu=True)
-        partials = few_rows_gemm.partial_products(up, w_down, few_rows_gemm.Config(64, 32, 128, 4, 4, 3))
+        skip_layernorm_into(h, None, partials, x, gamma, beta, None, 1e-5, partials.shape[0], pdl=pdl_setting)
+        up = few_rows_gemm.linear(h, w_up, b_up, gelu=True, pdl=pdl_setting)
+        partials = few_rows_gemm.partial_products(up, w_down, few_rows_gemm.Config(64, 32, 128, 4, 4, 3),
+                                                  pdl=pdl_setting)
         out = torch.empty_like(x)
-        skip_layernorm_into(out, None, partials, h, gamma, beta, None, 1e-5, partials.shape[0])
+        skip_layernorm_into(out, None, partials, h, gamma, beta, None, 1e-5, partials.shape[0], pdl=pdl_setting)
         return out
 
     def expected(inputs: torch.Tensor) -> torch.Tensor:
@@ -165,8 +166,9 @@ def test_pdl_is_on_for_the_batch_1_chain_only(monkeypatch):
     assert pdl.pdl_launch(cuda, 1) == pdl.pdl_launch(cuda, pdl.CHAIN_MAX_ROWS) == on
     assert pdl.pdl_launch(cuda, pdl.CHAIN_MAX_ROWS + 1) == off
     assert pdl.pdl_launch(torch.device("cpu"), 1) == off
-    monkeypatch.setenv(PDL_ENV, "0")
-    assert pdl.pdl_launch(cuda, 1) == off
+    assert pdl.pdl_launch(cuda, 1, allowed=False) == off
+    monkeypatch.setenv(PDL_ENV, "0")  # the engine's switch: its steps launch with allowed=False
+    assert not EngineOptions.from_environment().pdl
 
 
 @CUDA
@@ -197,9 +199,9 @@ def test_refusals(few_rows_gemm):
 def test_fast_plan_at_batch_1_runs_the_few_rows_gemm(tmp_path, monkeypatch, few_rows_gemm):
     from test_kernels import build_tiny_engine, run_plan
 
-    from helpers.portable import runtime
+    from test_kernels import reference_and_fast_plans
+
     from helpers.portable.engine_file import read_engine
-    from helpers.portable.kernels.plan import FEW_ROWS_ENV, optimize_plan
 
     calls = {"linear": 0, "partial_products": 0}
     for name in calls:
@@ -213,8 +215,7 @@ def test_fast_plan_at_batch_1_runs_the_few_rows_gemm(tmp_path, monkeypatch, few_
     batch, seq = 1, 37
     description = read_engine(build_tiny_engine(tmp_path, True, batch, seq))
     dev = torch.device("cuda")
-    reference_plan = runtime.build_plan(description, dev)
-    fast = optimize_plan(runtime.build_plan(description, dev), description, dev)
+    reference_plan, fast = reference_and_fast_plans(description, dev)
     mask = torch.ones(batch, seq, dtype=torch.int32, device="cuda")
     mask[0, 30:] = 0
     inputs = (torch.randint(0, 97, (batch, seq), dtype=torch.int32, device="cuda"),
@@ -224,6 +225,6 @@ def test_fast_plan_at_batch_1_runs_the_few_rows_gemm(tmp_path, monkeypatch, few_
     # Per layer QKV and FC1 (+ the head once) finish in the GEMM; attention out and FC2 feed skip-LNs.
     assert calls == {"linear": 2 * 2 + 1, "partial_products": 2 * 2}
     torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)
-    monkeypatch.setenv(FEW_ROWS_ENV, "0")
-    torch.testing.assert_close(run_plan(fast, description, inputs), expected, atol=2e-2, rtol=2e-2)
+    _, cublaslt_plan = reference_and_fast_plans(description, dev, EngineOptions(few_rows_gemm=False))
+    torch.testing.assert_close(run_plan(cublaslt_plan, description, inputs), expected, atol=2e-2, rtol=2e-2)
     assert calls == {"linear": 5, "partial_products": 4}

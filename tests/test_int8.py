@@ -188,7 +188,8 @@ def test_cuda_fp8_linear_agrees_with_the_cpu_emulation():
 @CUDA
 @pytest.mark.parametrize("gelu", [False, True])
 def test_cuda_fused_int8_gemm_is_the_reference_gemm(gelu):
-    from helpers.portable.int8_plan import fast_int8_gemm, int8_gemm
+    from helpers.portable.int8_plan import int8_gemm
+    from helpers.portable.kernels.int8_steps import fast_int8_gemm
 
     x = torch.randn(300, 1024, generator=gen(30)).cuda().half()
     weight = (torch.randn(520, 1024, generator=gen(31)) / 32).cuda()
@@ -205,7 +206,8 @@ def test_cuda_fused_int8_gemm_is_the_reference_gemm(gelu):
 
 @CUDA
 def test_cuda_fused_fp8_gemm_is_the_reference_gemm():
-    from helpers.portable.int8_plan import fast_fp8_gemm, fp8_gemm
+    from helpers.portable.int8_plan import fp8_gemm
+    from helpers.portable.kernels.int8_steps import fast_fp8_gemm
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 tensor cores need SM 8.9+")
@@ -323,16 +325,16 @@ def test_cuda_int8_attention_refuses_sizes_whose_products_would_not_be_exact():
 
 @CUDA
 def test_cuda_fast_int8_attention_step_takes_the_plugin_mask():
-    """``int8_plan._fast_int8_attention``, as the lowering runs it: the plugin's [S, B, 3E, 1, 1] input
+    """``int8_steps.fast_int8_attention``, as the lowering runs it: the plugin's [S, B, 3E, 1, 1] input
     and its [B, 1] mask, the context returned as codes."""
-    from helpers.portable.int8_plan import _fast_int8_attention
+    from helpers.portable.kernels.int8_steps import fast_int8_attention
 
     raw = torch.randn(128, 4, 3 * 4 * 64, 1, 1, generator=gen(38))
     qkv_scale, ctx_scale, dq_probs = q.scale_from_amax(float(raw.abs().max())), 0.02, 1 / 127
     qkv = q.fake_quantize(raw, qkv_scale)  # on the INT8 grid: FP16 keeps its codes
     mask = torch.tensor([128, 100, 7, 64], dtype=torch.int32)[:, None]
     reference = q.quantize(q.int8_attention(qkv.flatten(2), mask[:, 0], 4, qkv_scale, ctx_scale, dq_probs), ctx_scale)
-    attention = _fast_int8_attention(4, True, qkv_scale, ctx_scale, dq_probs, torch.int8)
+    attention = fast_int8_attention(4, True, qkv_scale, ctx_scale, dq_probs, torch.int8)
     (codes,) = attention(qkv.cuda().half(), mask.cuda())
     assert codes.shape == (128, 4, 4 * 64, 1, 1) and codes.dtype == torch.int8
     off = (codes.cpu().flatten(2).int() - reference.int()).abs()

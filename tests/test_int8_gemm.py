@@ -180,7 +180,7 @@ def test_int8_outputs_are_the_next_tensors_grid(m, n, k, with_bias, gelu, kernel
 def test_a_gemm_fed_int8_codes_is_the_gemm_fed_their_float_values():
     """fast_int8_gemm: the FC1 → GELU → FC2 hand-over.  FC1 writing FC2's codes gives FC2 the same
     input as FC1's float output quantized by FC2's own pass."""
-    from helpers.portable.int8_plan import fast_int8_gemm
+    from helpers.portable.kernels.int8_steps import fast_int8_gemm
 
     x = torch.randn(300, 256, generator=gen(40)).cuda().half()
     w1, w2 = (torch.randn(n, k, generator=gen(41 + n)).cuda() / 16 for n, k in ((512, 256), (256, 512)))
@@ -226,15 +226,12 @@ def test_cuda_plan_hands_over_codes_where_only_int8_layers_read(imh_iln_engine, 
     embedding output (written by a float plugin) and the logits stay float."""
     from helpers.portable import int8_plan
     from helpers.portable.engine_file import read_engine
-    from helpers.portable.kernels import plan as fast_plan
-    from helpers.portable.runtime import build_plan
+    from helpers.portable.graph import load_graph
 
-    monkeypatch.setattr(fast_plan, "fast_kernels_enabled", lambda dev: True)
     description = read_engine(imh_iln_engine[0].read_bytes())
-    dev = torch.device("cpu")
-    plan = build_plan(description, dev)
-    lowering = int8_plan._Lowering(description, dev, strict=False, fp8=False)
-    lowering.plan_handovers(description, int8_plan._gelu_chains(plan, description, dev))
+    graph = load_graph(description)
+    lowering = int8_plan.Int8Lowering(graph, torch.device("cpu"), strict=False, fp8=False, fast=True)
+    lowering.plan_handovers(int8_plan.gelu_chains(graph))
     tensors = description["tensors"]
     names = {tensors[slot]["name"]: how for slot, how in lowering.handover.items()}
     expected = {}
@@ -262,6 +259,6 @@ def test_hand_overs_leave_the_cuda_engine_results_unchanged(imh_iln_engine, monk
     engine, features = imh_iln_engine
     inputs = features.inputs()
     fused = run_engine(engine, inputs, "cuda", chunk=4)
-    monkeypatch.setattr(int8_plan._Lowering, "plan_handovers", lambda self, description, chains: None)
+    monkeypatch.setattr(int8_plan.Int8Lowering, "plan_handovers", lambda self, chains: None)
     separate = run_engine(engine, inputs, "cuda", chunk=4)
     assert np.abs(fused - separate).max() <= 1e-3 * np.abs(separate).max()

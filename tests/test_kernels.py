@@ -192,32 +192,42 @@ def build_tiny_engine(folder, fp16: bool, batch: int, seq: int) -> bytes:
 
 
 def run_plan(plan, description, inputs):
-    from helpers.portable import runtime
+    from helpers.portable.graph import execute
 
     buffers = [None] * plan.num_slots
     for slot, value in plan.constants.items():
         buffers[slot] = value
     for slot, value in zip(description["inputs"], inputs):
         buffers[slot] = value
-    runtime.execute(plan, buffers)
+    execute(plan, buffers)
     return buffers[description["outputs"][0]].float()
+
+
+def reference_and_fast_plans(description, dev, options=None, logger=None):
+    """The engine description's reference plan and its plan as an engine on ``dev`` builds it."""
+    from helpers.portable.graph import load_graph
+    from helpers.portable.options import EngineOptions
+    from helpers.portable.passes import build_plan, reference_plan
+
+    graph = load_graph(description)
+    return reference_plan(graph, dev), build_plan(graph, dev, options or EngineOptions(), logger)
 
 
 @pytest.mark.parametrize("fp16", [False, True])
 def test_fast_plan_matches_reference_plan_of_a_built_engine(tmp_path, fp16):
-    from helpers.portable import runtime
     from helpers.portable.engine_file import read_engine
-    from helpers.portable.kernels.plan import RELEASE_STEP, optimize_plan
+    from helpers.portable.lowering import RELEASE_STEP
 
     batch, seq = 3, 37
     description = read_engine(build_tiny_engine(tmp_path, fp16, batch, seq))
     dev = torch.device("cuda")
-    reference = runtime.build_plan(description, dev)
-    fast = optimize_plan(runtime.build_plan(description, dev), description, dev)
+    reference, fast = reference_and_fast_plans(description, dev)
     # Per layer: QKV GEMM, attention, GEMM+skipLN, GEMM+GELU, GEMM+skipLN; plus the embedding,
     # the head GEMM and the four shuffles.
     computing = [step for step in fast.steps if step.name != RELEASE_STEP]
     assert len(computing) == 2 * 5 + 1 + 1 + 4 < len(reference.steps)
+    assert fast.patterns() == {"embedding": 1, "dense": 2 + 1, "attention": 2, "dense_skip_layernorm": 2 * 2,
+                               "dense_gelu": 2}
     mask = torch.ones(batch, seq, dtype=torch.int32, device="cuda")
     mask[1, 20:], mask[2, 1:] = 0, 0
     inputs = (torch.randint(0, 97, (batch, seq), dtype=torch.int32, device="cuda"),
@@ -228,14 +238,14 @@ def test_fast_plan_matches_reference_plan_of_a_built_engine(tmp_path, fp16):
 
 
 def test_fast_kernels_can_be_switched_off(tmp_path, monkeypatch):
-    from helpers.portable import runtime
     from helpers.portable.engine_file import read_engine
-    from helpers.portable.kernels.plan import FAST_KERNELS_ENV, optimize_plan
+    from helpers.portable.options import FAST_KERNELS_ENV, EngineOptions
 
     description = read_engine(build_tiny_engine(tmp_path, True, 2, 16))
-    plan = runtime.build_plan(description, torch.device("cuda"))
     monkeypatch.setenv(FAST_KERNELS_ENV, "0")
-    assert optimize_plan(plan, description, torch.device("cuda")) is plan
+    reference, plan = reference_and_fast_plans(description, torch.device("cuda"), EngineOptions.from_environment())
+    assert [step.name for step in plan.steps] == [step.name for step in reference.steps]
+    assert plan.patterns() == {}
 
 
 # ---- the packed (variable-length) network
@@ -276,13 +286,9 @@ class RecordingLogger:
 
 @pytest.mark.parametrize("fp16", [False, True])
 def test_fast_plan_matches_reference_plan_of_a_packed_engine(tmp_path, fp16):
-    from helpers.portable import runtime
-    from helpers.portable.kernels.plan import optimize_plan
-
     description = build_tiny_packed_engine(tmp_path, fp16)
     dev = torch.device("cuda")
-    reference = runtime.build_plan(description, dev)
-    fast = optimize_plan(runtime.build_plan(description, dev), description, dev)
+    reference, fast = reference_and_fast_plans(description, dev)
     # Every plugin, GEMM and GELU layer has a fast step; only shuffles keep their reference steps.
     kinds = {layer["name"]: layer["kind"] for layer in description["layers"]}
     left = {kinds[step.name] for step in fast.steps if step.name in kinds}
@@ -298,14 +304,14 @@ def test_fast_plan_matches_reference_plan_of_a_packed_engine(tmp_path, fp16):
 @pytest.mark.parametrize("hidden,heads", [(48, 3), (1024, 16)])
 def test_packed_attention_step_matches_the_plugin(dtype, hidden, heads):
     from helpers.portable import plugins
-    from helpers.portable.kernels.plan import _attention_varlen
+    from helpers.portable.kernels.steps import attention_varlen_step
 
     _, _, cu_seqlens, max_seqlen = packed_inputs(PACKED_LENGTHS)
     qkv = torch.randn(sum(PACKED_LENGTHS), 3 * hidden, 1, 1, device="cuda").to(dtype)
     params = {"var_seqlen": 1, "num_heads": heads, "has_mask": 0}
     mask = torch.zeros((), dtype=torch.int32, device="cuda")
     (expected,) = plugins.qkv_to_context_varseqlen(params, {}, qkv, mask, cu_seqlens, max_seqlen)
-    (got,) = _attention_varlen(heads, dtype)(qkv, cu_seqlens, max_seqlen)
+    (got,) = attention_varlen_step(heads, dtype)(qkv, cu_seqlens, max_seqlen)
     assert got.shape == expected.shape and got.dtype == expected.dtype
     torch.testing.assert_close(got, expected, **tolerance(dtype))
 
@@ -315,7 +321,7 @@ def test_packed_attention_step_matches_the_plugin(dtype, hidden, heads):
 @pytest.mark.parametrize("hidden", [40, 1024])
 def test_packed_embedding_step_matches_the_plugin(megatron, dtype, hidden):
     from helpers.portable import plugins
-    from helpers.portable.kernels.plan import _embedding_varlen
+    from helpers.portable.kernels.steps import embedding_varlen_step
 
     ids, segs, cu_seqlens, max_seqlen = packed_inputs(PACKED_LENGTHS)
     ids = torch.cat([ids, torch.tensor([5, 6, 7], dtype=torch.int32, device="cuda")])  # 3 tokens past the last sequence
@@ -327,7 +333,7 @@ def test_packed_embedding_step_matches_the_plugin(megatron, dtype, hidden):
                         "bert_embeddings_position_embeddings", "bert_embeddings_layernorm_gamma",
                         "bert_embeddings_layernorm_beta"), (*tables, gamma, beta)))
     expected = plugins.emb_layernorm_varseqlen(megatron)({}, weights, ids, segs, cu_seqlens, max_seqlen)
-    got = _embedding_varlen(tables, gamma, beta, megatron)(ids, segs, cu_seqlens, max_seqlen)
+    got = embedding_varlen_step(tables, gamma, beta, megatron)(ids, segs, cu_seqlens, max_seqlen)
     for e, g in zip(expected, got):
         assert g.shape == e.shape and g.dtype == e.dtype
         torch.testing.assert_close(g, e, **tolerance(dtype))
@@ -335,7 +341,7 @@ def test_packed_embedding_step_matches_the_plugin(megatron, dtype, hidden):
 
 
 def test_packed_positions_count_from_each_sequence_start():
-    from helpers.portable.kernels.plan import packed_positions
+    from helpers.portable.kernels.steps import packed_positions
 
     cu_seqlens = torch.tensor([0, 1, 1, 4, 6], dtype=torch.int32, device="cuda")
     expected = [0, 0, 1, 2, 0, 1, -1, -1]  # an empty third sequence; two tokens past the last one
@@ -344,7 +350,7 @@ def test_packed_positions_count_from_each_sequence_start():
 
 def graph_replay(plan, description, inputs) -> torch.Tensor:
     """The plan's first output from a CUDA graph capture of one run, replayed on the inputs."""
-    from helpers.portable import runtime
+    from helpers.portable.graph import execute
 
     buffers = [None] * plan.num_slots
     for slot, value in plan.constants.items():
@@ -354,20 +360,18 @@ def graph_replay(plan, description, inputs) -> torch.Tensor:
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        runtime.execute(plan, list(buffers))  # warm-up: Triton compiles, cuBLAS / cuSPARSELt set up
+        execute(plan, list(buffers))  # warm-up: Triton compiles, cuBLAS / cuSPARSELt set up
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        runtime.execute(plan, buffers)
+        execute(plan, buffers)
     graph.replay()
     torch.cuda.synchronize()
     return buffers[description["outputs"][0]].float()
 
 
 def test_sparse_weights_run_sparse_gemms_with_the_dense_logits(tmp_path):
-    from helpers.portable import runtime
     from helpers.portable.enums import Severity
-    from helpers.portable.kernels.plan import optimize_plan
 
     dev = torch.device("cuda")
     save_tiny_model(tmp_path, max_positions=PACKED_MAX_SEQ, pruned=True)
@@ -375,8 +379,8 @@ def test_sparse_weights_run_sparse_gemms_with_the_dense_logits(tmp_path):
     sparse = build_tiny_packed_engine(tmp_path, True, "-sp", name="sparse")
     assert "SPARSE_WEIGHTS" in sparse["build"]["flags"] and "SPARSE_WEIGHTS" not in dense["build"]["flags"]
     logger = RecordingLogger()
-    sparse_plan = optimize_plan(runtime.build_plan(sparse, dev), sparse, dev, logger)
-    dense_plan = optimize_plan(runtime.build_plan(dense, dev), dense, dev, logger)
+    _, sparse_plan = reference_and_fast_plans(sparse, dev, logger=logger)
+    _, dense_plan = reference_and_fast_plans(dense, dev, logger=logger)
     went_sparse = {msg.rsplit(" ", 1)[-1] for severity, msg in logger.messages
                    if severity == Severity.INFO and "sparse GEMM:" in msg}
     # The pruned encoder GEMMs of both layers; the SQuAD head is not 2:4 and stays dense.
@@ -389,11 +393,8 @@ def test_sparse_weights_run_sparse_gemms_with_the_dense_logits(tmp_path):
 
 
 def test_packed_fast_plan_runs_in_a_cuda_graph(tmp_path):
-    from helpers.portable import runtime
-    from helpers.portable.kernels.plan import optimize_plan
-
     description = build_tiny_packed_engine(tmp_path, True)
     dev = torch.device("cuda")
-    plan = optimize_plan(runtime.build_plan(description, dev), description, dev)
+    _, plan = reference_and_fast_plans(description, dev)
     inputs = packed_inputs(PACKED_LENGTHS)
     torch.testing.assert_close(graph_replay(plan, description, inputs), run_plan(plan, description, inputs))

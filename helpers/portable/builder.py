@@ -18,6 +18,7 @@ import torch
 
 from helpers.portable import device as portable_device
 from helpers.portable import enums
+from helpers.portable.calibration import calibrate_engine_description
 from helpers.portable.engine_file import write_engine
 from helpers.portable.enums import (
     BuilderFlag,
@@ -447,7 +448,5 @@ def compile_network(network: INetworkDefinition, config: IBuilderConfig, logger:
         "layers": layers,
     }
     if config.get_flag(BuilderFlag.INT8) and config.int8_calibrator is not None:
-        from helpers.portable.int8_plan import calibrate_engine_description
-
         calibrate_engine_description(header, config.int8_calibrator, portable_device.get_device())
     return header

@@ -1,10 +1,9 @@
 """INT8 post-training calibration for the portable engine, and TensorRT's calibration-table format.
 
-The portable builder calls ``calibrate`` (through ``int8_plan``) once per INT8 build that has a
-calibrator.  It either
-reads the calibrator's cache, or runs the network in FP32 over the calibrator's batches, feeds
-every float tensor the network produces into a histogram of |x|, and turns each histogram into a
-symmetric range ``amax`` with the calibrator's algorithm:
+The portable builder calls ``calibrate_engine_description`` once per INT8 build that has a
+calibrator.  It either reads the calibrator's cache, or runs the engine description's reference
+plan over the calibrator's batches, feeds every float tensor the network produces into a histogram
+of |x|, and turns each histogram into a symmetric range ``amax`` with the calibrator's algorithm:
 
 * ``LEGACY_CALIBRATION`` (``IInt8LegacyCalibrator``).  TensorRT documents the two parameters
   only as "the quantile used to select the region maximum" and "the fraction of the maximum
@@ -21,7 +20,9 @@ The cache is TensorRT's calibration table: a header line ``TRT-<version>-<Algori
 ``<tensor name>: <scale>`` line per tensor, the scale (``amax / 127``) written as the hex digits
 of its big-endian IEEE float32 bits.  Tables from either backend read on the other.  A table is
 used whatever algorithm its header names (TensorRT would recalibrate on a mismatch); its tensor
-names are the network's, so names it has that the network lacks are ignored.
+names are the network's, so names it has that the network lacks are ignored.  Each tensor without a
+range set by the network (``ITensor.set_dynamic_range``, e.g. GELU10) gets the calibrated one, stored
+in the engine file with the tensors.
 """
 
 from __future__ import annotations
@@ -29,11 +30,16 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from helpers.portable.device import wrap_pointer
 from helpers.portable.enums import CalibrationAlgoType, DataType
+from helpers.portable.graph import load_graph
+from helpers.portable.layers import BuildError, is_known
+from helpers.portable.passes import reference_plan
 
 INT8_MAX = 127.0
 # Histogram resolution: TensorRT's entropy calibrator works on 2048 bins; growth beyond this
@@ -318,8 +324,6 @@ def calibrate(
     ``run_fp32(feeds, observe)`` runs the FP32 network and calls ``observe(name, tensor)`` for
     every tensor it produces.  A freshly computed table goes to ``write_calibration_cache``.
     """
-    from helpers.portable.runtime import wrap_pointer
-
     cached = calibrator.read_calibration_cache()
     if cached:
         _, ranges = parse_calibration_table(cached, source)
@@ -353,3 +357,51 @@ def calibrate(
     ranges = {name: amax_from_histogram(hist, calibrator) for name, hist in histograms.items()}
     calibrator.write_calibration_cache(write_calibration_table(ranges, calibrator.get_algorithm()))
     return ranges
+
+
+def _calibration_input_specs(description: dict[str, Any]) -> list[tuple[str, tuple[int, ...], DataType]]:
+    """(name, shape, dtype) of every input: its static shape, else the first profile's opt shape."""
+    specs = []
+    for slot in description["inputs"]:
+        tensor = description["tensors"][slot]
+        shape = tensor["shape"]
+        if not is_known(shape):
+            shape = description["profiles"][0][tensor["name"]][1]
+        specs.append((tensor["name"], tuple(shape), DataType(tensor["dtype"])))
+    return specs
+
+
+def calibrate_engine_description(description: dict[str, Any], calibrator: Any, dev: torch.device) -> None:
+    """Fill the missing ``dynamic_range`` of the description's tensors from ``calibrator``.
+
+    Raises ``BuildError`` with a one-line message when calibration cannot run.
+    """
+    tensors = description["tensors"]
+    names = [t["name"] for t in tensors]
+    input_slots = {tensors[slot]["name"]: slot for slot in description["inputs"]}
+    plans: list[Any] = []  # built on the first batch: a build that reads a cache needs none
+
+    def run_fp32(feeds: dict[str, torch.Tensor], observe: Callable[[str, torch.Tensor], None]) -> None:
+        if not plans:
+            plans.append(reference_plan(load_graph(description), dev))
+        plan = plans[0]
+        buffers: list[Any] = [None] * plan.num_slots
+        for slot, value in plan.constants.items():
+            buffers[slot] = value
+            observe(names[slot], value)
+        for name, value in feeds.items():
+            buffers[input_slots[name]] = value
+        for step in plan.steps:
+            results = step.run(*[buffers[i] for i in step.inputs])
+            for slot, value in zip(step.outputs, results):
+                buffers[slot] = value
+                observe(names[slot], value)
+
+    try:
+        ranges = calibrate(_calibration_input_specs(description), calibrator, run_fp32, dev)
+    except (CalibrationError, ValueError, OSError) as err:
+        raise BuildError(f"INT8 calibration failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    for tensor in tensors:
+        if tensor["dynamic_range"] is None and tensor["name"] in ranges:
+            amax = float(ranges[tensor["name"]])
+            tensor["dynamic_range"] = [-amax, amax]

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+# Imported for its registrations: the interleaved plugin versions join PLUGIN_DEFINITIONS.
+import helpers.portable.plugins_interleaved  # noqa: F401
 from helpers.portable.enums import Severity, TensorRTPhase
 from helpers.portable.layers import Params
 from helpers.portable.plugins import (
@@ -16,7 +18,6 @@ from helpers.portable.plugins import (
     PluginError,
     PluginField,
     PluginFieldCollection,
-    load_plugin_extensions,
     parse_plugin,
 )
 
@@ -125,11 +126,6 @@ class IPluginRegistry:
         creator_type = IPluginCreatorV3One if definition.v3 else IPluginCreator
         self._creators[(definition.name, definition.version, namespace)] = creator_type(definition, namespace)
 
-    def _add_to_namespaces(self, definition: PluginDefinition) -> None:
-        """Creators of a newly registered plugin version in every namespace initialized so far."""
-        for namespace in self._namespaces:
-            self._add(definition, namespace)
-
     def _register_portable(self, namespace: str) -> None:
         self._namespaces.add(namespace)
         for definition in PLUGIN_DEFINITIONS.values():
@@ -161,7 +157,6 @@ def get_plugin_registry() -> IPluginRegistry:
 def init_libnvinfer_plugins(logger: Any, namespace: str) -> bool:
     """Register the portable BERT plugins under ``namespace``; their errors go to ``logger``."""
     _PluginLogger.logger = logger
-    load_plugin_extensions()
     _REGISTRY._register_portable(namespace)
     return True
 

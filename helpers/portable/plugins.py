@@ -9,20 +9,20 @@ Decisions where the portable engine differs from TensorRT on purpose (see README
 * The fixed-length embedding plugin always emits the unfused mask index ``[B, 1]``: the packed
   fused-MHA mask exists only for TensorRT's SM-specific fused kernels, and the portable attention
   reads the mask index.
-* INT8 (``type_id`` 2) plugins compute in FP16 until INT8 execution lands; the build warns.
+* INT8 (``type_id`` 2) plugins compute in FP16 in the reference plan; the engine's INT8 lowering
+  (``int8_plan.py``) runs them on INT8 codes where their tensors have ranges.
 * Attention runs for any sequence length and head size, and ``var_seqlen=1`` also in FP32: these
   TensorRT limits come from its fused kernels (FP16/INT8, H ≤ 64, S ≤ 512), not from the math.
   Likewise the varseqlen embedding embeds every token, where TensorRT's kernels skip positions
   past their sequence bucket (at most 384, so a 512-token sequence loses its tail there).
 * The interleaved versions (QKV v3/v6, SkipLN v3/v4/v7/v8) live in ``plugins_interleaved.py``,
-  which registers them through :func:`register_plugin`.
+  which registers them through :func:`register_plugin` when imported.
 
 The plugin objects, creators and registry of the TensorRT API are in ``plugin_registry.py``.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +37,9 @@ from helpers.portable.layers import FLOAT_TYPES, TORCH_DTYPE, BuildError, Params
 EMB_LN = "CustomEmbLayerNormPluginDynamic"
 QKV = "CustomQKVToContextPluginDynamic"
 SKIP_LN = "CustomSkipLayerNormPluginDynamic"
+# Tensor layouts of the plugin versions: fixed-length [S, B, E, 1, 1], packed tokens [T, E, 1, 1],
+# interleaved [1, E, T, 1] (plugins_interleaved.py).
+FIXED, PACKED, INTERLEAVED = "fixed", "packed", "interleaved"
 
 _FIELD_NUMPY = {
     PluginFieldType.FLOAT16: np.float16,
@@ -164,6 +167,8 @@ class PluginDefinition:
     parse: Callable[[str, dict[str, np.ndarray]], Params]
     infer: Callable[[Params, Sequence[Shape], Sequence[DataType]], list[tuple[Shape, DataType]]]
     weights: tuple[str, ...]  # array fields the compute function receives as tensors
+    layout: str = FIXED  # FIXED, PACKED or INTERLEAVED
+    megatron: bool = False  # Megatron's embedding / skip-LayerNorm: a second output, the pre-LN sum
 
 
 _EMB_WEIGHTS = (
@@ -284,7 +289,8 @@ def _parse_qkv_varseqlen(plugin: str, values: dict[str, np.ndarray]) -> Params:
 
 
 def compute_type(type_id: int) -> DataType:
-    """The type a plugin computes in: INT8 runs as FP16 until INT8 execution exists."""
+    """The type a plugin's reference step computes in: INT8 as FP16 (the INT8 lowering replaces
+    those steps where the tensors have ranges)."""
     return DataType.FLOAT if type_id == int(DataType.FLOAT) else DataType.HALF
 
 
@@ -389,13 +395,16 @@ def _definitions() -> list[PluginDefinition]:
     for version, v3, megatron in (("2", False, False), ("4", True, False), ("3", False, True), ("5", True, True)):
         defs.append(
             PluginDefinition(
-                EMB_LN, version, v3, _EMB_FIELDS, 2, _parse_emb, _infer_emb_varseqlen(megatron), _EMB_WEIGHTS
+                EMB_LN, version, v3, _EMB_FIELDS, 2, _parse_emb, _infer_emb_varseqlen(megatron), _EMB_WEIGHTS,
+                PACKED, megatron,
             )
         )
     for version, v3 in (("1", False), ("4", True)):
         defs.append(PluginDefinition(QKV, version, v3, _QKV_FIELDS, 1, _parse_qkv, _infer_qkv, ()))
     for version, v3 in (("2", False), ("5", True)):
-        defs.append(PluginDefinition(QKV, version, v3, _QKV_VARSEQLEN_FIELDS, 1, _parse_qkv_varseqlen, _infer_qkv, ()))
+        defs.append(
+            PluginDefinition(QKV, version, v3, _QKV_VARSEQLEN_FIELDS, 1, _parse_qkv_varseqlen, _infer_qkv, (), PACKED)
+        )
     skip_weights = ("beta", "gamma", "bias")
     for version, v3 in (("1", False), ("5", True)):
         defs.append(
@@ -404,7 +413,8 @@ def _definitions() -> list[PluginDefinition]:
     for version, v3 in (("2", False), ("6", True)):
         defs.append(
             PluginDefinition(
-                SKIP_LN, version, v3, _SKIP_FIELDS_VARSEQLEN, 1, _parse_skip_varseqlen, _infer_skip(4), skip_weights
+                SKIP_LN, version, v3, _SKIP_FIELDS_VARSEQLEN, 1, _parse_skip_varseqlen, _infer_skip(4), skip_weights,
+                PACKED,
             )
         )
     return defs
@@ -521,23 +531,11 @@ def plugin_impl(name: str, version: str) -> Callable[..., Tensors]:
 
 
 def register_plugin(definition: PluginDefinition, impl: Callable[..., Tensors]) -> None:
-    """Add a plugin version defined outside this module (creators appear in initialized namespaces)."""
+    """Add a plugin version defined outside this module (``plugins_interleaved`` does when imported;
+    the registry and the engine loader import it)."""
     key = (definition.name, definition.version)
     PLUGIN_DEFINITIONS[key] = definition
     _IMPLS[key] = impl
-    # Imported here: the registry module is built on this one.
-    from helpers.portable.plugin_registry import get_plugin_registry
-
-    get_plugin_registry()._add_to_namespaces(definition)
-
-
-# Modules that define further plugin versions and call register_plugin() when imported.
-_PLUGIN_EXTENSIONS = ("helpers.portable.plugins_interleaved",)
-
-
-def load_plugin_extensions() -> None:
-    for module in _PLUGIN_EXTENSIONS:
-        importlib.import_module(module)
 
 
 def plugin_weights(definition: PluginDefinition, params: Params, values: dict[str, np.ndarray], dev: torch.device) -> dict[str, torch.Tensor]:

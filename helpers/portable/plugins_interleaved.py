@@ -30,7 +30,16 @@ import torch
 from helpers.portable import kernels, ops
 from helpers.portable.enums import DataType, PluginFieldType
 from helpers.portable.layers import FLOAT_TYPES, BuildError, Params, Shape, fmt_shape
-from helpers.portable.plugins import QKV, SKIP_LN, FieldSpec, PluginDefinition, PluginError, Tensors, register_plugin
+from helpers.portable.plugins import (
+    INTERLEAVED,
+    QKV,
+    SKIP_LN,
+    FieldSpec,
+    PluginDefinition,
+    PluginError,
+    Tensors,
+    register_plugin,
+)
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -175,10 +184,12 @@ def _skip_impl(outputs: int) -> Callable[..., Tensors]:
 
 def _register() -> None:
     for version, v3 in (("3", False), ("6", True)):
-        register_plugin(PluginDefinition(QKV, version, v3, _QKV_FIELDS, 1, _parse_qkv, _infer_qkv, ()), _qkv_impl)
+        definition = PluginDefinition(QKV, version, v3, _QKV_FIELDS, 1, _parse_qkv, _infer_qkv, (), INTERLEAVED)
+        register_plugin(definition, _qkv_impl)
     # HFace: v3 / v7 (one output); Megatron: v4 / v8 (LN result and pre-LN sum).
     for version, v3, outputs in (("3", False, 1), ("7", True, 1), ("4", False, 2), ("8", True, 2)):
-        definition = PluginDefinition(SKIP_LN, version, v3, _SKIP_FIELDS, outputs, _parse_skip, _infer_skip(outputs), ("beta", "gamma"))
+        definition = PluginDefinition(SKIP_LN, version, v3, _SKIP_FIELDS, outputs, _parse_skip, _infer_skip(outputs),
+                                      ("beta", "gamma"), INTERLEAVED, megatron=outputs == 2)
         register_plugin(definition, _skip_impl(outputs))
 
 

@@ -1,184 +1,42 @@
 """Runtime, ICudaEngine and IExecutionContext of the portable engine.
 
-An engine turns its file into a :class:`Plan` once, at deserialization: a topologically ordered
-list of :class:`Step` (a closure plus input/output slot numbers) and the constant tensors, all
-weights already converted to the engine's precision on its device.  :func:`execute` runs a plan
-over a list of slot tensors.  Contexts resolve every tensor's shape on the host when input shapes
-are set, so ``execute_async_v3`` does no host synchronisation and is CUDA-graph-capture safe.
+An engine loads its file once, at deserialization: the typed graph (``graph.load_graph``, plugin
+fields parsed once), the options it runs with (``options.EngineOptions``, read then and never
+again), and the plan the passes of ``passes.py`` lower the graph into, its weights converted once
+to the engine's precision on its device.  Contexts resolve every tensor's shape on the host when
+input shapes are set, so ``execute_async_v3`` does no host synchronisation and is
+CUDA-graph-capture safe.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from helpers.portable import device as portable_device
 from helpers.portable import layers
 from helpers.portable.builder import IHostMemory, ILogger
+from helpers.portable.device import wrap_pointer
 from helpers.portable.engine_file import EngineFormatError, read_engine
 from helpers.portable.enums import (
     DataType,
     EngineCapability,
     ExecutionContextAllocationStrategy,
-    PluginFieldType,
     ProfilingVerbosity,
     Severity,
     TensorFormat,
     TensorIOMode,
     TensorLocation,
-    nptype,
 )
-from helpers.portable.int8_plan import lower_int8
-from helpers.portable.kernels.plan import optimize_plan
-from helpers.portable.layers import TORCH_DTYPE, BuildError, Shape, fmt_shape, is_known
+from helpers.portable.graph import execute, load_graph, resolve_shapes
+from helpers.portable.layers import BuildError, Shape, fmt_shape, is_known
+from helpers.portable.options import EngineOptions
+from helpers.portable.passes import build_plan
 from helpers.portable.plugin_registry import get_plugin_registry
-from helpers.portable.plugins import (
-    PLUGIN_DEFINITIONS,
-    PluginError,
-    PluginField,
-    load_plugin_extensions,
-    parse_plugin,
-    plugin_impl,
-    plugin_input_types,
-    plugin_weights,
-)
 from helpers.portable.tensors import Dims, as_shape
-
-
-@dataclass
-class Step:
-    name: str
-    run: Callable[..., Sequence[torch.Tensor]]
-    inputs: tuple[int, ...]
-    outputs: tuple[int, ...]
-
-
-@dataclass
-class Plan:
-    steps: list[Step]
-    num_slots: int
-    constants: dict[int, torch.Tensor] = field(default_factory=dict)
-
-
-def execute(plan: Plan, buffers: list[Any]) -> None:
-    """Run every step; ``buffers`` holds the input (and constant) tensors by slot on entry."""
-    for step in plan.steps:
-        results = step.run(*[buffers[i] for i in step.inputs])
-        for slot, value in zip(step.outputs, results):
-            buffers[slot] = value
-
-
-# ----------------------------------------------------------------------------------------------
-# Building the plan from the engine description
-
-
-class _LoadedPlugin:
-    def __init__(self, p: dict[str, Any]) -> None:
-        load_plugin_extensions()
-        key = (p["plugin"], p["version"])
-        if key not in PLUGIN_DEFINITIONS:
-            raise EngineFormatError(f"the engine uses plugin {key[0]} version {key[1]}, which this build does not have")
-        self.definition = PLUGIN_DEFINITIONS[key]
-        fields = [PluginField(name, data, PluginFieldType(tag)) for name, tag, data in p["fields"]]
-        try:
-            self.params, self.values = parse_plugin(self.definition, p["instance"], fields)
-        except PluginError as err:
-            raise EngineFormatError(f"corrupt portable engine: {err}") from None
-
-
-def _tensor(array: np.ndarray, dtype: torch.dtype, dev: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.array(array)).to(device=dev, dtype=dtype)
-
-
-def _convolution(p: dict[str, Any], dev: torch.device) -> Callable[..., Sequence[torch.Tensor]]:
-    compute = TORCH_DTYPE[DataType(p["compute_dtype"])]
-    mm_dtype = layers.matmul_dtype(compute, dev)
-    # Round to the compute precision first, so CPU FP16 emulation sees FP16 weights.
-    weight = _tensor(p["kernel"], compute, dev).reshape(p["num_output_maps"], -1).to(mm_dtype)
-    bias = None if p["bias"] is None else _tensor(p["bias"], compute, dev).to(mm_dtype)
-    return layers.convolution_step(p, weight, bias)
-
-
-def _plugin_step(p: dict[str, Any], loaded: _LoadedPlugin, dev: torch.device) -> Callable[..., Sequence[torch.Tensor]]:
-    name, params = loaded.definition.name, loaded.params
-    weights = plugin_weights(loaded.definition, params, loaded.values, dev)
-    compute = plugin_impl(name, loaded.definition.version)
-    out_types = [TORCH_DTYPE[DataType(t)] for t in p["output_dtypes"]]
-    cached_input_types: dict[int, list[torch.dtype | None]] = {}
-
-    def run(*inputs: torch.Tensor) -> Sequence[torch.Tensor]:
-        types = cached_input_types.get(len(inputs))
-        if types is None:
-            types = [None if t is None else TORCH_DTYPE[t] for t in plugin_input_types(name, params, len(inputs))]
-            cached_input_types[len(inputs)] = types
-        cast = [x if t is None else x.to(t) for x, t in zip(inputs, types)]
-        return [y.to(t) for y, t in zip(compute(params, weights, *cast), out_types)]
-
-    return run
-
-
-def load_plugins(description: dict[str, Any]) -> dict[int, _LoadedPlugin]:
-    """The engine's plugin layers (by layer index), their fields validated again."""
-    return {i: _LoadedPlugin(layer["params"]) for i, layer in enumerate(description["layers"]) if layer["kind"] == "plugin"}
-
-
-def build_plan(description: dict[str, Any], dev: torch.device, plugins: dict[int, _LoadedPlugin] | None = None) -> Plan:
-    plan = Plan(steps=[], num_slots=len(description["tensors"]))
-    tensors = description["tensors"]
-    plugins = load_plugins(description) if plugins is None else plugins
-    for index, layer in enumerate(description["layers"]):
-        p = layer["params"]
-        kind = layer["kind"]
-        if kind == "constant":
-            out = layer["outputs"][0]
-            dtype = TORCH_DTYPE[DataType(tensors[out]["runtime_dtype"])]
-            plan.constants[out] = _tensor(p["values"], dtype, dev).reshape(p["shape"])
-            continue
-        run: Callable[..., Sequence[torch.Tensor]]
-        if kind == "shuffle":
-            run = layers.shuffle_step(p)
-        elif kind == "convolution":
-            run = _convolution(p, dev)
-        elif kind == "elementwise":
-            run = layers.elementwise_step(p)
-        elif kind == "unary":
-            run = layers.unary_step(p)
-        elif kind == "activation":
-            run = layers.activation_step(p)
-        elif kind == "plugin":
-            run = _plugin_step(p, plugins[index], dev)
-        else:
-            raise EngineFormatError(f"corrupt portable engine: unknown layer kind {kind!r}")
-        plan.steps.append(Step(layer["name"], run, tuple(layer["inputs"]), tuple(layer["outputs"])))
-    return plan
-
-
-def resolve_shapes(description: dict[str, Any], plugins: dict[int, dict[str, Any]], input_shapes: dict[int, Shape]) -> dict[int, Shape]:
-    """Concrete shape of every slot from the input shapes; raises BuildError on a mismatch."""
-    tensors = description["tensors"]
-    shapes = dict(input_shapes)
-    for index, layer in enumerate(description["layers"]):
-        in_shapes = [shapes[s] for s in layer["inputs"]]
-        in_types = [DataType(tensors[s]["dtype"]) for s in layer["inputs"]]
-        if layer["kind"] == "plugin":
-            p = plugins[index]
-            definition = PLUGIN_DEFINITIONS[(layer["params"]["plugin"], layer["params"]["version"])]
-            results = definition.infer(p, in_shapes, in_types)
-        else:
-            results = layers.INFER[layer["kind"]](layer["params"], in_shapes, in_types)
-        for slot, (shape, _) in zip(layer["outputs"], results):
-            shapes[slot] = shape
-    return shapes
-
-
-# ----------------------------------------------------------------------------------------------
-# Runtime and engine
 
 
 class Runtime:
@@ -187,6 +45,9 @@ class Runtime:
         self.DLA_core = -1
         self.max_threads = 1
         self.engine_host_code_allowed = False
+        # Portable extension: the options engines deserialized from now on run with (None: read
+        # from the environment at each deserialization).
+        self.engine_options: EngineOptions | None = None
 
     def __enter__(self) -> Runtime:
         return self
@@ -206,7 +67,8 @@ class Runtime:
             # Keep the caller's buffer (no copy of the weights); serialize() copies it out.
             data = serialized_engine if isinstance(serialized_engine, (bytes, bytearray)) else bytes(serialized_engine)
             description = read_engine(data)
-            return ICudaEngine(data, description, portable_device.get_device(), self.logger)
+            options = self.engine_options if self.engine_options is not None else EngineOptions.from_environment()
+            return ICudaEngine(data, description, portable_device.get_device(), self.logger, options)
         except (EngineFormatError, TypeError) as err:
             self.logger.log(Severity.ERROR, f"IRuntime::deserializeCudaEngine: {err}")
             return None
@@ -216,7 +78,8 @@ class Runtime:
 
 
 class ICudaEngine:
-    def __init__(self, data: bytes | bytearray, description: dict[str, Any], dev: torch.device, logger: ILogger) -> None:
+    def __init__(self, data: bytes | bytearray, description: dict[str, Any], dev: torch.device, logger: ILogger,
+                 options: EngineOptions) -> None:
         self._data = data
         self._description = description
         self._logger = logger
@@ -225,11 +88,9 @@ class ICudaEngine:
         self._io = [(tensors[s]["name"], s, TensorIOMode.INPUT) for s in description["inputs"]]
         self._io += [(tensors[s]["name"], s, TensorIOMode.OUTPUT) for s in description["outputs"]]
         self._by_name = {name: (slot, mode) for name, slot, mode in self._io}
-        plugins = load_plugins(description)
-        self._plugin_params = {i: loaded.params for i, loaded in plugins.items()}
-        self._plan = optimize_plan(
-            lower_int8(build_plan(description, dev, plugins), description, dev), description, dev, logger
-        )
+        self._graph = load_graph(description)
+        self.options = options.for_flags(self._graph.flags)  # portable extension: what the plan was built with
+        self._plan = build_plan(self._graph, dev, self.options, logger)
         self._shape_cache: dict[tuple[Shape, ...], dict[int, Shape] | str] = {}
         self.error_recorder = None
         self.weight_streaming_budget = 0
@@ -376,7 +237,7 @@ class ICudaEngine:
         if cached is None:
             slots = self._description["inputs"]
             try:
-                cached = resolve_shapes(self._description, self._plugin_params, dict(zip(slots, input_shapes)))
+                cached = resolve_shapes(self._graph, dict(zip(slots, input_shapes)))
             except BuildError as err:
                 cached = str(err)
             self._shape_cache[input_shapes] = cached
@@ -385,33 +246,6 @@ class ICudaEngine:
 
 # ----------------------------------------------------------------------------------------------
 # Execution context
-
-
-class _CudaArray:
-    """Describes raw device memory to torch through ``__cuda_array_interface__``."""
-
-    def __init__(self, ptr: int, shape: Shape, dtype: np.dtype) -> None:
-        self.__cuda_array_interface__ = {"shape": shape, "typestr": dtype.str, "data": (ptr, False), "version": 2}
-
-
-def wrap_pointer(ptr: int, shape: Shape, dtype: DataType, dev: torch.device) -> torch.Tensor:
-    """A tensor viewing ``volume(shape)`` elements of ``dtype`` at address ``ptr`` (no copy)."""
-    np_dtype = np.dtype(nptype(dtype))
-    if layers.volume(shape) == 0:
-        return torch.empty(shape, dtype=TORCH_DTYPE[dtype], device=dev)
-    if dev.type == "cuda":
-        # No device argument: torch then asks CUDA where the pointer lives (and refuses host memory).
-        # A kernel reading a host address would raise an illegal-address fault instead, and that
-        # poisons the CUDA context of the whole process.
-        try:
-            tensor = torch.as_tensor(_CudaArray(ptr, shape, np_dtype))
-        except RuntimeError:
-            tensor = None
-        if tensor is None or tensor.device != dev:
-            raise RuntimeError(f"address {ptr:#x} is not memory of {dev}, where this engine runs")
-        return tensor
-    raw = (ctypes.c_char * (layers.volume(shape) * np_dtype.itemsize)).from_address(ptr)
-    return torch.from_numpy(np.frombuffer(memoryview(raw), dtype=np_dtype).reshape(shape))
 
 
 class IExecutionContext:

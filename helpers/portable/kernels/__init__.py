@@ -6,8 +6,9 @@ GEMMs (``cublaslt``: per-shape tuned algorithms, or PyTorch's call), with bias +
 epilogue; SDPA cuDNN / FlashAttention on strided views of the packed QKV tensor, and a Triton
 attention (``attention_small``) where few (sequence, head) pairs would leave cuDNN's grid small.  At
 batch-1 token counts (``pdl.CHAIN_MAX_ROWS``) the GEMMs are ``few_rows_gemm``'s and every Triton
-kernel launches under programmatic dependent launch (``pdl``).  ``plan.optimize_plan`` puts them
-into the portable engine.  Triton is imported on first use only: CPU machines need none.
+kernel launches under programmatic dependent launch (``pdl``).  ``plan.lower_fused`` puts them
+into the portable engine.  Triton is an optional dependency, imported on first use only: CPU
+machines need none.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from helpers.portable import ops
+from helpers.portable.kernels import cublaslt
 from helpers.portable.kernels.attention import attention_fixed, attention_varlen
 
 __all__ = [
@@ -86,7 +88,5 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     algorithm in FP16, PyTorch's call otherwise).  Half types keep the intermediate in the
     epilogue's float registers.
     """
-    from helpers.portable.kernels.cublaslt import linear
-
-    out = linear(x.reshape(-1, x.shape[-1]), weight, bias, gelu=True)
+    out = cublaslt.linear(x.reshape(-1, x.shape[-1]), weight, bias, gelu=True)
     return out.view(*x.shape[:-1], weight.shape[0])

@@ -60,12 +60,15 @@ def attention_fixed_sdpa(qkv: torch.Tensor, key_bias: torch.Tensor | None, num_h
     return ctx.permute(2, 0, 1, 3).reshape(seq_len, batch, qkv.shape[-1] // 3)
 
 
-def attention_fixed_biased(qkv: torch.Tensor, key_bias: torch.Tensor | None, num_heads: int) -> torch.Tensor:
-    """``attention_fixed`` with the mask already turned into ``key_padding_bias`` (shared by layers)."""
+def attention_fixed_biased(qkv: torch.Tensor, key_bias: torch.Tensor | None, num_heads: int,
+                           pdl: bool = True) -> torch.Tensor:
+    """``attention_fixed`` with the mask already turned into ``key_padding_bias`` (shared by layers);
+    ``pdl`` False: the Triton kernel launches without PDL."""
     if uses_small_kernel(qkv, key_bias, num_heads):
+        # Triton is optional (GPU machines only): imported where its kernel runs.
         from helpers.portable.kernels.attention_small import attention_small
 
-        return attention_small(qkv, key_bias, num_heads)
+        return attention_small(qkv, key_bias, num_heads, use_pdl=None if pdl else False)
     return attention_fixed_sdpa(qkv, key_bias, num_heads)
 
 

@@ -21,7 +21,7 @@ runs PyTorch's call (no timing and no synchronisation inside a capture), and is 
 run outside of one; the runner makes an ordinary run before it captures a graph.  Choices are kept
 for the life of the process.
 
-Everything else, and everything when ``DEMOBERT_CUBLASLT=0`` or the library cannot be loaded (CPU,
+Everything else, and everything where the library cannot be loaded (CPU,
 ROCm), runs PyTorch's call (``torch_linear``): FP32, misaligned or empty operands.  A cuBLASLt call
 returning an error status raises ``CublasLtError`` naming the call.  One run at a time per device:
 the runs share one workspace, like the engine's single execution stream.
@@ -44,7 +44,6 @@ from typing import Any
 
 import torch
 
-CUBLASLT_ENV = "DEMOBERT_CUBLASLT"
 CANDIDATES = 32
 MIN_GAIN = 0.03  # cuBLASLt must be this much faster than PyTorch's call to take a shape over
 WORKSPACE_BYTES = 32 << 20
@@ -113,10 +112,6 @@ def m_bucket(m: int) -> int:
         return m
     step = 1 << (m.bit_length() - 3)
     return -(-m // step) * step
-
-
-def switched_on() -> bool:
-    return os.environ.get(CUBLASLT_ENV, "1") != "0"
 
 
 def mapped_library(maps_text: str, prefix: str = "libcublasLt.so") -> str | None:
@@ -188,8 +183,9 @@ def _library() -> ctypes.CDLL | None:
 
 
 def available(device: torch.device) -> bool:
-    """cuBLASLt GEMMs are on for ``device``: CUDA, not switched off, and the library loads."""
-    return device.type == "cuda" and switched_on() and _library() is not None
+    """cuBLASLt GEMMs run on ``device``: CUDA, and the library loads.  (An engine built with
+    ``EngineOptions(cublaslt=False)`` calls ``torch_linear`` instead of ``linear``.)"""
+    return device.type == "cuda" and _library() is not None
 
 
 def _check(status: int, call: str) -> None:

@@ -189,13 +189,13 @@ def _tma_ready(t: torch.Tensor) -> bool:
 
 
 def _launch(out: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool,
-            config: Config, splits: int, k_per_split: int) -> None:
+            config: Config, splits: int, k_per_split: int, pdl: bool) -> None:
     m, k = rows.shape
     n = weight.shape[0]
     grid = (triton.cdiv(n, config.block_n), splits, triton.cdiv(m, config.block_m))
     flags = dict(HAS_BIAS=bias is not None, GELU=gelu, PARTIALS=out.dtype == torch.float32, PREFETCH=_prefetches(weight),
                  BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.warps,
-                 num_stages=config.stages, **pdl_launch(rows.device, m))
+                 num_stages=config.stages, **pdl_launch(rows.device, m, pdl))
     bias_or_any = bias if bias is not None else weight
     if config.tma and _tma_ready(rows) and _tma_ready(weight):
         descriptors = (TensorDescriptor(rows, [m, k], [rows.stride(0), 1], [config.block_m, config.block_k]),
@@ -209,9 +209,10 @@ def _launch(out: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: t
 
 
 def linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False,
-           config: Config | None = None) -> torch.Tensor:
+           config: Config | None = None, pdl: bool = True) -> torch.Tensor:
     """``gelu?(rows @ weightᵀ + bias)`` as a new contiguous float16 [M, N]; ``bias`` [N] float16 or
-    float32; ``config`` (split_k 1) pins a tile configuration instead of the table's."""
+    float32; ``config`` (split_k 1) pins a tile configuration instead of the table's; ``pdl``:
+    launched under PDL where ``pdl.pdl_launch`` allows."""
     _check(rows, weight)
     m, k = rows.shape
     n = weight.shape[0]
@@ -220,11 +221,12 @@ def linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
         raise ValueError("few_rows_gemm.linear: a finished result takes split_k 1 (see partial_products)")
     out = torch.empty(m, n, dtype=torch.float16, device=rows.device)
     if m and n:
-        _launch(out, rows, weight, bias, gelu, config, 1, max(k, 1))
+        _launch(out, rows, weight, bias, gelu, config, 1, max(k, 1), pdl)
     return out
 
 
-def partial_products(rows: torch.Tensor, weight: torch.Tensor, config: Config | None = None) -> torch.Tensor:
+def partial_products(rows: torch.Tensor, weight: torch.Tensor, config: Config | None = None,
+                     pdl: bool = True) -> torch.Tensor:
     """``rows @ weightᵀ`` as float32 partial products [S, M, N] over S ≤ ``config.split_k`` slices of
     K (their sum is the product); every slice but the last spans a multiple of ``block_k``."""
     _check(rows, weight)
@@ -235,5 +237,5 @@ def partial_products(rows: torch.Tensor, weight: torch.Tensor, config: Config | 
     splits = max(1, triton.cdiv(k, k_per_split))
     out = torch.empty(splits, m, n, dtype=torch.float32, device=rows.device)
     if m and n:
-        _launch(out, rows, weight, None, False, config, splits, k_per_split)
+        _launch(out, rows, weight, None, False, config, splits, k_per_split, pdl)
     return out

@@ -115,11 +115,13 @@ def skip_layernorm_into(
     bias: torch.Tensor | None,
     eps: float,
     splits: int = 1,
+    pdl: bool = True,
 ) -> None:
     """Write ``LN(x + skip [+ bias])`` into ``out`` (and the sum into ``summed`` if given).
 
     All row tensors are contiguous with rows of E = ``gamma.numel()`` values; with ``splits`` > 1,
     ``x`` is ``splits`` blocks of such rows (split-K partial products) whose sum is the input.
+    ``pdl``: launched under PDL in the batch-1 chain (``pdl.pdl_launch``).
     """
     hidden = gamma.numel()
     block, warps = _row_launch(hidden)
@@ -128,7 +130,7 @@ def skip_layernorm_into(
         x, skip, bias if bias is not None else gamma, gamma, beta, out,
         summed if summed is not None else out, hidden, rows * hidden, eps,
         HAS_BIAS=bias is not None, STORE_SUM=summed is not None, SPLITS=splits, BLOCK=block, num_warps=warps,
-        **pdl_launch(out.device, rows),
+        **pdl_launch(out.device, rows, pdl),
     )
 
 
@@ -143,6 +145,7 @@ def embed_layernorm_into(
     position: torch.Tensor,
     gamma: torch.Tensor,
     beta: torch.Tensor,
+    pdl: bool = True,
 ) -> None:
     """Gather + sum + LayerNorm of every token of the [S, B] id tensors (any strides) into ``out``
     ([S, B, E] rows); ``position_ids`` None means the position of token (s, b) is s."""
@@ -155,14 +158,14 @@ def embed_layernorm_into(
         out, summed if summed is not None else out, hidden, word.shape[0], token_type.shape[0], position.shape[0], batch,
         *input_ids.stride(), *segment_ids.stride(), *positions.stride(),
         POSITION_IS_S=position_ids is None, STORE_SUM=summed is not None, BLOCK=block, num_warps=warps,
-        **pdl_launch(out.device, seq_len * batch),
+        **pdl_launch(out.device, seq_len * batch, pdl),
     )
 
 
-def mask_index_and_bias_into(index: torch.Tensor, bias: torch.Tensor, input_mask: torch.Tensor) -> None:
+def mask_index_and_bias_into(index: torch.Tensor, bias: torch.Tensor, input_mask: torch.Tensor, pdl: bool = True) -> None:
     """From an [S, B] mask (any strides): ``index`` [B] int32 as ``ops.mask_index``, and ``bias``
     [B, S] = ``attention.key_padding_bias`` of it, in one launch."""
     seq_len, batch = input_mask.shape
     _mask_bias_kernel[(batch,)](input_mask, *input_mask.stride(), seq_len, index, bias,
                                 BLOCK=triton.next_power_of_2(seq_len), num_warps=4,
-                                **pdl_launch(bias.device, seq_len * batch))
+                                **pdl_launch(bias.device, seq_len * batch, pdl))

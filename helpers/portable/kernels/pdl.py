@@ -17,19 +17,18 @@ stream is still finishing.  The contract every PDL kernel keeps (Hopper's ``grid
 
 ``gdc_wait`` waits for the whole earlier grid to finish and flush, so the order of results is that
 of the stream; a kernel launched without PDL (cuBLAS, cuDNN, PyTorch) ends the overlap there.
-CUDA graph capture keeps the programmatic edges.  ``DEMOBERT_PDL=0`` launches everything plainly.
+CUDA graph capture keeps the programmatic edges.  An engine built with ``EngineOptions(pdl=False)``
+(``DEMOBERT_PDL=0``) launches everything plainly.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
-PDL_ENV = "DEMOBERT_PDL"
 # Token rows up to which the fast path runs the batch-1 chain: the GEMMs are ``few_rows_gemm``
-# (``plan._Gemm``) and every Triton kernel launches under PDL.  Above, the GEMMs are cuBLASLt's,
+# (``steps.Gemm``) and every Triton kernel launches under PDL.  Above, the GEMMs are cuBLASLt's,
 # and PDL in the kernels between them measured slower (H100, BERT-large 384 × 1: 1.110 against
 # 1.086 ms; 128 × 1 with cuBLASLt GEMMs: 0.860 against 0.843), so those launch plainly.
 CHAIN_MAX_ROWS = 128
@@ -40,16 +39,16 @@ def _capable(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
-def pdl_enabled(device: torch.device) -> bool:
-    """Whether Triton kernels on ``device`` launch with PDL (CUDA, sm90 or newer, not switched off)."""
-    if device.type != "cuda" or os.environ.get(PDL_ENV, "1") == "0":
+def pdl_supported(device: torch.device) -> bool:
+    """Whether Triton kernels on ``device`` can launch with PDL (CUDA, sm90 or newer)."""
+    if device.type != "cuda":
         return False
     return _capable(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def pdl_launch(device: torch.device, rows: int) -> dict[str, bool]:
+def pdl_launch(device: torch.device, rows: int, allowed: bool = True) -> dict[str, bool]:
     """The launch keywords of a PDL kernel on ``device`` over ``rows`` token rows: its ``USE_PDL``
     constexpr and Triton's ``launch_pdl`` option, on together inside the batch-1 chain
-    (``rows`` ≤ CHAIN_MAX_ROWS), else off together."""
-    enabled = rows <= CHAIN_MAX_ROWS and pdl_enabled(device)
+    (``rows`` ≤ CHAIN_MAX_ROWS) where ``allowed``, else off together."""
+    enabled = allowed and rows <= CHAIN_MAX_ROWS and pdl_supported(device)
     return {"USE_PDL": enabled, "launch_pdl": enabled}
