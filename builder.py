@@ -55,7 +55,7 @@ from builder_utils import (
     set_output_range,
 )
 from helpers.backend import backend_name, select_backend, trt
-from helpers.runner import load_plugin_library, portable_device
+from helpers.runner import WORD_EMBEDDINGS_FIELD, load_plugin_library, portable_device
 
 INPUT_NAMES = ("input_ids", "segment_ids", "input_mask")
 NO_WEIGHTS_MESSAGE = (
@@ -146,6 +146,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name, values in (("batch size", args.batch_size), ("sequence length", args.sequence_length)):
         if min(values) < 1:
             parser.error(f"{name} must be positive, got {min(values)}")
+    if args.calib_num < 1:
+        parser.error(f"-n/--calib-num must be positive, got {args.calib_num}")
     return args
 
 
@@ -472,15 +474,48 @@ def build_engine(
     builder_config = builder.create_builder_config()
     configure_builder(builder_config, config, workspace_size, verbose, logger, calibrator)
     populate_network(builder, network, builder_config, config, weights, batch_sizes, sequence_lengths)
+    if calibrator is not None:
+        warn_if_cache_misses_network(network, calibrator, logger)
     return serialize_network(builder, network, builder_config, config, logger)
 
 
-def make_calibrator(args: argparse.Namespace, cache_file: str, max_sequence_length: int) -> trt.IInt8Calibrator:
+def network_tensor_names(network: trt.INetworkDefinition) -> set[str]:
+    names = {network.get_input(i).name for i in range(network.num_inputs)}
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        names.update(layer.get_output(i).name for i in range(layer.num_outputs))
+    return names
+
+
+def warn_if_cache_misses_network(network: trt.INetworkDefinition, calibrator: trt.IInt8Calibrator, logger: trt.ILogger) -> None:
+    """A calibration cache that names none of this network's tensors gives no layer an INT8 range:
+    the build succeeds but runs in higher precision, so say so."""
+    from helpers.portable.calibration import parse_calibration_table
+
+    cache = calibrator.read_calibration_cache()
+    if cache is None:
+        return  # calibration will run on this very network
+    _, ranges = parse_calibration_table(cache, calibrator.cache_file)
+    if not set(ranges) & network_tensor_names(network):
+        sample = ", ".join(repr(name) for name in list(ranges)[:3]) or "no tensor at all"
+        logger.log(
+            trt.Logger.WARNING,
+            f"calibration cache {calibrator.cache_file} names none of the network's tensors (it names {sample}); "
+            "no layer gets an INT8 range. Is it the cache of another model? Delete it to calibrate again.",
+        )
+
+
+def make_calibrator(args: argparse.Namespace, cache_file: str, max_sequence_length: int, weights: WeightMap) -> trt.IInt8Calibrator:
+    """The calibrator of the command line; a vocabulary with ids past the model's word embedding
+    table is refused when a calibration will read it."""
     try:
         from helpers.calibrator import BertCalibrator
     except ImportError as exc:
         raise RuntimeError(f"INT8 calibration needs helpers/calibrator.py, which cannot be imported: {exc}") from None
-    return BertCalibrator(args.squad_json, args.vocab_file, cache_file, 1, max_sequence_length, args.calib_num)
+    calibrator = BertCalibrator(args.squad_json, args.vocab_file, cache_file, 1, max_sequence_length, args.calib_num)
+    if calibrator.tokenizer is not None:
+        calibrator.tokenizer.check_embedding_rows(weights[WORD_EMBEDDINGS_FIELD].shape[0], args.vocab_file)
+    return calibrator
 
 
 def generate_calibration_cache(
@@ -492,7 +527,7 @@ def generate_calibration_cache(
         return
     saved_fp16 = config.use_fp16
     config.use_fp16, config.is_calib_mode = False, True
-    calibrator = make_calibrator(args, cache_file, args.sequence_length[-1])
+    calibrator = make_calibrator(args, cache_file, args.sequence_length[-1], weights)
     try:
         build_engine(logger, config, weights, [1], args.sequence_length, args.workspace_size, False, calibrator)
     finally:
@@ -572,7 +607,7 @@ def run(args: argparse.Namespace) -> None:
         # Like the original, a PyTorch checkpoint skips the FP32 calibration pre-pass.
         if kind in ("ckpt", "hf"):
             generate_calibration_cache(args, logger, config, weights, cache_file)
-        calibrator = make_calibrator(args, cache_file, args.sequence_length[-1])
+        calibrator = make_calibrator(args, cache_file, args.sequence_length[-1], weights)
     serialized = build_engine(
         logger, config, weights, args.batch_size, args.sequence_length, args.workspace_size, args.verbose, calibrator
     )

@@ -213,10 +213,14 @@ def add_common_builder_options(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_builder_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse like the original demo (unknown options ignored, prefixes accepted); -c or --hf is required."""
-    args, _ = parser.parse_known_args(argv)
+    """Parse like the original demo (unknown options ignored with a warning, prefixes accepted); -c or --hf is required."""
+    from helpers.runner import parse_known_options
+
+    args = parse_known_options(parser, argv)
     if args.config_dir is None and args.hf is None:
         parser.error("the following arguments are required: -c/--config-dir (or --hf)")
+    if args.workspace_size is not None and args.workspace_size < 0:
+        parser.error(f"-w/--workspace-size is in MiB and cannot be negative, got {args.workspace_size}")
     return args
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from helpers.runner import EngineRunner, RunnerError, TimingSummary, write_text_atomically
+from helpers.runner import EngineRunner, RunnerError, TimingSummary, parse_known_options, write_text_atomically
 
 PSEUDO_VOCAB_SIZE = 30522
 PSEUDO_TYPE_VOCAB_SIZE = 2
@@ -148,8 +149,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_benchmark_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Unknown options are ignored, like the original; -b defaults to batch size 1."""
-    args, _ = parser.parse_known_args(argv)
+    """Unknown options are ignored with a warning, like the original; -b defaults to batch size 1."""
+    args = parse_known_options(parser, argv)
     args.batch_size = args.batch_size or [1]
     return args
 
@@ -159,6 +160,9 @@ def check_benchmark_options(args: argparse.Namespace) -> None:
         raise RunnerError("no engine given; pass one with -e/--engine")
     if args.iterations < 1 or args.warm_up_runs < 0 or min(args.batch_size) < 1 or args.sequence_length < 1:
         raise RunnerError("iterations, batch sizes and sequence length must be positive, warm-up runs not negative")
+    # NaN would compare false and end timing at once; inf would never end it.
+    if not math.isfinite(args.duration) or args.duration < 0:
+        raise RunnerError(f"-d/--duration must be a finite number of seconds, 0 or more, got {args.duration}")
 
 
 def print_peak_memory(runner: EngineRunner) -> None:

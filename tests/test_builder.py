@@ -74,9 +74,10 @@ def test_defaults_and_option_names():
     assert args.use_deprecated_plugins is False
 
 
-def test_unknown_options_are_ignored_and_prefixes_accepted():
+def test_unknown_options_are_ignored_and_prefixes_accepted(capsys):
     args = builder.parse_args(["-o", "e", "-c", "c", "--fp32", "--sp", "--timing-cache", "x"])
     assert args.sparse and args.timing_cache_file == "x"
+    assert capsys.readouterr().err.endswith(": warning: ignoring unknown arguments: --fp32\n")
 
 
 @pytest.mark.parametrize(
@@ -93,6 +94,25 @@ def test_command_line_errors_exit_2(argv, capsys):
         builder.parse_args(argv)
     assert excinfo.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("parse", "argv", "message"),
+    [
+        ("builder", ["-w", "-5"], "-w/--workspace-size is in MiB and cannot be negative, got -5"),
+        ("builder_varseqlen", ["-w", "-5"], "-w/--workspace-size is in MiB and cannot be negative, got -5"),
+        ("builder", ["-n", "0"], "-n/--calib-num must be positive, got 0"),
+    ],
+)
+def test_sizes_are_refused_before_any_work_in_their_own_unit(parse, argv, message, capsys):
+    """-w -5 used to fail only after the weights were read, as a pool size of -5242880 (bytes)."""
+    import builder_varseqlen
+
+    parse_args = {"builder": builder.parse_args, "builder_varseqlen": builder_varseqlen.parse_args}[parse]
+    with pytest.raises(SystemExit) as excinfo:
+        parse_args(["-o", "e", "-c", "c", *argv])
+    assert excinfo.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f": error: {message}")
 
 
 def test_weight_source_precedence():

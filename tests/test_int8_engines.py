@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -110,6 +112,22 @@ def test_a_tensorrt_table_is_read_by_the_portable_build(int8_workdir, fp32_and_p
     assert ranges["l0_attention_qkv_mult"] == pytest.approx([-3.25, 3.25])
     assert ranges["l0_gelu"] == [-10.0, 10.0]
     assert foreign.read_bytes().startswith(b"TRT-100300-EntropyCalibration2\n")
+
+
+def test_a_table_naming_none_of_the_networks_tensors_builds_with_a_warning(int8_workdir, fp32_and_ptq_engines, capfd):
+    """Such a table (another model's) gives no tensor an INT8 range; the build used to say nothing."""
+    from helpers.portable.calibration import CalibrationAlgoType, write_calibration_table
+
+    env = int8_workdir
+    foreign = env["work"] / "foreign_cache"
+    foreign.write_bytes(write_calibration_table({"bert/encoder/layer_0/output": 2.0}, CalibrationAlgoType.ENTROPY_CALIBRATION_2))
+    build(env, env["work"] / "foreign.engine", "-i", "-j", str(env["work"] / "no_such.json"), "-v", env["vocab"], "-p", str(foreign))
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "names none of the network's tensors" in line]
+    assert len(warnings) == 1 and f"calibration cache {foreign} " in warnings[0]
+    assert "'bert/encoder/layer_0/output'" in warnings[0]
+    # The real table names them: no warning.
+    build(env, env["work"] / "own.engine", "-i", "-j", str(env["work"] / "no_such.json"), "-v", env["vocab"], "-p", str(env["work"] / "cache"))
+    assert "names none of the network's tensors" not in capfd.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +307,19 @@ def test_calibration_json_with_fewer_questions_than_calib_num_fails_cleanly(int8
     env = int8_workdir
     options = ptq_options(env, env["work"] / "bad_cache", calib_num=21)
     expect_clean_failure(env, capsys, options, "has 20 questions, fewer than the 21")
+
+
+def test_calibration_vocabulary_with_ids_past_the_embedding_table_fails_cleanly(int8_workdir, capsys):
+    """The embedding plugin embeds ids past its table as zeros: calibration would measure garbage."""
+    env = int8_workdir
+    rows = env["model"].config.vocab_size
+    vocab = env["work"] / "bad_cache_vocab.txt"
+    vocab.write_text(Path(env["vocab"]).read_text(encoding="utf-8") + "extra\n", encoding="utf-8")
+    options = [*ptq_options(env, env["work"] / "bad_cache"), "-v", str(vocab)]
+    try:
+        expect_clean_failure(env, capsys, options, f"vocabulary has {rows + 1} entries, but the model's word embedding table has {rows} rows", cache=vocab)
+    finally:
+        vocab.unlink()
 
 
 def test_fp8_without_int8_fails_cleanly(int8_workdir, capsys):

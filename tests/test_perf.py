@@ -96,6 +96,21 @@ def test_batch_without_profile(engine, capsys):
     assert err == f"perf.py: error: None of the dynamic shape profiles meets the requirement batch = 5 and sequence = {SEQ_LEN}.\n"
 
 
+@pytest.mark.parametrize("duration", ["nan", "inf", "-1", "-0.5"])
+def test_duration_must_be_finite_and_not_negative(engine, capsys, duration):
+    """NaN ended timing at once, inf never: both used to be accepted."""
+    status, out, err = run(["-e", str(engine), "-s", str(SEQ_LEN), "-i", "1", "-d", duration], capsys)
+    assert status == 1 and out == ""
+    assert err == f"perf.py: error: -d/--duration must be a finite number of seconds, 0 or more, got {float(duration)}\n"
+
+
+def test_unknown_options_are_ignored_with_a_warning(engine, capsys):
+    status, out, err = run(["-e", str(engine), "-s", str(SEQ_LEN), "-i", "1", "-w", "0", "--iteration", "2", "--no-such-option", "x"], capsys)
+    assert status == 0, err
+    assert [int(r[0]) for r in RECORD.findall(out)] == [2]  # an unambiguous prefix is accepted
+    assert err.endswith(": warning: ignoring unknown arguments: --no-such-option x\n") and err.count("\n") == 1
+
+
 def test_unwritable_json_is_refused_before_running(engine, capsys, tmp_path):
     status, out, err = run(["-e", str(engine), "-i", "1", "-s", str(SEQ_LEN), "--json", str(tmp_path / "no" / "perf.json")], capsys)
     assert status == 1 and out == "" and err.count("\n") == 1
