@@ -326,6 +326,34 @@ def test_inference_varseqlen_answers_like_hf_on_the_real_tokens(tmp_path, tmp_pa
     assert float(lines[8].split(": ")[1]) == pytest.approx(probability * 100.0, abs=2e-3)
 
 
+def test_packed_engine_profiles_and_embedding_table_as_the_answerer_sees_them(packed_runner, tiny_model):
+    assert packed_runner.profile_ranges() == [((1, MAX_BATCH), (1, MAX_SEQ))]
+    assert packed_runner.uncovered_dimension(1, MAX_SEQ + 1) == (
+        f"Sequence length {MAX_SEQ + 1} is outside every profile of the engine, "
+        f"which takes batch size 1..{MAX_BATCH} with sequence length 1..{MAX_SEQ}."
+    )
+    assert packed_runner.word_embedding_rows == tiny_model.config.vocab_size
+
+
+def test_inference_varseqlen_refuses_a_longer_sequence_length_before_answering(tmp_path, tmp_path_factory, capsys):
+    """Before, only a question whose feature was too long failed, midway through a SQuAD run."""
+    import inference_varseqlen
+
+    model = engines.tiny_model_dir(tmp_path_factory)
+    packed = tmp_path / "packed.engine"
+    assert builder_varseqlen.main(["--hf", str(model), "-o", str(packed), "-s", str(engines.SEQ_LEN),
+                                   "--backend", "portable", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    longer = 2 * engines.SEQ_LEN
+    argv = ["-e", str(packed), "-p", engines.PASSAGE, "-q", engines.QUESTION, "-v", str(model / "vocab.txt"), "-s", str(longer), "--device", "cpu"]
+    status, out, err = engines.run_main(inference_varseqlen.main, argv, capsys)
+    assert status == 1 and out == ""
+    assert err == (
+        f"inference_varseqlen.py: error: Could not find any profile that can run sequence length {longer}. Sequence length "
+        f"{longer} is outside every profile of the engine, which takes batch size 1 with sequence length 1..{engines.SEQ_LEN}.\n"
+    )
+
+
 def test_pickle_weights_without_megatron_run_the_packed_network(tiny_model, model_files, tmp_path):
     """A post-LN BERT in Megatron pickle names: the fused q|k|v blocks are repacked per head."""
     import pickle
