@@ -19,7 +19,8 @@ import torch
 
 from helpers import backend
 from helpers.portable.options import EngineOptions
-from helpers.runner import PLUGIN_LIBRARY, PLUGIN_PATH_VARIABLE
+from helpers.portable.device import ENV_DEVICE
+from helpers.runner import PLUGIN_LIBRARY, PLUGIN_PATH_VARIABLE, RunnerError, portable_device
 
 
 @dataclass
@@ -31,6 +32,8 @@ class Machine:
     plugin_library: bool
     modules: dict[str, bool] = field(default_factory=dict)
     tools: dict[str, bool] = field(default_factory=dict)
+    device_problem: str | None = None
+    """Why the portable engine's default device (DEMOBERT_DEVICE) cannot be used; None when it can."""
 
 
 def _has_module(name: str) -> bool:
@@ -45,6 +48,14 @@ def _plugin_library_loads() -> bool:
     return True
 
 
+def _device_problem() -> str | None:
+    try:
+        portable_device()
+    except RunnerError as err:
+        return f"{ENV_DEVICE}: {err}"
+    return None
+
+
 def inspect_machine() -> Machine:
     cuda = torch.cuda.is_available()
     module = backend._import_tensorrt()
@@ -56,6 +67,7 @@ def inspect_machine() -> Machine:
         plugin_library=_plugin_library_loads(),
         modules={name: _has_module(name) for name in ("triton", "tensorflow", "onnx", "safetensors", "transformers", "tqdm", "nbclient")},
         tools={name: shutil.which(name) is not None for name in ("ngc", "wget", "curl", "cmake", "nvidia-smi")},
+        device_problem=_device_problem(),
     )
 
 
@@ -71,10 +83,12 @@ def feature_needs(machine: Machine) -> list[tuple[str, list[str]]]:
     gpu = [] if machine.cuda else ["a CUDA GPU visible to PyTorch"]
     trt = [] if machine.tensorrt_version else ["TensorRT (pip install tensorrt from NVIDIA's index)"]
     plugins = [] if machine.plugin_library else [f"{PLUGIN_LIBRARY} on {PLUGIN_PATH_VARIABLE}"]
+    # Portable engines load onto DEMOBERT_DEVICE unless --device says otherwise.
+    device = [] if machine.device_problem is None else [f"a usable device setting ({machine.device_problem})"]
     return [
-        ("portable engines on CPU (build + inference + perf)", [] if machine.modules["safetensors"] else ["safetensors"]),
-        ("portable engines on CUDA", gpu),
-        ("fast CUDA kernels for the portable engine", gpu + ([] if machine.modules["triton"] else ["triton"])),
+        ("portable engines on CPU (build + inference + perf)", device + ([] if machine.modules["safetensors"] else ["safetensors"])),
+        ("portable engines on CUDA", gpu + device),
+        ("fast CUDA kernels for the portable engine", gpu + device + ([] if machine.modules["triton"] else ["triton"])),
         ("TensorRT engines (build and run)", gpu + trt + plugins),
         ("CUDA graphs (--enable-graph)", gpu),
         ("variable-length engines on TensorRT (compute capability >= 7.2)", gpu + trt + plugins + ([] if cc_value >= 72 or not cc else [f"compute capability >= 7.2 (have {cc[0]}.{cc[1]})"])),

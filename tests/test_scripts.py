@@ -219,6 +219,17 @@ def test_doctor_reports_versions_backend_and_features():
         assert "  CUDA graphs (--enable-graph): missing a CUDA GPU visible to PyTorch" in out
 
 
+@pytest.mark.parametrize("setting", ["bogus", "cuda:99"])
+def test_doctor_does_not_call_portable_engines_ready_under_an_unusable_device_setting(setting):
+    """Runners without --device would fail on this DEMOBERT_DEVICE; the doctor used to say "ready"."""
+    env = {**os.environ, "DEMOBERT_DEVICE": setting}
+    result = subprocess.run([sys.executable, "-m", "helpers.doctor"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("  portable engines on CPU"))
+    assert line.startswith("  portable engines on CPU (build + inference + perf): missing a usable device setting (DEMOBERT_DEVICE: ")
+    assert f"{setting!r}" in line and "ready" not in line
+
+
 def test_minilm_demo_model_builds_and_answers(tmp_path, capsys):
     """The offline quick start's steps (scripts/quickstart.sh without the venv set-up)."""
     import builder
