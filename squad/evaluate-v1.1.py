@@ -49,6 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # NaN compares false with every F1 and would always pass.
+    if not 0.0 <= args.f1_acc <= 100.0:
+        print(f"error: f1_acc is a reference F1 percentage from 0 to 100, got {args.f1_acc}", file=sys.stderr)
+        return 1
     try:
         dataset_json = metrics.load_json_file(args.dataset_file)
         version = dataset_json.get("version") if isinstance(dataset_json, dict) else None

@@ -110,6 +110,16 @@ def test_v11_hand_computed_and_status_line(tmp_path, f1_acc, status):
     assert result.stderr == "Unanswered question q3 will receive score 0.\n"
 
 
+@pytest.mark.parametrize("f1_acc", ["nan", "inf", "-1", "100.5"])
+def test_v11_reference_f1_outside_0_to_100_is_an_error(tmp_path, f1_acc):
+    """NaN compares false with every F1, so it used to print PASSED."""
+    data = write_json(tmp_path / "data.json", make_dataset(V11_DATASET, version="1.1"))
+    pred = write_json(tmp_path / "pred.json", V11_PREDICTIONS)
+    result = run(V1, data, pred, f1_acc)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == f"error: f1_acc is a reference F1 percentage from 0 to 100, got {float(f1_acc)}\n"
+
+
 def test_v11_version_mismatch_is_reported(tmp_path):
     data = write_json(tmp_path / "data.json", make_dataset(V11_DATASET, version="2.0"))
     pred = write_json(tmp_path / "pred.json", V11_PREDICTIONS)
