@@ -17,6 +17,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from bert_weights import (
+    BertConfig,
+    WeightLoadError,
+    WeightMap,
+    check_weights,
+    default_calibration_cache_name,
+    load_hf_weights,
+    load_onnx_weights_and_quant,
+    load_pytorch_weights_and_quant,
+    load_tf_weights,
+)
+from bert_weights.names import (
     B_AOUT,
     B_LOUT,
     B_MID,
@@ -28,15 +39,6 @@ from bert_weights import (
     W_LOUT,
     W_MID,
     WQKV,
-    BertConfig,
-    WeightLoadError,
-    WeightMap,
-    check_weights,
-    default_calibration_cache_name,
-    load_hf_weights,
-    load_onnx_weights_and_quant,
-    load_pytorch_weights_and_quant,
-    load_tf_weights,
 )
 from builder_utils import (
     DEVICE_ENV,

@@ -26,6 +26,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from bert_weights import (
+    BertConfig,
+    WeightLoadError,
+    WeightMap,
+    check_weights,
+    load_megatron_pickle_weights,
+    pack_qkv,
+)
+from bert_weights.names import (
     B_AOUT,
     B_LOUT,
     B_MID,
@@ -37,12 +45,6 @@ from bert_weights import (
     W_LOUT,
     W_MID,
     WQKV,
-    BertConfig,
-    WeightLoadError,
-    WeightMap,
-    check_weights,
-    load_megatron_pickle_weights,
-    pack_qkv,
 )
 from builder import add_dense, add_plugin, amax, compute_capability, network_creation_flags, start_backend
 from builder import LOADERS as FIXED_LENGTH_LOADERS
