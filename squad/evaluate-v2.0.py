@@ -13,6 +13,7 @@ import argparse
 import collections
 import io
 import json
+import math
 import os
 import sys
 
@@ -190,6 +191,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if math.isnan(args.na_prob_thresh):
+        print("error: --na-prob-thresh is NaN, which no probability exceeds", file=sys.stderr)
+        return 1
     plt = None
     if args.out_image_dir:
         import matplotlib

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import re
 import string
@@ -61,15 +62,31 @@ def f1(prediction: str, ground_truth: str, empty_matches_empty: bool) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def _finite_number(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is too large for a float")
+    return value
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def load_json_file(path: str) -> Any:
+    """The JSON content of ``path``; NaN, Infinity and numbers beyond float range are errors, so no
+    report can carry them (Python's json module would read them, and write them back)."""
     try:
-        return json.loads(read_limited(path, SQUAD_FILE_MAX_BYTES, "SQuAD JSON file").decode("utf-8"))
+        text = read_limited(path, SQUAD_FILE_MAX_BYTES, "SQuAD JSON file").decode("utf-8")
+        return json.loads(text, parse_float=_finite_number, parse_constant=_reject_constant)
     except OSError as err:
         raise EvaluationInputError(f"{path}: cannot read file ({err.strerror or err})") from err
     except UnicodeDecodeError as err:
         raise EvaluationInputError(f"{path}: not UTF-8 text (invalid byte at offset {err.start})") from err
     except json.JSONDecodeError as err:
         raise EvaluationInputError(f"{path}: malformed JSON at line {err.lineno} column {err.colno} ({err.msg})") from err
+    except ValueError as err:
+        raise EvaluationInputError(f"{path}: not standard JSON: {err}") from err
 
 
 def _require(container: Any, key: str, kind: type, where: str, path: str) -> Any:

@@ -187,6 +187,38 @@ def test_v20_threshold_and_best_thresholds(tmp_path):
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("number", ["Infinity", "-Infinity", "NaN", "1e999"])
+def test_v20_non_standard_numbers_in_inputs_are_errors(tmp_path, number):
+    """Python's json reads them (1e999 as inf) and wrote them back: best_f1_thresh came out as Infinity."""
+    data, pred, na = _v2_files(tmp_path)
+    Path(na).write_text(json.dumps(V2_NA_PROBS).replace("0.9", number), encoding="utf-8")
+    out = tmp_path / "eval.json"
+    result = run(V2, data, pred, "-n", na, "-o", out)
+    assert result.returncode == 1 and not out.exists()
+    assert result.stderr.startswith(f"error: {na}: not standard JSON: ") and len(result.stderr.splitlines()) == 1
+
+
+def test_v20_nan_threshold_is_an_error(tmp_path):
+    data, pred, na = _v2_files(tmp_path)
+    result = run(V2, data, pred, "-n", na, "-t", "nan")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == "error: --na-prob-thresh is NaN, which no probability exceeds\n"
+
+
+def test_v20_report_is_standard_json_with_the_usual_file_mode(tmp_path):
+    """It used to be created 0600 (a temporary file's mode) instead of what open() gives."""
+    import os
+    import stat
+
+    data, pred, na = _v2_files(tmp_path)
+    out = tmp_path / "eval.json"
+    assert run(V2, data, pred, "-n", na, "-o", out).returncode == 0
+    json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the report"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
 def test_v20_precision_recall_plots(tmp_path):
     pytest.importorskip("matplotlib")
     data, pred, na = _v2_files(tmp_path)
