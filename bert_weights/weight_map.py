@@ -168,7 +168,8 @@ def expected_weight_shapes(config: BertConfig) -> dict[str, tuple[int | None, ..
 
 
 def check_weights(weights: WeightMap, config: BertConfig, max_sequence_length: int | None = None) -> None:
-    """Every weight the config needs is present with its shape, and nothing else is left over."""
+    """Every weight the config needs is present with its shape, every value is finite, and nothing
+    else is left over."""
     expected = expected_weight_shapes(config)
     for name, shape in expected.items():
         if name not in weights:
@@ -183,6 +184,11 @@ def check_weights(weights: WeightMap, config: BertConfig, max_sequence_length: i
                 f"weight {name!r} does not fit the config "
                 f"({config.num_hidden_layers} layers, hidden size {config.hidden_size})"
             )
+    for name, value in weights.items():
+        # A NaN weight builds fine and answers every question with probability NaN.
+        if not np.isfinite(value).all():
+            bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            raise WeightLoadError(f"weight {name!r} holds {bad} NaN or infinite value(s) of {np.size(value)}")
     positions = weights["bert_embeddings_position_embeddings"].shape[0]
     if max_sequence_length is not None and max_sequence_length > positions:
         raise WeightLoadError(

@@ -288,6 +288,22 @@ def test_unknown_tensor_name(tmp_path, tiny_model, tiny_files, capfd):
     assert_failed_cleanly(tmp_path, capfd, "unknown tensor 'bert.encoder.layer.0.attention.self.distance_embedding.weight'")
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("script", ["builder", "builder_varseqlen"])
+def test_weights_that_are_not_finite(tmp_path, tiny_model, tiny_files, capfd, value, script):
+    """Such an engine used to build and answer every question with probability NaN."""
+    import builder_varseqlen
+
+    state = tiny_model.state_dict()
+    state["bert.encoder.layer.1.output.dense.weight"] = state["bert.encoder.layer.1.output.dense.weight"].clone()
+    state["bert.encoder.layer.1.output.dense.weight"][3, :2] = value
+    torch.save({"model": state}, tmp_path / "bad.pt")
+    main = {"builder": builder.main, "builder_varseqlen": builder_varseqlen.main}[script]
+    argv = ["-pt", str(tmp_path / "bad.pt"), "-c", str(tiny_files["config_dir"]), "-o", str(tmp_path / "bert.engine"), "--backend", "portable"]
+    assert main(argv) == 1
+    assert_failed_cleanly(tmp_path, capfd, "weight 'l1_output_dense_kernel' holds 2 NaN or infinite value(s) of")
+
+
 @pytest.mark.parametrize("kind", ["onnx", "pytorch", "hf"])
 def test_corrupt_weight_files(tmp_path, tiny_files, capfd, kind):
     if kind == "hf":
