@@ -4,14 +4,23 @@
 The server is the ``tritonserver`` of the PyPI package ``nvidia-pytriton`` installed in this
 Python environment (its Python backend then runs the models with this environment's Python), or
 the ``tritonserver`` on PATH (NVIDIA's container).  Prints the ready URLs once every model is
-loaded; SIGINT or SIGTERM stop it cleanly: Triton refuses new requests, finishes those in flight
-(for up to ``--exit-timeout`` seconds) and exits.
+loaded.  SIGINT or SIGTERM stop it cleanly: the models are unloaded first (Triton answers new
+requests with an error and finishes those in flight; ``bert_qa`` before the ``bert_engine`` it
+calls), then Triton is told to exit.  Triton alone would keep taking requests on open keep-alive
+connections until ``--exit-timeout`` and then drop those in flight.
+
+Triton does not restart a Python-backend process that dies (its model then fails every request
+while the server still reports ready), so this launcher watches them: when one dies, it reloads
+that model through Triton's repository API, and stops the server with a non-zero status if the
+reload fails.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -21,6 +30,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +40,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from helpers.runner import RunnerError, exit_on_error  # noqa: E402
+from serving.repository import ENGINE_MODEL  # noqa: E402
 
 PR_SET_PDEATHSIG = 1
 
@@ -47,12 +59,10 @@ class ServerInstall:
 
 def find_server() -> ServerInstall:
     """The wheel's tritonserver when nvidia-pytriton is installed here, else the one on PATH."""
-    try:
-        import pytriton
-    except ImportError:
-        pytriton = None
-    if pytriton is not None:
-        package = Path(pytriton.__file__).resolve().parent
+    # Located, not imported: the package's own imports are of no use here.
+    spec = importlib.util.find_spec("pytriton")
+    if spec is not None and spec.origin is not None:
+        package = Path(spec.origin).resolve().parent
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         dist = package / "tritonserver"
         stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
@@ -90,6 +100,9 @@ def server_command(install: ServerInstall, backends: Path | None, args: argparse
         f"--metrics-port={args.metrics_port}",
         f"--exit-timeout-secs={args.exit_timeout}",
         f"--log-verbose={args.log_verbose}",
+        # Explicit control (every model loaded at start) lets a model be reloaded when its process dies.
+        "--model-control-mode=explicit",
+        "--load-model=*",
     ]
     if backends is not None:
         command.append(f"--backend-directory={backends}")
@@ -120,6 +133,85 @@ def is_ready(host: str, port: int) -> bool:
         return False
 
 
+def python_stubs(server_pid: int) -> Counter[str]:
+    """Live Python-backend processes of the server, counted by model name."""
+    counts: Counter[str] = Counter()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == server_pid and len(command) > 1 and command[0].endswith(b"triton_python_backend_stub"):
+            # The stub's first argument is <repository>/<model>/<version>/model.py.
+            counts[Path(command[1].decode(errors="replace")).parent.parent.name] += 1
+    return counts
+
+
+def reload_model(host: str, port: int, model: str) -> bool:
+    """Unload and load ``model`` through Triton's repository API; True when it is loaded again."""
+    for action in ("unload", "load"):
+        request = urllib.request.Request(f"http://{host}:{port}/v2/repository/models/{model}/{action}", data=b"{}", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=600) as response:
+                if response.status != 200:
+                    return False
+        except (urllib.error.URLError, OSError) as err:
+            print(f"serve: {action} of {model} failed: {err}", file=sys.stderr, flush=True)
+            return False
+    return True
+
+
+def repository_index(host: str, port: int) -> list[dict]:
+    request = urllib.request.Request(f"http://{host}:{port}/v2/repository/index", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def unload_all(host: str, port: int, timeout: float) -> None:
+    """Unload every ready model, callers before the engine they call, each once its requests finished."""
+    try:
+        ready = [m["name"] for m in repository_index(host, port) if m.get("state") == "READY"]
+    except (urllib.error.URLError, OSError, ValueError):
+        return
+    deadline = time.monotonic() + timeout
+    for model in sorted(ready, key=lambda name: name == ENGINE_MODEL):
+        request = urllib.request.Request(f"http://{host}:{port}/v2/repository/models/{model}/unload", data=b"{}", method="POST")
+        try:
+            urllib.request.urlopen(request, timeout=timeout).close()
+            while time.monotonic() < deadline and any(
+                m["name"] == model and m.get("state") in ("READY", "UNLOADING") for m in repository_index(host, port)
+            ):
+                time.sleep(0.1)
+        except (urllib.error.URLError, OSError, ValueError):
+            return
+
+
+def watch(process: subprocess.Popen, host: str, port: int, stopping: Callable[[], bool]) -> bool:
+    """Wait for the server to exit or a stop request, reloading any model whose Python-backend process dies.
+
+    Returns False when a reload failed (the server is then being stopped).
+    """
+    expected = python_stubs(process.pid)
+    while process.poll() is None and not stopping():
+        time.sleep(0.2)
+        current = python_stubs(process.pid)
+        dead = [model for model, count in expected.items() if current[model] < count]
+        for model in dead:
+            print(f"serve: a Python-backend process of model {model} died; reloading {model}", file=sys.stderr, flush=True)
+            if not reload_model(host, port, model):
+                print(f"serve: cannot reload {model}; stopping the server", file=sys.stderr, flush=True)
+                process.send_signal(signal.SIGTERM)
+                process.wait()
+                return False
+            print(f"serve: {model} reloaded", file=sys.stderr, flush=True)
+        if dead:
+            expected = python_stubs(process.pid)
+    return True
+
+
 def url_host(host: str) -> str:
     """The host to connect to for a listen address (a wildcard listens on loopback too)."""
     if host in ("0.0.0.0", ""):
@@ -145,8 +237,6 @@ def serve(args: argparse.Namespace) -> int:
         def stop(signum: int, _frame: object) -> None:
             nonlocal stop_requested
             stop_requested = True
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
 
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -164,7 +254,14 @@ def serve(args: argparse.Namespace) -> int:
                     f"{host}:{args.grpc_port} (gRPC), http://{host}:{args.metrics_port}/metrics",
                     flush=True,
                 )
+            recovered = watch(process, host, args.http_port, lambda: stop_requested)
+            if process.poll() is None:
+                print("Stopping: finishing the requests in flight", flush=True)
+                unload_all(host, args.http_port, args.exit_timeout)
+                process.send_signal(signal.SIGTERM)
             status = process.wait()
+            if not recovered:
+                raise RunnerError("a Python-backend process died and its model could not be reloaded")
         finally:
             if process.poll() is None:
                 process.kill()
