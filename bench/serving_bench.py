@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Served vs offline throughput and latency of a portable BERT engine behind Triton.
+
+For the fixed-length and the packed engine: builds both from one random model, times them
+offline (perf.py at the batch sizes, perf_varseqlen.py --squad-lengths), serves each with
+serving.serve and loads bert_engine with serving.load_test at the concurrency levels.  Writes
+serving_bench.json and a markdown table to --out.  ``--tiny`` checks the script on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def run(argv: list[str], log: Path) -> None:
+    print("+", " ".join(argv), flush=True)
+    with open(log, "a") as out:
+        status = subprocess.run(argv, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
+    if status != 0:
+        sys.exit(f"failed ({status}): {' '.join(argv)}\n{log.read_text()[-3000:]}")
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def served(repo: Path, levels: str, duration: float, warm_up: float, processes: int, out: Path, name: str, server_python: str) -> dict:
+    http, grpc, metrics = free_ports(3)
+    log = out / f"serve_{name}.log"
+    with open(log, "w") as server_log:
+        server = subprocess.Popen(
+            [server_python, "-m", "serving.serve", "--model-repository", str(repo), "--http-port", str(http),
+             "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+            cwd=REPO_ROOT, stdout=server_log, stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while "Triton Inference Server ready" not in log.read_text(errors="replace"):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    sys.exit(f"server did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(0.5)
+            report = out / f"load_{name}.json"
+            run([PY, "-m", "serving.load_test", "--url", f"127.0.0.1:{grpc}", "--protocol", "grpc", "--model", "bert_engine",
+                 "--concurrency", levels, "--duration", str(duration), "--warm-up", str(warm_up), "--processes", str(processes),
+                 "--json", str(report)], out / "bench.log")
+            stats = subprocess.run(["curl", "-s", f"http://127.0.0.1:{http}/v2/models/bert_engine/stats"], capture_output=True, text=True).stdout
+            return {"load": json.loads(report.read_text()), "stats": json.loads(stats or "{}")}
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--tiny", action="store_true", help="Tiny model on the CPU: checks the script")
+    parser.add_argument("--vocab", help="vocab.txt with 30522 entries (default: MiniLM's from its PyPI package)")
+    parser.add_argument("--levels", default="1,64,256")
+    parser.add_argument("--batches", default="1,64,256")
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--warm-up", type=float, default=5.0)
+    parser.add_argument("--processes", type=int, default=8)
+    parser.add_argument("--instances", type=int, default=2)
+    parser.add_argument("--max-queue-delay-us", type=int, default=1000)
+    parser.add_argument("--server-python", default=PY, help="Python of the serving environment (default: this one)")
+    parser.add_argument("--skip", default="", help="Comma-separated: fixed, packed")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(REPO_ROOT))
+    from bench.check_builder_gpu import SHAPES, TINY_SHAPES, random_qa_model
+
+    device = "cpu" if args.tiny else "cuda"
+    shape = TINY_SHAPES["tiny-h48n3l2"] if args.tiny else SHAPES["bert-large"]
+    seq = 64 if args.tiny else 384
+    flags = [] if args.tiny else ["-f"]
+    batches = [int(b) for b in args.batches.split(",")]
+    if args.vocab is None:
+        from tests.squad_fixtures import minilm_vocab_file
+
+        args.vocab = minilm_vocab_file()
+    results: dict = {"device": device, "shape": shape, "sequence_length": seq, "batches": batches, "levels": args.levels,
+                     "instances": args.instances, "max_queue_delay_us": args.max_queue_delay_us}
+    with tempfile.TemporaryDirectory(prefix="serving_bench.") as work_dir:
+        work = Path(work_dir)
+        log = out / "bench.log"
+        random_qa_model(shape, vocab_size=30522, seed=0).save_pretrained(work / "model")
+        common = ["--hf", str(work / "model"), "--backend", "portable", "--device", device, *flags]
+        batch_args = [a for b in batches for a in ("-b", str(b))]
+        skip = set(args.skip.split(","))
+        for kind, script, perf, extra in (("fixed", "builder.py", "perf.py", []), ("packed", "builder_varseqlen.py", "perf_varseqlen.py", ["--squad-lengths"])):
+            if kind in skip:
+                continue
+            engine = work / f"{kind}.engine"
+            run([PY, script, *common, "-o", str(engine), *batch_args, "-s", str(seq)], log)
+            offline = out / f"perf_{kind}.json"
+            run([PY, perf, "-e", str(engine), *batch_args, "-s", str(seq), "-w", "20", "-i", "100", *extra, "--device", device,
+                 "--json", str(offline)], log)
+            repo = work / f"repo_{kind}"
+            run([PY, "-m", "serving.repository", "-e", str(engine), "-v", args.vocab, "-o", str(repo), "--device", device,
+                 "--instances", str(args.instances), "--max-queue-delay-us", str(args.max_queue_delay_us)], log)
+            results[kind] = {"offline": json.loads(offline.read_text()),
+                             **served(repo, args.levels, args.duration, args.warm_up, args.processes, out, kind, args.server_python)}
+            engine.unlink()
+            (out / "serving_bench.json").write_text(json.dumps(results, indent=2))
+    (out / "serving_bench.json").write_text(json.dumps(results, indent=2))
+    print(table(results))
+    return 0
+
+
+def table(results: dict) -> str:
+    lines = ["| engine | concurrency / batch | served req/s | offline seq/s | served / offline | p50 ms | p99 ms | offline batch ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for kind in ("fixed", "packed"):
+        if kind not in results:
+            continue
+        offline = {r["batch_size"]: r for r in results[kind]["offline"]["results"]}
+        for level in results[kind]["load"]["levels"]:
+            c = level["concurrency"]
+            base = offline.get(c)
+            ratio = f"{level['requests_per_second'] / base['sequences_per_second']:.2f}" if base else "–"
+            lines.append(f"| {kind} | {c} | {level['requests_per_second']:.1f} | {base['sequences_per_second']:.1f} | {ratio} | "
+                         f"{level['p50_ms']:.2f} | {level['p99_ms']:.2f} | {base['avg_ms']:.2f} |" if base else
+                         f"| {kind} | {c} | {level['requests_per_second']:.1f} | – | – | {level['p50_ms']:.2f} | {level['p99_ms']:.2f} | – |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""BERT QA on NVIDIA Triton Inference Server.
+
+``serving.repository`` writes a model repository from an engine file, ``serving.serve`` runs
+``tritonserver`` on it, ``serving.client`` asks questions (or answers a SQuAD file) through it and
+``serving.load_test`` measures it.  ``engine_model`` and ``qa_model`` are the two Python-backend
+models the server runs; they import ``triton_python_backend_utils``, which only exists there.
+"""

@@ -1,0 +1,162 @@
+"""``bert_engine`` for a portable engine: a Triton Python-backend model around the project's runner.
+
+Triton's dynamic batcher hands one ``execute`` call several requests.  Fixed-length requests are
+stacked along the batch axis; variable-length requests (ragged ``[b, L]`` token rows of any
+lengths) are packed into one sequence of real tokens with ``cu_seqlens``, so requests of
+different lengths share one engine execution without padding.  Tensors move through DLPack: on
+CUDA, inputs are copied to the device once and the logits stay there until Triton takes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+import triton_python_backend_utils as pb_utils
+from torch.utils import dlpack
+
+from helpers.runner import OUTPUT_NAME, EngineRunner, RunnerError
+
+TOKEN_INPUTS = ("input_ids", "segment_ids")
+FIXED_INPUTS = ("input_ids", "segment_ids", "input_mask")
+# BERT's token-type table has two rows (question, passage).
+SEGMENT_VALUES = 2
+
+
+class BadRequest(ValueError):
+    """A request the engine must not run; answered with its message."""
+
+
+@dataclass
+class Rows:
+    """The checked inputs of one request: ``count`` sequences of ``length`` tokens each."""
+
+    tensors: dict[str, torch.Tensor]
+    count: int
+    length: int
+
+
+def model_parameters(args: dict) -> dict[str, str]:
+    config = json.loads(args["model_config"])
+    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+
+
+def instance_device(args: dict, configured: str) -> str:
+    """The torch device of this instance: the GPU Triton placed it on, else the configured device."""
+    if args.get("model_instance_kind") == "GPU":
+        return f"cuda:{int(args['model_instance_device_id'])}"
+    return configured
+
+
+def input_tensor(request, name: str) -> torch.Tensor:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise BadRequest(f"input '{name}' is missing")
+    return dlpack.from_dlpack(tensor.to_dlpack())
+
+
+def check_range(name: str, tensor: torch.Tensor, upper: int) -> None:
+    if tensor.numel() and (int(tensor.min()) < 0 or int(tensor.max()) >= upper):
+        raise BadRequest(f"input '{name}' holds values outside 0..{upper - 1}")
+
+
+class EngineModel:
+    """The Triton model: one runner per instance, on the instance's device."""
+
+    def initialize(self, args: dict) -> None:
+        parameters = model_parameters(args)
+        engine_path = os.path.join(args["model_repository"], args["model_version"], parameters["engine_file"])
+        device = instance_device(args, parameters.get("device", "cpu"))
+        self.varseqlen = parameters["varseqlen"] == "true"
+        self.sequence_length = int(parameters["sequence_length"])
+        self.vocab_size = int(parameters["vocab_size"])
+        graphs = parameters.get("cuda_graphs") == "true" and not self.varseqlen
+        try:
+            self.runner = EngineRunner(engine_path, device=device, enable_graph=graphs)
+        except RunnerError as err:
+            raise pb_utils.TritonModelException(f"cannot load {engine_path}: {err}") from None
+        if self.runner.varseqlen != self.varseqlen:
+            raise pb_utils.TritonModelException(f"{engine_path}: the engine's layout does not match config.pbtxt")
+
+    def execute(self, requests: list) -> list:
+        rows: list[Rows | None] = []
+        errors: dict[int, str] = {}
+        for index, request in enumerate(requests):
+            try:
+                rows.append(self.checked_rows(request))
+            except BadRequest as err:
+                rows.append(None)
+                errors[index] = str(err)
+        valid = [r for r in rows if r is not None]
+        outputs: list[torch.Tensor] = []
+        if valid:
+            try:
+                outputs = self.run_packed(valid) if self.varseqlen else self.run_stacked(valid)
+            except RunnerError as err:
+                errors.update({i: str(err) for i, r in enumerate(rows) if r is not None})
+        responses = []
+        results = iter(outputs)
+        for index, row in enumerate(rows):
+            if index in errors:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(errors[index])))
+            else:
+                logits = pb_utils.Tensor.from_dlpack(OUTPUT_NAME, dlpack.to_dlpack(next(results)))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[logits]))
+        return responses
+
+    def checked_rows(self, request) -> Rows:
+        names = TOKEN_INPUTS if self.varseqlen else FIXED_INPUTS
+        tensors = {name: input_tensor(request, name) for name in names}
+        shape = tensors["input_ids"].shape
+        if any(t.shape != shape for t in tensors.values()):
+            raise BadRequest(f"inputs {', '.join(names)} must have one shape, got {[tuple(t.shape) for t in tensors.values()]}")
+        if len(shape) != 2 or shape[0] < 1:
+            raise BadRequest(f"expected [batch, tokens] inputs, got shape {tuple(shape)}")
+        if not 1 <= shape[1] <= self.sequence_length:
+            raise BadRequest(f"a sequence of {shape[1]} tokens; this engine takes 1 to {self.sequence_length}")
+        check_range("input_ids", tensors["input_ids"], self.vocab_size)
+        check_range("segment_ids", tensors["segment_ids"], SEGMENT_VALUES)
+        if "input_mask" in tensors:
+            check_range("input_mask", tensors["input_mask"], 2)
+        return Rows(tensors, int(shape[0]), int(shape[1]))
+
+    def run_stacked(self, rows: list[Rows]) -> list[torch.Tensor]:
+        """Fixed length: all requests as one batch; each request's logits ``[b, S, 2, 1, 1]``."""
+        batch = sum(r.count for r in rows)
+        self.runner.activate(batch, self.sequence_length)
+        self.runner.copy_inputs({name: torch.cat([r.tensors[name] for r in rows]) for name in FIXED_INPUTS})
+        logits = self.run()
+        starts = torch.tensor([0] + [r.count for r in rows]).cumsum(0).tolist()
+        return [logits[a:b].clone() for a, b in zip(starts, starts[1:])]
+
+    def run_packed(self, rows: list[Rows]) -> list[torch.Tensor]:
+        """Variable length: the real tokens of all requests back to back; each request's logits ``[b, 2, L, 1, 1]``."""
+        lengths = [r.length for r in rows for _ in range(r.count)]
+        cu_seqlens = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        total = int(cu_seqlens[-1])
+        self.runner.activate(len(lengths), self.sequence_length, total_tokens=total)
+        self.runner.copy_inputs(
+            {
+                "input_ids": torch.cat([r.tensors["input_ids"].reshape(-1) for r in rows]),
+                "segment_ids": torch.cat([r.tensors["segment_ids"].reshape(-1) for r in rows]),
+                "cu_seqlens": cu_seqlens,
+            }
+        )
+        logits = self.run().reshape(2, total, 1, 1)
+        results, start = [], 0
+        for r in rows:
+            end = start + r.count * r.length
+            block = logits[:, start:end].reshape(2, r.count, r.length, 1, 1)
+            results.append(block.permute(1, 0, 2, 3, 4).contiguous())
+            start = end
+        return results
+
+    def run(self) -> torch.Tensor:
+        self.runner.execute()
+        self.runner.synchronize()
+        return self.runner.output()
+
+    def finalize(self) -> None:
+        self.runner = None

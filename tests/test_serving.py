@@ -1,0 +1,480 @@
+"""The Triton serving path, against the real tritonserver (PyPI nvidia-pytriton) on 127.0.0.1.
+
+The server runs from the serving environment (``bash scripts/setup_serving_env.sh`` makes
+``.venv-serving``; ``DEMOBERT_SERVING_PYTHON`` names another interpreter).  Without it these tests
+skip, except under CI, where they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import engines
+import squad_fixtures
+
+tritonclient = pytest.importorskip("tritonclient.grpc")
+
+from helpers.question_answering import QuestionAnswerer  # noqa: E402
+from helpers.runner import EngineRunner  # noqa: E402
+from serving import client as serving_client  # noqa: E402
+from serving import load_test, repository, serve  # noqa: E402
+from serving.triton_client import TritonClient  # noqa: E402
+
+SERVER_PYTHON = Path(os.environ.get("DEMOBERT_SERVING_PYTHON", engines.REPO_ROOT / ".venv-serving" / "bin" / "python"))
+ENGINE_BATCH = 8
+# How Triton answers a request for a model that is being or has been unloaded.
+REFUSAL = re.compile(r"unknown model|not found|unavailable|not ready|no available version", re.IGNORECASE)
+QUESTIONS = ["What is TensorRT?", "What does it deliver?", "What does it include?", "Which apps does it serve?"]
+SECOND_PASSAGE = (
+    "The Amazon rainforest covers much of the Amazon basin of South America. The basin encompasses seven million "
+    "square kilometres, of which five and a half million are covered by the rainforest. The region includes "
+    "territory belonging to nine nations, and the majority of the forest is contained within Brazil."
+)
+PAIRS = [(q, engines.PASSAGE) for q in QUESTIONS] + [
+    ("How large is the basin?", SECOND_PASSAGE),
+    ("Which country holds most of the forest?", SECOND_PASSAGE),
+]
+
+
+def server_available() -> None:
+    if not SERVER_PYTHON.exists():
+        message = f"no serving environment at {SERVER_PYTHON} (bash scripts/setup_serving_env.sh)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        sockets.append(s)
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+class Server:
+    """``python -m serving.serve`` on free loopback ports, its output collected in a log file."""
+
+    def __init__(self, repo: Path, log: Path):
+        self.http, self.grpc, self.metrics = free_ports(3)
+        self.log = log
+        self._log_file = open(log, "w")
+        self.process = subprocess.Popen(
+            [str(SERVER_PYTHON), "-m", "serving.serve", "--model-repository", str(repo), "--http-port", str(self.http),
+             "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics), "--exit-timeout", "20"],
+            cwd=engines.REPO_ROOT, stdout=self._log_file, stderr=subprocess.STDOUT,
+        )
+        self.wait_for("Triton Inference Server ready", timeout=240)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited with {self.process.returncode}:\n{self.output()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} after {timeout} s:\n{self.output()[-3000:]}")
+            time.sleep(0.2)
+
+    def client(self, protocol: str = "http") -> TritonClient:
+        return TritonClient(f"127.0.0.1:{self.http if protocol == 'http' else self.grpc}", protocol)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            status = self.process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            status = self.process.wait()
+        self._log_file.close()
+        return status
+
+
+def start_server(tmp_path_factory, engine: Path, name: str, **options) -> Server:
+    repo = tmp_path_factory.mktemp(name) / "repo"
+    model_dir = engines.tiny_model_dir(tmp_path_factory)
+    repository.write_repository(engine, model_dir / "vocab.txt", repo, repository.RepositoryOptions(device="cpu", **options))
+    return Server(repo, repo.parent / "serve.log")
+
+
+@pytest.fixture(scope="module")
+def fixed_engine(tmp_path_factory) -> Path:
+    return engines.tiny_engine(tmp_path_factory, batch_sizes=(1, ENGINE_BATCH))
+
+
+@pytest.fixture(scope="module")
+def packed_engine(tmp_path_factory) -> Path:
+    import builder_varseqlen
+
+    engine = tmp_path_factory.mktemp("packed") / "packed.engine"
+    model = engines.tiny_model_dir(tmp_path_factory)
+    argv = ["--hf", str(model), "-o", str(engine), "--backend", "portable", "--device", "cpu", "-b", "1", "-b", str(ENGINE_BATCH),
+            "-s", str(engines.SEQ_LEN)]
+    assert builder_varseqlen.main(argv) == 0
+    return engine
+
+
+@pytest.fixture(scope="module")
+def fixed_server(tmp_path_factory, fixed_engine):
+    server_available()
+    server = start_server(tmp_path_factory, fixed_engine, "fixed", max_queue_delay_us=20000)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def packed_server(tmp_path_factory, packed_engine):
+    server_available()
+    server = start_server(tmp_path_factory, packed_engine, "packed", max_queue_delay_us=20000, qa_instances=1)
+    yield server
+    server.stop()
+
+
+def local_answers(engine: Path, tmp_path_factory, pairs) -> dict[tuple[str, str], tuple[str, float]]:
+    """What inference.py's QuestionAnswerer answers, one question at a time."""
+    vocab = engines.tiny_model_dir(tmp_path_factory) / "vocab.txt"
+    answerer = QuestionAnswerer(EngineRunner(engine, device="cpu"), str(vocab), max_seq_length=engines.SEQ_LEN)
+    results = {}
+    for question, passage in pairs:
+        answer = answerer.answer_text(passage, question)
+        results[(question, passage)] = (answer.text, answer.probability)
+    return results
+
+
+def served_answer(client: TritonClient, question: str, passage: str) -> tuple[str, float]:
+    return serving_client.answer_of(serving_client.ask(client, question, passage))
+
+
+# ---- answers ------------------------------------------------------------------------------------
+
+
+def test_answers_over_http_and_grpc_equal_inference_py(fixed_server, fixed_engine, tmp_path_factory, capsys):
+    import inference
+
+    vocab = str(engines.tiny_model_dir(tmp_path_factory) / "vocab.txt")
+    for question, passage in PAIRS[:3]:
+        argv = ["-e", str(fixed_engine), "-v", vocab, "-s", str(engines.SEQ_LEN), "--device", "cpu", "-p", passage, "-q", question]
+        status, expected, _ = engines.run_main(inference.main, argv, capsys)
+        assert status == 0
+        expected_lines = [line for line in expected.splitlines() if line.startswith(("Answer:", "With probability:"))]
+        for protocol, port in (("http", fixed_server.http), ("grpc", fixed_server.grpc)):
+            argv = ["--url", f"127.0.0.1:{port}", "--protocol", protocol, "-p", passage, "-q", question]
+            status, printed, err = engines.run_main(serving_client.main, argv, capsys)
+            assert status == 0, err
+            assert [line for line in printed.splitlines() if line.startswith(("Answer:", "With probability:"))] == expected_lines
+            assert f"Question: {question}" in printed
+
+
+def test_sixteen_concurrent_clients_get_every_answer_once(fixed_server, fixed_engine, tmp_path_factory):
+    expected = local_answers(fixed_engine, tmp_path_factory, PAIRS)
+    replies: dict[str, tuple] = {}
+    lock = threading.Lock()
+
+    def client_thread(index: int) -> None:
+        client = fixed_server.client("grpc" if index % 2 else "http")
+        try:
+            for k in range(25):
+                question, passage = PAIRS[(index + k) % len(PAIRS)]
+                request_id = f"{index}-{k}"
+                reply = serving_client.ask(client, question, passage, request_id=request_id)
+                with lock:
+                    assert request_id not in replies
+                    replies[request_id] = (reply, (question, passage))
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=client_thread, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(replies) == 16 * 25
+    for request_id, (reply, pair) in replies.items():
+        assert reply.error is None and reply.request_id == request_id
+        text, probability = serving_client.answer_of(reply)
+        assert text == expected[pair][0]
+        assert probability == pytest.approx(expected[pair][1], rel=1e-5)
+    stats = engine_statistics(fixed_server)
+    # The dynamic batcher put several requests into one engine execution.
+    assert stats["inference_count"] > stats["execution_count"]
+
+
+def engine_statistics(server: Server) -> dict:
+    client = server.client("http")
+    try:
+        return client._client.get_inference_statistics(repository.ENGINE_MODEL)["model_stats"][0]
+    finally:
+        client.close()
+
+
+def test_packed_requests_of_mixed_lengths_batch_together(packed_server, packed_engine, tmp_path_factory):
+    """Ragged token rows share packed executions and get the logits they get alone."""
+    rng = np.random.default_rng(7)
+    lengths = [5, 64, 17, 33, 1, 48, 9, 60, 23, 40, 2, 64]
+    rows = [(rng.integers(1000, 5000, size=(1, n), dtype=np.int32), (rng.random((1, n)) < 0.5).astype(np.int32)) for n in lengths]
+    runner = EngineRunner(packed_engine, device="cpu")
+    alone = []
+    for ids, segments in rows:
+        runner.activate(1, engines.SEQ_LEN, total_tokens=ids.shape[1])
+        alone.append(runner.infer({"input_ids": ids[0], "segment_ids": segments[0], "cu_seqlens": np.array([0, ids.shape[1]], np.int32)}))
+    before = engine_statistics(packed_server)
+    results: dict[int, object] = {}
+
+    def send(index: int) -> None:
+        client = packed_server.client("grpc")
+        try:
+            ids, segments = rows[index]
+            results[index] = client.infer(repository.ENGINE_MODEL, {"input_ids": ids, "segment_ids": segments}, ["logits_out"])
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(rows))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    for index, reply in results.items():
+        assert reply.error is None
+        logits = reply.outputs["logits_out"]
+        assert logits.shape == (1, 2, lengths[index], 1, 1)
+        np.testing.assert_allclose(logits[0], alone[index], rtol=1e-5, atol=1e-5)
+    after = engine_statistics(packed_server)
+    requests = after["inference_count"] - before["inference_count"]
+    executions = after["execution_count"] - before["execution_count"]
+    assert requests == len(rows) and executions < requests
+
+
+def test_packed_server_answers_like_inference_varseqlen(packed_server, packed_engine, tmp_path_factory):
+    expected = local_answers(packed_engine, tmp_path_factory, PAIRS)
+    client = packed_server.client("http")
+    try:
+        for pair in PAIRS:
+            text, probability = served_answer(client, *pair)
+            assert text == expected[pair][0]
+            assert probability == pytest.approx(expected[pair][1], rel=1e-5)
+    finally:
+        client.close()
+
+
+def test_squad_file_through_the_server_equals_inference_py(fixed_server, fixed_engine, tmp_path, tmp_path_factory, capsys):
+    import inference
+
+    paragraphs = [
+        (engines.PASSAGE, [squad_fixtures.make_qa(f"q{i}", q) for i, q in enumerate(QUESTIONS)]),
+        (SECOND_PASSAGE, [squad_fixtures.make_qa("a0", "How large is the basin?"), squad_fixtures.make_qa("a1", "Who holds the forest?")]),
+    ]
+    squad = squad_fixtures.write_squad_file(tmp_path / "dev.json", paragraphs)
+    vocab = str(engines.tiny_model_dir(tmp_path_factory) / "vocab.txt")
+    local, served = tmp_path / "local.json", tmp_path / "served.json"
+    argv = ["-e", str(fixed_engine), "-v", vocab, "-s", str(engines.SEQ_LEN), "--device", "cpu", "-sq", squad, "-o", str(local)]
+    assert engines.run_main(inference.main, argv, capsys)[0] == 0
+    argv = ["--url", f"127.0.0.1:{fixed_server.http}", "-sq", squad, "-o", str(served), "--concurrency", "4"]
+    assert engines.run_main(serving_client.main, argv, capsys)[0] == 0
+    assert json.loads(served.read_text()) == json.loads(local.read_text())
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+
+def bytes_input(*values: bytes) -> np.ndarray:
+    return np.array([[v] for v in values], dtype=np.object_)
+
+
+def test_bad_requests_get_error_responses_and_the_server_keeps_answering(fixed_server, fixed_engine, tmp_path_factory):
+    question, passage = PAIRS[0]
+    good = {"question": bytes_input(question.encode()), "context": bytes_input(passage.encode())}
+    row = np.ones((1, engines.SEQ_LEN), dtype=np.int32)
+    cases = {
+        "missing question": (repository.QA_MODEL, {"context": good["context"]}),
+        "missing context": (repository.QA_MODEL, {"question": good["question"]}),
+        "wrong datatype": (repository.QA_MODEL, {"question": np.array([[1]], dtype=np.int32), "context": good["context"]}),
+        "empty question": (repository.QA_MODEL, {"question": bytes_input(b""), "context": good["context"]}),
+        "empty context": (repository.QA_MODEL, {"question": good["question"], "context": bytes_input(b"   ")}),
+        "not UTF-8": (repository.QA_MODEL, {"question": bytes_input(b"\xff\xfe what"), "context": good["context"]}),
+        "1 MB context": (repository.QA_MODEL, {"question": good["question"], "context": bytes_input(b"word " * 200_000)}),
+        "question without tokens": (repository.QA_MODEL, {"question": bytes_input("\u0301".encode()), "context": good["context"]}),
+        "batch above the maximum": (repository.QA_MODEL, {name: np.repeat(v, repository.QA_MAX_BATCH_SIZE + 1, axis=0) for name, v in good.items()}),
+        "engine batch above the maximum": (repository.ENGINE_MODEL, {n: np.repeat(row, ENGINE_BATCH + 1, axis=0) for n in ("input_ids", "segment_ids", "input_mask")}),
+        "token id outside the vocabulary": (repository.ENGINE_MODEL, {"input_ids": row * 10**6, "segment_ids": row * 0, "input_mask": row}),
+        "segment id above 1": (repository.ENGINE_MODEL, {"input_ids": row, "segment_ids": row * 2, "input_mask": row}),
+        "unknown model": ("no_such_model", good),
+    }
+    expected = local_answers(fixed_engine, tmp_path_factory, [(question, passage)])[(question, passage)]
+    for protocol in ("http", "grpc"):
+        client = fixed_server.client(protocol)
+        try:
+            for name, (model, inputs) in cases.items():
+                outputs = ["logits_out"] if model == repository.ENGINE_MODEL else ["answer", "probability"]
+                reply = client.infer(model, inputs, outputs)
+                assert reply.error, f"{name} ({protocol}) was answered"
+            assert served_answer(client, question, passage)[0] == expected[0]
+        finally:
+            client.close()
+    assert fixed_server.process.poll() is None
+
+
+def test_a_killed_backend_process_is_reloaded(fixed_server, fixed_engine, tmp_path_factory):
+    question, passage = PAIRS[1]
+    expected = local_answers(fixed_engine, tmp_path_factory, [(question, passage)])[(question, passage)][0]
+    stubs = [pid for pid in os.listdir("/proc") if pid.isdigit() and _is_engine_stub(pid, fixed_server.process.pid)]
+    assert stubs, "no Python-backend process of bert_engine found"
+    os.kill(int(stubs[0]), signal.SIGKILL)
+    fixed_server.wait_for("bert_engine reloaded", timeout=180)
+    client = fixed_server.client("http")
+    try:
+        assert served_answer(client, question, passage)[0] == expected
+    finally:
+        client.close()
+
+
+def _is_engine_stub(pid: str, server_pid: int) -> bool:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    children = [int(p) for p in Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()]
+    tritonserver = children[0] if children else -1
+    return int(stat.rsplit(")", 1)[1].split()[1]) == tritonserver and len(command) > 1 and b"/bert_engine/" in command[1]
+
+
+def test_sigterm_under_load_answers_every_accepted_request(tmp_path_factory, fixed_engine):
+    server_available()
+    server = start_server(tmp_path_factory, fixed_engine, "sigterm")
+    question, passage = PAIRS[0]
+    expected = local_answers(fixed_engine, tmp_path_factory, [(question, passage)])[(question, passage)][0]
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    answered = threading.Event()
+
+    def client_thread() -> None:
+        client = server.client("http")
+        try:
+            for _ in range(200):
+                try:
+                    reply = serving_client.ask(client, question, passage)
+                except ConnectionRefusedError:
+                    outcome = "refused"
+                except Exception as err:  # noqa: BLE001 - anything else lost an accepted request
+                    outcome = f"lost: {type(err).__name__}: {err}"
+                else:
+                    if reply.error is not None:
+                        outcome = "refused" if REFUSAL.search(reply.error) else f"error: {reply.error}"
+                    else:
+                        outcome = "answered" if serving_client.answer_of(reply)[0] == expected else f"wrong: {reply}"
+                with lock:
+                    outcomes.append(outcome)
+                answered.set()
+                if outcome != "answered":
+                    return
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=client_thread) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    assert answered.wait(timeout=120)
+    time.sleep(1.0)
+    status = server.stop()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert status == 0, server.output()[-2000:]
+    assert "Triton Inference Server stopped" in server.output()
+    assert "answered" in outcomes
+    assert all(outcome in ("answered", "refused") for outcome in outcomes), [o for o in outcomes if o not in ("answered", "refused")]
+
+
+# ---- the repository writer and the tools, without a server ---------------------------------------
+
+
+def parse_config(text: str):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def test_tensorrt_plans_get_triton_ragged_batching_and_gpu_instance_groups():
+    options = repository.RepositoryOptions(instances=2, gpus=(0, 1), max_queue_delay_us=500)
+    packed = parse_config(repository.engine_config(repository.EngineSignature("tensorrt", True, 384, 64, "TYPE_FP16"), options, 64, 30522))
+    assert packed.platform == "tensorrt_plan" and packed.max_batch_size == 64
+    assert all(i.allow_ragged_batch for i in packed.input) and [i.name for i in packed.input] == ["input_ids", "segment_ids"]
+    kinds = {tuple(b.target_name): model_config_kind(b.kind) for b in packed.batch_input}
+    assert kinds == {("cu_seqlens",): "BATCH_ACCUMULATED_ELEMENT_COUNT_WITH_ZERO", ("max_seqlen",): "BATCH_MAX_ELEMENT_COUNT_AS_SHAPE"}
+    assert [(g.count, list(g.gpus)) for g in packed.instance_group] == [(2, [0, 1])]
+    assert packed.dynamic_batching.max_queue_delay_microseconds == 500
+    fixed = parse_config(repository.engine_config(repository.EngineSignature("tensorrt", False, 128, 8, "TYPE_FP32"), options, 4, 30522))
+    assert [list(i.dims) for i in fixed.input] == [[128]] * 3 and list(fixed.output[0].dims) == [128, 2, 1, 1]
+    assert fixed.max_batch_size == 4 and not fixed.parameters
+
+
+def model_config_kind(value: int) -> str:
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2.BatchInput.Kind.Name(value)
+
+
+def test_repository_options_are_checked_against_the_engine(fixed_engine, tmp_path, tmp_path_factory):
+    vocab = engines.tiny_model_dir(tmp_path_factory) / "vocab.txt"
+    bad = {
+        "batches of 1 to 8": repository.RepositoryOptions(device="cpu", max_batch_size=9),
+        "no profile of this engine runs sequence length 128": repository.RepositoryOptions(device="cpu", sequence_length=128),
+        "--device must be": repository.RepositoryOptions(device="tpu"),
+        "--gpus needs --device cuda": repository.RepositoryOptions(device="cpu", gpus=(0,)),
+        "--instances": repository.RepositoryOptions(device="cpu", instances=0),
+    }
+    for message, options in bad.items():
+        with pytest.raises(repository.RunnerError, match=message):
+            repository.write_repository(fixed_engine, vocab, tmp_path / "repo", options)
+        assert list(tmp_path.iterdir()) == []
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(repository.RunnerError, match="not an empty folder"):
+        repository.write_repository(fixed_engine, vocab, tmp_path / "full", repository.RepositoryOptions(device="cpu"))
+    signature = repository.write_repository(fixed_engine, vocab, tmp_path / "repo", repository.RepositoryOptions(device="cpu", max_batch_size=4))
+    assert signature == repository.EngineSignature("portable", False, engines.SEQ_LEN, ENGINE_BATCH, "TYPE_FP32")
+    config = parse_config((tmp_path / "repo" / "bert_engine" / "config.pbtxt").read_text())
+    assert config.backend == "python" and config.max_batch_size == 4
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["bert_engine", "bert_qa"]
+
+
+def test_serve_and_load_test_refuse_what_they_cannot_do(tmp_path, capsys):
+    status, _, err = engines.run_main(serve.main, ["--model-repository", str(tmp_path / "missing")], capsys)
+    assert status == 1 and "model repository not found" in err
+    status, _, err = engines.run_main(load_test.main, ["--url", "10.1.2.3:8000", "--requests", "1"], capsys)
+    assert status == 1 and "loopback" in err
+    status, _, err = engines.run_main(load_test.main, ["--url", "127.0.0.1:1", "--requests", "0"], capsys)
+    assert status == 1 and "--requests" in err
+
+
+def test_load_test_reports_every_request_of_each_level(fixed_server, tmp_path):
+    report = tmp_path / "load.json"
+    argv = ["--url", f"127.0.0.1:{fixed_server.grpc}", "--protocol", "grpc", "--concurrency", "1,4", "--requests", "12",
+            "--json", str(report), "--plot", str(tmp_path / "load.png")]
+    assert load_test.main(argv) == 0
+    levels = json.loads(report.read_text())["levels"]
+    assert [(level["concurrency"], level["requests"], level["errors"], level["lost"]) for level in levels] == [(1, 12, 0, 0), (4, 12, 0, 0)]
+    assert all(0 < level["p50_ms"] <= level["p95_ms"] <= level["p99_ms"] for level in levels)
+    assert (tmp_path / "load.png").stat().st_size > 0
+    argv = ["--url", f"127.0.0.1:{fixed_server.http}", "--model", "bert_engine", "--concurrency", "3", "--requests", "9", "--processes", "2"]
+    assert load_test.main(argv) == 0
