@@ -32,6 +32,9 @@ from serving import client as serving_client  # noqa: E402
 from serving import load_test, repository, serve  # noqa: E402
 from serving.triton_client import TritonClient  # noqa: E402
 
+# One xdist worker runs this module, so its servers start once (.ci/run uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("triton_server")
+
 SERVER_PYTHON = Path(os.environ.get("DEMOBERT_SERVING_PYTHON", engines.REPO_ROOT / ".venv-serving" / "bin" / "python"))
 ENGINE_BATCH = 8
 # How Triton answers a request for a model that is being or has been unloaded.
