@@ -42,6 +42,8 @@ class NamedTensor(NamedTuple):
 
 
 def require_file(path: str, what: str) -> None:
+    if os.path.isdir(path):
+        raise WeightLoadError(f"{what} path is a directory, not a file: {path}")
     if not os.path.isfile(path):
         raise WeightLoadError(f"{what} not found: {path}")
 

@@ -160,6 +160,8 @@ def check_benchmark_options(args: argparse.Namespace) -> None:
         raise RunnerError("no engine given; pass one with -e/--engine")
     if args.iterations < 1 or args.warm_up_runs < 0 or min(args.batch_size) < 1 or args.sequence_length < 1:
         raise RunnerError("iterations, batch sizes and sequence length must be positive, warm-up runs not negative")
+    if not 0 <= args.random_seed < 2**32:
+        raise RunnerError(f"-r/--random-seed must be from 0 to {2**32 - 1} (numpy's seed range), got {args.random_seed}")
     # NaN would compare false and end timing at once; inf would never end it.
     if not math.isfinite(args.duration) or args.duration < 0:
         raise RunnerError(f"-d/--duration must be a finite number of seconds, 0 or more, got {args.duration}")

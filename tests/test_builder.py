@@ -288,6 +288,12 @@ def test_unknown_tensor_name(tmp_path, tiny_model, tiny_files, capfd):
     assert_failed_cleanly(tmp_path, capfd, "unknown tensor 'bert.encoder.layer.0.attention.self.distance_embedding.weight'")
 
 
+@pytest.mark.parametrize(("option", "what"), [("-pt", "PyTorch checkpoint"), ("-x", "ONNX model")])
+def test_weight_path_that_is_a_directory_is_not_reported_missing(tmp_path, tiny_files, capfd, option, what):
+    build(tmp_path, option, tmp_path, "-c", tiny_files["config_dir"], expect_rc=1)
+    assert_failed_cleanly(tmp_path, capfd, f"error: {what} path is a directory, not a file: {tmp_path}")
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 @pytest.mark.parametrize("script", ["builder", "builder_varseqlen"])
 def test_weights_that_are_not_finite(tmp_path, tiny_model, tiny_files, capfd, value, script):

@@ -104,6 +104,14 @@ def test_duration_must_be_finite_and_not_negative(engine, capsys, duration):
     assert err == f"perf.py: error: -d/--duration must be a finite number of seconds, 0 or more, got {float(duration)}\n"
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_random_seed_outside_numpys_range(engine, capsys, seed):
+    """numpy's seed() raised a ValueError traceback."""
+    status, out, err = run(["-e", str(engine), "-s", str(SEQ_LEN), "-i", "1", "-r", seed], capsys)
+    assert status == 1 and out == ""
+    assert err == f"perf.py: error: -r/--random-seed must be from 0 to 4294967295 (numpy's seed range), got {seed}\n"
+
+
 def test_unknown_options_are_ignored_with_a_warning(engine, capsys):
     status, out, err = run(["-e", str(engine), "-s", str(SEQ_LEN), "-i", "1", "-w", "0", "--iteration", "2", "--no-such-option", "x"], capsys)
     assert status == 0, err
