@@ -497,12 +497,14 @@ def warn_if_cache_misses_network(network: trt.INetworkDefinition, calibrator: tr
     cache = calibrator.read_calibration_cache()
     if cache is None:
         return  # calibration will run on this very network
-    _, ranges = parse_calibration_table(cache, calibrator.cache_file)
+    # BertCalibrator knows its file; any other IInt8Calibrator is named generically.
+    source = getattr(calibrator, "cache_file", "the calibrator's cache")
+    _, ranges = parse_calibration_table(cache, source)
     if not set(ranges) & network_tensor_names(network):
         sample = ", ".join(repr(name) for name in list(ranges)[:3]) or "no tensor at all"
         logger.log(
             trt.Logger.WARNING,
-            f"calibration cache {calibrator.cache_file} names none of the network's tensors (it names {sample}); "
+            f"calibration cache {source} names none of the network's tensors (it names {sample}); "
             "no layer gets an INT8 range. Is it the cache of another model? Delete it to calibrate again.",
         )
 
