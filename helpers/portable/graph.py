@@ -144,13 +144,15 @@ def load_graph(description: dict[str, Any]) -> Graph:
     graph_layers = []
     for index, layer in enumerate(description["layers"]):
         kind = layer["kind"]
+        if kind not in layers.INFER and kind != "plugin":
+            raise EngineFormatError(f"corrupt portable engine: unknown layer kind {kind!r}")
         precision = layer.get("precision")
         graph_layers.append(Layer(
             index, layer["name"], kind, layer["params"], tuple(layer["inputs"]), tuple(layer["outputs"]),
             None if precision is None else DataType(precision), _plugin(layer["params"]) if kind == "plugin" else None,
         ))
     return Graph(tensors, graph_layers, tuple(description["inputs"]), tuple(description["outputs"]),
-                 frozenset(description["build"]["flags"]))
+                 frozenset(description["build"].get("flags", ())))
 
 
 def resolve_shapes(graph: Graph, input_shapes: dict[int, Shape]) -> dict[int, Shape]:

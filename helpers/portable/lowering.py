@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from helpers.portable import layers
-from helpers.portable.engine_file import EngineFormatError
 from helpers.portable.graph import Graph, Layer, Plan, Run, Step
 from helpers.portable.layers import TORCH_DTYPE
 from helpers.portable.options import EngineOptions
@@ -117,9 +116,7 @@ def lower_reference(builder: PlanBuilder) -> None:
             dtype = TORCH_DTYPE[graph.tensors[out].runtime_dtype]
             builder.constants[out] = _tensor(layer.params["values"], dtype, dev).reshape(layer.params["shape"])
         elif not builder.lowered(layer):
-            lower = _BUILT_IN.get(layer.kind)
-            if lower is None:
-                raise EngineFormatError(f"corrupt portable engine: unknown layer kind {layer.kind!r}")
+            lower = _BUILT_IN[layer.kind]  # load_graph refused unknown kinds
             builder.place(Step(layer.name, lower(layer, dev), layer.inputs, layer.outputs), [layer])
 
 
