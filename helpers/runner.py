@@ -241,7 +241,6 @@ class EngineRunner:
         data = read_engine_file(engine_path)
         self.engine_path = str(engine_path)
         self.backend, self.device = bind_backend_for(data, device)
-        self.word_embedding_rows = word_embedding_rows(data)
         trt = backend.trt
         self.logger = trt.Logger(trt.Logger.ERROR)
         if self.backend == "tensorrt":
@@ -259,6 +258,8 @@ class EngineRunner:
                 portable.set_device(None)
         if self.engine is None:
             raise RunnerError(f"cannot deserialize engine {engine_path} (built by another TensorRT version or for another GPU?)")
+        # Read only from a header the runtime accepted.
+        self.word_embedding_rows = word_embedding_rows(data)
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise RunnerError("cannot create an execution context for this engine")
