@@ -16,6 +16,7 @@ import numpy as np
 
 from bert_weights import BertConfig, bert_config_path, first_line, load_bert_config, load_hf_config
 from helpers.backend import BACKENDS, BackendError, trt
+from helpers.cli import exit_on_interrupt
 from helpers.files import CACHE_FILE_MAX_BYTES, check_output_path, read_limited
 from helpers.files import write_bytes_atomically as write_file_atomically
 
@@ -259,9 +260,10 @@ def save_engine(serialized: trt.IHostMemory, path: str, logger: trt.ILogger) -> 
 
 
 def run_builder(run: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
-    """Exit status of ``run(args)``: bad input is a one-line error on stderr and status 1."""
+    """Exit status of ``run(args)``: bad input is a one-line error on stderr and status 1 (Ctrl-C
+    one line and SystemExit 130)."""
     try:
-        run(args)
+        exit_on_interrupt(run)(args)
     except (RuntimeError, ValueError, OSError, BackendError) as exc:
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.cli import exit_on_interrupt
 from helpers.latency import JSON_FORMAT_VERSION
 
 RESULT_NAME = re.compile(r"seqlen(\d+)_bs(\d+)\.json")
@@ -102,6 +103,7 @@ def render_report(measurements: list[Measurement]) -> str:
     return "\n\n".join(model_table(measurements, model) for model in models)
 
 
+@exit_on_interrupt
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not Path(args[0]).is_dir():

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from helpers.cli import exit_on_interrupt
+
 INITIALIZER_RANGE = 0.02
 
 
@@ -141,6 +143,7 @@ def write_tiny_qa_model(out_dir: str | Path, seed: int = 0, vocab_file: str | Pa
     return _write_folder(Path(out_dir), config, tiny_state_dict(config, seed), vocab)
 
 
+@exit_on_interrupt
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=("minilm", "tiny"))

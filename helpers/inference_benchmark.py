@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers.benchmark_report import load_measurements, render_report, result_path
+from helpers.cli import exit_on_interrupt
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GPUS = ("Volta", "Xavier", "Turing", "Ampere", "Hopper", "Blackwell")
@@ -181,6 +182,7 @@ def run_matrix(options: Options) -> str:
     return render_report(measurements)
 
 
+@exit_on_interrupt
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from helpers import backend, files
+from helpers.cli import exit_on_interrupt, script_name
 
 OUTPUT_NAME = "logits_out"
 FIXED_INPUTS = ("input_ids", "segment_ids", "input_mask")
@@ -515,15 +516,16 @@ def parse_known_options(parser: argparse.ArgumentParser, argv: Sequence[str] | N
 
 
 def exit_on_error(main: Callable[..., int | None]) -> Callable[..., int | None]:
-    """Run a script's main(); turn user-facing errors into one line on stderr and exit status 1."""
+    """Run a script's main(); turn user-facing errors into one line on stderr and exit status 1,
+    Ctrl-C into one line and status 130."""
 
+    @exit_on_interrupt
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> int | None:
         try:
             return main(*args, **kwargs)
         except (RunnerError, backend.BackendError) as err:
-            script = Path(getattr(sys.modules.get(main.__module__), "__file__", None) or sys.argv[0]).name
-            print(f"{script}: error: {err}", file=sys.stderr)
+            print(f"{script_name(main)}: error: {err}", file=sys.stderr)
             raise SystemExit(1) from None
 
     return wrapper

@@ -47,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@metrics.exit_on_interrupt
 def main(argv=None) -> int:
     args = parse_args(argv)
     # NaN compares false with every F1 and would always pass.

@@ -189,6 +189,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@metrics.exit_on_interrupt
 def main(argv=None) -> int:
     args = parse_args(argv)
     if math.isnan(args.na_prob_thresh):

@@ -22,6 +22,7 @@ from typing import Any
 _REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPOSITORY not in sys.path:
     sys.path.append(_REPOSITORY)
+from helpers.cli import exit_on_interrupt  # noqa: E402, F401  (the evaluators' mains use it)
 from helpers.files import (  # noqa: E402, F401  (the evaluators write through these)
     SQUAD_FILE_MAX_BYTES,
     check_output_path,
