@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 
 from bert_weights.config import BertConfig
 from bert_weights.errors import WeightLoadError, first_line
 from bert_weights.names import onnx_to_trt_name
 from bert_weights.weight_map import WeightMap, require_file, weight_map
+from helpers.weight_pickle import load_weight_pickle
 
 # Megatron's names where they differ from NVIDIA BERT's, after onnx_to_trt_name.
 RENAMES = (
@@ -25,9 +24,8 @@ def load_megatron_pickle_weights(path: str, config: BertConfig) -> WeightMap:
     """A pickled Megatron weight dictionary: QKV is already fused, in interleaved order."""
     require_file(path, "Megatron pickle")
     try:
-        with open(path, "rb") as f:
-            tensors = pickle.load(f)
-    except Exception as exc:  # truncated or foreign pickles raise many kinds of errors
+        tensors = load_weight_pickle(path)
+    except Exception as exc:  # refused globals, truncated or foreign pickles, unreadable files
         raise WeightLoadError(f"cannot read Megatron pickle {path}: {first_line(exc)}") from None
     if not isinstance(tensors, dict):
         raise WeightLoadError(f"Megatron pickle {path} does not hold a dict")

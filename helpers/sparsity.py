@@ -30,6 +30,10 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from helpers.cli import exit_on_interrupt
+from helpers.files import write_bytes_atomically
+from helpers.weight_pickle import load_weight_pickle
+
 GROUP = 4
 KEEP = 2
 
@@ -144,12 +148,6 @@ def prune_state(state: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], li
     return pruned, names, skipped
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-    from builder_utils import write_file_atomically
-
-    write_file_atomically(path, data)
-
-
 PruneResult = tuple[list[str], list[str]]
 
 
@@ -191,22 +189,23 @@ def _prune_torch_checkpoint(source: str, target: str) -> PruneResult:
     pruned, names, skipped = prune_state(checkpoint["model"])
     buffer = io.BytesIO()
     torch.save({**checkpoint, "model": pruned}, buffer)
-    _write_atomically(target, buffer.getvalue())
+    write_bytes_atomically(target, buffer.getvalue())
     return names, skipped
 
 
 def _prune_pickle(source: str, target: str) -> PruneResult:
-    with open(source, "rb") as f:
-        tensors = pickle.load(f)
+    tensors = load_weight_pickle(source)
     if not isinstance(tensors, dict):
         raise SparsityError(f"Megatron pickle {source} does not hold a dict")
     pruned, names, skipped = prune_state(tensors)
-    _write_atomically(target, pickle.dumps(pruned, protocol=pickle.HIGHEST_PROTOCOL))
+    write_bytes_atomically(target, pickle.dumps(pruned, protocol=pickle.HIGHEST_PROTOCOL))
     return names, skipped
 
 
 def prune_checkpoint(source: str, target: str) -> PruneResult:
     """Write a 2:4-pruned copy of ``source`` to ``target``; return (pruned names, names left dense)."""
+    if not target:
+        raise SparsityError("the output path is empty")
     if os.path.exists(target):
         raise SparsityError(f"output already exists: {target}")
     if not os.path.isdir(os.path.dirname(os.path.abspath(target))):
@@ -223,6 +222,7 @@ def prune_checkpoint(source: str, target: str) -> PruneResult:
     return _prune_pickle(source, target)
 
 
+@exit_on_interrupt
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python3 -m helpers.sparsity",
