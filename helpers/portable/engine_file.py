@@ -7,7 +7,8 @@ Layout (little-endian)::
     payload: the arrays, each 64-byte aligned
 
 The CRC covers header and payload, so truncation and bit flips are detected before anything is
-interpreted.  Arrays appear in the header as ``{"__array__": index}``.
+interpreted; a header with a valid CRC is then checked against the schema of ``engine_schema``
+(a crafted file can carry any JSON).  Arrays appear in the header as ``{"__array__": index}``.
 """
 
 from __future__ import annotations
@@ -20,17 +21,19 @@ from typing import Any
 
 import numpy as np
 
+from helpers.portable.engine_schema import EngineFormatError, validate_header
+
 ENGINE_MAGIC = b"DEMOBERT-PORTABLE\x00"
 FORMAT_VERSION = 1
 BACKEND = "portable"
 _PREAMBLE = struct.Struct("<IQQI")
+PREAMBLE_BYTES = len(ENGINE_MAGIC) + _PREAMBLE.size
+"""The fixed-size start of an engine file: magic, format version, section sizes and CRC."""
+# Headers of BERT-large engines are well under 1 MiB.
+MAX_HEADER_BYTES = 64 << 20
 _ALIGN = 64
 # Serialized TensorRT plans start with this tag; used only to word the error helpfully.
 _TENSORRT_PLAN_TAGS = (b"ftrt", b"ptrt")
-
-
-class EngineFormatError(ValueError):
-    """The bytes are not a usable portable engine; the message is the one-line reason."""
 
 
 def _encode(value: Any, arrays: list[np.ndarray]) -> Any:
@@ -84,8 +87,8 @@ def is_portable_engine(data: bytes | bytearray | memoryview) -> bool:
     return bytes(memoryview(data)[: len(ENGINE_MAGIC)]) == ENGINE_MAGIC
 
 
-def _split(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], memoryview]:
-    view = memoryview(data).cast("B")
+def _preamble(view: memoryview) -> tuple[int, int, int]:
+    """(header length, payload length, CRC) of the fixed-size start of an engine file."""
     if not is_portable_engine(view):
         head = bytes(view[:4])
         if not view.nbytes:
@@ -94,15 +97,32 @@ def _split(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], memory
             raise EngineFormatError("this looks like a TensorRT plan, not a portable engine; it needs the tensorrt backend")
         raise EngineFormatError("not a portable engine (no DEMOBERT-PORTABLE magic header)")
     start = len(ENGINE_MAGIC)
-    if view.nbytes < start + _PREAMBLE.size:
+    if view.nbytes < PREAMBLE_BYTES:
         raise EngineFormatError("truncated portable engine: the header is incomplete")
-    version, header_len, payload_len, crc = _PREAMBLE.unpack(view[start : start + _PREAMBLE.size])
+    version, header_len, payload_len, crc = _PREAMBLE.unpack(view[start:PREAMBLE_BYTES])
     if version != FORMAT_VERSION:
         raise EngineFormatError(
             f"portable engine format version {version} is not supported (this build reads version {FORMAT_VERSION}); "
             "rebuild the engine"
         )
-    body = start + _PREAMBLE.size
+    if header_len > MAX_HEADER_BYTES:
+        raise EngineFormatError(
+            f"corrupt portable engine: its header claims {header_len} bytes, more than the {MAX_HEADER_BYTES >> 20} MiB a header may hold"
+        )
+    return header_len, payload_len, crc
+
+
+def engine_file_size(start: bytes | bytearray | memoryview) -> int:
+    """The size a portable engine file has, from its first PREAMBLE_BYTES bytes (what a reader
+    needs to read no further); raises EngineFormatError for a start that is not a portable engine's."""
+    header_len, payload_len, _ = _preamble(memoryview(start).cast("B"))
+    return PREAMBLE_BYTES + header_len + payload_len
+
+
+def _split(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], memoryview]:
+    view = memoryview(data).cast("B")
+    header_len, payload_len, crc = _preamble(view)
+    body = PREAMBLE_BYTES
     expected = body + header_len + payload_len
     if view.nbytes < expected:
         raise EngineFormatError(f"truncated portable engine: {view.nbytes} bytes, {expected} expected")
@@ -116,11 +136,15 @@ def _split(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], memory
         header = json.loads(bytes(header_view))
     except ValueError as err:
         raise EngineFormatError(f"corrupt portable engine: unreadable header ({err})") from None
+    except RecursionError:
+        raise EngineFormatError("corrupt portable engine: the header nests too deeply") from None
+    validate_header(header, payload.nbytes)
     return header, payload
 
 
 def read_engine_header(data: bytes | bytearray | memoryview) -> dict[str, Any]:
-    """The validated JSON header (backend, format_version, build options, network); raises EngineFormatError."""
+    """The JSON header (backend, format_version, build options, network), checked against the
+    schema of ``engine_schema``; raises EngineFormatError."""
     return _split(data)[0]
 
 
