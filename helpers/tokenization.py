@@ -17,10 +17,15 @@ texts.  SQuAD featurization tokenizes every passage word once per question, so m
 from __future__ import annotations
 
 import functools
+import io
 import unicodedata
 from collections.abc import Iterable, Mapping
 
+from helpers.files import VOCAB_FILE_MAX_BYTES, read_limited
+
 UNK_TOKEN = "[UNK]"
+CLS_TOKEN = "[CLS]"
+SEP_TOKEN = "[SEP]"
 # Google's limit; words longer than this (in code points) become [UNK].
 MAX_INPUT_CHARS_PER_WORD = 200
 # Entries kept by the front ends' text -> pieces cache (a SQuAD dev set has ~60k distinct words).
@@ -124,8 +129,9 @@ def load_vocab(vocab_file: str) -> dict[str, int]:
     A later duplicate of a token overrides the earlier one's id, as in Google's loader.
     """
     try:
-        with open(vocab_file, encoding="utf-8") as reader:
-            lines = reader.readlines()
+        data = read_limited(vocab_file, VOCAB_FILE_MAX_BYTES, "vocabulary")
+        # Universal newlines, as text-mode readlines() splits.
+        lines = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").readlines()
     except OSError as err:
         raise VocabError(f"{vocab_file}: cannot read vocabulary ({err.strerror or err})") from err
     except UnicodeDecodeError as err:
@@ -212,8 +218,10 @@ class _EndToEndTokenizer:
 
     def __init__(self, vocab_file: str, do_lower_case: bool = True):
         self.vocab = load_vocab(vocab_file)
-        if UNK_TOKEN not in self.vocab:
-            raise VocabError(f"{vocab_file}: vocabulary has no {UNK_TOKEN} token")
+        # Every feature of a question starts with [CLS] and separates with [SEP].
+        missing = [token for token in (UNK_TOKEN, CLS_TOKEN, SEP_TOKEN) if token not in self.vocab]
+        if missing:
+            raise VocabError(f"{vocab_file}: vocabulary has no {' or '.join(missing)} token")
         self.inv_vocab = {index: token for token, index in self.vocab.items()}
         self.basic_tokenizer = BasicTokenizer(do_lower_case=do_lower_case)
         self.wordpiece_tokenizer = WordpieceTokenizer(vocab=self.vocab)
