@@ -14,7 +14,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from helpers.runner import EngineRunner, RunnerError, TimingSummary, parse_known_options, write_text_atomically
+from helpers.runner import EngineRunner, NoProfileError, RunnerError, TimingSummary, parse_known_options, write_text_atomically
 
 PSEUDO_VOCAB_SIZE = 30522
 PSEUDO_TYPE_VOCAB_SIZE = 2
@@ -77,10 +77,17 @@ def benchmark(
     by default every sequence is ``sequence_length`` long.
     """
     ordered = sorted(batch_sizes)
+    lengths_of = {batch_size: None if lengths is None else list(lengths(batch_size)) for batch_size in ordered}
+    # Every batch size is checked before the inputs of the largest are made (a batch no profile
+    # takes may be far too large to allocate).
+    for batch_size, batch_lengths in lengths_of.items():
+        total_tokens = None if batch_lengths is None else int(sum(batch_lengths))
+        if runner.select_profile(runner.input_shapes(batch_size, sequence_length, total_tokens)) is None:
+            raise NoProfileError(batch_size, sequence_length)
     inputs = random_inputs(runner, ordered[-1], sequence_length, seed)
     summaries = []
     for batch_size in ordered:
-        batch_lengths = None if lengths is None else list(lengths(batch_size))
+        batch_lengths = lengths_of[batch_size]
         total_tokens = None if batch_lengths is None else int(sum(batch_lengths))
         runner.activate(batch_size, sequence_length, total_tokens)
         runner.copy_inputs(inputs_for_batch(runner, inputs, batch_size, sequence_length, batch_lengths))

@@ -249,6 +249,21 @@ def test_log_lines_and_timing_cache(tmp_path, tiny_files, capfd):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bert.engine", "timing.cache"]
 
 
+def test_an_unusable_timing_cache_is_replaced_with_a_warning(tmp_path, tiny_files, capfd):
+    """TensorRT refuses such a blob; the build goes on without it and writes a fresh cache there
+    (it used to crash on None.serialize and leave no engine)."""
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"garbage, or a cache of another TensorRT version")
+    build(tmp_path, "--hf", tiny_files["hf"], "-s", 16, "-tcf", cache)
+    err = capfd.readouterr().err
+    assert f"[W] timing cache {cache} is not usable (see the error above); building without it, and a new one" in err
+    assert "Traceback" not in err and (tmp_path / "bert.engine").is_file()
+    import helpers.portable as trt
+
+    config = trt.Builder(trt.Logger(trt.Logger.ERROR)).create_builder_config()
+    assert config.create_timing_cache(cache.read_bytes()) is not None  # what is there now is a cache
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: one-line error, exit status 1, no engine file
 

@@ -96,6 +96,15 @@ def test_batch_without_profile(engine, capsys):
     assert err == f"perf.py: error: None of the dynamic shape profiles meets the requirement batch = 5 and sequence = {SEQ_LEN}.\n"
 
 
+
+def test_every_batch_is_checked_before_the_inputs_are_made(engine, capsys):
+    """Random inputs for a batch this large would take 2**40 bytes: the profile check comes first."""
+    huge = 2**32
+    status, out, err = run(["-e", str(engine), "-b", "1", "-b", str(huge), "-s", str(SEQ_LEN), "-i", "1"], capsys)
+    assert status == 1 and out == ""
+    assert err.startswith(f"perf.py: error: None of the dynamic shape profiles meets the requirement batch = {huge} ")
+
+
 @pytest.mark.parametrize("duration", ["nan", "inf", "-1", "-0.5"])
 def test_duration_must_be_finite_and_not_negative(engine, capsys, duration):
     """NaN ended timing at once, inf never: both used to be accepted."""
