@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bert_weights.errors import ConfigError, first_line
+from helpers.files import CONFIG_FILE_MAX_BYTES, read_limited
 
 
 @dataclass
@@ -46,8 +47,7 @@ DIMENSION_KEYS = ("num_attention_heads", "hidden_size", "intermediate_size", "nu
 def read_json(path: str) -> dict:
     """The JSON object stored at ``path``; ConfigError when it is missing, unreadable or not an object."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(read_limited(path, CONFIG_FILE_MAX_BYTES, "configuration file").decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"configuration file not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

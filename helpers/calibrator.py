@@ -26,6 +26,7 @@ import helpers.data_processing as dp
 import helpers.tokenization as tokenization
 from builder_utils import write_file_atomically
 from helpers.backend import backend_name, trt
+from helpers.files import CACHE_FILE_MAX_BYTES, read_limited
 from helpers.portable.calibration import (
     LEGACY_QUANTILE,
     LEGACY_REGRESSION_CUTOFF,
@@ -52,8 +53,7 @@ def read_calibration_cache_file(cache_file: str) -> bytes | None:
     if not os.path.exists(cache_file):
         return None
     try:
-        with open(cache_file, "rb") as f:
-            data = f.read()
+        data = read_limited(cache_file, CACHE_FILE_MAX_BYTES, "calibration cache")
     except OSError as err:
         raise CalibrationError(f"{cache_file}: cannot read calibration cache ({err.strerror or err})") from None
     parse_calibration_table(data, cache_file)

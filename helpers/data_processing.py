@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 import helpers.tokenization as tokenization
+from helpers.files import SQUAD_FILE_MAX_BYTES, read_limited
 
 DEFAULT_MAX_QUERY_LENGTH = 64
 DEFAULT_DOC_STRIDE = 128
@@ -62,8 +63,7 @@ def convert_doc_tokens(paragraph_text: str) -> list[str]:
 
 def _load_json(input_file: str) -> Any:
     try:
-        with open(input_file, "rb") as reader:
-            raw = reader.read()
+        raw = read_limited(input_file, SQUAD_FILE_MAX_BYTES, "SQuAD JSON file")
     except OSError as err:
         raise SquadFormatError(f"{input_file}: cannot read file ({err.strerror or err})") from err
     try:

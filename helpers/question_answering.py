@@ -7,6 +7,7 @@ one of them tokenizes, times and post-processes the same way.
 from __future__ import annotations
 
 import collections
+import io
 import re
 import sys
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from helpers.files import TEXT_FILE_MAX_BYTES, read_limited
 from helpers.runner import EngineRunner, NoProfileError, RunnerError
 
 NetworkOutput = collections.namedtuple("NetworkOutput", ["start_logits", "end_logits", "feature_index"])
@@ -69,9 +71,11 @@ class Answer:
 
 
 def read_text_file(path: str, what: str) -> str:
-    """Whole content of a UTF-8 text file, with one-line errors."""
+    """Whole content of a UTF-8 text file of at most TEXT_FILE_MAX_BYTES, with one-line errors."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        data = read_limited(path, TEXT_FILE_MAX_BYTES, f"{what} file")
+        # Universal newlines, as a text-mode read gives them.
+        return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()
     except FileNotFoundError:
         raise RunnerError(f"{what} file not found: {path}") from None
     except UnicodeDecodeError as err:

@@ -18,11 +18,11 @@ import argparse
 import ctypes
 import functools
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,10 @@ FIXED_INPUTS = ("input_ids", "segment_ids", "input_mask")
 VARSEQLEN_INPUTS = ("input_ids", "segment_ids", "cu_seqlens", "max_seqlen")
 # Serialized TensorRT plans start with one of these tags; anything else is not a TensorRT engine.
 TENSORRT_PLAN_TAGS = (b"ftrt", b"ptrt")
+# TensorRT plans state no size in a documented header: from a pipe or device (a regular file's
+# size is known) at most this much is read.  BERT-large plans are about 1.3 GiB.
+TENSORRT_PLAN_MAX_BYTES = 8 << 30
+_READ_CHUNK_BYTES = 64 << 20
 PLUGIN_LIBRARY = "nvinfer_plugin_10.dll" if sys.platform == "win32" else "libnvinfer_plugin.so"
 PLUGIN_PATH_VARIABLE = "PATH" if sys.platform == "win32" else "LD_LIBRARY_PATH"
 DOCTOR_HINT = "run `python3 -m helpers.doctor` to see what is missing"
@@ -74,9 +78,53 @@ def engine_backend(data: bytes) -> str:
     raise RunnerError("not an engine file: neither a portable engine nor a TensorRT plan (wrong file, or truncated?)")
 
 
-def read_engine_file(path: str | os.PathLike[str]) -> bytes:
+def _read_at_most(handle: Any, count: int, regular: bool) -> bytes | bytearray:
+    """Up to ``count`` more bytes (fewer at the end of the file).  A regular file is read in one
+    go (its size bounds the allocation); a pipe or device in chunks, so that memory follows what
+    actually arrives, not ``count``."""
+    if regular:
+        position = handle.tell()
+        return handle.read(max(min(count, os.fstat(handle.fileno()).st_size - position), 0))
+    data = bytearray()
+    while len(data) < count:
+        chunk = handle.read(min(count - len(data), _READ_CHUNK_BYTES))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def read_engine_file(path: str | os.PathLike[str]) -> bytes | bytearray:
+    """The bytes of an engine file, read no further than the engine extends: a portable engine
+    as far as its preamble's sizes say (plus one byte, to notice trailing data), a TensorRT plan
+    to the end of a regular file or at most TENSORRT_PLAN_MAX_BYTES from a pipe or device, and
+    anything else only as far as it takes to tell that it is not an engine."""
+    from helpers.portable.engine_file import PREAMBLE_BYTES, EngineFormatError, engine_file_size, is_portable_engine
+
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            regular = stat.S_ISREG(os.fstat(handle.fileno()).st_mode)
+            head = _read_at_most(handle, PREAMBLE_BYTES, regular)
+            if head[:4] in TENSORRT_PLAN_TAGS:
+                limit = sys.maxsize if regular else TENSORRT_PLAN_MAX_BYTES + 1
+            elif len(head) == PREAMBLE_BYTES and is_portable_engine(head):
+                try:
+                    limit = engine_file_size(head) + 1
+                except EngineFormatError as err:
+                    raise RunnerError(f"cannot load engine {path}: {err}") from None
+            else:
+                return head
+            if regular:
+                handle.seek(0)
+                return _read_at_most(handle, limit, regular)
+            data = bytearray(head)
+            data += _read_at_most(handle, limit - len(head), regular)
+            if head[:4] in TENSORRT_PLAN_TAGS and len(data) > TENSORRT_PLAN_MAX_BYTES:
+                raise RunnerError(
+                    f"engine file {path} holds more than {TENSORRT_PLAN_MAX_BYTES >> 20} MiB, the most read "
+                    "of a TensorRT plan from a pipe or device"
+                )
+            return data
     except FileNotFoundError:
         raise RunnerError(f"engine file not found: {path}") from None
     except IsADirectoryError:
