@@ -44,7 +44,7 @@ def engine_options_lines(runner: EngineRunner) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_benchmark_options(args)
-    if args.json:
+    if args.json is not None:
         check_writable_output(args.json)
     runner = EngineRunner(args.engine, device=args.device, enable_graph=args.enable_graph)
     if args.verbose:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     for summary in summaries:
         print(format_record(summary))
     print_peak_memory(runner)
-    if args.json:
+    if args.json is not None:
         write_json(args.json, runner, args.sequence_length, summaries, tool="perf.py")
     return 0
 

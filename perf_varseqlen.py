@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_benchmark_options(args)
     lengths = length_generator(args)
-    if args.json:
+    if args.json is not None:
         check_writable_output(args.json)
     runner = EngineRunner(args.engine, device=args.device, enable_graph=args.enable_graph)
     if not runner.varseqlen:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             drawn = lengths(batch_size)
             print(f"Batch Size {batch_size}: {sum(drawn)} tokens, mean sequence length {np.mean(drawn):.1f} of {args.sequence_length}")
     print_peak_memory(runner)
-    if args.json:
+    if args.json is not None:
         write_json(args.json, runner, args.sequence_length, summaries, tool="perf_varseqlen.py")
     return 0
 

@@ -175,6 +175,12 @@ def test_builder_refuses_a_directory_or_empty_output_before_reading_weights(tmp_
     assert only_entries(tmp_path) == []
 
 
+@pytest.mark.parametrize("script", ["perf.py", "perf_varseqlen.py"])
+def test_perf_refuses_an_empty_json_path_before_loading_the_engine(tmp_path, script):
+    result = run_script(script, "-e", tmp_path / "missing.engine", "--json", "")
+    assert result.returncode == 1 and result.stderr == f"{script}: error: cannot write '': the output path is empty\n"
+
+
 def test_perf_json_to_stdout_and_to_a_full_device(engine, tmp_path):
     result = run_script("perf.py", "-e", engine, "-s", SEQ_LEN, "-i", 1, "-w", 0, "--device", "cpu", "--json", "/dev/stdout")
     assert result.returncode == 0, result.stderr
