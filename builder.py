@@ -32,6 +32,8 @@ from bert_weights.names import (
     B_LOUT,
     B_MID,
     BQKV,
+    EMB_PROJ_B,
+    EMB_PROJ_W,
     EMBEDDING_NAMES,
     SQD_B,
     SQD_W,
@@ -49,6 +51,8 @@ from builder_utils import (
     create_plugin,
     load_builder_config,
     load_timing_cache,
+    model_info,
+    name_network,
     parse_builder_args,
     plugin_field,
     run_builder,
@@ -279,6 +283,18 @@ def add_embeddings(
     return layer
 
 
+def add_embedding_projection(
+    network: trt.INetworkDefinition, config: BertConfig, weights: WeightMap, x: trt.ITensor
+) -> trt.ITensor:
+    """The hidden-size input of the first layer: ``x`` itself, or, for factorized embeddings
+    (``config.embedding_size``), ``x`` through the dense projection to the hidden size."""
+    if config.embedding_size is None:
+        return x
+    projection = add_dense(network, x, config.hidden_size, weights[EMB_PROJ_W], weights[EMB_PROJ_B])
+    projection.name = "embeddings_projection"
+    return projection.get_output(0)
+
+
 def add_attention(
     prefix: str,
     network: trt.INetworkDefinition,
@@ -365,7 +381,7 @@ def add_transformer_layer(
     intermediate = add_dense(
         network, attention_ln.get_output(0), config.intermediate_size, weights[prefix + W_MID], weights[prefix + B_MID]
     )
-    gelu = add_gelu(network, intermediate.get_output(0))
+    gelu = add_gelu(network, intermediate.get_output(0), form=config.gelu)
     gelu.get_output(0).name = prefix + "gelu"
     if config.use_qat:
         set_output_range(gelu, amax(weights, prefix + "output_dense_input_amax"))
@@ -395,9 +411,11 @@ def populate_network(
     batch_sizes: Sequence[int],
     sequence_lengths: Sequence[int],
 ) -> None:
+    name_network(network, config, weights)
     inputs = add_inputs(builder, network, builder_config, config, batch_sizes, sequence_lengths)
     embeddings = add_embeddings(network, config, weights, inputs)
-    x, mask_index = embeddings.get_output(0), embeddings.get_output(1)
+    x = add_embedding_projection(network, config, weights, embeddings.get_output(0))
+    mask_index = embeddings.get_output(1)
     for layer_index in range(config.num_hidden_layers):
         layer = add_transformer_layer(layer_index, network, config, weights, x, mask_index)
         x = layer.get_output(0)
@@ -509,14 +527,19 @@ def warn_if_cache_misses_network(network: trt.INetworkDefinition, calibrator: tr
         )
 
 
-def make_calibrator(args: argparse.Namespace, cache_file: str, max_sequence_length: int, weights: WeightMap) -> trt.IInt8Calibrator:
-    """The calibrator of the command line; a vocabulary with ids past the model's word embedding
+def make_calibrator(
+    args: argparse.Namespace, cache_file: str, max_sequence_length: int, config: BertConfig, weights: WeightMap
+) -> trt.IInt8Calibrator:
+    """The calibrator of the command line, tokenizing with the model's tokenizer (-v: a vocab.txt, a
+    tokenizer.json or the checkpoint folder); a vocabulary with ids past the model's word embedding
     table is refused when a calibration will read it."""
     try:
         from helpers.calibrator import BertCalibrator
     except ImportError as exc:
         raise RuntimeError(f"INT8 calibration needs helpers/calibrator.py, which cannot be imported: {exc}") from None
-    calibrator = BertCalibrator(args.squad_json, args.vocab_file, cache_file, 1, max_sequence_length, args.calib_num)
+    calibrator = BertCalibrator(
+        args.squad_json, args.vocab_file, cache_file, 1, max_sequence_length, args.calib_num, model_info(config, weights)
+    )
     if calibrator.tokenizer is not None:
         calibrator.tokenizer.check_embedding_rows(weights[WORD_EMBEDDINGS_FIELD].shape[0], args.vocab_file)
     return calibrator
@@ -531,7 +554,7 @@ def generate_calibration_cache(
         return
     saved_fp16 = config.use_fp16
     config.use_fp16, config.is_calib_mode = False, True
-    calibrator = make_calibrator(args, cache_file, args.sequence_length[-1], weights)
+    calibrator = make_calibrator(args, cache_file, args.sequence_length[-1], config, weights)
     try:
         build_engine(logger, config, weights, [1], args.sequence_length, args.workspace_size, False, calibrator)
     finally:
@@ -611,7 +634,7 @@ def run(args: argparse.Namespace) -> None:
         # Like the original, a PyTorch checkpoint skips the FP32 calibration pre-pass.
         if kind in ("ckpt", "hf"):
             generate_calibration_cache(args, logger, config, weights, cache_file)
-        calibrator = make_calibrator(args, cache_file, args.sequence_length[-1], weights)
+        calibrator = make_calibrator(args, cache_file, args.sequence_length[-1], config, weights)
     serialized = build_engine(
         logger, config, weights, args.batch_size, args.sequence_length, args.workspace_size, args.verbose, calibrator
     )

@@ -14,11 +14,12 @@ from typing import NamedTuple, cast
 
 import numpy as np
 
-from bert_weights import BertConfig, bert_config_path, first_line, load_bert_config, load_hf_config
+from bert_weights import BertConfig, WeightMap, bert_config_path, first_line, load_bert_config, load_hf_config
 from helpers.backend import BACKENDS, BackendError, trt
 from helpers.cli import exit_on_interrupt
 from helpers.files import CACHE_FILE_MAX_BYTES, check_output_path, read_limited
 from helpers.files import write_bytes_atomically as write_file_atomically
+from helpers.model_info import ModelInfo
 
 # The portable engine's device; the builders' --device sets it.
 DEVICE_ENV = "DEMOBERT_DEVICE"
@@ -96,13 +97,17 @@ def add_plugin_to_network(
 
 
 def add_gelu(
-    network: trt.INetworkDefinition, x: trt.ITensor, force_fp32: bool = False
+    network: trt.INetworkDefinition, x: trt.ITensor, force_fp32: bool = False, form: str = "tanh"
 ) -> trt.ILayer:
-    """tanh-approximated GELU from elementwise layers: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+    """GELU of the model's form (BertConfig.gelu).
 
-    Constants have shape (1,)*rank of ``x`` so they broadcast.  ``force_fp32`` pins every layer to
+    ``tanh``: the approximation 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) from elementwise layers,
+    constants of shape (1,)*rank of ``x`` so they broadcast.  ``force_fp32`` pins every layer to
     FLOAT, which lets TensorRT fuse FC+GELU in the varseqlen builder.
+    ``erf``: the exact x·Φ(x) (HuggingFace's "gelu"), one GELU_ERF activation layer.
     """
+    if form == "erf":
+        return network.add_activation(x, trt.ActivationType.GELU_ERF)
     rank = len(x.shape)
     layers: list[trt.ILayer] = []
 
@@ -129,6 +134,17 @@ def add_gelu(
         for layer in layers:
             layer.precision = trt.float32
     return gelu
+
+
+def model_info(config: BertConfig, weights: WeightMap) -> ModelInfo:
+    """The model's family, tokenizer kind and token-type count (the rows of its token-type table)."""
+    return ModelInfo(config.model_type, config.tokenizer, int(weights["bert_embeddings_token_type_embeddings"].shape[0]))
+
+
+def name_network(network: trt.INetworkDefinition, config: BertConfig, weights: WeightMap) -> None:
+    """Record ``model_info`` in the network's name, which the engine keeps (``ICudaEngine.name``), so
+    that runners pick the pre- and post-processing."""
+    network.name = model_info(config, weights).network_name()
 
 
 def set_output_range(layer: trt.ILayer, amax: float | np.ndarray, index: int = 0) -> None:
@@ -204,8 +220,9 @@ def add_common_builder_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--hf",
-        help="HuggingFace BertForQuestionAnswering folder (config.json + model.safetensors or\n"
-        "pytorch_model.bin); also supplies the config when -c is absent (default: None)",
+        help="HuggingFace question-answering folder (config.json + model.safetensors or pytorch_model.bin)\n"
+        "of a BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA or ALBERT model; also supplies the\n"
+        "config when -c is absent (default: None)",
     )
     parser.add_argument(
         "--device",

@@ -46,7 +46,15 @@ from bert_weights.names import (
     W_MID,
     WQKV,
 )
-from builder import add_dense, add_plugin, amax, compute_capability, network_creation_flags, start_backend
+from builder import (
+    add_dense,
+    add_embedding_projection,
+    add_plugin,
+    amax,
+    compute_capability,
+    network_creation_flags,
+    start_backend,
+)
 from builder import LOADERS as FIXED_LENGTH_LOADERS
 from builder_utils import (
     add_common_builder_options,
@@ -54,6 +62,7 @@ from builder_utils import (
     check_output_paths,
     load_builder_config,
     load_timing_cache,
+    name_network,
     parse_builder_args,
     plugin_field,
     run_builder,
@@ -381,7 +390,8 @@ class VarSeqLenNetwork:
             network, attention_ln.get_output(0), config.intermediate_size, weights[prefix + W_MID], weights[prefix + B_MID]
         )
         intermediate.name = prefix + "intermediate_dense"
-        gelu = add_gelu(network, intermediate.get_output(0), force_fp32=True)
+        # The FP32-pinned tanh chain is what TensorRT fuses with the dense layer; GELU_ERF is one layer.
+        gelu = add_gelu(network, intermediate.get_output(0), force_fp32=config.gelu == "tanh", form=config.gelu)
         gelu.get_output(0).name = prefix + "gelu"
         if config.use_int8 and config.use_qat:
             set_output_range(gelu, self.amax(prefix + "output_dense_input_amax"))
@@ -417,10 +427,11 @@ class VarSeqLenNetwork:
     def populate(
         self, builder: trt.Builder, builder_config: trt.IBuilderConfig, batch_sizes: Sequence[int], max_sequence_length: int
     ) -> None:
+        name_network(self.network, self.config, self.weights)
         inputs = self.add_inputs(builder, builder_config, batch_sizes, max_sequence_length)
         cu_seqlens, max_seqlen = inputs[2], inputs[3]
         embeddings = self.add_embeddings(inputs)
-        x = embeddings.get_output(0)
+        x = add_embedding_projection(self.network, self.config, self.weights, embeddings.get_output(0))
         mask_idx: trt.ITensor | None = None
         residual: trt.ITensor | None = None
         if self.interleaved:

@@ -43,7 +43,9 @@ def add_question_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-qf", "--question-file", default="", help="File whose whole text is the question")
     parser.add_argument("-sq", "--squad-json", default="", help="SQuAD json file to answer in full")
     parser.add_argument("-o", "--output-prediction-file", default="./predictions.json", help="Where -sq writes its predictions")
-    parser.add_argument("-v", "--vocab-file", help="Vocabulary file (vocab.txt) of the model")
+    parser.add_argument(
+        "-v", "--vocab-file", help="The model's vocab.txt, its tokenizer.json, or the checkpoint folder holding them"
+    )
     parser.add_argument("-s", "--sequence-length", default=128, type=int, help="Maximum sequence length (default: 128)")
     parser.add_argument("--max-query-length", default=64, type=int, help="Questions are truncated to this many tokens")
     parser.add_argument("--max-answer-length", default=30, type=int, help="Longest answer, in tokens")
@@ -100,7 +102,7 @@ def check_engine_and_vocabulary(args: argparse.Namespace) -> None:
     if not args.engine:
         raise RunnerError("no engine given; pass one with -e/--engine")
     if not args.vocab_file:
-        raise RunnerError("no vocabulary given; pass the model's vocab.txt with -v/--vocab-file")
+        raise RunnerError("no vocabulary given; pass the model's vocab.txt, tokenizer.json or folder with -v/--vocab-file")
 
 
 def check_option_sizes(args: argparse.Namespace) -> None:

@@ -20,6 +20,7 @@ SCRIPT_DIR = os.path.dirname(os.path.abspath(__file__))
 # infer_c is built into build/ next to this script.
 sys.path.insert(0, os.path.join(SCRIPT_DIR, "build"))
 
+from helpers.model_info import ModelInfo  # noqa: E402
 from helpers.question_answering import QuestionAnswerer, squad_predictions  # noqa: E402
 from helpers.runner import (  # noqa: E402
     EngineRunner,
@@ -63,6 +64,9 @@ class InferCRunner:
     varseqlen = False
     # A TensorRT plan's weights cannot be inspected.
     word_embedding_rows = None
+    # infer_c does not hand back the engine's name, where the builders record the model: a TensorRT
+    # plan run through it is read as BERT with a WordPiece vocabulary.
+    model = ModelInfo()
 
     def __init__(self, engine_path: str, sequence_length: int, enable_graph: bool):
         try:

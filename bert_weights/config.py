@@ -35,25 +35,38 @@ class BertConfig:
     use_fp8: bool = False
     # The HuggingFace model_type the weights came from (Google/NVIDIA checkpoints are "bert").
     model_type: str = "bert"
+    # The GELU the feed-forward layers compute: "tanh" (the approximation Google's BERT was trained
+    # with, HF's "gelu_new") or "erf" (the exact form, HF's "gelu").
+    gelu: str = "tanh"
+    # Width of the embedding tables when it differs from hidden_size (ALBERT, ELECTRA-small): a
+    # dense projection then maps the normalized embeddings to hidden_size.
+    embedding_size: int | None = None
+    # The kind of tokenizer the model reads text with: "wordpiece", "bpe" (byte-level) or "unigram".
+    tokenizer: str = "wordpiece"
 
     @property
     def head_size(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def embedding_width(self) -> int:
+        return self.hidden_size if self.embedding_size is None else self.embedding_size
+
 
 DIMENSION_KEYS = ("num_attention_heads", "hidden_size", "intermediate_size", "num_hidden_layers")
 
 
-def read_json(path: str) -> dict:
-    """The JSON object stored at ``path``; ConfigError when it is missing, unreadable or not an object."""
+def read_json(path: str, limit: int = CONFIG_FILE_MAX_BYTES, what: str = "configuration file") -> dict:
+    """The JSON object stored at ``path`` (at most ``limit`` bytes); ConfigError when it is missing,
+    unreadable or not an object."""
     try:
-        data = json.loads(read_limited(path, CONFIG_FILE_MAX_BYTES, "configuration file").decode("utf-8"))
+        data = json.loads(read_limited(path, limit, what).decode("utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"configuration file not found: {path}") from None
+        raise ConfigError(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read configuration file {path}: {first_line(exc)}") from None
+        raise ConfigError(f"cannot read {what} {path}: {first_line(exc)}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"configuration file {path} does not hold a JSON object")
+        raise ConfigError(f"{what} {path} does not hold a JSON object")
     return data
 
 
@@ -85,6 +98,10 @@ def load_bert_config(path: str, **options: bool | str | None) -> BertConfig:
 
 
 def default_calibration_cache_name(config: BertConfig, sequence_lengths: Sequence[int]) -> str:
-    """The PTQ calibration cache name (docs/SPEC.md "INT8"); its H field is the head size, as in the original."""
+    """The PTQ calibration cache name (docs/SPEC.md "INT8"); its H field is the head size, as in the original.
+
+    Other families than BERT name themselves first (``RobertaSquadL...``, ``XlmRobertaSquadL...``), so
+    that models of the same sizes do not share a cache."""
     seqs = "-".join(str(s) for s in sequence_lengths)
-    return f"BertSquadL{config.num_hidden_layers}H{config.head_size}A{config.num_attention_heads}S{seqs}CalibCache"
+    family = "".join(part.capitalize() for part in config.model_type.split("-"))
+    return f"{family}SquadL{config.num_hidden_layers}H{config.head_size}A{config.num_attention_heads}S{seqs}CalibCache"

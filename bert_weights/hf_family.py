@@ -2,13 +2,16 @@
 
 Each ``*ForQuestionAnswering`` family the engine builds is one ``HFFamily``: ``dimensions`` reads
 the BertConfig fields from the folder's config.json, ``entries`` translates the folder's state
-dict (as numpy arrays) into the demo's names.  Families add no math of their own here: where a
-family computes something the BERT network does not, its loader refuses the config.
+dict (as numpy arrays) into the demo's names and layouts.  What a family computes differently is
+stated in its config fields (``gelu``, ``embedding_size``) or expressed by a layout (RoBERTa's
+shifted position table, DistilBERT's single zero token-type row, ALBERT's shared layer repeated);
+a family whose math the network cannot express is refused with a one-line ConfigError.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from bert_weights.config import BertConfig
+from bert_weights.config import BertConfig, positive_int
 from bert_weights.errors import ConfigError, WeightLoadError, first_line
 from bert_weights.pytorch import state_dict_arrays
 from bert_weights.weight_map import Entry
@@ -24,9 +27,8 @@ from bert_weights.weight_map import Entry
 SAFETENSORS_FILE = "model.safetensors"
 PYTORCH_FILE = "pytorch_model.bin"
 QA_HEAD = "qa_outputs.weight"
-# HF activations whose engine equivalent is the builders' tanh GELU ("gelu" is the erf form,
-# which the tanh form approximates to ~1e-3; Google's BERT checkpoints were trained with tanh).
-HF_GELU_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh")
+# HF activation names → the GELU form the network computes (BertConfig.gelu).
+HF_GELU_FORMS = {"gelu": "erf", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 
 @dataclass(frozen=True)
@@ -35,25 +37,36 @@ class HFFamily:
 
     architecture: str
     """The QA class whose folders this family reads, for messages (e.g. BertForQuestionAnswering)."""
+    tokenizer: str
+    """The tokenizer kind its checkpoints ship (wordpiece, bpe, unigram), when the folder does not say."""
     dimensions: Callable[[dict, str], dict]
     """BertConfig fields (dimensions and model facts) from config.json's data and path."""
     entries: Callable[[dict[str, np.ndarray], dict, str], list[Entry]]
     """(source, demo name, array) entries from the state dict's arrays, config.json's data and the path."""
 
 
-def check_activation(data: dict, path: str, key: str = "hidden_act") -> None:
+def gelu_form(data: dict, path: str, key: str = "hidden_act") -> str:
+    """BertConfig.gelu of config.json's activation; ConfigError for one the engine does not compute."""
     activation = data.get(key, "gelu")
-    if activation not in HF_GELU_ACTIVATIONS:
+    if activation not in HF_GELU_FORMS:
         raise ConfigError(
             f"{path}: {key} {activation!r} is not supported (the engine computes GELU; "
-            f"supported: {', '.join(HF_GELU_ACTIVATIONS)})"
+            f"supported: {', '.join(HF_GELU_FORMS)})"
         )
+    return HF_GELU_FORMS[activation]
 
 
 def check_absolute_positions(data: dict, path: str) -> None:
     position_type = data.get("position_embedding_type", "absolute")
     if position_type != "absolute":
         raise ConfigError(f"{path}: position_embedding_type {position_type!r} is not supported (only 'absolute')")
+
+
+def embedding_size(data: dict, path: str) -> int | None:
+    """config.json's embedding_size where it differs from hidden_size (a projection follows), else None."""
+    if data.get("embedding_size") in (None, data.get("hidden_size")):
+        return None
+    return positive_int(data, "embedding_size", path)
 
 
 def read_folder_arrays(folder: str) -> tuple[str, dict[str, np.ndarray]]:
@@ -90,6 +103,34 @@ def with_prefix(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndar
     return {
         name if name.startswith((prefix, "qa_outputs.")) else prefix + name: value for name, value in arrays.items()
     }
+
+
+def embedding_and_head_renames(prefix: str) -> list[tuple[str, str]]:
+    """``renamed_entries`` pairs of the embedding tables and their LayerNorm under ``prefix``
+    (e.g. ``albert.embeddings.``) and of the QA head."""
+    renames = [
+        (re.escape(f"{prefix}{table}.weight"), f"bert_embeddings_{table}")
+        for table in ("word_embeddings", "position_embeddings", "token_type_embeddings")
+    ]
+    return renames + [
+        (re.escape(f"{prefix}LayerNorm.weight"), "bert_embeddings_layernorm_gamma"),
+        (re.escape(f"{prefix}LayerNorm.bias"), "bert_embeddings_layernorm_beta"),
+        (r"qa_outputs\.weight", "cls_squad_output_weights"),
+        (r"qa_outputs\.bias", "cls_squad_output_bias"),
+    ]
+
+
+def renamed_entries(arrays: dict[str, np.ndarray], renames: list[tuple[str, str]]) -> list[Entry]:
+    """Entries named by the first ``(pattern, replacement)`` whose regex matches the whole source name;
+    a name no pattern matches keeps its own name (and ``collect`` refuses it as unknown)."""
+    entries = []
+    for source, value in arrays.items():
+        for pattern, replacement in renames:
+            name, count = re.subn(rf"^{pattern}$", replacement, source)
+            if count:
+                break
+        entries.append((source, name, value))
+    return entries
 
 
 def config_for(family: HFFamily, data: dict, path: str, **options: bool | str | None) -> BertConfig:

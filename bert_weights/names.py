@@ -21,6 +21,9 @@ W_LOUT = "output_dense_kernel"
 B_LOUT = "output_dense_bias"
 SQD_W = "squad_output_weights"
 SQD_B = "squad_output_bias"
+# Factorized embeddings (ALBERT, ELECTRA-small): the dense layer from the embedding width to the hidden size.
+EMB_PROJ_W = "bert_embeddings_projection_kernel"
+EMB_PROJ_B = "bert_embeddings_projection_bias"
 
 EMBEDDING_NAMES = (
     "bert_embeddings_layernorm_beta",
@@ -36,7 +39,7 @@ LAYER_WEIGHT_PATTERN = (
     r"|(?:attention_output|output)_layernorm_(?:beta|gamma)"
 )
 WEIGHT_NAME = re.compile(
-    rf"(?:{'|'.join(EMBEDDING_NAMES)}|l\d+_(?:{LAYER_WEIGHT_PATTERN})|cls_{SQD_W}|cls_{SQD_B})"
+    rf"(?:{'|'.join(EMBEDDING_NAMES)}|{EMB_PROJ_W}|{EMB_PROJ_B}|l\d+_(?:{LAYER_WEIGHT_PATTERN})|cls_{SQD_W}|cls_{SQD_B})"
 )
 
 

@@ -21,6 +21,8 @@ from bert_weights.names import (
     B_LOUT,
     B_MID,
     BQKV,
+    EMB_PROJ_B,
+    EMB_PROJ_W,
     SQD_B,
     SQD_W,
     W_AOUT,
@@ -138,16 +140,18 @@ def weight_map(entries: Iterable[Entry], config: BertConfig, path: str) -> Weigh
 
 def expected_weight_shapes(config: BertConfig) -> dict[str, tuple[int | None, ...]]:
     """Logical shape of every weight the fixed/varseqlen builders read (None: any size)."""
-    e, i = config.hidden_size, config.intermediate_size
+    e, i, w = config.hidden_size, config.intermediate_size, config.embedding_width
     shapes: dict[str, tuple[int | None, ...]] = {
-        "bert_embeddings_layernorm_beta": (e,),
-        "bert_embeddings_layernorm_gamma": (e,),
-        "bert_embeddings_word_embeddings": (None, e),
-        "bert_embeddings_token_type_embeddings": (None, e),
-        "bert_embeddings_position_embeddings": (None, e),
+        "bert_embeddings_layernorm_beta": (w,),
+        "bert_embeddings_layernorm_gamma": (w,),
+        "bert_embeddings_word_embeddings": (None, w),
+        "bert_embeddings_token_type_embeddings": (None, w),
+        "bert_embeddings_position_embeddings": (None, w),
         f"cls_{SQD_W}": (2, e),
         f"cls_{SQD_B}": (2,),
     }
+    if config.embedding_size is not None:
+        shapes.update({EMB_PROJ_W: (e, w), EMB_PROJ_B: (e,)})
     for layer in range(config.num_hidden_layers):
         p = f"l{layer}_"
         shapes.update(

@@ -25,8 +25,10 @@ import torch
 import helpers.data_processing as dp
 import helpers.tokenization as tokenization
 from builder_utils import write_file_atomically
+from helpers import hf_tokenization
 from helpers.backend import backend_name, trt
 from helpers.files import CACHE_FILE_MAX_BYTES, read_limited
+from helpers.model_info import ModelInfo
 from helpers.portable.calibration import (
     LEGACY_QUANTILE,
     LEGACY_REGRESSION_CUTOFF,
@@ -71,6 +73,7 @@ class _SquadBatches:
         batch_size: int,
         max_seq_length: int,
         num_inputs: int,
+        model: ModelInfo | None = None,
     ) -> None:
         # TensorRT's calibrator base, next in the subclass's MRO, is initialized first.
         super().__init__()
@@ -86,7 +89,8 @@ class _SquadBatches:
         self.current_index = 0
         self.cache = read_calibration_cache_file(cache_file)
         self.data: list[dp.Example] = []
-        self.tokenizer: tokenization.BertTokenizer | None = None
+        self.model = model or ModelInfo()
+        self.tokenizer: tokenization.BertTokenizer | hf_tokenization.OffsetTokenizer | None = None
         if self.cache is None:
             # Only a calibration that will really run needs the SQuAD file and the vocabulary.
             self.data = dp.read_squad_json(squad_json)
@@ -95,7 +99,7 @@ class _SquadBatches:
                     f"{squad_json}: has {len(self.data)} questions, fewer than the {num_inputs} "
                     f"calibration sentences asked for (-n/--calib-num)"
                 )
-            self.tokenizer = tokenization.BertTokenizer(vocab_file=vocab_file, do_lower_case=True)
+            self.tokenizer = hf_tokenization.load_tokenizer(vocab_file, self.model, tokenization.BertTokenizer)
         device = calibration_device()
         self.device_inputs = {
             name: torch.zeros(batch_size * max_seq_length, dtype=torch.int32, device=device) for name in INPUT_NAMES
@@ -121,13 +125,14 @@ class _SquadBatches:
         features = []
         for example in self.data[self.current_index : self.current_index + self.batch_size]:
             features.append(
-                dp.convert_example_to_features(
+                hf_tokenization.question_features(
+                    self.tokenizer,
                     example.doc_tokens,
                     example.question_text,
-                    self.tokenizer,
                     self.max_seq_length,
                     DOC_STRIDE,
                     MAX_QUERY_LENGTH,
+                    self.model.token_types,
                 )[0]
             )
         for name in INPUT_NAMES:

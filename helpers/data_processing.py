@@ -17,7 +17,7 @@ import collections
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -125,7 +125,8 @@ def read_squad_json(input_file: str) -> list[Example]:
     return examples
 
 
-def _doc_spans(num_tokens: int, max_tokens_for_doc: int, doc_stride: int) -> list[DocSpan]:
+def doc_windows(num_tokens: int, max_tokens_for_doc: int, doc_stride: int) -> list[DocSpan]:
+    """The passage windows: at most ``max_tokens_for_doc`` pieces each, starting ``doc_stride`` apart."""
     spans = []
     start = 0
     while True:
@@ -136,7 +137,7 @@ def _doc_spans(num_tokens: int, max_tokens_for_doc: int, doc_stride: int) -> lis
         start += min(length, doc_stride)
 
 
-def _max_context_span(doc_spans: Sequence[DocSpan], num_tokens: int) -> list[int]:
+def max_context_windows(doc_spans: Sequence[DocSpan], num_tokens: int) -> list[int]:
     """For every word piece, the span where min(left, right context) + 0.01*length is largest.
 
     The first span wins a tie.  Computed once per piece instead of once per (span, piece).
@@ -154,7 +155,7 @@ def _max_context_span(doc_spans: Sequence[DocSpan], num_tokens: int) -> list[int
     return best_span
 
 
-def _check_positive(**sizes: int) -> None:
+def check_positive(**sizes: int) -> None:
     for name, value in sizes.items():
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise FeatureError(f"{name} must be a positive integer, got {value!r}")
@@ -176,7 +177,7 @@ def convert_example_to_features(
     arrays zero-padded to ``max_seq_length``; ``token_to_orig_map`` and ``token_is_max_context``
     are keyed by position in the feature and cover the passage pieces only.
     """
-    _check_positive(max_seq_length=max_seq_length, doc_stride=doc_stride, max_query_length=max_query_length)
+    check_positive(max_seq_length=max_seq_length, doc_stride=doc_stride, max_query_length=max_query_length)
     query_tokens = tokenizer.tokenize(question_text)[:max_query_length]
     if not query_tokens:
         raise FeatureError(f"question has no tokens: {question_text!r}")
@@ -196,8 +197,8 @@ def convert_example_to_features(
     if not all_doc_tokens:
         raise FeatureError("passage has no tokens")
 
-    doc_spans = _doc_spans(len(all_doc_tokens), max_tokens_for_doc, doc_stride)
-    max_context_span = _max_context_span(doc_spans, len(all_doc_tokens))
+    doc_spans = doc_windows(len(all_doc_tokens), max_tokens_for_doc, doc_stride)
+    max_context_span = max_context_windows(doc_spans, len(all_doc_tokens))
 
     head = ["[CLS]", *query_tokens, "[SEP]"]
     head_ids = tokenizer.convert_tokens_to_ids(head)
@@ -287,6 +288,7 @@ def get_predictions(
     max_answer_length: int = DEFAULT_MAX_ANSWER_LENGTH,
     version_2_with_negative: bool = False,
     null_score_diff_threshold: float = 0.0,
+    span_text: Callable[[Any, int, int], str] | None = None,
 ) -> tuple[str, list[collections.OrderedDict], float]:
     """Best answer, n-best list and null-score difference for one question.
 
@@ -299,8 +301,11 @@ def get_predictions(
     competes as the empty answer: the prediction is ``""`` when that score exceeds the best
     non-empty answer's by more than ``null_score_diff_threshold``, and the third value is that
     difference.
+
+    ``span_text(feature, start, end)``, when given, cuts an answer's text out of the passage itself
+    (features with character offsets) instead of mapping word pieces back onto ``doc_tokens``.
     """
-    _check_positive(n_best_size=n_best_size, max_answer_length=max_answer_length)
+    check_positive(n_best_size=n_best_size, max_answer_length=max_answer_length)
     prelim = []
     score_null = math.inf
     null_prediction = None
@@ -347,12 +352,15 @@ def get_predictions(
             text = ""
         else:
             feature = features[pred.feature_index]
-            orig_start = feature.token_to_orig_map[pred.start_index]
-            orig_end = feature.token_to_orig_map[pred.end_index]
-            text = get_final_text(
-                _piece_text(feature.tokens[pred.start_index : pred.end_index + 1]),
-                " ".join(doc_tokens[orig_start : orig_end + 1]),
-            )
+            if span_text is not None:
+                text = span_text(feature, pred.start_index, pred.end_index)
+            else:
+                orig_start = feature.token_to_orig_map[pred.start_index]
+                orig_end = feature.token_to_orig_map[pred.end_index]
+                text = get_final_text(
+                    _piece_text(feature.tokens[pred.start_index : pred.end_index + 1]),
+                    " ".join(doc_tokens[orig_start : orig_end + 1]),
+                )
             if not text:
                 continue
         if text in seen_texts:

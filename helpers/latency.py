@@ -17,24 +17,25 @@ import torch
 from helpers.runner import EngineRunner, NoProfileError, RunnerError, TimingSummary, parse_known_options, write_text_atomically
 
 PSEUDO_VOCAB_SIZE = 30522
-PSEUDO_TYPE_VOCAB_SIZE = 2
 JSON_FORMAT_VERSION = 1
 
 
 def random_inputs(runner: EngineRunner, max_batch: int, sequence_length: int, seed: int) -> dict[str, np.ndarray]:
-    """The demo's random benchmark inputs for the largest batch (numpy's legacy seeded generator)."""
+    """The demo's random benchmark inputs for the largest batch (numpy's legacy seeded generator);
+    segment ids span the model's token types (two for BERT, as in the demo; one for RoBERTa)."""
     np.random.seed(seed)
+    token_types = runner.model.token_types
     if runner.varseqlen:
         tokens = max_batch * sequence_length
         return {
             "input_ids": np.random.randint(0, PSEUDO_VOCAB_SIZE, (tokens,), dtype=np.int32),
-            "segment_ids": np.random.randint(0, PSEUDO_TYPE_VOCAB_SIZE, (tokens,), dtype=np.int32),
+            "segment_ids": np.random.randint(0, token_types, (tokens,), dtype=np.int32),
             "cu_seqlens": np.arange(0, tokens + 1, sequence_length, dtype=np.int32),
         }
     shape = (max_batch, sequence_length)
     return {
         "input_ids": np.random.randint(0, PSEUDO_VOCAB_SIZE, shape, dtype=np.int32),
-        "segment_ids": np.random.randint(0, PSEUDO_TYPE_VOCAB_SIZE, shape, dtype=np.int32),
+        "segment_ids": np.random.randint(0, token_types, shape, dtype=np.int32),
         "input_mask": np.ones(shape, dtype=np.int32),
     }
 

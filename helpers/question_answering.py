@@ -13,12 +13,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from helpers import hf_tokenization
 from helpers.files import TEXT_FILE_MAX_BYTES, read_limited
+from helpers.model_info import ModelInfo
 from helpers.runner import EngineRunner, NoProfileError, RunnerError
 
 NetworkOutput = collections.namedtuple("NetworkOutput", ["start_logits", "end_logits", "feature_index"])
@@ -86,7 +87,12 @@ def read_text_file(path: str, what: str) -> str:
 
 class AnswerExtractor:
     """The text side of question answering: features of a question and passage, and the best
-    span from per-feature logits.  Engines are run by :class:`QuestionAnswerer` or a server."""
+    span from per-feature logits.  Engines are run by :class:`QuestionAnswerer` or a server.
+
+    ``vocab_file`` is a vocab.txt (the demo's WordPiece path), a tokenizer.json or a checkpoint
+    folder (``hf_tokenization.vocabulary_source``); ``model`` is what the engine file says about
+    its model (``EngineRunner.model``), which decides between them and the segment ids.
+    """
 
     def __init__(
         self,
@@ -96,6 +102,7 @@ class AnswerExtractor:
         max_query_length: int = 64,
         n_best_size: int = 20,
         max_answer_length: int = 30,
+        model: ModelInfo | None = None,
     ):
         import helpers.tokenization as tokenization
 
@@ -106,12 +113,9 @@ class AnswerExtractor:
             n_best_size=n_best_size,
             max_answer_length=max_answer_length,
         )
-        if not Path(vocab_file).exists():
-            raise RunnerError(f"vocabulary file not found: {vocab_file}")
-        if Path(vocab_file).is_dir():
-            raise RunnerError(f"vocabulary path is a directory, not a file: {vocab_file} (pass the vocab.txt inside it)")
+        self.model = model or ModelInfo()
         try:
-            self.tokenizer = tokenization.FullTokenizer(vocab_file=vocab_file, do_lower_case=True)
+            self.tokenizer = hf_tokenization.load_tokenizer(vocab_file, self.model, tokenization.FullTokenizer)
         except tokenization.VocabError as err:
             raise RunnerError(str(err)) from None
         self.max_seq_length = max_seq_length
@@ -124,8 +128,9 @@ class AnswerExtractor:
         import helpers.data_processing as dp
 
         try:
-            return dp.convert_example_to_features(
-                doc_tokens, question, self.tokenizer, self.max_seq_length, self.doc_stride, self.max_query_length
+            return hf_tokenization.question_features(
+                self.tokenizer, doc_tokens, question, self.max_seq_length, self.doc_stride, self.max_query_length,
+                self.model.token_types,
             )
         except dp.FeatureError as err:
             raise QuestionError(str(err)) from None
@@ -134,7 +139,10 @@ class AnswerExtractor:
         """(answer text, its probability, n-best list) from the logits of ``features``."""
         import helpers.data_processing as dp
 
-        prediction, nbest, _ = dp.get_predictions(doc_tokens, features, outputs, self.n_best_size, self.max_answer_length)
+        span_text = hf_tokenization.answer_text if isinstance(self.tokenizer, hf_tokenization.OffsetTokenizer) else None
+        prediction, nbest, _ = dp.get_predictions(
+            doc_tokens, features, outputs, self.n_best_size, self.max_answer_length, span_text=span_text
+        )
         return prediction, nbest[0]["probability"], nbest
 
 
@@ -154,7 +162,9 @@ class QuestionAnswerer(AnswerExtractor):
     ):
         import helpers.tokenization as tokenization
 
-        super().__init__(vocab_file, max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length)
+        super().__init__(
+            vocab_file, max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length, runner.model
+        )
         if runner.word_embedding_rows is not None:
             try:
                 self.tokenizer.check_embedding_rows(runner.word_embedding_rows, vocab_file)

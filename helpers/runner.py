@@ -30,6 +30,7 @@ import torch
 
 from helpers import backend, files
 from helpers.cli import exit_on_interrupt, script_name
+from helpers.model_info import ModelInfo
 
 OUTPUT_NAME = "logits_out"
 FIXED_INPUTS = ("input_ids", "segment_ids", "input_mask")
@@ -324,6 +325,8 @@ class EngineRunner:
         else:
             raise RunnerError(f"engine inputs {self.input_names} are not those of a BERT QA engine")
         self.dtypes = {n: _torch_dtype(self.engine.get_tensor_dtype(n)) for n in self.io_names}
+        # Family, tokenizer kind and token types, as the builder recorded them in the network's name.
+        self.model = ModelInfo.from_network_name(self.engine.name)
 
         self.enable_graph = enable_graph and self.device.type == "cuda"
         self.stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None

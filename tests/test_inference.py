@@ -369,9 +369,17 @@ def test_shape_outside_every_profile_names_the_dimension(engine, vocab, capsys):
     assert_one_line_error(status, err, "Batch size 3 is outside every profile")
 
 
-def test_vocabulary_directory_is_not_reported_missing(engine, vocab, capsys):
-    status, _, err = run(["-e", str(engine), "-v", str(vocab.parent), "-p", "x", "-q", "y"], capsys)
-    assert_one_line_error(status, err, f"vocabulary path is a directory, not a file: {vocab.parent}")
+def test_checkpoint_folder_as_vocabulary(engine, vocab, capsys, tmp_path):
+    """-v FOLDER reads a WordPiece model's vocab.txt inside it; a folder without one is named as such."""
+    argv = ["-e", str(engine), "-s", str(SEQ_LEN), "-p", *PASSAGE.split(" "), "-q", *QUESTION.split(" ")]
+    status, from_file, _ = run([*argv, "-v", str(vocab)], capsys)
+    assert status == 0
+    status, from_folder, _ = run([*argv, "-v", str(vocab.parent)], capsys)
+    assert status == 0
+    answer = re.compile(r"Answer: .*\nWith probability: .*\n")
+    assert answer.findall(from_folder) == answer.findall(from_file) != []
+    status, _, err = run(["-e", str(engine), "-v", str(tmp_path), "-p", "x", "-q", "y"], capsys)
+    assert_one_line_error(status, err, f"{tmp_path} holds no vocab.txt or tokenizer.json")
     assert "not found" not in err
 
 

@@ -297,7 +297,7 @@ def test_config_that_disagrees_with_the_weights(tiny_model, tiny_files):
         ({"num_hidden_layers": "2"}, "'num_hidden_layers' must be a positive integer"),
         ({"hidden_act": "relu"}, "hidden_act 'relu' is not supported"),
         ({"position_embedding_type": "relative_key"}, "position_embedding_type 'relative_key'"),
-        ({"model_type": "roberta"}, "model_type 'roberta' is not supported"),
+        ({"model_type": "deberta-v2"}, "model_type 'deberta-v2' is not supported"),
     ],
 )
 def test_unsupported_hf_configs_are_refused(tiny_files, tmp_path, change, fragment):

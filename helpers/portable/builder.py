@@ -417,7 +417,8 @@ def compile_network(network: INetworkDefinition, config: IBuilderConfig, logger:
         layers.append(
             {
                 "kind": layer._kind,
-                "type": int(layer.type),
+                # The LayerType: an activation layer's ``type`` attribute is its ActivationType, as in TensorRT.
+                "type": int(layer._layer_type),
                 "name": layer.name,
                 "inputs": [slots[id(t)] for t in layer._inputs],
                 "outputs": [add_tensor(t, rt) for t, rt in zip(layer._outputs, out_types)],
@@ -431,6 +432,7 @@ def compile_network(network: INetworkDefinition, config: IBuilderConfig, logger:
     header = {
         "producer": PRODUCER,
         "api_version": API_VERSION,
+        "name": network.name,
         "build": {
             "flags": sorted(f.name for f in BuilderFlag if config.get_flag(f)),
             "quantization_flags": sorted(f.name for f in QuantizationFlag if config.get_quantization_flag(f)),

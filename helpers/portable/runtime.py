@@ -178,7 +178,8 @@ class ICudaEngine:
 
     @property
     def name(self) -> str:
-        return "portable engine"
+        """The network's name, kept as TensorRT engines keep it ("portable engine" in files that predate it)."""
+        return self._description.get("name", "portable engine")
 
     @property
     def device_memory_size(self) -> int:
