@@ -21,8 +21,6 @@ from helpers.runner import OUTPUT_NAME, EngineRunner, RunnerError
 
 TOKEN_INPUTS = ("input_ids", "segment_ids")
 FIXED_INPUTS = ("input_ids", "segment_ids", "input_mask")
-# BERT's token-type table has two rows (question, passage).
-SEGMENT_VALUES = 2
 
 
 class BadRequest(ValueError):
@@ -71,7 +69,7 @@ class EngineModel:
         device = instance_device(args, parameters.get("device", "cpu"))
         self.varseqlen = parameters["varseqlen"] == "true"
         self.sequence_length = int(parameters["sequence_length"])
-        self.vocab_size = int(parameters["vocab_size"])
+        self.token_types = int(parameters["token_types"])
         graphs = parameters.get("cuda_graphs") == "true" and not self.varseqlen
         try:
             self.runner = EngineRunner(engine_path, device=device, enable_graph=graphs)
@@ -79,6 +77,10 @@ class EngineModel:
             raise pb_utils.TritonModelException(f"cannot load {engine_path}: {err}") from None
         if self.runner.varseqlen != self.varseqlen:
             raise pb_utils.TritonModelException(f"{engine_path}: the engine's layout does not match config.pbtxt")
+        # Ids past the embedding table would fault on the GPU and ruin the instance's CUDA context.
+        if self.runner.word_embedding_rows is None:
+            raise pb_utils.TritonModelException(f"{engine_path}: no word embedding table found in the engine")
+        self.vocab_size = self.runner.word_embedding_rows
 
     def execute(self, requests: list) -> list:
         rows: list[Rows | None] = []
@@ -117,7 +119,7 @@ class EngineModel:
         if not 1 <= shape[1] <= self.sequence_length:
             raise BadRequest(f"a sequence of {shape[1]} tokens; this engine takes 1 to {self.sequence_length}")
         check_range("input_ids", tensors["input_ids"], self.vocab_size)
-        check_range("segment_ids", tensors["segment_ids"], SEGMENT_VALUES)
+        check_range("segment_ids", tensors["segment_ids"], self.token_types)
         if "input_mask" in tensors:
             check_range("input_mask", tensors["input_mask"], 2)
         return Rows(tensors, int(shape[0]), int(shape[1]))

@@ -53,7 +53,7 @@ class Workload:
     pairs: tuple[tuple[str, str], ...] = ()
     sequence_length: int = 0
     ragged: bool = False
-    vocab_size: int = 30522
+    token_types: int = 2
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,13 @@ def check_loopback(url: str) -> None:
 
 
 def engine_inputs(workload: Workload, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """One feature-like row: random word pieces, question then passage segment, no padding."""
+    """One feature-like row: random ids (below 100, which every vocabulary has), question then
+    passage segment where the model has two token types, no padding."""
     length = int(squad_like_lengths(1, workload.sequence_length, rng)[0]) if workload.ragged else workload.sequence_length
-    ids = rng.integers(1000, min(workload.vocab_size, 30000), size=(1, length), dtype=np.int32)
+    ids = rng.integers(5, 100, size=(1, length), dtype=np.int32)
     segments = np.zeros((1, length), dtype=np.int32)
-    segments[0, min(length - 1, 1 + length // 8) :] = 1
+    if workload.token_types > 1:
+        segments[0, min(length - 1, 1 + length // 8) :] = 1
     inputs = {"input_ids": ids, "segment_ids": segments}
     if not workload.ragged:
         inputs["input_mask"] = np.ones((1, length), dtype=np.int32)
@@ -217,7 +219,7 @@ def make_workload(args: argparse.Namespace) -> Workload:
         if length < 1:
             raise RunnerError(f"cannot tell the sequence length of {args.model} from its configuration")
         return Workload(args.url, args.protocol, ENGINE_MODEL if args.model == ENGINE_MODEL else args.model, outputs,
-                        sequence_length=length, ragged=ragged, vocab_size=int(parameters.get("vocab_size", 30522)))
+                        sequence_length=length, ragged=ragged, token_types=int(parameters.get("token_types", 2)))
     if args.squad_json:
         pairs = tuple((e.question_text, " ".join(e.doc_tokens)) for e in squad_examples(args.squad_json))
         if not pairs:

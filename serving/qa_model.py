@@ -16,6 +16,7 @@ import triton_python_backend_utils as pb_utils
 from torch.utils import dlpack
 
 import helpers.data_processing as dp
+from helpers.model_info import ModelInfo
 from helpers.question_answering import AnswerExtractor, NetworkOutput
 from helpers.runner import OUTPUT_NAME, RunnerError
 from serving.engine_model import BadRequest, model_parameters
@@ -62,6 +63,7 @@ class QuestionAnsweringModel:
                 max_query_length=int(parameters["max_query_length"]),
                 n_best_size=int(parameters["n_best_size"]),
                 max_answer_length=int(parameters["max_answer_length"]),
+                model=ModelInfo(parameters["family"], parameters["tokenizer"], int(parameters["token_types"])),
             )
         except RunnerError as err:
             raise pb_utils.TritonModelException(str(err)) from None

@@ -21,13 +21,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from helpers import hf_tokenization  # noqa: E402
+from helpers.model_info import ModelInfo  # noqa: E402
+from helpers.question_answering import AnswerExtractor  # noqa: E402
 from helpers.runner import OUTPUT_NAME, EngineRunner, RunnerError, engine_backend, exit_on_error, read_engine_file  # noqa: E402
 
 ENGINE_MODEL = "bert_engine"
 QA_MODEL = "bert_qa"
 PORTABLE_ENGINE_FILE = "model.engine"
 TENSORRT_PLAN_FILE = "model.plan"
-VOCAB_FILE = "vocab.txt"
 TRITON_TYPES = {"torch.float32": "TYPE_FP32", "torch.float16": "TYPE_FP16", "torch.int32": "TYPE_INT32"}
 # Each question becomes one or a few features; the QA model's batch only bounds one execute call.
 QA_MAX_BATCH_SIZE = 64
@@ -46,6 +48,8 @@ class EngineSignature:
     max_batch_size: int
     output_type: str
     """Triton data type of ``logits_out``."""
+    model: ModelInfo = ModelInfo()
+    """Family, tokenizer kind and token types, as the engine file records them."""
 
 
 @dataclass(frozen=True)
@@ -77,14 +81,19 @@ def read_signature(engine_path: str | os.PathLike[str], sequence_length: int | N
         batch = max(runner.profile_shapes("cu_seqlens", p)[1][0] - 1 for p in profiles)
         if sequence_length not in (None, max_seqlen):
             raise RunnerError(f"-s {sequence_length}: this variable-length engine takes sequences of up to {max_seqlen} tokens")
-        return EngineSignature(runner.backend, True, max_seqlen, batch, TRITON_TYPES[str(runner.dtypes[OUTPUT_NAME])])
+        return EngineSignature(runner.backend, True, max_seqlen, batch, TRITON_TYPES[str(runner.dtypes[OUTPUT_NAME])], runner.model)
     shapes = [runner.profile_shapes("input_ids", p) for p in profiles]
     lengths = sorted({s for low, high in shapes for s in range(low[1], high[1] + 1)})
     length = lengths[-1] if sequence_length is None else sequence_length
+    if length not in lengths:
+        raise RunnerError(f"-s {length}: no profile of this engine runs sequence length {length} (it runs {lengths[0]}..{lengths[-1]})")
     batches = [high[0] for low, high in shapes if low[1] <= length <= high[1] and low[0] == 1]
     if not batches:
-        raise RunnerError(f"-s {length}: no profile of this engine runs sequence length {length} from batch size 1 (it runs {lengths[0]}..{lengths[-1]})")
-    return EngineSignature(runner.backend, False, length, max(batches), TRITON_TYPES[str(runner.dtypes[OUTPUT_NAME])])
+        raise RunnerError(
+            f"this engine does not run batch size 1 at sequence length {length}, and Triton's batches start at 1: "
+            "build it with -b 1 as well"
+        )
+    return EngineSignature(runner.backend, False, length, max(batches), TRITON_TYPES[str(runner.dtypes[OUTPUT_NAME])], runner.model)
 
 
 def _parameters(values: dict[str, object]) -> str:
@@ -103,7 +112,11 @@ def _dynamic_batching(max_queue_delay_us: int) -> str:
     return f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}"
 
 
-def engine_config(signature: EngineSignature, options: RepositoryOptions, max_batch_size: int, vocab_size: int) -> str:
+def model_parameters(model: ModelInfo) -> dict[str, object]:
+    return {"family": model.family, "tokenizer": model.tokenizer, "token_types": model.token_types}
+
+
+def engine_config(signature: EngineSignature, options: RepositoryOptions, max_batch_size: int) -> str:
     """config.pbtxt of ``bert_engine``."""
     s = signature.sequence_length
     kind = "KIND_GPU" if options.device.startswith("cuda") else "KIND_CPU"
@@ -153,16 +166,16 @@ def engine_config(signature: EngineSignature, options: RepositoryOptions, max_ba
                     "engine_file": PORTABLE_ENGINE_FILE,
                     "device": options.device,
                     "sequence_length": s,
-                    "vocab_size": vocab_size,
                     "varseqlen": str(signature.varseqlen).lower(),
                     "cuda_graphs": str(options.cuda_graphs).lower(),
+                    **model_parameters(signature.model),
                 }
             )
         )
     return "\n".join(lines) + "\n"
 
 
-def qa_config(signature: EngineSignature, options: RepositoryOptions) -> str:
+def qa_config(signature: EngineSignature, options: RepositoryOptions, tokenizer_file: str) -> str:
     """config.pbtxt of ``bert_qa``."""
     lines = [
         f'name: "{QA_MODEL}"',
@@ -181,7 +194,7 @@ def qa_config(signature: EngineSignature, options: RepositoryOptions) -> str:
         _parameters(
             {
                 "engine_model": ENGINE_MODEL,
-                "vocab_file": VOCAB_FILE,
+                "vocab_file": tokenizer_file,
                 "sequence_length": signature.sequence_length,
                 "varseqlen": str(signature.varseqlen).lower(),
                 "doc_stride": options.doc_stride,
@@ -189,6 +202,7 @@ def qa_config(signature: EngineSignature, options: RepositoryOptions) -> str:
                 "n_best_size": options.n_best_size,
                 "max_answer_length": options.max_answer_length,
                 "max_context_bytes": options.max_context_bytes,
+                **model_parameters(signature.model),
             }
         ),
     ]
@@ -203,16 +217,6 @@ def entry_point(module: str, class_name: str, project_root: str) -> str:
         f"sys.path.insert(0, {project_root!r})\n\n"
         f"from {module} import {class_name} as TritonPythonModel  # noqa: E402,F401\n"
     )
-
-
-def vocabulary_size(vocab_file: str | os.PathLike[str]) -> int:
-    try:
-        with open(vocab_file, encoding="utf-8") as handle:
-            return sum(1 for _ in handle)
-    except FileNotFoundError:
-        raise RunnerError(f"vocabulary file not found: {vocab_file}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise RunnerError(f"cannot read vocabulary file {vocab_file}: {err}") from None
 
 
 def check_options(signature: EngineSignature, options: RepositoryOptions) -> int:
@@ -251,15 +255,19 @@ def write_repository(
         raise RunnerError(f"output {output} exists and is not an empty folder")
     if not target.parent.is_dir():
         raise RunnerError(f"output folder does not exist: {target.parent}")
-    vocab_size = vocabulary_size(vocab_file)
     signature = read_signature(engine_path, options.sequence_length)
     max_batch_size = check_options(signature, options)
+    try:
+        tokenizer_name, tokenizer_file = hf_tokenization.vocabulary_source(str(vocab_file), signature.model)
+    except hf_tokenization.TokenizerFileError as err:
+        raise RunnerError(str(err)) from None
+    AnswerExtractor(tokenizer_file, model=signature.model)  # refuses a tokenizer the engine cannot read
 
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         engine_dir = staging / ENGINE_MODEL
         (engine_dir / "1").mkdir(parents=True)
-        (engine_dir / "config.pbtxt").write_text(engine_config(signature, options, max_batch_size, vocab_size))
+        (engine_dir / "config.pbtxt").write_text(engine_config(signature, options, max_batch_size))
         if signature.backend == "tensorrt":
             shutil.copyfile(engine_path, engine_dir / "1" / TENSORRT_PLAN_FILE)
         else:
@@ -267,8 +275,8 @@ def write_repository(
             (engine_dir / "1" / "model.py").write_text(entry_point("serving.engine_model", "EngineModel", options.project_root))
         qa_dir = staging / QA_MODEL
         (qa_dir / "1").mkdir(parents=True)
-        (qa_dir / "config.pbtxt").write_text(qa_config(signature, options))
-        shutil.copyfile(vocab_file, qa_dir / "1" / VOCAB_FILE)
+        (qa_dir / "config.pbtxt").write_text(qa_config(signature, options, tokenizer_name))
+        shutil.copyfile(tokenizer_file, qa_dir / "1" / tokenizer_name)
         (qa_dir / "1" / "model.py").write_text(entry_point("serving.qa_model", "QuestionAnsweringModel", options.project_root))
         if target.exists():
             target.rmdir()
@@ -289,7 +297,7 @@ def parse_gpus(text: str) -> tuple[int, ...]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-e", "--engine", required=True, help="Engine file (TensorRT plan or portable engine)")
-    parser.add_argument("-v", "--vocab-file", required=True, help="Vocabulary file (vocab.txt) of the model")
+    parser.add_argument("-v", "--vocab-file", required=True, help="The model's vocab.txt, tokenizer.json or checkpoint folder")
     parser.add_argument("-o", "--output", required=True, help="Model repository folder to create (new or empty)")
     parser.add_argument("-s", "--sequence-length", type=int, help="Sequence length to serve (default: the engine's largest)")
     parser.add_argument("--max-batch-size", type=int, help="Largest batch Triton forms (default: the engine's largest)")

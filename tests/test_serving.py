@@ -112,10 +112,10 @@ class Server:
         return status
 
 
-def start_server(tmp_path_factory, engine: Path, name: str, **options) -> Server:
+def start_server(tmp_path_factory, engine: Path, name: str, vocab: Path | None = None, **options) -> Server:
     repo = tmp_path_factory.mktemp(name) / "repo"
-    model_dir = engines.tiny_model_dir(tmp_path_factory)
-    repository.write_repository(engine, model_dir / "vocab.txt", repo, repository.RepositoryOptions(device="cpu", **options))
+    vocab = vocab or engines.tiny_model_dir(tmp_path_factory) / "vocab.txt"
+    repository.write_repository(engine, vocab, repo, repository.RepositoryOptions(device="cpu", **options))
     return Server(repo, repo.parent / "serve.log")
 
 
@@ -152,9 +152,9 @@ def packed_server(tmp_path_factory, packed_engine):
     server.stop()
 
 
-def local_answers(engine: Path, tmp_path_factory, pairs) -> dict[tuple[str, str], tuple[str, float]]:
+def local_answers(engine: Path, tmp_path_factory, pairs, vocab: Path | None = None) -> dict[tuple[str, str], tuple[str, float]]:
     """What inference.py's QuestionAnswerer answers, one question at a time."""
-    vocab = engines.tiny_model_dir(tmp_path_factory) / "vocab.txt"
+    vocab = vocab or engines.tiny_model_dir(tmp_path_factory) / "vocab.txt"
     answerer = QuestionAnswerer(EngineRunner(engine, device="cpu"), str(vocab), max_seq_length=engines.SEQ_LEN)
     results = {}
     for question, passage in pairs:
@@ -296,6 +296,37 @@ def test_squad_file_through_the_server_equals_inference_py(fixed_server, fixed_e
     assert json.loads(served.read_text()) == json.loads(local.read_text())
 
 
+def test_a_roberta_engine_is_served_with_its_own_tokenizer(tmp_path_factory):
+    """Byte-level BPE, one token type: the repository carries tokenizer.json and the family."""
+    import builder
+    import family_models
+
+    root = tmp_path_factory.mktemp("roberta")
+    _, folder = family_models.write_family_folder("roberta", root / "hf")
+    engine = root / "roberta.engine"
+    argv = ["--hf", str(folder), "-o", str(engine), "--backend", "portable", "--device", "cpu", "-b", "1", "-b", "4", "-s", str(engines.SEQ_LEN)]
+    assert builder.main(argv) == 0
+    server_available()
+    server = start_server(tmp_path_factory, engine, "roberta-served", vocab=folder, qa_instances=1)
+    try:
+        repo = server.log.parent / "repo"
+        assert (repo / "bert_qa" / "1" / "tokenizer.json").is_file() and not (repo / "bert_qa" / "1" / "vocab.txt").exists()
+        expected = local_answers(engine, tmp_path_factory, PAIRS, vocab=folder)
+        client = server.client("grpc")
+        try:
+            for pair in PAIRS:
+                text, probability = served_answer(client, *pair)
+                assert text == expected[pair][0]
+                assert probability == pytest.approx(expected[pair][1], rel=1e-5)
+            row = np.full((1, engines.SEQ_LEN), 7, dtype=np.int32)
+            reply = client.infer(repository.ENGINE_MODEL, {"input_ids": row, "segment_ids": row * 0 + 1, "input_mask": row * 0 + 1}, ["logits_out"])
+            assert reply.error and "segment_ids" in reply.error  # one token type: every segment id is 0
+        finally:
+            client.close()
+    finally:
+        assert server.stop() == 0
+
+
 # ---- bad input ----------------------------------------------------------------------------------
 
 
@@ -419,14 +450,14 @@ def parse_config(text: str):
 
 def test_tensorrt_plans_get_triton_ragged_batching_and_gpu_instance_groups():
     options = repository.RepositoryOptions(instances=2, gpus=(0, 1), max_queue_delay_us=500)
-    packed = parse_config(repository.engine_config(repository.EngineSignature("tensorrt", True, 384, 64, "TYPE_FP16"), options, 64, 30522))
+    packed = parse_config(repository.engine_config(repository.EngineSignature("tensorrt", True, 384, 64, "TYPE_FP16"), options, 64))
     assert packed.platform == "tensorrt_plan" and packed.max_batch_size == 64
     assert all(i.allow_ragged_batch for i in packed.input) and [i.name for i in packed.input] == ["input_ids", "segment_ids"]
     kinds = {tuple(b.target_name): model_config_kind(b.kind) for b in packed.batch_input}
     assert kinds == {("cu_seqlens",): "BATCH_ACCUMULATED_ELEMENT_COUNT_WITH_ZERO", ("max_seqlen",): "BATCH_MAX_ELEMENT_COUNT_AS_SHAPE"}
     assert [(g.count, list(g.gpus)) for g in packed.instance_group] == [(2, [0, 1])]
     assert packed.dynamic_batching.max_queue_delay_microseconds == 500
-    fixed = parse_config(repository.engine_config(repository.EngineSignature("tensorrt", False, 128, 8, "TYPE_FP32"), options, 4, 30522))
+    fixed = parse_config(repository.engine_config(repository.EngineSignature("tensorrt", False, 128, 8, "TYPE_FP32"), options, 4))
     assert [list(i.dims) for i in fixed.input] == [[128]] * 3 and list(fixed.output[0].dims) == [128, 2, 1, 1]
     assert fixed.max_batch_size == 4 and not fixed.parameters
 
