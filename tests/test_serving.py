@@ -167,6 +167,14 @@ def served_answer(client: TritonClient, question: str, passage: str) -> tuple[st
     return serving_client.answer_of(serving_client.ask(client, question, passage))
 
 
+def assert_served_answers(client: TritonClient, expected: dict[tuple[str, str], tuple[str, float]]) -> None:
+    """Each question answered by the server as ``expected`` says (text, probability)."""
+    for pair, (text, probability) in expected.items():
+        served_text, served_probability = served_answer(client, *pair)
+        assert served_text == text
+        assert served_probability == pytest.approx(probability, rel=1e-5)
+
+
 # ---- answers ------------------------------------------------------------------------------------
 
 
@@ -256,25 +264,26 @@ def test_packed_requests_of_mixed_lengths_batch_together(packed_server, packed_e
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
+    assert sorted(results) == list(range(len(rows)))
     for index, reply in results.items():
         assert reply.error is None
         logits = reply.outputs["logits_out"]
         assert logits.shape == (1, 2, lengths[index], 1, 1)
         np.testing.assert_allclose(logits[0], alone[index], rtol=1e-5, atol=1e-5)
-    after = engine_statistics(packed_server)
+    # Triton counts a request once it is released, which can be just after its response went out.
+    deadline = time.monotonic() + 30
+    while (after := engine_statistics(packed_server))["inference_count"] - before["inference_count"] < len(rows):
+        assert time.monotonic() < deadline, after
+        time.sleep(0.2)
     requests = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert requests == len(rows) and executions < requests
 
 
 def test_packed_server_answers_like_inference_varseqlen(packed_server, packed_engine, tmp_path_factory):
-    expected = local_answers(packed_engine, tmp_path_factory, PAIRS)
     client = packed_server.client("http")
     try:
-        for pair in PAIRS:
-            text, probability = served_answer(client, *pair)
-            assert text == expected[pair][0]
-            assert probability == pytest.approx(expected[pair][1], rel=1e-5)
+        assert_served_answers(client, local_answers(packed_engine, tmp_path_factory, PAIRS))
     finally:
         client.close()
 
@@ -311,13 +320,9 @@ def test_a_roberta_engine_is_served_with_its_own_tokenizer(tmp_path_factory):
     try:
         repo = server.log.parent / "repo"
         assert (repo / "bert_qa" / "1" / "tokenizer.json").is_file() and not (repo / "bert_qa" / "1" / "vocab.txt").exists()
-        expected = local_answers(engine, tmp_path_factory, PAIRS, vocab=folder)
         client = server.client("grpc")
         try:
-            for pair in PAIRS:
-                text, probability = served_answer(client, *pair)
-                assert text == expected[pair][0]
-                assert probability == pytest.approx(expected[pair][1], rel=1e-5)
+            assert_served_answers(client, local_answers(engine, tmp_path_factory, PAIRS, vocab=folder))
             row = np.full((1, engines.SEQ_LEN), 7, dtype=np.int32)
             reply = client.infer(repository.ENGINE_MODEL, {"input_ids": row, "segment_ids": row * 0 + 1, "input_mask": row * 0 + 1}, ["logits_out"])
             assert reply.error and "segment_ids" in reply.error  # one token type: every segment id is 0
