@@ -55,6 +55,15 @@ def input_tensor(request, name: str) -> torch.Tensor:
     return dlpack.from_dlpack(tensor.to_dlpack())
 
 
+def geometric_sizes(largest: int, per_octave: int = 8) -> list[int]:
+    """1..``largest`` in steps of 2^(1/per_octave), ``largest`` included."""
+    sizes, size = {largest}, 1.0
+    while size < largest:
+        sizes.add(int(size))
+        size *= 2.0 ** (1.0 / per_octave)
+    return sorted(sizes)
+
+
 def check_range(name: str, tensor: torch.Tensor, upper: int) -> None:
     if tensor.numel() and (int(tensor.min()) < 0 or int(tensor.max()) >= upper):
         raise BadRequest(f"input '{name}' holds values outside 0..{upper - 1}")
@@ -81,6 +90,30 @@ class EngineModel:
         if self.runner.word_embedding_rows is None:
             raise pb_utils.TritonModelException(f"{engine_path}: no word embedding table found in the engine")
         self.vocab_size = self.runner.word_embedding_rows
+        self.warm_up(json.loads(args["model_config"])["max_batch_size"])
+
+    def warm_up(self, max_batch_size: int) -> None:
+        """Run every batch size (fixed) or token count (packed) bucket once before the first request.
+
+        The fast path tunes each GEMM shape the first time it meets it (a few row-count buckets per
+        octave), which takes far longer than the execution itself: served batches have every size,
+        so without this the first minutes of load are spent tuning.
+        """
+        s = self.sequence_length
+        if not self.varseqlen:
+            for batch in geometric_sizes(max_batch_size):
+                self.runner.activate(batch, s)
+                ones = torch.ones((batch, s), dtype=torch.int32)
+                self.runner.copy_inputs({"input_ids": ones, "segment_ids": ones * 0, "input_mask": ones})
+                self.run()
+            return
+        for tokens in geometric_sizes(max_batch_size * s):
+            lengths = [s] * (tokens // s) + ([tokens % s] if tokens % s else [])
+            cu_seqlens = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+            self.runner.activate(len(lengths), s, total_tokens=tokens)
+            ones = torch.ones(tokens, dtype=torch.int32)
+            self.runner.copy_inputs({"input_ids": ones, "segment_ids": ones * 0, "cu_seqlens": cu_seqlens})
+            self.run()
 
     def execute(self, requests: list) -> list:
         rows: list[Rows | None] = []
