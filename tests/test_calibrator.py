@@ -195,6 +195,16 @@ def test_calibrate_without_batches_fails():
         cal.calibrate([("x", (1, 2), DataType.FLOAT)], ListCalibrator([]), toy_network, torch.device("cpu"))
 
 
+def test_calibrate_collects_the_channel_maxima_it_is_asked_for():
+    """Activation smoothing's statistics: max |x| per channel (axis 1 here) over all batches."""
+    first, second = torch.tensor([[0.5, -4.0], [-2.0, 1.0]]), torch.tensor([[3.0, 0.25], [-1.0, -0.5]])
+    channels = cal.ChannelMaxima({"doubled": 1})
+    cal.calibrate([("x", (2, 2), DataType.FLOAT)], ListCalibrator([{"x": first}, {"x": second}]), toy_network,
+                  torch.device("cpu"), channels=channels)
+    assert set(channels.values) == {"doubled"}
+    np.testing.assert_array_equal(channels.values["doubled"].numpy(), [6.0, 8.0])
+
+
 # ---------------------------------------------------------------------------------------------
 # BertCalibrator (on the portable backend)
 

@@ -23,6 +23,10 @@ used whatever algorithm its header names (TensorRT would recalibrate on a mismat
 names are the network's, so names it has that the network lacks are ignored.  Each tensor without a
 range set by the network (``ITensor.set_dynamic_range``, e.g. GELU10) gets the calibrated one, stored
 in the engine file with the tensors.
+
+Portable extension (for activation smoothing): a calibrator with a
+``write_channel_maxima(maxima)`` method also gets, when batches ran, the largest |x| of each input
+channel of every convolution, keyed by the convolution layer's name.
 """
 
 from __future__ import annotations
@@ -311,18 +315,37 @@ def amax_from_histogram(hist: AbsHistogram, calibrator: IInt8Calibrator) -> floa
 RunNetwork = Callable[[dict[str, torch.Tensor], Callable[[str, torch.Tensor], None]], None]
 
 
+class ChannelMaxima:
+    """max |x| of each channel (along ``axes[name]``) of the named tensors over the batches seen."""
+
+    def __init__(self, axes: Mapping[str, int]) -> None:
+        self.axes = dict(axes)
+        self.values: dict[str, torch.Tensor] = {}
+
+    def add(self, name: str, value: torch.Tensor) -> None:
+        axis = self.axes.get(name)
+        if axis is None:
+            return
+        others = [d for d in range(value.dim()) if d != axis]
+        batch_max = value.detach().float().abs().amax(dim=others) if others else value.detach().float().abs()
+        previous = self.values.get(name)
+        self.values[name] = batch_max if previous is None else torch.maximum(previous, batch_max)
+
+
 def calibrate(
     input_specs: Iterable[tuple[str, Sequence[int], DataType]],
     calibrator: IInt8Calibrator,
     run_fp32: RunNetwork,
     device: torch.device,
     source: str = "calibration cache",
+    channels: ChannelMaxima | None = None,
 ) -> dict[str, float]:
     """Ranges for every float tensor the network produces, from the cache or from batches.
 
     ``input_specs``: (name, static shape, TensorRT dtype) of each network input, in order;
     ``run_fp32(feeds, observe)`` runs the FP32 network and calls ``observe(name, tensor)`` for
-    every tensor it produces.  A freshly computed table goes to ``write_calibration_cache``.
+    every tensor it produces.  A freshly computed table goes to ``write_calibration_cache``;
+    ``channels``, when given, also collects its tensors' per-channel maxima from the batches.
     """
     cached = calibrator.read_calibration_cache()
     if cached:
@@ -335,6 +358,8 @@ def calibrate(
     def observe(name: str, value: torch.Tensor) -> None:
         if value.is_floating_point():
             histograms.setdefault(name, AbsHistogram()).add(value)
+            if channels is not None:
+                channels.add(name, value)
 
     batches = 0
     while True:
@@ -371,13 +396,29 @@ def _calibration_input_specs(description: dict[str, Any]) -> list[tuple[str, tup
     return specs
 
 
+def convolution_inputs(description: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """Convolution layer name → (its input tensor's name, that tensor's channel axis)."""
+    tensors = description["tensors"]
+    inputs = {}
+    for layer in description["layers"]:
+        if layer["kind"] == "convolution":
+            tensor = tensors[layer["inputs"][0]]
+            spatial = len(layer["params"]["kernel_shape"])
+            inputs[layer["name"]] = (tensor["name"], len(tensor["shape"]) - spatial - 1)
+    return inputs
+
+
 def calibrate_engine_description(description: dict[str, Any], calibrator: Any, dev: torch.device) -> None:
-    """Fill the missing ``dynamic_range`` of the description's tensors from ``calibrator``.
+    """Fill the missing ``dynamic_range`` of the description's tensors from ``calibrator``, and hand
+    a calibrator that takes them the per-channel maxima of every convolution's input.
 
     Raises ``BuildError`` with a one-line message when calibration cannot run.
     """
     tensors = description["tensors"]
     names = [t["name"] for t in tensors]
+    receiver = getattr(calibrator, "write_channel_maxima", None)
+    gemm_inputs = convolution_inputs(description) if receiver is not None else {}
+    channels = ChannelMaxima(dict(gemm_inputs.values())) if gemm_inputs else None
     input_slots = {tensors[slot]["name"]: slot for slot in description["inputs"]}
     plans: list[Any] = []  # built on the first batch: a build that reads a cache needs none
 
@@ -391,14 +432,22 @@ def calibrate_engine_description(description: dict[str, Any], calibrator: Any, d
             observe(names[slot], value)
         for name, value in feeds.items():
             buffers[input_slots[name]] = value
-        for step in plan.steps:
+        # Observed when produced, a tensor is dropped after its last reader: a large batch holds only
+        # the tensors still to be read, not every tensor of the network.
+        last_reader = {slot: index for index, step in enumerate(plan.steps) for slot in step.inputs}
+        for index, step in enumerate(plan.steps):
             results = step.run(*[buffers[i] for i in step.inputs])
             for slot, value in zip(step.outputs, results):
                 buffers[slot] = value
                 observe(names[slot], value)
+            for slot in step.inputs:
+                if last_reader[slot] == index and slot not in plan.constants:
+                    buffers[slot] = None
 
     try:
-        ranges = calibrate(_calibration_input_specs(description), calibrator, run_fp32, dev)
+        ranges = calibrate(_calibration_input_specs(description), calibrator, run_fp32, dev, channels=channels)
+        if channels is not None and channels.values:
+            receiver({layer: channels.values[tensor].cpu().numpy() for layer, (tensor, _) in gemm_inputs.items()})
     except (CalibrationError, ValueError, OSError) as err:
         raise BuildError(f"INT8 calibration failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     for tensor in tensors:
