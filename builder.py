@@ -44,9 +44,11 @@ from bert_weights.names import (
 )
 from builder_utils import (
     DEVICE_ENV,
+    add_8bit_options,
     add_gelu,
     add_common_builder_options,
     add_plugin_to_network,
+    check_8bit_options,
     check_output_paths,
     create_plugin,
     load_builder_config,
@@ -55,6 +57,7 @@ from builder_utils import (
     name_network,
     parse_builder_args,
     plugin_field,
+    post_training_calibration,
     run_builder,
     save_engine,
     serialize_network,
@@ -129,11 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-imh", "--force-int8-multihead", action="store_true", help="Run multi-head attention with INT8 input and output (default: false)"
     )
     parser.add_argument("-sp", "--sparse", action="store_true", help="Let TensorRT use structured-sparsity kernels (default: false)")
-    parser.add_argument(
-        "--fp8",
-        action="store_true",
-        help="Portable engine only: run the INT8 GEMMs as FP8 E4M3 with the same ranges; needs --int8 (default: false)",
-    )
+    add_8bit_options(parser)
     parser.add_argument("-tcf", "--timing-cache-file", help="Timing cache to read before and write after the build (default: None)")
     parser.add_argument(
         "--distributive_independence",
@@ -178,10 +177,7 @@ def compute_capability(backend: str) -> int:
 
 
 def check_int8_options(args: argparse.Namespace, backend: str) -> None:
-    if args.fp8 and not args.int8:
-        raise RuntimeError("--fp8 needs --int8: the FP8 GEMMs use the INT8 dynamic ranges")
-    if args.fp8 and backend != "portable":
-        raise RuntimeError("--fp8 is only available on the portable engine (--backend portable)")
+    check_8bit_options(args, backend)
     if not (args.force_int8_multihead or args.force_int8_skipln):
         return
     capability = compute_capability(backend)
@@ -527,39 +523,32 @@ def warn_if_cache_misses_network(network: trt.INetworkDefinition, calibrator: tr
         )
 
 
-def make_calibrator(
-    args: argparse.Namespace, cache_file: str, max_sequence_length: int, config: BertConfig, weights: WeightMap
-) -> trt.IInt8Calibrator:
-    """The calibrator of the command line, tokenizing with the model's tokenizer (-v: a vocab.txt, a
-    tokenizer.json or the checkpoint folder); a vocabulary with ids past the model's word embedding
-    table is refused when a calibration will read it."""
+def make_calibrator(args: argparse.Namespace, cache_file: str, config: BertConfig, weights: WeightMap) -> trt.IInt8Calibrator:
+    """The calibrator of the command line, one window of the last -s per batch, tokenizing with the
+    model's tokenizer (-v: a vocab.txt, a tokenizer.json or the checkpoint folder); a vocabulary with
+    ids past the model's word embedding table is refused when a calibration will read it."""
     try:
         from helpers.calibrator import BertCalibrator
     except ImportError as exc:
         raise RuntimeError(f"INT8 calibration needs helpers/calibrator.py, which cannot be imported: {exc}") from None
     calibrator = BertCalibrator(
-        args.squad_json, args.vocab_file, cache_file, 1, max_sequence_length, args.calib_num, model_info(config, weights)
+        args.squad_json, args.vocab_file, cache_file, 1, args.sequence_length[-1], args.calib_num, model_info(config, weights)
     )
     if calibrator.tokenizer is not None:
         calibrator.tokenizer.check_embedding_rows(weights[WORD_EMBEDDINGS_FIELD].shape[0], args.vocab_file)
     return calibrator
 
 
-def generate_calibration_cache(
-    args: argparse.Namespace, logger: trt.ILogger, config: BertConfig, weights: WeightMap, cache_file: str
+def calibration_build(
+    args: argparse.Namespace, logger: trt.ILogger, config: BertConfig, weights: WeightMap, calibrator: trt.IInt8Calibrator
 ) -> None:
-    """Calibrate an FP32, static-shape build once, so that the real build only reads the cache
-    (docs/SPEC.md "Calibration")."""
-    if os.path.exists(cache_file):
-        return
+    """Run ``calibrator`` over an FP32, static-shape build: batch 1, the last -s (docs/SPEC.md "Calibration")."""
     saved_fp16 = config.use_fp16
     config.use_fp16, config.is_calib_mode = False, True
-    calibrator = make_calibrator(args, cache_file, args.sequence_length[-1], config, weights)
     try:
         build_engine(logger, config, weights, [1], args.sequence_length, args.workspace_size, False, calibrator)
     finally:
         config.use_fp16, config.is_calib_mode = saved_fp16, False
-    logger.log(trt.Logger.INFO, f"calibration cache generated in {cache_file}")
 
 
 def weight_source(args: argparse.Namespace) -> tuple[str, str]:
@@ -630,11 +619,11 @@ def run(args: argparse.Namespace) -> None:
 
     calibrator = None
     if config.use_int8 and not config.use_qat:
-        cache_file = args.calib_path or default_calibration_cache_name(config, args.sequence_length)
         # Like the original, a PyTorch checkpoint skips the FP32 calibration pre-pass.
-        if kind in ("ckpt", "hf"):
-            generate_calibration_cache(args, logger, config, weights, cache_file)
-        calibrator = make_calibrator(args, cache_file, args.sequence_length[-1], config, weights)
+        calibrator = post_training_calibration(
+            args, logger, config, weights, default_calibration_cache_name(config, args.sequence_length),
+            make_calibrator, calibration_build, pre_pass=kind in ("ckpt", "hf"),
+        )
     serialized = build_engine(
         logger, config, weights, args.batch_size, args.sequence_length, args.workspace_size, args.verbose, calibrator
     )

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -230,6 +230,23 @@ def add_common_builder_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_8bit_options(parser: argparse.ArgumentParser) -> None:
+    """The 8-bit option both builders add to TensorRT's: --fp8."""
+    parser.add_argument(
+        "--fp8",
+        action="store_true",
+        help="Portable engine only: run the INT8 GEMMs as FP8 E4M3 with the same ranges; needs --int8 (default: false)",
+    )
+
+
+def check_8bit_options(args: argparse.Namespace, backend: str) -> None:
+    """The errors of the 8-bit options both builders share."""
+    if args.fp8 and not args.int8:
+        raise RuntimeError("--fp8 needs --int8: the FP8 GEMMs use the INT8 dynamic ranges")
+    if args.fp8 and backend != "portable":
+        raise RuntimeError("--fp8 is only available on the portable engine (--backend portable)")
+
+
 def parse_builder_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse like the original demo (unknown options ignored with a warning, prefixes accepted); -c or --hf is required."""
     from helpers.runner import parse_known_options
@@ -285,3 +302,35 @@ def run_builder(run: Callable[[argparse.Namespace], None], args: argparse.Namesp
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 1
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Post-training calibration, shared by builder.py and builder_varseqlen.py.  Each builder brings
+# ``make_calibrator(args, cache_file, config, weights)`` (its SQuAD batches) and
+# ``calibration_build(args, logger, config, weights, calibrator)`` (the FP32 build that runs a
+# calibrator).
+
+MakeCalibrator = Callable[..., Any]
+CalibrationBuild = Callable[[argparse.Namespace, trt.ILogger, BertConfig, WeightMap, Any], None]
+
+
+def post_training_calibration(
+    args: argparse.Namespace,
+    logger: trt.ILogger,
+    config: BertConfig,
+    weights: WeightMap,
+    default_cache_file: str,
+    make_calibrator: MakeCalibrator,
+    calibration_build: CalibrationBuild,
+    pre_pass: bool,
+) -> trt.IInt8Calibrator:
+    """The calibrator of an INT8 build without QAT ranges.
+
+    The cache is ``-p`` or ``default_cache_file``.  With ``pre_pass``, an FP32 build calibrates once
+    and writes it, so that the INT8 build only reads it (docs/SPEC.md "Calibration").
+    """
+    cache_file = args.calib_path or default_cache_file
+    if pre_pass and not os.path.exists(cache_file):
+        calibration_build(args, logger, config, weights, make_calibrator(args, cache_file, config, weights))
+        logger.log(trt.Logger.INFO, f"calibration cache generated in {cache_file}")
+    return make_calibrator(args, cache_file, config, weights)

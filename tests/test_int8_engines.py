@@ -5,6 +5,8 @@
   PTQ (calibration cache, GELU10), QAT ranges (docs/SPEC.md "QAT ranges"), -imh / -iln, FP8, -t/--strict, against the
   FP32 engine and against an independent oracle (HF with fake-quantized Linear inputs,
   bench/int8_oracle.py); bad input.
+* Packed engines (builder_varseqlen.py): QAT ranges, and post-training calibration on packed batches
+  against the FP32 packed engine, the padded PTQ engine with the same ranges and HF's activations.
 * MiniLM: the engine is as accurate as the HF oracle with its ranges; the accuracy goal (cosine >= 0.99,
   argmax >= 95 %), recorded as an expected failure with the measured numbers.
 """
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench.int8_accuracy import packed_batch
 from helpers.portable import quantization as q
 from test_int8 import CUDA, gen
 
@@ -431,11 +434,7 @@ def test_varseqlen_qat_int8_tracks_fp32(int8_workdir, layout):
     config_dir = write_bert_config(env["model"], env["work"] / "cfg_varseqlen")
     features = env["features"]
     lengths = features.input_mask.sum(axis=1)
-    batch = {
-        "input_ids": np.concatenate([ids[:n] for ids, n in zip(features.input_ids, lengths)]).astype(np.int32),
-        "segment_ids": np.concatenate([seg[:n] for seg, n in zip(features.segment_ids, lengths)]).astype(np.int32),
-        "cu_seqlens": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32),
-    }
+    batch = packed_batch(features, slice(None))
     logits = []
     for name, options in (("fp32", ()), ("int8", ("-i", *layout))):
         engine = env["work"] / f"varseqlen_{name}{''.join(layout)}.engine"
@@ -496,3 +495,130 @@ def test_strict_keeps_a_float_precision_layer_out_of_int8(strict):
     exact = (data[..., 0, 0].double() @ torch.from_numpy(kernel).double().to(data.device).t()).float()
     int8 = q.int8_linear(data[..., 0, 0], q.quantize_linear_weights(torch.from_numpy(kernel).to(data.device)), None, 4.0 / 127)
     torch.testing.assert_close(out[..., 0, 0], exact if strict else int8, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed engines: builder_varseqlen.py post-training calibration
+
+
+PACKED_LAYOUTS = {"int8": (), "int8-il": ("-il",), "int8-f": ("-f",), "fp8": ("--fp8",)}
+
+
+def build_packed(env, output, *options, batch=20):
+    import builder_varseqlen
+
+    assert builder_varseqlen.main(["--hf", str(env["work"] / "hf"), "-o", str(output), "-b", str(batch), "-s", str(SEQ),
+                                   "--backend", "portable", "--device", "cpu", *options]) == 0
+
+
+@pytest.fixture(scope="module")
+def packed_ptq_engines(int8_workdir):
+    """The packed FP32 engine and PTQ engines of every layout and their logits: one calibration cache
+    per network layout (the interleaved network transposes the embeddings, which moves the positions
+    that name its unnamed tensors), each from all 20 questions in one packed batch of their 1379
+    tokens (-b 20)."""
+    from bench.int8_accuracy import run_packed_engine
+
+    env = int8_workdir
+    engines = {"fp32": env["work"] / "packed_fp32.engine"}
+    build_packed(env, engines["fp32"])
+    for name, layout in PACKED_LAYOUTS.items():
+        engines[name] = env["work"] / f"packed_{name}.engine"
+        cache = env["work"] / ("packed_cache_il" if "-il" in layout else "packed_cache")
+        build_packed(env, engines[name], *ptq_options(env, cache), *layout)
+    return {name: (path, run_packed_engine(path, env["features"], "cpu", chunk=20)) for name, path in engines.items()}
+
+
+@pytest.mark.parametrize("name", list(PACKED_LAYOUTS))
+def test_packed_ptq_engine_calibrates_and_tracks_the_fp32_engine(int8_workdir, packed_ptq_engines, name):
+    from bench.int8_accuracy import logits_agreement
+    from helpers.portable.calibration import parse_calibration_table
+    from helpers.portable.engine_file import read_engine
+
+    env = int8_workdir
+    cache = env["work"] / ("packed_cache_il" if name == "int8-il" else "packed_cache")
+    algorithm, table = parse_calibration_table(cache.read_bytes())
+    assert algorithm == "LegacyCalibration"
+    assert {"embeddings_output", "l0_attention_qkv_mult", "l0_attention_context_layer", "l1_output_reshape"} <= set(table)
+    path, quantized = packed_ptq_engines[name]
+    description = read_engine(path.read_bytes())
+    ranges = {t["name"]: t["dynamic_range"] for t in description["tensors"]}
+    assert all(description["tensors"][slot]["dynamic_range"] is not None for slot in quantized_roles(description))
+    assert ranges["l0_gelu"] == [-10.0, 10.0] and ranges["l1_gelu"] == [-10.0, 10.0]  # GELU10, as builder.py
+    assert ranges["l0_attention_qkv_mult"][1] == pytest.approx(table["l0_attention_qkv_mult"])
+    reference = packed_ptq_engines["fp32"][1]
+    agreement = logits_agreement(reference, quantized, env["features"].input_mask)
+    print(f"tiny random BERT, packed PTQ {name} vs FP32:", agreement.as_text())
+    # FP8 E4M3 has 3 mantissa bits: its GEMMs round more than INT8's with these ranges.
+    assert agreement.cosine >= (0.98 if name == "fp8" else 0.99)
+    assert not np.allclose(reference, quantized, rtol=0, atol=1e-5)
+
+
+def quantized_roles(description: dict) -> list[int]:
+    """The slots of the tensors an INT8 engine quantizes, in the order of the network: each dense
+    layer's input, each attention's QKV and context, each skip-LayerNorm's inputs and output."""
+    slots = []
+    for layer in description["layers"]:
+        if layer["kind"] == "convolution":
+            slots.append(layer["inputs"][0])
+        elif layer["kind"] == "plugin" and "QKVToContext" in layer["params"]["plugin"]:
+            slots += [layer["inputs"][0], layer["outputs"][0]]
+        elif layer["kind"] == "plugin" and "SkipLayerNorm" in layer["params"]["plugin"]:
+            slots += [*layer["inputs"][:2], layer["outputs"][0]]
+    return slots
+
+
+def test_packed_and_padded_ptq_engines_agree_with_the_same_ranges(int8_workdir, packed_ptq_engines, fp32_and_ptq_engines):
+    """The packed PTQ engine (INT8 attention and skip-LayerNorm, as -imh -iln) and the padded one built
+    with its ranges: the padded network names two tensors of each layer by position, so the table is
+    written in the padded network's names, tensor by tensor of the same role."""
+    import builder
+    from bench.int8_accuracy import logits_agreement
+    from helpers.portable.calibration import CalibrationAlgoType, write_calibration_table
+    from helpers.portable.engine_file import read_engine
+
+    env = int8_workdir
+    packed = read_engine(packed_ptq_engines["int8"][0].read_bytes())
+    padded = read_engine(fp32_and_ptq_engines[0].read_bytes())
+    pairs = list(zip(quantized_roles(packed), quantized_roles(padded), strict=True))
+    table = {padded["tensors"][b]["name"]: packed["tensors"][a]["dynamic_range"][1] for a, b in pairs}
+    assert all(value > 0 for value in table.values())  # every tensor the packed engine quantizes has its range
+    cache = env["work"] / "packed_ranges_for_padded"
+    cache.write_bytes(write_calibration_table(table, CalibrationAlgoType.LEGACY_CALIBRATION))
+    engine = env["work"] / "padded_with_packed_ranges.engine"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(builder, "compute_capability", lambda backend: 90)
+        build(env, engine, "-i", "-imh", "-iln", "-j", str(env["work"] / "no_such.json"), "-v", env["vocab"], "-p", str(cache))
+    ranges = {t["name"]: t["dynamic_range"] for t in read_engine(engine.read_bytes())["tensors"]}
+    assert all(ranges[name] == pytest.approx([-value, value]) for name, value in table.items())
+    mask = env["features"].input_mask
+    padded_logits = engine_logits(engine, env["features"])
+    agreement = logits_agreement(padded_logits, packed_ptq_engines["int8"][1], mask)
+    print("tiny random BERT, packed vs padded PTQ INT8 with the same ranges:", agreement.as_text())
+    # Not bit-equal: the packed network's embeddings are FP16 (the original's output_fp16 for INT8),
+    # which moves a few INT8 codes by one step.
+    assert agreement.cosine >= 0.99
+    assert logits_agreement(engine_logits(fp32_and_ptq_engines[0], env["features"]), padded_logits, mask).cosine >= 0.99
+
+
+def expect_packed_failure(env, capsys, options, message):
+    import builder_varseqlen
+
+    engine = env["work"] / "bad_packed.engine"
+    status = builder_varseqlen.main(["--hf", str(env["work"] / "hf"), "-o", str(engine), "-b", "4", "-s", str(SEQ),
+                                     "--backend", "portable", "--device", "cpu", *options])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert status != 0
+    assert len(err) == 1 and message in err[0], err
+    assert not engine.exists()
+    assert [p.name for p in env["work"].iterdir() if p.name.startswith("bad_packed")] == []
+
+
+def test_bad_packed_ptq_options_fail_cleanly(int8_workdir, capsys):
+    env = int8_workdir
+    missing = env["work"] / "missing.json"
+    cache = ["-p", str(env["work"] / "bad_packed_cache")]
+    expect_packed_failure(env, capsys, ["-i", "-j", str(missing), "-v", env["vocab"], *cache], f"{missing}: cannot read file")
+    expect_packed_failure(env, capsys, [*ptq_options(env, env["work"] / "bad_packed_cache", calib_num=21)],
+                          "has 20 questions, fewer than the 21")
+    expect_packed_failure(env, capsys, ["--fp8", *cache], "--fp8 needs --int8")

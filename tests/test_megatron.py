@@ -208,7 +208,7 @@ def test_int8_interleaved_megatron_network_carries_the_qat_ranges(megatron_files
     trt_builder = trt.Builder(logger)
     network = trt_builder.create_network(0)
     builder_varseqlen.VarSeqLenNetwork(network, config, weights, megatron=True).populate(
-        trt_builder, trt_builder.create_builder_config(), [2], MAX_SEQ
+        trt_builder, trt_builder.create_builder_config(), builder_varseqlen.batch_profiles([2], MAX_SEQ), MAX_SEQ
     )
     layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
     tensors = {layer.get_output(k).name: layer.get_output(k) for layer in layers.values() for k in range(layer.num_outputs)}

@@ -143,7 +143,9 @@ def test_gelu_is_pinned_to_fp32_with_rank4_constants(model_files):
     trt_builder = trt.Builder(logger)
     network = trt_builder.create_network(0)
     builder_config = trt_builder.create_builder_config()
-    builder_varseqlen.VarSeqLenNetwork(network, config, weights, megatron=False).populate(trt_builder, builder_config, [2], 64)
+    builder_varseqlen.VarSeqLenNetwork(network, config, weights, megatron=False).populate(
+        trt_builder, builder_config, builder_varseqlen.batch_profiles([2], 64), 64
+    )
     layers = [network.get_layer(i) for i in range(network.num_layers)]
     constants = [layer for layer in layers if layer.type == trt.LayerType.CONSTANT]
     assert len(constants) == 5 * config.num_hidden_layers
@@ -215,10 +217,16 @@ def test_original_option_errors_in_order(monkeypatch, model_files, tmp_path, cap
     with pytest.raises(RuntimeError, match="loading a pickle weights dictionary"):
         builder_varseqlen.check_options(args("--megatron"), "portable")
     builder_varseqlen.check_options(args("--megatron", "--pickle", "w.pkl"), "portable")
+    # Post-training calibration runs on the portable engine only; TensorRT keeps the original's refusal.
+    with pytest.raises(RuntimeError, match="^Post training calibration is not supported in variable-length BERT"):
+        builder_varseqlen.check_options(args("--hf", str(model_files["hf"]), "-i"), "tensorrt")
+    builder_varseqlen.check_options(args("--hf", str(model_files["hf"]), "-i"), "portable")
 
+    missing = tmp_path / "missing.json"
     cases = [
         ([], builder_varseqlen.NO_WEIGHTS_MESSAGE),
-        (["--hf", str(model_files["hf"]), "-i"], builder_varseqlen.PTQ_MESSAGE),
+        (["--hf", str(model_files["hf"]), "-i", "-j", str(missing), "-p", str(tmp_path / "cache")],
+         f"{missing}: cannot read file (No such file or directory)"),
     ]
     for extra, message in cases:
         argv = ["-c", str(model_files["config_dir"]), "-o", str(tmp_path / "e.engine"), "--backend", "portable", "--device", "cpu", *extra]
