@@ -45,6 +45,7 @@ from bert_weights.names import (
 from builder_utils import (
     DEVICE_ENV,
     add_8bit_options,
+    add_channel_scale,
     add_gelu,
     add_common_builder_options,
     add_plugin_to_network,
@@ -65,8 +66,10 @@ from builder_utils import (
 )
 from helpers.backend import backend_name, select_backend, trt
 from helpers.runner import WORD_EMBEDDINGS_FIELD, load_plugin_library, portable_device
+from helpers.smoothing import FC1_LAYER, HEAD_LAYER, QKV_LAYER, SKIP_SCALE
 
 INPUT_NAMES = ("input_ids", "segment_ids", "input_mask")
+CHANNEL_AXIS = 2  # of the network's [S, B, E, 1, 1] activations
 NO_WEIGHTS_MESSAGE = (
     "You need either specify TF checkpoint using option --ckpt or ONNX using option --onnx to build TRT BERT model."
 )
@@ -177,7 +180,7 @@ def compute_capability(backend: str) -> int:
 
 
 def check_int8_options(args: argparse.Namespace, backend: str) -> None:
-    check_8bit_options(args, backend)
+    check_8bit_options(args, backend, qat=args.onnx is not None)
     if not (args.force_int8_multihead or args.force_int8_skipln):
         return
     capability = compute_capability(backend)
@@ -301,6 +304,7 @@ def add_attention(
 ) -> trt.ILayer:
     hidden = config.hidden_size
     qkv = add_dense(network, x, 3 * hidden, weights[prefix + WQKV], weights[prefix + BQKV])
+    qkv.name = prefix + QKV_LAYER
     if config.use_qat:
         names = ("attention_self_qv_a_input_quantizer_amax", "attention_self_qv_b_input_quantizer_amax",
                  "attention_self_av_b_input_quantizer_amax")
@@ -336,6 +340,8 @@ def add_skip_layernorm(
         plugin_field("gamma", weights[prefix + "gamma"], "float32"),
         plugin_field("type_id", skipln_type_id(config), "int32"),
     ]
+    # With activation smoothing the skip (a smoothed LayerNorm output) is scaled back first.
+    skip = add_channel_scale(network, skip, weights.get(prefix + SKIP_SCALE), CHANNEL_AXIS, prefix + "skip")
     return add_plugin(network, "skip_layer_norm", [x, skip], fields, config)
 
 
@@ -377,6 +383,7 @@ def add_transformer_layer(
     intermediate = add_dense(
         network, attention_ln.get_output(0), config.intermediate_size, weights[prefix + W_MID], weights[prefix + B_MID]
     )
+    intermediate.name = prefix + FC1_LAYER
     gelu = add_gelu(network, intermediate.get_output(0), form=config.gelu)
     gelu.get_output(0).name = prefix + "gelu"
     if config.use_qat:
@@ -419,6 +426,7 @@ def populate_network(
         set_output_range(layer, amax(weights, "bert_encoder_final_input_quantizer_amax"))
 
     logits = add_dense(network, x, 2, weights["cls_" + SQD_W], weights["cls_" + SQD_B])
+    logits.name = HEAD_LAYER
     batch_major = network.add_shuffle(logits.get_output(0))
     batch_major.second_transpose = (1, 0, 2, 3, 4)
     output = batch_major.get_output(0)
@@ -523,15 +531,19 @@ def warn_if_cache_misses_network(network: trt.INetworkDefinition, calibrator: tr
         )
 
 
-def make_calibrator(args: argparse.Namespace, cache_file: str, config: BertConfig, weights: WeightMap) -> trt.IInt8Calibrator:
-    """The calibrator of the command line, one window of the last -s per batch, tokenizing with the
-    model's tokenizer (-v: a vocab.txt, a tokenizer.json or the checkpoint folder); a vocabulary with
-    ids past the model's word embedding table is refused when a calibration will read it."""
+def make_calibrator(
+    args: argparse.Namespace, cache_file: str | None, config: BertConfig, weights: WeightMap, statistics: bool = False
+) -> trt.IInt8Calibrator:
+    """The calibrator of the command line, one window of the last -s per batch (``statistics``: the
+    batches for activation smoothing's per-channel maxima instead), tokenizing with the model's
+    tokenizer (-v: a vocab.txt, a tokenizer.json or the checkpoint folder); a vocabulary with ids
+    past the model's word embedding table is refused when a calibration will read it."""
     try:
-        from helpers.calibrator import BertCalibrator
+        from helpers.calibrator import BertCalibrator, BertChannelStatistics
     except ImportError as exc:
         raise RuntimeError(f"INT8 calibration needs helpers/calibrator.py, which cannot be imported: {exc}") from None
-    calibrator = BertCalibrator(
+    kind = BertChannelStatistics if statistics else BertCalibrator
+    calibrator = kind(
         args.squad_json, args.vocab_file, cache_file, 1, args.sequence_length[-1], args.calib_num, model_info(config, weights)
     )
     if calibrator.tokenizer is not None:
@@ -620,7 +632,7 @@ def run(args: argparse.Namespace) -> None:
     calibrator = None
     if config.use_int8 and not config.use_qat:
         # Like the original, a PyTorch checkpoint skips the FP32 calibration pre-pass.
-        calibrator = post_training_calibration(
+        weights, calibrator = post_training_calibration(
             args, logger, config, weights, default_calibration_cache_name(config, args.sequence_length),
             make_calibrator, calibration_build, pre_pass=kind in ("ckpt", "hf"),
         )

@@ -6,6 +6,7 @@ The model configuration and weights they build from are ``bert_weights``.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ from helpers.cli import exit_on_interrupt
 from helpers.files import CACHE_FILE_MAX_BYTES, check_output_path, read_limited
 from helpers.files import write_bytes_atomically as write_file_atomically
 from helpers.model_info import ModelInfo
+from helpers.smoothing import default_cache_name, smoothed_weights, smoothing_alpha, smoothing_path
 
 # The portable engine's device; the builders' --device sets it.
 DEVICE_ENV = "DEMOBERT_DEVICE"
@@ -147,6 +149,22 @@ def name_network(network: trt.INetworkDefinition, config: BertConfig, weights: W
     network.name = model_info(config, weights).network_name()
 
 
+def add_channel_scale(
+    network: trt.INetworkDefinition, x: trt.ITensor, scale: np.ndarray | None, channel_axis: int, name: str
+) -> trt.ITensor:
+    """``x`` times ``scale`` along its channel axis (a constant and an element-wise product; the
+    result named ``name``), or ``x`` itself when there is no scale (activation smoothing's residual
+    factors, ``helpers/smoothing.py``)."""
+    if scale is None:
+        return x
+    shape = [1] * len(x.shape)
+    shape[channel_axis] = scale.size
+    factor = network.add_constant(tuple(shape), trt.Weights(np.ascontiguousarray(scale, dtype=np.float32)))
+    scaled = network.add_elementwise(x, factor.get_output(0), trt.ElementWiseOperation.PROD).get_output(0)
+    scaled.name = name
+    return scaled
+
+
 def set_output_range(layer: trt.ILayer, amax: float | np.ndarray, index: int = 0) -> None:
     value = float(np.asarray(amax).reshape(-1)[0])
     layer.get_output(index).set_dynamic_range(-value, value)
@@ -231,20 +249,37 @@ def add_common_builder_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_8bit_options(parser: argparse.ArgumentParser) -> None:
-    """The 8-bit option both builders add to TensorRT's: --fp8."""
+    """The 8-bit options both builders add to TensorRT's: --fp8 and --smooth."""
     parser.add_argument(
         "--fp8",
         action="store_true",
         help="Portable engine only: run the INT8 GEMMs as FP8 E4M3 with the same ranges; needs --int8 (default: false)",
     )
+    parser.add_argument(
+        "--smooth",
+        type=smoothing_alpha,
+        metavar="ALPHA",
+        help="Portable engine only, with post-training calibration: divide each input channel j of the\n"
+        "LayerNorm-fed GEMMs (QKV, FC1, the SQuAD head) by s_j = max|X_j|^ALPHA / max|W_j|^(1-ALPHA) and\n"
+        "multiply the weights by it (SmoothQuant), so that outlier channels stop taking the whole\n"
+        "8-bit range; 0 < ALPHA <= 1. Without it, per-tensor ranges as TensorRT (default: None)",
+    )
 
 
-def check_8bit_options(args: argparse.Namespace, backend: str) -> None:
-    """The errors of the 8-bit options both builders share."""
+def check_8bit_options(args: argparse.Namespace, backend: str, qat: bool) -> None:
+    """The errors of the 8-bit options both builders share; ``qat``: the model brings its INT8 ranges."""
     if args.fp8 and not args.int8:
         raise RuntimeError("--fp8 needs --int8: the FP8 GEMMs use the INT8 dynamic ranges")
     if args.fp8 and backend != "portable":
         raise RuntimeError("--fp8 is only available on the portable engine (--backend portable)")
+    if args.smooth is None:
+        return
+    if not args.int8:
+        raise RuntimeError("--smooth needs --int8: it rescales the inputs of the 8-bit GEMMs")
+    if backend != "portable":
+        raise RuntimeError("--smooth is only available on the portable engine (--backend portable)")
+    if qat:
+        raise RuntimeError("--smooth needs post-training calibration; a QAT model brings its own ranges")
 
 
 def parse_builder_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -306,12 +341,27 @@ def run_builder(run: Callable[[argparse.Namespace], None], args: argparse.Namesp
 
 # ---------------------------------------------------------------------------------------------
 # Post-training calibration, shared by builder.py and builder_varseqlen.py.  Each builder brings
-# ``make_calibrator(args, cache_file, config, weights)`` (its SQuAD batches) and
-# ``calibration_build(args, logger, config, weights, calibrator)`` (the FP32 build that runs a
-# calibrator).
+# ``make_calibrator(args, cache_file, config, weights, statistics=False)`` (its SQuAD batches; ``statistics``:
+# the batches of activation smoothing's statistics pass) and ``calibration_build(args, logger,
+# config, weights, calibrator)`` (the FP32 build that runs a calibrator).
 
 MakeCalibrator = Callable[..., Any]
 CalibrationBuild = Callable[[argparse.Namespace, trt.ILogger, BertConfig, WeightMap, Any], None]
+
+
+def channel_maxima(
+    make_calibrator: MakeCalibrator,
+    calibration_build: CalibrationBuild,
+    args: argparse.Namespace,
+    logger: trt.ILogger,
+    config: BertConfig,
+    weights: WeightMap,
+) -> dict[str, np.ndarray]:
+    """Activation smoothing's statistics: per dense layer, the largest |x| of each input channel over
+    the calibration batches of the FP32 network of ``weights``."""
+    statistics = make_calibrator(args, None, config, weights, statistics=True)
+    calibration_build(args, logger, config, weights, statistics)
+    return cast(dict[str, np.ndarray], statistics.channel_maxima)
 
 
 def post_training_calibration(
@@ -323,14 +373,18 @@ def post_training_calibration(
     make_calibrator: MakeCalibrator,
     calibration_build: CalibrationBuild,
     pre_pass: bool,
-) -> trt.IInt8Calibrator:
-    """The calibrator of an INT8 build without QAT ranges.
+) -> tuple[WeightMap, trt.IInt8Calibrator]:
+    """The weights (smoothed with ``--smooth``) and the calibrator of an INT8 build without QAT ranges.
 
     The cache is ``-p`` or ``default_cache_file``.  With ``pre_pass``, an FP32 build calibrates once
     and writes it, so that the INT8 build only reads it (docs/SPEC.md "Calibration").
     """
-    cache_file = args.calib_path or default_cache_file
+    cache_file = args.calib_path or default_cache_name(default_cache_file, args.smooth)
+    statistics = functools.partial(channel_maxima, make_calibrator, calibration_build, args, logger, config, weights)
+    smoothed = smoothed_weights(weights, config, args.smooth, cache_file, statistics)
+    if args.smooth is not None:
+        logger.log(trt.Logger.INFO, f"activation smoothing --smooth {args.smooth:g}: scales in {smoothing_path(cache_file)}")
     if pre_pass and not os.path.exists(cache_file):
-        calibration_build(args, logger, config, weights, make_calibrator(args, cache_file, config, weights))
+        calibration_build(args, logger, config, smoothed, make_calibrator(args, cache_file, config, smoothed))
         logger.log(trt.Logger.INFO, f"calibration cache generated in {cache_file}")
-    return make_calibrator(args, cache_file, config, weights)
+    return smoothed, make_calibrator(args, cache_file, config, smoothed)

@@ -65,6 +65,7 @@ from builder import (
 from builder import LOADERS as FIXED_LENGTH_LOADERS
 from builder_utils import (
     add_8bit_options,
+    add_channel_scale,
     add_common_builder_options,
     add_gelu,
     check_8bit_options,
@@ -83,12 +84,14 @@ from builder_utils import (
 )
 from helpers.backend import trt
 from helpers.runner import WORD_EMBEDDINGS_FIELD
+from helpers.smoothing import FC1_LAYER, HEAD_LAYER, QKV_LAYER, SKIP_SCALE
 from helpers.sparsity import structured_layers
 
 if TYPE_CHECKING:
-    from helpers.calibrator import BertPackedCalibrator
+    from helpers.calibrator import BertPackedCalibrator, PackedChannelStatistics
 
 INPUT_NAMES = ("input_ids", "segment_ids", "cu_seqlens", "max_seqlen")
+CHANNEL_AXIS = 1  # of both layouts, [T, E, 1, 1] and [1, E, T, 1]
 XAVIER_MESSAGE = "This variable-length BERT demo only support Xavier+ GPU."
 MEGATRON_PRECISION_MESSAGE = "Megatron BERT currently only supports int8 and interleaved."
 MEGATRON_PICKLE_MESSAGE = "Megatron BERT currently only supports loading a pickle weights dictionary."
@@ -210,7 +213,7 @@ def check_options(args: argparse.Namespace, backend: str) -> None:
             raise RuntimeError(MEGATRON_PRECISION_MESSAGE)
         if not args.pickle:
             raise RuntimeError(MEGATRON_PICKLE_MESSAGE)
-    check_8bit_options(args, backend)
+    check_8bit_options(args, backend, uses_qat(args))
     if backend == "tensorrt" and args.int8 and not uses_qat(args):
         raise RuntimeError(PTQ_MESSAGE)
 
@@ -357,7 +360,7 @@ class VarSeqLenNetwork:
         config = self.config
         hidden = config.hidden_size
         qkv = add_dense(self.network, x, 3 * hidden, self.weights[prefix + WQKV], self.weights[prefix + BQKV])
-        qkv.name = prefix + "attention_qkv"
+        qkv.name = prefix + QKV_LAYER
         if config.use_qat:
             names = ("qv_a", "qv_b", "av_b")
             set_output_range(qkv, max(self.amax(f"{prefix}attention_self_{n}_input_quantizer_amax") for n in names))
@@ -388,6 +391,8 @@ class VarSeqLenNetwork:
         """Skip + LayerNorm; ``pre_ln_output`` asks for the Megatron version (second output: the sum)."""
         beta = plugin_field("beta", self.weights[prefix + "beta"], "float32")
         gamma = plugin_field("gamma", self.weights[prefix + "gamma"], "float32")
+        # With activation smoothing the skip (a smoothed LayerNorm output) is scaled back first.
+        skip = add_channel_scale(self.network, skip, self.weights.get(prefix + SKIP_SCALE), CHANNEL_AXIS, prefix + "skip")
         if self.interleaved:
             key = "skip_layer_norm_megatron" if pre_ln_output else "skip_layer_norm_huggingface"
             return self.plugin(key, [x, skip], [beta, gamma])
@@ -447,7 +452,7 @@ class VarSeqLenNetwork:
         intermediate = add_dense(
             network, attention_ln.get_output(0), config.intermediate_size, weights[prefix + W_MID], weights[prefix + B_MID]
         )
-        intermediate.name = prefix + "intermediate_dense"
+        intermediate.name = prefix + FC1_LAYER
         # The FP32-pinned tanh chain is what TensorRT fuses with the dense layer; GELU_ERF is one layer.
         gelu = add_gelu(network, intermediate.get_output(0), force_fp32=config.gelu == "tanh", form=config.gelu)
         gelu.get_output(0).name = prefix + "gelu"
@@ -476,7 +481,7 @@ class VarSeqLenNetwork:
 
     def add_squad_head(self, x: trt.ITensor) -> trt.ITensor:
         logits = add_dense(self.network, x, 2, self.weights["cls_" + SQD_W], self.weights["cls_" + SQD_B])
-        logits.name = "cls_squad_output"
+        logits.name = HEAD_LAYER
         # [T, 2, 1, 1] or interleaved [1, 2, T, 1] -> [2, T, 1, 1]
         order = (1, 2, 0, 3) if self.interleaved else (1, 0, 2, 3)
         output = self.transpose(logits.get_output(0), order)
@@ -579,14 +584,18 @@ def build_engine(
     return serialize_network(builder, network, builder_config, config, logger)
 
 
-def make_calibrator(args: argparse.Namespace, cache_file: str, config: BertConfig, weights: WeightMap) -> BertPackedCalibrator:
-    """The packed calibrator of the command line, its batches as large as the first profile's,
-    tokenizing with the model's tokenizer; a vocabulary with ids past the model's word embedding
-    table is refused when a calibration will read it."""
-    from helpers.calibrator import BertPackedCalibrator
+def make_calibrator(
+    args: argparse.Namespace, cache_file: str | None, config: BertConfig, weights: WeightMap, statistics: bool = False
+) -> BertPackedCalibrator | PackedChannelStatistics:
+    """The packed calibrator of the command line (``statistics``: the batches for activation
+    smoothing's per-channel maxima instead), its batches as large as the first profile's, tokenizing
+    with the model's tokenizer; a vocabulary with ids past the model's word embedding table is
+    refused when a calibration will read it."""
+    from helpers.calibrator import BertPackedCalibrator, PackedChannelStatistics
 
     tokens = batch_profiles(args.max_batch_size, args.max_sequence_length)[0].tokens
-    calibrator = BertPackedCalibrator(
+    kind: type[BertPackedCalibrator | PackedChannelStatistics] = PackedChannelStatistics if statistics else BertPackedCalibrator
+    calibrator = kind(
         args.squad_json, args.vocab_file, cache_file, tokens, args.max_sequence_length, args.calib_num, model_info(config, weights)
     )
     if calibrator.tokenizer is not None:
@@ -599,7 +608,7 @@ def calibration_build(
     logger: trt.ILogger,
     config: BertConfig,
     weights: WeightMap,
-    calibrator: BertPackedCalibrator,
+    calibrator: BertPackedCalibrator | PackedChannelStatistics,
 ) -> None:
     """Run ``calibrator`` over an FP32 build of the network (float plugins) whose one profile is the
     calibrator's packed batch."""
@@ -628,7 +637,7 @@ def run(args: argparse.Namespace) -> None:
 
     calibrator = None
     if config.use_int8 and not config.use_qat:
-        calibrator = post_training_calibration(
+        weights, calibrator = post_training_calibration(
             args, logger, config, weights, default_calibration_cache_name(config, [args.max_sequence_length]),
             make_calibrator, calibration_build, pre_pass=True,
         )

@@ -7,11 +7,12 @@ a SQuAD head fitted by least squares on the hand-made set, so that its spans mea
 ``bert-large`` (BERT-large shapes, seeded random weights and head, or a head fitted with
 ``--head-ridge``; about 2 minutes on a 2-core CPU).
 Engines are built with ``builder.py`` (``--packed``: ``builder_varseqlen.py``, run on packed
-batches; PTQ: calibration on the hand-made set; ``--qat``: an ONNX model whose amax entries are the
-FP32 activation maxima) and run with ``helpers.runner.EngineRunner``.
+batches; PTQ: calibration on the hand-made set, ``--smooth ALPHA`` with activation smoothing;
+``--qat``: an ONNX model whose amax entries are the FP32 activation maxima) and run with
+``helpers.runner.EngineRunner``.
 
     python3 bench/int8_accuracy.py --model minilm --backend portable --device cpu
-    python3 bench/int8_accuracy.py --model minilm --backend portable --device cpu --packed
+    python3 bench/int8_accuracy.py --model minilm --backend portable --device cpu --smooth 0.8 --packed
     python3 bench/int8_accuracy.py --model bert-large --device cuda -s 384 --fp16 -imh -iln
     python3 bench/int8_accuracy.py --model minilm --device cuda --qat --fp8
 """
@@ -347,10 +348,14 @@ def calibrator_class(algorithm: str, quantile: float | None = None):
 
 def write_calibration_cache(builder_argv: Sequence[str], calibrator_type) -> None:
     """builder.py's FP32 calibration pre-build (docs/SPEC.md "Calibration") with ``calibrator_type`` instead of the demo's
-    legacy calibrator: writes the ``-p`` cache that a ``builder.py`` INT8 build with the same
-    arguments then reads."""
+    legacy calibrator (after its activation smoothing, with ``--smooth``): writes the ``-p`` cache
+    that a ``builder.py`` INT8 build with the same arguments then reads."""
+    import functools
+
     import builder
+    from builder_utils import channel_maxima
     from helpers.backend import trt
+    from helpers.smoothing import smoothed_weights
 
     args = builder.parse_args(list(builder_argv))
     _, logger = builder.start_backend(args)
@@ -358,6 +363,8 @@ def write_calibration_cache(builder_argv: Sequence[str], calibrator_type) -> Non
     config = builder.load_config(args, logger)
     kind, path = builder.weight_source(args)
     weights = builder.LOADERS[kind](path, config)
+    statistics = functools.partial(channel_maxima, builder.make_calibrator, builder.calibration_build, args, logger, config, weights)
+    weights = smoothed_weights(weights, config, args.smooth, args.calib_path, statistics)
     calibrator = calibrator_type(args.squad_json, args.vocab_file, args.calib_path, 1, args.sequence_length[-1], args.calib_num)
     builder.calibration_build(args, logger, config, weights, calibrator)
 
@@ -428,6 +435,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="also compare with HF fake-quantized at the engine's tensors with its ranges, and attribute the error per tensor kind",
     )
     parser.add_argument("--fp8", action="store_true", help="FP8 GEMMs instead of INT8 (portable engine, Hopper)")
+    parser.add_argument("--smooth", type=float, default=None, metavar="ALPHA", help="PTQ with activation smoothing (builders' --smooth)")
     parser.add_argument("--packed", action="store_true", help="builder_varseqlen.py engines on packed batches")
     parser.add_argument(
         "--qat", action="store_true", help="QAT ranges (max |x| of the FP32 activations, through an ONNX model) instead of PTQ"
@@ -453,6 +461,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.oracle and args.fp8:
         print("error: --oracle simulates INT8, not FP8", file=sys.stderr)
+        return 2
+    if args.oracle and args.smooth is not None:
+        print("error: --oracle simulates the unsmoothed network", file=sys.stderr)
+        return 2
+    if args.qat and args.smooth is not None:
+        print("error: --smooth takes PTQ; --qat takes no calibration", file=sys.stderr)
         return 2
     if args.packed and (args.imh or args.iln or args.strict or args.calibration != "legacy" or args.quantile is not None):
         print("error: --packed builds builder_varseqlen.py engines: no -imh, -iln, --strict, --calibration or --quantile",
@@ -483,6 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.fp16:
             common.append("--fp16")
         int8 += [flag for flag, on in (("-imh", args.imh), ("-iln", args.iln), ("--strict", args.strict), ("--fp8", args.fp8)) if on]
+        if args.smooth is not None:
+            int8 += ["--smooth", str(args.smooth)]
         if not args.qat and (args.calibration != "legacy" or args.quantile is not None):
             write_calibration_cache([*source, "-o", str(work / "calibration.engine"), *common, *int8],
                                     calibrator_class(args.calibration, args.quantile))
@@ -502,6 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ranges = engine_ranges(read_engine((work / "int8.engine").read_bytes()))
     label = f"{args.model} S={args.sequence_length} {'packed ' if args.packed else ''}{'QAT' if args.qat else 'PTQ'} "
     label += f"{'fp16+' if args.fp16 else ''}{'fp8' if args.fp8 else 'int8'}"
+    if args.smooth is not None:
+        label += f" --smooth {args.smooth:g}"
     if not args.qat:
         label += f" {args.calibration}" + ("" if args.quantile is None else f" quantile {args.quantile}") + f" n={args.calib_num}"
     label += "".join(f" {f}" for f, on in (("-imh", args.imh), ("-iln", args.iln), ("--strict", args.strict)) if on)

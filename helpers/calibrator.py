@@ -9,7 +9,8 @@ builder reads it instead of calibrating again.  ``BertEntropyCalibrator`` and ``
 feed the same batches to TensorRT's entropy algorithm (``IInt8EntropyCalibrator2``) or its max |x|
 (``IInt8MinMaxCalibrator``) instead of the legacy quantile.  ``BertPackedCalibrator`` feeds the
 same first features without their padding, packed (``pack_sequences``), to the variable-length
-network.
+network.  ``BertChannelStatistics`` / ``PackedChannelStatistics`` run the same batches, without a
+cache, for the per-channel maxima of activation smoothing (``helpers/smoothing.py``).
 
 Device buffers are PyTorch tensors on the device the backend runs on; ``get_batch`` returns
 their addresses in the order of the names it is given.  Bad input (a missing or short SQuAD
@@ -278,6 +279,17 @@ class _PackedSquadBatches(_SquadQuestions):
         return self.pointers(names)
 
 
+class _ChannelStatistics:
+    """What activation smoothing (``helpers/smoothing.py``) reads: the portable engine hands it the
+    largest |x| of each input channel of every convolution over the batches
+    (``helpers.portable.calibration``), by layer name."""
+
+    channel_maxima: dict[str, np.ndarray] = {}
+
+    def write_channel_maxima(self, maxima: dict[str, np.ndarray]) -> None:
+        self.channel_maxima = dict(maxima)
+
+
 class _LegacyParameters:
     """The demo's legacy calibrator parameters: the 0.9999 quantile of |x|, cutoff 1.0."""
 
@@ -309,3 +321,10 @@ class BertMinMaxCalibrator(_SquadBatches, trt.IInt8MinMaxCalibrator):  # type: i
 class BertPackedCalibrator(_LegacyParameters, _PackedSquadBatches, trt.IInt8LegacyCalibrator):  # type: ignore[misc]
     """The legacy calibrator on packed batches, for builder_varseqlen.py."""
 
+
+class BertChannelStatistics(_ChannelStatistics, _SquadBatches, trt.IInt8MinMaxCalibrator):  # type: ignore[misc]
+    """Padded batches for the per-channel maxima of activation smoothing (no cache: ``cache_file`` None)."""
+
+
+class PackedChannelStatistics(_ChannelStatistics, _PackedSquadBatches, trt.IInt8MinMaxCalibrator):  # type: ignore[misc]
+    """Packed batches for the per-channel maxima of activation smoothing (no cache: ``cache_file`` None)."""

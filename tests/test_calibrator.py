@@ -355,7 +355,7 @@ def test_packed_calibrator_feeds_the_real_tokens_of_the_first_features(portable_
 
 
 def test_packed_calibrator_without_a_cache_file_writes_none(portable_backend, squad_json, tmp_path):
-    """Without a cache file every build calibrates and no table is kept."""
+    """Without a cache file (activation smoothing's statistics pass) every build calibrates and no table is kept."""
     calibrator = packed_calibrator(squad_json, None, 64)
     table = cal.write_calibration_table({"embeddings_output": 3.0}, cal.CalibrationAlgoType.LEGACY_CALIBRATION)
     assert calibrator.read_calibration_cache() is None

@@ -352,10 +352,15 @@ def test_int8_engine_on_cuda_agrees_with_the_cpu_simulation(int8_workdir, fp32_a
     assert agreement.cosine >= 0.9999 and agreement.both_match >= 0.95
 
 
+# MiniLM's best migration strength: its outlier channels (99 of the residual stream) want all of
+# their range moved into the weights (bench/int8_accuracy.py --smooth, docs/perf/).
+MINILM_SMOOTHING = 1.0
+
+
 @pytest.fixture(scope="module")
 def minilm_engines(tmp_path_factory):
     """MiniLM-L6 with its fitted SQuAD head: FP32 and PTQ INT8 engines (builder.py's legacy
-    calibration on 8 questions, GELU10) and their logits on the hand-made set."""
+    calibration on 8 questions, GELU10; without and with --smooth) and their logits on the hand-made set."""
     import builder
     from bench import int8_accuracy as ia
     from tests.squad_fixtures import minilm_vocab_file
@@ -368,14 +373,17 @@ def minilm_engines(tmp_path_factory):
     squad = ia.write_handmade_squad(work / "squad.json")
     common = ["--hf", str(work / "hf"), "-b", "4", "-s", str(SEQ), "--backend", "portable", "--device", "cpu"]
     assert builder.main([*common, "-o", str(work / "fp32.engine")]) == 0
-    assert builder.main([*common, "-o", str(work / "int8.engine"), "-i", "-j", squad, "-v", vocab, "-n", "8",
-                         "-p", str(work / "cache")]) == 0
+    calibration = ["-i", "-j", squad, "-v", vocab, "-n", "8"]
+    assert builder.main([*common, "-o", str(work / "int8.engine"), *calibration, "-p", str(work / "cache")]) == 0
+    assert builder.main([*common, "-o", str(work / "smoothed.engine"), *calibration, "-p", str(work / "smoothed_cache"),
+                         "--smooth", str(MINILM_SMOOTHING)]) == 0
     return {
         "model": model,
         "features": features,
         "int8": work / "int8.engine",
         "reference": engine_logits(work / "fp32.engine", features),
         "quantized": engine_logits(work / "int8.engine", features),
+        "smoothed": engine_logits(work / "smoothed.engine", features),
     }
 
 
@@ -415,6 +423,39 @@ def test_minilm_ptq_int8_meets_the_accuracy_goal(minilm_engines):
     env = minilm_engines
     agreement = ia.logits_agreement(env["reference"], env["quantized"], env["features"].input_mask)
     print("MiniLM, PTQ INT8 vs FP32:", agreement.as_text())
+    assert agreement.cosine >= 0.99
+    assert min(agreement.start_match, agreement.end_match) >= 0.95
+
+
+def test_minilm_ptq_int8_with_smoothing_is_far_closer_to_fp32(minilm_engines):
+    """--smooth moves channel 99 out of the QKV and FC1 inputs' ranges: calibrated on 8 of the 20
+    questions, the logits' cosine with FP32 goes from about 0.83 to about 0.945."""
+    from bench import int8_accuracy as ia
+
+    env = minilm_engines
+    mask = env["features"].input_mask
+    plain = ia.logits_agreement(env["reference"], env["quantized"], mask)
+    smoothed = ia.logits_agreement(env["reference"], env["smoothed"], mask)
+    print(f"MiniLM, PTQ INT8 vs FP32: {plain.as_text()}; with --smooth {MINILM_SMOOTHING:g}: {smoothed.as_text()}")
+    assert smoothed.cosine >= 0.93 and smoothed.cosine >= plain.cosine + 0.05
+    assert smoothed.both_match > plain.both_match
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Smoothing the LayerNorm-fed GEMMs (QKV, FC1, head) does not reach the goal on MiniLM-L6 with this fitted "
+    "head: --smooth 1 gives 0.945 cosine calibrated on 8 questions (0.953, start/end argmax 75 %/80 %, on all 20). "
+    "In HF's fake-quantized float64 copy each smoothed input alone reaches 0.9993 (QKV) and 0.9928 (FC1: the "
+    "migrated outliers coarsen the weights' per-output-channel grid), while FC2's input, the GELU output, alone "
+    "stays at 0.955 (GELU10); smoothing it too overfits the calibration batches (0.85 on 8 questions) "
+    "(docs/perf/INT8_SMOOTHING.md).",
+)
+def test_minilm_ptq_int8_with_smoothing_meets_the_accuracy_goal(minilm_engines):
+    from bench import int8_accuracy as ia
+
+    env = minilm_engines
+    agreement = ia.logits_agreement(env["reference"], env["smoothed"], env["features"].input_mask)
+    print(f"MiniLM, PTQ INT8 --smooth {MINILM_SMOOTHING:g} vs FP32:", agreement.as_text())
     assert agreement.cosine >= 0.99
     assert min(agreement.start_match, agreement.end_match) >= 0.95
 
@@ -599,6 +640,57 @@ def test_packed_and_padded_ptq_engines_agree_with_the_same_ranges(int8_workdir, 
     # which moves a few INT8 codes by one step.
     assert agreement.cosine >= 0.99
     assert logits_agreement(engine_logits(fp32_and_ptq_engines[0], env["features"]), padded_logits, mask).cosine >= 0.99
+
+
+def hf_dense_inputs(model, features, rows=slice(None)):
+    """Per smoothed dense layer of the builders (QKV, FC1, the head), HF's input activations [n, S, channels]."""
+    from helpers.smoothing import FC1_LAYER, HEAD_LAYER, QKV_LAYER
+
+    seen = {}
+    modules = {HEAD_LAYER: model.qa_outputs}
+    for i, layer in enumerate(model.bert.encoder.layer):
+        modules[f"l{i}_{QKV_LAYER}"] = layer.attention.self.query
+        modules[f"l{i}_{FC1_LAYER}"] = layer.intermediate.dense
+    hooks = [module.register_forward_pre_hook(lambda m, a, name=name: seen.__setitem__(name, a[0].detach()))
+             for name, module in modules.items()]
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.as_tensor(features.input_ids[rows], dtype=torch.long),
+                  token_type_ids=torch.as_tensor(features.segment_ids[rows], dtype=torch.long),
+                  attention_mask=torch.as_tensor(features.input_mask[rows], dtype=torch.long))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_calibration_statistics_are_the_fp32_activation_maxima(int8_workdir, packed):
+    """Activation smoothing's statistics pass (both builders): per dense layer, max |x| of each input
+    channel over the calibration batches, as HF computes them: over every position of the padded
+    windows (builder.py), over the real tokens only (builder_varseqlen.py, one packed batch here)."""
+    import builder
+    import builder_varseqlen
+    from builder_utils import channel_maxima
+    from helpers.backend import trt
+
+    env = int8_workdir
+    script = builder_varseqlen if packed else builder
+    argv = ["--hf", str(env["work"] / "hf"), "-o", "unused.engine", "-b", "20", "-s", str(SEQ), "--backend", "portable",
+            "--device", "cpu", *ptq_options(env, env["work"] / "unused_cache")]
+    args = script.parse_args(argv)
+    _, logger = script.start_backend(args)
+    trt.init_libnvinfer_plugins(logger, "")
+    config = script.load_config(args, logger)
+    weights = builder_varseqlen.load_weights("hf", args.hf, config, SEQ)
+    maxima = channel_maxima(script.make_calibrator, script.calibration_build, args, logger, config, weights)
+    assert not (env["work"] / "unused_cache").exists()
+    inputs = hf_dense_inputs(env["model"], env["features"])
+    valid = torch.as_tensor(env["features"].input_mask, dtype=torch.bool)
+    assert set(inputs) <= set(maxima)  # and the attention output and FC2 projections'
+    for name, x in inputs.items():
+        expected = (x[valid] if packed else x.flatten(0, 1)).abs().amax(dim=0).numpy()
+        np.testing.assert_allclose(maxima[name], expected, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def expect_packed_failure(env, capsys, options, message):

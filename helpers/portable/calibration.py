@@ -24,7 +24,7 @@ names are the network's, so names it has that the network lacks are ignored.  Ea
 range set by the network (``ITensor.set_dynamic_range``, e.g. GELU10) gets the calibrated one, stored
 in the engine file with the tensors.
 
-Portable extension (for activation smoothing): a calibrator with a
+Portable extension (activation smoothing, ``helpers/smoothing.py``): a calibrator with a
 ``write_channel_maxima(maxima)`` method also gets, when batches ran, the largest |x| of each input
 channel of every convolution, keyed by the convolution layer's name.
 """

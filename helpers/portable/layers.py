@@ -231,7 +231,9 @@ def infer_elementwise(p: Params, shapes: Sequence[Shape], dtypes: Sequence[DataT
     op = ElementWiseOperation(p["op"])
     if op not in _ELEMENTWISE:
         raise BuildError(f"{where}: operation {op.name} is not supported by the portable engine")
-    floats = dtypes[0] in FLOAT_TYPES and dtypes[1] in FLOAT_TYPES
+    # An INT8 input is an INT8 plugin's output (implicit quantization): TensorRT hands a float layer
+    # its dequantized value, so it mixes with float tensors.
+    floats = dtypes[0] in (*FLOAT_TYPES, DataType.INT8) and dtypes[1] in (*FLOAT_TYPES, DataType.INT8)
     if not floats and dtypes[0] != dtypes[1]:
         raise BuildError(f"{where}: input types differ: {dtypes[0].name} and {dtypes[1].name}")
     if not floats and dtypes[0] != DataType.INT32:
