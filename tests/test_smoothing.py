@@ -223,3 +223,14 @@ def test_bad_smoothing_options_fail_cleanly(int8_workdir, capsys):
         with pytest.raises(SystemExit):
             script.parse_args(["--hf", "x", "-o", "x.engine", "-i", "--smooth", "2"])
         assert "argument --smooth: takes a migration strength 0 < ALPHA <= 1, got '2'" in capsys.readouterr().err
+
+
+def test_smoothing_keeps_every_fused_cuda_step(smoothed_engine, fp32_and_ptq_engines):
+    """The CUDA plan of a smoothed engine fuses what the unsmoothed one fuses (decided on the graph,
+    whatever the device): smoothing only adds the residual products as element-wise steps."""
+    from helpers.portable.engine_file import read_engine
+    from helpers.portable.graph import load_graph
+    from test_portable_passes import cuda_patterns
+
+    plain, smoothed = (load_graph(read_engine(path.read_bytes())) for path in (fp32_and_ptq_engines[1], smoothed_engine[0]))
+    assert cuda_patterns(smoothed) == cuda_patterns(plain)
