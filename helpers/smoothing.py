@@ -43,7 +43,7 @@ import numpy as np
 
 from bert_weights import BertConfig, WeightMap
 from bert_weights.names import EMB_PROJ_B, EMB_PROJ_W, SQD_W, W_MID, WQKV
-from helpers.files import write_bytes_atomically
+from helpers.files import CACHE_FILE_MAX_BYTES, read_limited, write_bytes_atomically
 
 # The names of the smoothed dense layers in both builders' networks (``l{i}_`` + name; the head
 # without prefix): the calibration statistics are keyed by them.
@@ -159,10 +159,11 @@ def read_scales(cache_file: str, alpha: float) -> dict[str, np.ndarray] | None:
     path = smoothing_path(cache_file)
     if not os.path.exists(path):
         return None
+    data = read_limited(path, CACHE_FILE_MAX_BYTES, "smoothing scales")
     try:
-        with np.load(path, allow_pickle=False) as stored:
+        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
             arrays = {name: stored[name] for name in stored.files}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:
         raise SmoothingError(f"{path}: not smoothing scales ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
     if int(arrays.pop("format_version", -1)) != FORMAT_VERSION or "alpha" not in arrays:
         raise SmoothingError(f"{path}: not smoothing scales of format version {FORMAT_VERSION}")

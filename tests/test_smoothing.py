@@ -201,6 +201,13 @@ def test_caches_of_other_smoothing_are_refused(int8_workdir, smoothed_engine, fp
                          f"calibration cache {smoothed_cache} was calibrated with --smooth 0.5: pass that, or another -p")
     expect_clean_failure(env, capsys, ["-i", *no_squad, "-p", str(plain_cache), "--smooth", "0.5"],
                          f"calibration cache {plain_cache} was calibrated without --smooth")
+    garbled = env["work"] / "bad_cache"
+    (env["work"] / "bad_cache.smoothing.npz").write_bytes(b"not an npz archive")
+    try:
+        expect_clean_failure(env, capsys, ["-i", *no_squad, "-p", str(garbled), "--smooth", "0.5"],
+                             f"{garbled}.smoothing.npz: not smoothing scales", cache=env["work"] / "bad_cache.smoothing.npz")
+    finally:
+        (env["work"] / "bad_cache.smoothing.npz").unlink()
     again = env["work"] / "smoothed_again.engine"
     build(env, again, "-i", *no_squad, "-p", str(smoothed_cache), "--smooth", "0.5")
     np.testing.assert_array_equal(engine_logits(again, env["features"]), engine_logits(smoothed_engine[0], env["features"]))
