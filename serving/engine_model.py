@@ -4,7 +4,7 @@ Triton's dynamic batcher hands one ``execute`` call several requests.  Fixed-len
 stacked along the batch axis; variable-length requests (ragged ``[b, L]`` token rows of any
 lengths) are packed into one sequence of real tokens with ``cu_seqlens``, so requests of
 different lengths share one engine execution without padding.  Tensors move through DLPack: on
-CUDA, inputs are copied to the device once and the logits stay there until Triton takes them.
+CUDA, a batch's inputs go to the device in one copy each and its logits come back in one copy.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class EngineModel:
         self.runner.copy_inputs({name: torch.cat([r.tensors[name] for r in rows]) for name in FIXED_INPUTS})
         logits = self.run()
         starts = torch.tensor([0] + [r.count for r in rows]).cumsum(0).tolist()
-        return [logits[a:b].clone() for a, b in zip(starts, starts[1:])]
+        return [logits[a:b] for a, b in zip(starts, starts[1:])]
 
     def run_packed(self, rows: list[Rows]) -> list[torch.Tensor]:
         """Variable length: the real tokens of all requests back to back; each request's logits ``[b, 2, L, 1, 1]``."""
@@ -189,9 +189,11 @@ class EngineModel:
         return results
 
     def run(self) -> torch.Tensor:
+        """Execute the activated batch; its logits in a host tensor of their own."""
         self.runner.execute()
         self.runner.synchronize()
-        return self.runner.output()
+        # Triton answers from host memory: one copy of the batch costs less than a device transfer per response.
+        return self.runner.output().to("cpu", copy=True)
 
     def finalize(self) -> None:
         self.runner = None
