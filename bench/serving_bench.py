@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queue-delay-us", type=int, default=1000)
     parser.add_argument("--server-python", default=PY, help="Python of the serving environment (default: this one)")
     parser.add_argument("--skip", default="", help="Comma-separated: fixed, packed")
+    parser.add_argument("--cuda-graphs", action="store_true", help="Serve the fixed-length engine with CUDA graphs")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
         args.vocab = minilm_vocab_file()
     results: dict = {"device": device, "shape": shape, "sequence_length": seq, "batches": batches, "levels": args.levels,
-                     "instances": args.instances, "max_queue_delay_us": args.max_queue_delay_us}
+                     "instances": args.instances, "max_queue_delay_us": args.max_queue_delay_us, "cuda_graphs": args.cuda_graphs}
     with tempfile.TemporaryDirectory(prefix="serving_bench.") as work_dir:
         work = Path(work_dir)
         log = out / "bench.log"
@@ -118,15 +119,35 @@ def main(argv: list[str] | None = None) -> int:
             run([PY, perf, "-e", str(engine), *batch_args, "-s", str(seq), "-w", "20", "-i", "100", *extra, "--device", device,
                  "--json", str(offline)], log)
             repo = work / f"repo_{kind}"
+            graphs = ["--cuda-graphs"] if args.cuda_graphs and kind == "fixed" else []
             run([PY, "-m", "serving.repository", "-e", str(engine), "-v", args.vocab, "-o", str(repo), "--device", device,
-                 "--instances", str(args.instances), "--max-queue-delay-us", str(args.max_queue_delay_us)], log)
+                 "--instances", str(args.instances), "--max-queue-delay-us", str(args.max_queue_delay_us), *graphs], log)
             results[kind] = {"offline": json.loads(offline.read_text()),
                              **served(repo, args.levels, args.duration, args.warm_up, args.processes, out, kind, args.server_python)}
             engine.unlink()
             (out / "serving_bench.json").write_text(json.dumps(results, indent=2))
     (out / "serving_bench.json").write_text(json.dumps(results, indent=2))
     print(table(results))
+    for kind in ("fixed", "packed"):
+        if kind in results:
+            print(f"{kind}: {execution_summary(results[kind]['stats'])}")
     return 0
+
+
+def execution_summary(stats: dict) -> str:
+    """How Triton batched the requests of every level together: executions, mean batch, time per execution."""
+    model = (stats.get("model_stats") or [{}])[0]
+    batches = model.get("batch_stats", [])
+    executions = sum(b["compute_infer"]["count"] for b in batches)
+    if not executions:
+        return "no executions recorded"
+    requests = sum(b["batch_size"] * b["compute_infer"]["count"] for b in batches)
+    compute_ms = sum(int(b["compute_infer"]["ns"]) for b in batches) / 1e6
+    inference = model.get("inference_stats", {})
+    queue = inference.get("queue", {})
+    queue_ms = int(queue.get("ns", 0)) / 1e6 / max(int(queue.get("count", 0)), 1)
+    return (f"{executions} executions of {requests} requests (mean batch {requests / executions:.1f}), "
+            f"compute {compute_ms / executions:.2f} ms per execution, queue {queue_ms:.2f} ms per request")
 
 
 def table(results: dict) -> str:

@@ -336,6 +336,9 @@ class EngineRunner:
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._active_graph: torch.cuda.CUDAGraph | None = None
+        # One memory pool for all graphs: their replays never overlap (one stream) and their
+        # inputs and outputs live in the runner's buffers, so only scratch memory is shared.
+        self._graph_pool = torch.cuda.graph_pool_handle() if self.enable_graph else None
 
     # ---- shapes and profiles -------------------------------------------------------------
 
@@ -492,7 +495,7 @@ class EngineRunner:
             self._enqueue()
             self.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="relaxed"):
+            with torch.cuda.graph(graph, pool=self._graph_pool, stream=self.stream, capture_error_mode="relaxed"):
                 self._enqueue()
             self._graphs[key] = graph
         self._active_graph = graph

@@ -18,6 +18,7 @@ import triton_python_backend_utils as pb_utils
 from torch.utils import dlpack
 
 from helpers.runner import OUTPUT_NAME, EngineRunner, RunnerError
+from serving.repository import geometric_sizes
 
 TOKEN_INPUTS = ("input_ids", "segment_ids")
 FIXED_INPUTS = ("input_ids", "segment_ids", "input_mask")
@@ -55,15 +56,6 @@ def input_tensor(request, name: str) -> torch.Tensor:
     return dlpack.from_dlpack(tensor.to_dlpack())
 
 
-def geometric_sizes(largest: int, per_octave: int = 8) -> list[int]:
-    """1..``largest`` in steps of 2^(1/per_octave), ``largest`` included."""
-    sizes, size = {largest}, 1.0
-    while size < largest:
-        sizes.add(int(size))
-        size *= 2.0 ** (1.0 / per_octave)
-    return sorted(sizes)
-
-
 def check_range(name: str, tensor: torch.Tensor, upper: int) -> None:
     if tensor.numel() and (int(tensor.min()) < 0 or int(tensor.max()) >= upper):
         raise BadRequest(f"input '{name}' holds values outside 0..{upper - 1}")
@@ -90,18 +82,23 @@ class EngineModel:
         if self.runner.word_embedding_rows is None:
             raise pb_utils.TritonModelException(f"{engine_path}: no word embedding table found in the engine")
         self.vocab_size = self.runner.word_embedding_rows
-        self.warm_up(json.loads(args["model_config"])["max_batch_size"])
+        max_batch_size = json.loads(args["model_config"])["max_batch_size"]
+        # A graph replays one batch size: batches run padded to the next captured size.
+        self.batch_buckets = geometric_sizes(max_batch_size) if self.runner.enable_graph else []
+        self.warm_up(max_batch_size)
 
     def warm_up(self, max_batch_size: int) -> None:
         """Run every batch size (fixed) or token count (packed) bucket once before the first request.
 
         The fast path tunes each GEMM shape the first time it meets it (a few row-count buckets per
         octave), which takes far longer than the execution itself: served batches have every size,
-        so without this the first minutes of load are spent tuning.
+        so without this the first minutes of load are spent tuning.  With CUDA graphs this also
+        captures the graph of each bucket, the largest first, so that the smaller ones reuse its
+        scratch memory.
         """
         s = self.sequence_length
         if not self.varseqlen:
-            for batch in geometric_sizes(max_batch_size):
+            for batch in reversed(geometric_sizes(max_batch_size)):
                 self.runner.activate(batch, s)
                 ones = torch.ones((batch, s), dtype=torch.int32)
                 self.runner.copy_inputs({"input_ids": ones, "segment_ids": ones * 0, "input_mask": ones})
@@ -124,7 +121,7 @@ class EngineModel:
             except BadRequest as err:
                 rows.append(None)
                 errors[index] = str(err)
-        valid = [r for r in rows if r is not None]
+        valid = self.with_valid_values(rows, errors)
         outputs: list[torch.Tensor] = []
         if valid:
             try:
@@ -142,6 +139,7 @@ class EngineModel:
         return responses
 
     def checked_rows(self, request) -> Rows:
+        """A request's inputs with their shapes checked (their values: :meth:`check_values`)."""
         names = TOKEN_INPUTS if self.varseqlen else FIXED_INPUTS
         tensors = {name: input_tensor(request, name) for name in names}
         shape = tensors["input_ids"].shape
@@ -151,17 +149,47 @@ class EngineModel:
             raise BadRequest(f"expected [batch, tokens] inputs, got shape {tuple(shape)}")
         if not 1 <= shape[1] <= self.sequence_length:
             raise BadRequest(f"a sequence of {shape[1]} tokens; this engine takes 1 to {self.sequence_length}")
+        return Rows(tensors, int(shape[0]), int(shape[1]))
+
+    def check_values(self, tensors: dict[str, torch.Tensor]) -> None:
+        """BadRequest unless every id indexes its embedding table and the mask is 0 or 1."""
         check_range("input_ids", tensors["input_ids"], self.vocab_size)
         check_range("segment_ids", tensors["segment_ids"], self.token_types)
         if "input_mask" in tensors:
             check_range("input_mask", tensors["input_mask"], 2)
-        return Rows(tensors, int(shape[0]), int(shape[1]))
+
+    def with_valid_values(self, rows: list[Rows | None], errors: dict[int, str]) -> list[Rows]:
+        """The rows whose values are valid; the others become errors.  One check over the whole batch
+        usually settles it: only when it fails is each request checked on its own."""
+        present = [r for r in rows if r is not None]
+        if not present:
+            return []
+        try:
+            self.check_values({name: torch.cat([r.tensors[name].reshape(-1) for r in present]) for name in present[0].tensors})
+            return present
+        except BadRequest:
+            pass
+        for index, row in enumerate(rows):
+            if row is None:
+                continue
+            try:
+                self.check_values(row.tensors)
+            except BadRequest as err:
+                errors[index] = str(err)
+                rows[index] = None
+        return [r for r in rows if r is not None]
 
     def run_stacked(self, rows: list[Rows]) -> list[torch.Tensor]:
         """Fixed length: all requests as one batch; each request's logits ``[b, S, 2, 1, 1]``."""
         batch = sum(r.count for r in rows)
-        self.runner.activate(batch, self.sequence_length)
-        self.runner.copy_inputs({name: torch.cat([r.tensors[name] for r in rows]) for name in FIXED_INPUTS})
+        padded = next((size for size in self.batch_buckets if size >= batch), batch)
+        inputs = {}
+        for name in FIXED_INPUTS:
+            stacked = torch.cat([r.tensors[name] for r in rows])
+            # Padding rows repeat the last sequence: real inputs, whose results are dropped.
+            inputs[name] = torch.cat([stacked, stacked[-1:].expand(padded - batch, -1)]) if padded > batch else stacked
+        self.runner.activate(padded, self.sequence_length)
+        self.runner.copy_inputs(inputs)
         logits = self.run()
         starts = torch.tensor([0] + [r.count for r in rows]).cumsum(0).tolist()
         return [logits[a:b] for a, b in zip(starts, starts[1:])]

@@ -94,10 +94,9 @@ def engine_inputs(workload: Workload, rng: np.random.Generator) -> dict[str, np.
     return inputs
 
 
-def client_loop(workload: Workload, tag: str, budget, deadline: float, seed: int, records: list) -> None:
+def client_loop(workload: Workload, client: TritonClient, tag: str, budget, deadline: float, seed: int, records: list) -> None:
     """One client: requests back to back until the shared budget or the deadline runs out."""
     rng = np.random.default_rng(seed)
-    client = TritonClient(workload.url, workload.protocol)
     try:
         index = 0
         while budget.take() and time.monotonic() < deadline:
@@ -146,10 +145,13 @@ def process_share(job: tuple) -> list:
     """One process's clients (threads); returns their records."""
     workload, clients, requests, duration, seed, tag = job
     budget = Budget(requests)
+    connections = [TritonClient(workload.url, workload.protocol) for _ in range(clients)]
+    # The clock starts once every client is connected: on a loaded machine that can take longer than a short level.
     deadline = time.monotonic() + (duration if duration else 86400.0)
     records: list = []
     threads = [
-        threading.Thread(target=client_loop, args=(workload, f"{tag}.{i}", budget, deadline, seed + i, records)) for i in range(clients)
+        threading.Thread(target=client_loop, args=(workload, connections[i], f"{tag}.{i}", budget, deadline, seed + i, records))
+        for i in range(clients)
     ]
     for thread in threads:
         thread.start()

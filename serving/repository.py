@@ -70,6 +70,16 @@ class RepositoryOptions:
     project_root: str = str(REPO_ROOT)
 
 
+def geometric_sizes(largest: int, per_octave: int = 8) -> list[int]:
+    """1..``largest`` in steps of 2^(1/per_octave), ``largest`` included: the batch sizes (token
+    counts, packed) that ``bert_engine`` runs once while it loads and, with CUDA graphs, captures."""
+    sizes, size = {largest}, 1.0
+    while size < largest:
+        sizes.add(int(size))
+        size *= 2.0 ** (1.0 / per_octave)
+    return sorted(sizes)
+
+
 def read_signature(engine_path: str | os.PathLike[str], sequence_length: int | None = None) -> EngineSignature:
     """The signature of an engine, read through the runner (a portable engine is loaded on the CPU)."""
     portable = engine_backend(read_engine_file(engine_path)) == "portable"

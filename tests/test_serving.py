@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import engines
 import squad_fixtures
@@ -112,10 +113,10 @@ class Server:
         return status
 
 
-def start_server(tmp_path_factory, engine: Path, name: str, vocab: Path | None = None, **options) -> Server:
+def start_server(tmp_path_factory, engine: Path, name: str, vocab: Path | None = None, device: str = "cpu", **options) -> Server:
     repo = tmp_path_factory.mktemp(name) / "repo"
     vocab = vocab or engines.tiny_model_dir(tmp_path_factory) / "vocab.txt"
-    repository.write_repository(engine, vocab, repo, repository.RepositoryOptions(device="cpu", **options))
+    repository.write_repository(engine, vocab, repo, repository.RepositoryOptions(device=device, **options))
     return Server(repo, repo.parent / "serve.log")
 
 
@@ -278,6 +279,48 @@ def test_packed_requests_of_mixed_lengths_batch_together(packed_server, packed_e
     requests = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert requests == len(rows) and executions < requests
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_instances_pad_batches_to_captured_sizes(tmp_path_factory):
+    """With --cuda-graphs, a batch of a size without a graph (15 of 16) runs padded to the next
+    captured size, and every request gets the logits it gets alone."""
+    server_available()
+    engine = engines.tiny_engine(tmp_path_factory, batch_sizes=(1, 16))
+    assert 15 not in repository.geometric_sizes(16)
+    rng = np.random.default_rng(11)
+    rows = [rng.integers(1000, 5000, size=(1, engines.SEQ_LEN), dtype=np.int32) for _ in range(15)]
+    runner = EngineRunner(engine, device="cuda")
+    runner.activate(1, engines.SEQ_LEN)
+    ones = np.ones((1, engines.SEQ_LEN), np.int32)
+    alone = [runner.infer({"input_ids": ids, "segment_ids": ones * 0, "input_mask": ones}) for ids in rows]
+    server = start_server(tmp_path_factory, engine, "graphs", device="cuda", cuda_graphs=True, max_batch_size=16,
+                          max_queue_delay_us=200000)
+    try:
+        for count in (1, 15):
+            results: dict[int, object] = {}
+
+            def send(index: int) -> None:
+                client = server.client("grpc")
+                try:
+                    results[index] = client.infer(repository.ENGINE_MODEL, {"input_ids": rows[index], "segment_ids": ones * 0,
+                                                                            "input_mask": ones}, ["logits_out"])
+                finally:
+                    client.close()
+
+            threads = [threading.Thread(target=send, args=(i,)) for i in range(count)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
+            assert sorted(results) == list(range(count))
+            for index, reply in results.items():
+                assert reply.error is None
+                np.testing.assert_allclose(reply.outputs["logits_out"], alone[index], rtol=1e-4, atol=1e-4)
+        sizes = {entry["batch_size"] for entry in engine_statistics(server)["batch_stats"]}
+        assert 15 in sizes, sizes
+    finally:
+        assert server.stop() == 0
 
 
 def test_packed_server_answers_like_inference_varseqlen(packed_server, packed_engine, tmp_path_factory):
