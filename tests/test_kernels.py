@@ -1,4 +1,5 @@
-"""The fast CUDA kernels (helpers.portable.kernels) against the reference math (helpers.portable.ops).
+"""The fast CUDA kernels (helpers.portable.kernels) against the reference math (helpers.portable.ops;
+PyTorch's exact GELU for the erf form).
 
 Random inputs of awkward sizes, FP16 and FP32; every output element is compared.  GPU only:
 skipped on machines without CUDA (the kernels need Triton and CUDA backends of SDPA).
@@ -10,12 +11,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from helpers.portable import ops
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the fast kernels need a CUDA GPU")
 
 DTYPES = [torch.float16, torch.float32]
+GELU_FORMS = ["tanh", "erf"]
 # (hidden E, heads N): head sizes 8, 16, 64 and one that no fused attention kernel takes (20).
 WIDTHS = [(40, 5), (48, 3), (1024, 16), (40, 2)]
 SHAPES = [(7, 3), (37, 1), (128, 3), (384, 1)]  # (S, B)
@@ -76,12 +79,79 @@ def test_skip_layernorm_matches_reference(kernels, dtype, hidden, with_bias, eps
         torch.testing.assert_close(g, e, **tolerance(dtype))
 
 
+def reference_gelu(y: torch.Tensor, form: str) -> torch.Tensor:
+    """The GELU of ``form`` computed in float32, in ``y``'s dtype."""
+    return ops.gelu_tanh(y) if form == "tanh" else F.gelu(y.float()).to(y.dtype)
+
+
+def gelu_tolerance(dtype: torch.dtype, form: str) -> dict:
+    """FP32: far below |erf GELU - tanh GELU| (up to 5e-4, at y ≈ -2.7).  FP16, erf form: the FP16
+    roundings of the GEMM's result and of the GELU's only, below that difference where the GELU is
+    small, so both pin the form."""
+    if dtype == torch.float32:
+        return {"atol": 1e-5, "rtol": 1e-5}
+    return {"atol": 1e-4, "rtol": 2e-3} if form == "erf" else tolerance(dtype)
+
+
+@pytest.mark.parametrize("form", GELU_FORMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("numel", [1, 37 * 3 * 40, 128 * 4096 + 5])
-def test_gelu_tanh_matches_reference(kernels, dtype, numel):
+def test_gelu_matches_reference(kernels, dtype, numel, form):
     x = (4 * torch.randn(numel, device="cuda")).to(dtype)
-    x[0] = -30.0  # tanh saturates: the result must be exactly 0, not NaN
-    torch.testing.assert_close(kernels.gelu_tanh(x), ops.gelu_tanh(x), **tolerance(dtype))
+    x[0] = -30.0  # the GELU vanishes: the result must be exactly 0, not NaN
+    got = kernels.elementwise_gelu(x, form)
+    assert got[0] == 0
+    torch.testing.assert_close(got, reference_gelu(x, form), **gelu_tolerance(dtype, form))
+
+
+@pytest.mark.parametrize("form", GELU_FORMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,channels", [(1, 7), (37, 3072), (1000, 129)])
+def test_bias_gelu_pass_in_place(dtype, rows, channels, form):
+    """The pass after a GEMM whose epilogue has no GELU of this form: ``out`` is its input."""
+    from helpers.portable.kernels.gelu import bias_gelu_into
+
+    x = (4 * torch.randn(rows, channels, device="cuda")).to(dtype)
+    bias = torch.randn(channels, device="cuda").to(dtype)
+    expected = reference_gelu(x.float() + bias.float(), form).to(dtype)  # the sum in float32, as the pass makes it
+    bias_gelu_into(x, x, bias, form)
+    torch.testing.assert_close(x, expected, **gelu_tolerance(dtype, form))
+
+
+GEMM_PATHS = ["few_rows", "cublaslt", "torch", "sparse"]
+
+
+@pytest.mark.parametrize("path", GEMM_PATHS)
+@pytest.mark.parametrize("form", GELU_FORMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", [(1, 97, 200), (111, 192, 64), (300, 1000, 136)])
+def test_gemm_step_applies_the_gelu_of_its_form(dtype, m, n, k, form, path):
+    """``steps.Gemm`` on each of its paths (the few-rows Triton GEMM's epilogue; cuBLASLt, whose GELU
+    epilogue is the tanh form; PyTorch's call; the 2:4 sparse GEMM) against float64 math."""
+    from helpers.portable.kernels import steps
+    from helpers.portable.kernels.pdl import CHAIN_MAX_ROWS
+    from helpers.sparsity import prune_2to4
+
+    if path in ("few_rows", "sparse") and dtype != torch.float16:
+        pytest.skip("the few-rows and sparse GEMMs take FP16 weights only")
+    if path == "few_rows" and m > CHAIN_MAX_ROWS:
+        pytest.skip("the few-rows GEMM takes batch-1 row counts only")
+    rows = torch.randn(m, k, device="cuda").to(dtype)
+    weight = (torch.randn(n, k, device="cuda") / math.sqrt(k)).to(dtype)
+    sparse = None
+    if path == "sparse":
+        weight = prune_2to4(weight)
+        sparse = steps.sparse_weight(weight)
+        if sparse is None:
+            pytest.skip("PyTorch's semi-structured sparse GEMM does not take this weight here")
+    bias = torch.randn(n, device="cuda").to(dtype)
+    gemm = steps.Gemm(weight, sparse, cublaslt=path != "torch", few_rows=path == "few_rows")
+    assert gemm.takes_few_rows(rows) == (path == "few_rows")
+    got = gemm(rows, bias, gelu=True, form=form)
+    assert got.shape == (m, n) and got.dtype == dtype and got.is_contiguous()
+    y = rows.double() @ weight.double().t() + bias.double()
+    expected = F.gelu(y, approximate="tanh" if form == "tanh" else "none")
+    torch.testing.assert_close(got.double(), expected, **gelu_tolerance(dtype, form))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -94,7 +94,7 @@ def lower_quantized(builder: PlanBuilder) -> None:
 def _then_gelu(run: Run) -> Run:
     def fused(x: torch.Tensor) -> Sequence[torch.Tensor]:
         (y,) = run(x)
-        return (kernels.gelu_tanh(y),)
+        return (kernels.elementwise_gelu(y),)
 
     return fused
 
