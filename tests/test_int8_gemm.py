@@ -240,7 +240,7 @@ def test_cuda_plan_hands_over_codes_where_only_int8_layers_read(imh_iln_engine, 
     description = read_engine(imh_iln_engine[0].read_bytes())
     graph = load_graph(description)
     lowering = int8_plan.Int8Lowering(graph, torch.device("cpu"), strict=False, fp8=False, fast=True)
-    lowering.plan_handovers(int8_plan.gelu_chains(graph))
+    lowering.plan_handovers(int8_plan.gelus(graph))
     tensors = description["tensors"]
     names = {tensors[slot]["name"]: how for slot, how in lowering.handover.items()}
     expected = {}
@@ -268,6 +268,6 @@ def test_hand_overs_leave_the_cuda_engine_results_unchanged(imh_iln_engine, monk
     engine, features = imh_iln_engine
     inputs = features.inputs()
     fused = run_engine(engine, inputs, "cuda", chunk=4)
-    monkeypatch.setattr(int8_plan.Int8Lowering, "plan_handovers", lambda self, chains: None)
+    monkeypatch.setattr(int8_plan.Int8Lowering, "plan_handovers", lambda self, fused: None)
     separate = run_engine(engine, inputs, "cuda", chunk=4)
     assert np.abs(fused - separate).max() <= 1e-3 * np.abs(separate).max()

@@ -233,14 +233,19 @@ def test_mask_index_and_key_bias_match_reference(seq, batch):
     assert torch.equal(bias, key_padding_bias(expected_index, seq, torch.float16))
 
 
-def save_tiny_model(folder, max_positions: int = 128, pruned: bool = False) -> None:
+# The GELU of the tiny models: the builder's tanh chain, or one GELU_ERF layer (the exact form).
+HIDDEN_ACTS = ["gelu_pytorch_tanh", "gelu"]
+
+
+def save_tiny_model(folder, max_positions: int = 128, pruned: bool = False,
+                    hidden_act: str = "gelu_pytorch_tanh") -> None:
     """A random 2-layer BERT QA model (E = 64, 4 heads); ``pruned``: encoder kernels pruned to 2:4."""
     from transformers import BertConfig, BertForQuestionAnswering
 
     from helpers.sparsity import is_prunable_name, prune_2to4
 
     config = BertConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=256, max_position_embeddings=max_positions, hidden_act="gelu_pytorch_tanh")
+                        intermediate_size=256, max_position_embeddings=max_positions, hidden_act=hidden_act)
     model = BertForQuestionAnswering(config)
     if pruned:
         with torch.no_grad():
@@ -250,10 +255,10 @@ def save_tiny_model(folder, max_positions: int = 128, pruned: bool = False) -> N
     model.save_pretrained(folder)
 
 
-def build_tiny_engine(folder, fp16: bool, batch: int, seq: int) -> bytes:
+def build_tiny_engine(folder, fp16: bool, batch: int, seq: int, hidden_act: str = "gelu_pytorch_tanh") -> bytes:
     import builder
 
-    save_tiny_model(folder)
+    save_tiny_model(folder, hidden_act=hidden_act)
     path = folder / "tiny.engine"
     argv = ["--hf", str(folder), "-o", str(path), "-b", str(batch), "-s", str(seq), "--backend", "portable",
             "--device", "cuda"] + (["--fp16"] if fp16 else [])
@@ -283,13 +288,14 @@ def reference_and_fast_plans(description, dev, options=None, logger=None):
     return reference_plan(graph, dev), build_plan(graph, dev, options or EngineOptions(), logger)
 
 
+@pytest.mark.parametrize("hidden_act", HIDDEN_ACTS)
 @pytest.mark.parametrize("fp16", [False, True])
-def test_fast_plan_matches_reference_plan_of_a_built_engine(tmp_path, fp16):
+def test_fast_plan_matches_reference_plan_of_a_built_engine(tmp_path, fp16, hidden_act):
     from helpers.portable.engine_file import read_engine
     from helpers.portable.lowering import RELEASE_STEP
 
-    batch, seq = 3, 37
-    description = read_engine(build_tiny_engine(tmp_path, fp16, batch, seq))
+    batch, seq = 3, 37  # 111 rows: FP16 GEMMs on the few-rows GEMM
+    description = read_engine(build_tiny_engine(tmp_path, fp16, batch, seq, hidden_act))
     dev = torch.device("cuda")
     reference, fast = reference_and_fast_plans(description, dev)
     # Per layer: QKV GEMM, attention, GEMM+skipLN, GEMM+GELU, GEMM+skipLN; plus the embedding,
@@ -332,13 +338,14 @@ def packed_inputs(lengths: list[int], vocab: int = 97) -> tuple[torch.Tensor, ..
             torch.zeros(PACKED_MAX_SEQ, dtype=torch.int32, device="cuda"))
 
 
-def build_tiny_packed_engine(folder, fp16: bool, *extra: str, name: str = "packed") -> dict:
+def build_tiny_packed_engine(folder, fp16: bool, *extra: str, name: str = "packed",
+                             hidden_act: str = "gelu_pytorch_tanh") -> dict:
     """A packed engine of the model in ``folder`` (saved there first if there is none)."""
     import builder_varseqlen
     from helpers.portable.engine_file import read_engine
 
     if not (folder / "config.json").exists():
-        save_tiny_model(folder, max_positions=PACKED_MAX_SEQ)
+        save_tiny_model(folder, max_positions=PACKED_MAX_SEQ, hidden_act=hidden_act)
     path = folder / f"{name}.engine"
     argv = ["--hf", str(folder), "-o", str(path), "-b", str(len(PACKED_LENGTHS)), "-s", str(PACKED_MAX_SEQ),
             "--backend", "portable", "--device", "cuda", *(["--fp16"] if fp16 else []), *extra]
@@ -354,9 +361,10 @@ class RecordingLogger:
         self.messages.append((severity, msg))
 
 
+@pytest.mark.parametrize("hidden_act", HIDDEN_ACTS)
 @pytest.mark.parametrize("fp16", [False, True])
-def test_fast_plan_matches_reference_plan_of_a_packed_engine(tmp_path, fp16):
-    description = build_tiny_packed_engine(tmp_path, fp16)
+def test_fast_plan_matches_reference_plan_of_a_packed_engine(tmp_path, fp16, hidden_act):
+    description = build_tiny_packed_engine(tmp_path, fp16, hidden_act=hidden_act)  # 1109 rows: cuBLASLt GEMMs
     dev = torch.device("cuda")
     reference, fast = reference_and_fast_plans(description, dev)
     # Every plugin, GEMM and GELU layer has a fast step; only shuffles keep their reference steps.
@@ -440,11 +448,12 @@ def graph_replay(plan, description, inputs) -> torch.Tensor:
     return buffers[description["outputs"][0]].float()
 
 
-def test_sparse_weights_run_sparse_gemms_with_the_dense_logits(tmp_path):
+@pytest.mark.parametrize("hidden_act", HIDDEN_ACTS)
+def test_sparse_weights_run_sparse_gemms_with_the_dense_logits(tmp_path, hidden_act):
     from helpers.portable.enums import Severity
 
     dev = torch.device("cuda")
-    save_tiny_model(tmp_path, max_positions=PACKED_MAX_SEQ, pruned=True)
+    save_tiny_model(tmp_path, max_positions=PACKED_MAX_SEQ, pruned=True, hidden_act=hidden_act)
     dense = build_tiny_packed_engine(tmp_path, True, name="dense")
     sparse = build_tiny_packed_engine(tmp_path, True, "-sp", name="sparse")
     assert "SPARSE_WEIGHTS" in sparse["build"]["flags"] and "SPARSE_WEIGHTS" not in dense["build"]["flags"]
