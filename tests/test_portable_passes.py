@@ -29,6 +29,7 @@ from helpers.portable.kernels.patterns import gelu_after
 from helpers.portable.kernels.plan import find_matches
 from helpers.portable.options import CUBLASLT_ENV, FAST_KERNELS_ENV, FEW_ROWS_ENV, PDL_ENV, EngineOptions, Precision
 from helpers.portable.passes import build_plan, reference_plan
+from helpers.runner import EngineRunner
 
 LAYERS = 2  # of logits_snapshot's model
 FLOAT_FIXED = {"embedding": 1, "attention": LAYERS, "dense": LAYERS + 1, "dense_skip_layernorm": 2 * LAYERS,
@@ -141,7 +142,6 @@ def test_an_erf_gelu_whose_input_is_read_elsewhere_is_not_fused(built_erf):
 @pytest.mark.parametrize("name", ["fixed_fp32", "packed_fp32"])
 def test_cpu_plan_of_an_erf_engine_fuses_nothing_and_matches_hf(built_erf, name):
     """The CPU runs the GELU_ERF layer itself: HuggingFace's exact GELU, to FP32 accuracy."""
-    from helpers.runner import EngineRunner
     from transformers import BertForQuestionAnswering
 
     graph = load_graph(built_erf(name))
