@@ -1,7 +1,8 @@
 """The tuned cuBLASLt GEMMs (helpers.portable.kernels.cublaslt) against PyTorch's GEMMs.
 
 CPU: the bucketing, the switch, finding and failing to find the library, the binding's constants
-against an installed cublasLt.h (where there is one), and the PyTorch fallback.  CUDA: tuned
+against an installed cublasLt.h (where there is one), and the PyTorch fallback (with the GELU of
+either form).  CUDA: tuned
 GEMMs of awkward sizes in all three epilogues, a bucket's algorithm on the other M of its bucket,
 graph capture and replay, and an engine's logits with and without cuBLASLt.
 """
@@ -23,12 +24,13 @@ cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="cuBLASLt n
 FP16_TOLERANCE = {"atol": 1e-2, "rtol": 1e-2}
 
 
-def oracle(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool) -> torch.Tensor:
-    """The GEMM in float64 from the same (FP16) values."""
+def oracle(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool,
+           form: str = "tanh") -> torch.Tensor:
+    """The GEMM in float64 from the same (FP16) values, then the GELU of ``form``."""
     y = rows.double() @ weight.double().t()
     if bias is not None:
         y = y + bias.double()
-    return F.gelu(y, approximate="tanh") if gelu else y
+    return F.gelu(y, approximate="tanh" if form == "tanh" else "none") if gelu else y
 
 
 # ---- pure logic
@@ -88,6 +90,18 @@ def test_cpu_runs_the_pytorch_gemm(with_bias, gelu):
     out = torch.empty(13, 5, dtype=torch.float64)
     assert cublaslt.torch_linear(rows, weight, bias, gelu, out=out) is out
     torch.testing.assert_close(out, oracle(rows, weight, bias, gelu))
+
+
+@pytest.mark.parametrize("form", ["tanh", "erf"])
+def test_pytorch_gemm_applies_the_gelu_of_its_form(form):
+    """float64 on the CPU: far closer than |erf GELU - tanh GELU| (up to 5e-4), so the form is pinned."""
+    rows, weight, bias = torch.randn(13, 7, dtype=torch.float64), torch.randn(5, 7, dtype=torch.float64), \
+        torch.randn(5, dtype=torch.float64)
+    expected = oracle(rows, weight, bias, True, form)
+    torch.testing.assert_close(cublaslt.torch_linear(rows, weight, bias, True, form=form), expected)
+    out = torch.empty(13, 5, dtype=torch.float64)
+    assert cublaslt.torch_linear(rows, weight, bias, True, out=out, form=form) is out
+    torch.testing.assert_close(out, expected)
 
 
 def test_gelu_needs_a_bias():
@@ -199,6 +213,16 @@ def test_a_bucket_algorithm_serves_every_m_of_its_bucket(always_cublaslt, with_b
                                    oracle(rows, weight, bias, gelu), **FP16_TOLERANCE)
     [choice] = cublaslt.choices()
     assert choice.m == 1024 and choice.algo is not None
+
+
+@cuda_only
+@pytest.mark.parametrize("m,n,k", [(7, 129, 7), (1000, 3072, 1000)])
+def test_pytorch_gemm_applies_the_erf_gelu_on_cuda(m, n, k):
+    """cuBLASLt's GELU epilogue is the tanh form: the erf GELU is PyTorch's exact GELU after the GEMM."""
+    rows, weight, bias = fp16_operands(m, n, k, True)
+    got = cublaslt.torch_linear(rows, weight, bias, True, form="erf")
+    assert got.shape == (m, n) and got.dtype == torch.float16
+    torch.testing.assert_close(got.double(), oracle(rows, weight, bias, True, "erf"), **FP16_TOLERANCE)
 
 
 @cuda_only

@@ -185,8 +185,13 @@ def test_cuda_fp8_linear_agrees_with_the_cpu_emulation():
     torch.testing.assert_close(gpu, cpu, rtol=0, atol=2e-3 * float(cpu.abs().max()))
 
 
+def reference_gelu(y: torch.Tensor, form: str) -> torch.Tensor:
+    """The GELU of ``form`` in float32: the builder's tanh chain, or PyTorch's exact erf GELU."""
+    return ops.gelu_tanh(y.float()) if form == "tanh" else F.gelu(y.float())
+
+
 @CUDA
-@pytest.mark.parametrize("gelu", [False, True])
+@pytest.mark.parametrize("gelu", [None, "tanh", "erf"])
 def test_cuda_fused_int8_gemm_is_the_reference_gemm(gelu):
     from helpers.portable.int8_plan import int8_gemm
     from helpers.portable.kernels.int8_steps import fast_int8_gemm
@@ -196,16 +201,17 @@ def test_cuda_fused_int8_gemm_is_the_reference_gemm(gelu):
     bias = torch.randn(520, generator=gen(32)).cuda()
     amax = float(x.abs().max())
     reference = int8_gemm(weight, bias, amax)(x)
-    if gelu:
-        reference = ops.gelu_tanh(reference.float())
-    fused = fast_int8_gemm(weight, bias, amax, gelu, torch.float16)(x).float()
+    if gelu is not None:
+        reference = reference_gelu(reference, gelu)
+    fused = fast_int8_gemm(weight, bias, amax, gelu is not None, torch.float16, form=gelu or "tanh")(x).float()
     # Same codes except where a float32 division rounds across a tie: one input step.
     step = q.scale_from_amax(amax) * float(weight.abs().max())
     assert (fused - reference.float()).abs().max() <= step + 2e-3 * float(reference.abs().max())
 
 
 @CUDA
-def test_cuda_fused_fp8_gemm_is_the_reference_gemm():
+@pytest.mark.parametrize("gelu", [None, "tanh", "erf"])
+def test_cuda_fused_fp8_gemm_is_the_reference_gemm(gelu):
     from helpers.portable.int8_plan import fp8_gemm
     from helpers.portable.kernels.int8_steps import fast_fp8_gemm
 
@@ -216,7 +222,9 @@ def test_cuda_fused_fp8_gemm_is_the_reference_gemm():
     bias = torch.randn(512, generator=gen(35)).cuda()
     amax = float(x.abs().max())
     reference = fp8_gemm(weight, bias, amax)(x).float()
-    fused = fast_fp8_gemm(weight, bias, amax, False, torch.float16)(x).float()
+    if gelu is not None:
+        reference = reference_gelu(reference, gelu)
+    fused = fast_fp8_gemm(weight, bias, amax, gelu is not None, torch.float16, form=gelu or "tanh")(x).float()
     torch.testing.assert_close(fused, reference, rtol=0, atol=5e-3 * float(reference.abs().max()))
 
 

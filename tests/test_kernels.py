@@ -1,4 +1,5 @@
-"""The fast CUDA kernels (helpers.portable.kernels) against the reference math (helpers.portable.ops).
+"""The fast CUDA kernels (helpers.portable.kernels) against the reference math (helpers.portable.ops;
+PyTorch's exact GELU for the erf form).
 
 Random inputs of awkward sizes, FP16 and FP32; every output element is compared.  GPU only:
 skipped on machines without CUDA (the kernels need Triton and CUDA backends of SDPA).
@@ -10,12 +11,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from helpers.portable import ops
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the fast kernels need a CUDA GPU")
 
 DTYPES = [torch.float16, torch.float32]
+GELU_FORMS = ["tanh", "erf"]
 # (hidden E, heads N): head sizes 8, 16, 64 and one that no fused attention kernel takes (20).
 WIDTHS = [(40, 5), (48, 3), (1024, 16), (40, 2)]
 SHAPES = [(7, 3), (37, 1), (128, 3), (384, 1)]  # (S, B)
@@ -76,12 +79,79 @@ def test_skip_layernorm_matches_reference(kernels, dtype, hidden, with_bias, eps
         torch.testing.assert_close(g, e, **tolerance(dtype))
 
 
+def reference_gelu(y: torch.Tensor, form: str) -> torch.Tensor:
+    """The GELU of ``form`` computed in float32, in ``y``'s dtype."""
+    return ops.gelu_tanh(y) if form == "tanh" else F.gelu(y.float()).to(y.dtype)
+
+
+def gelu_tolerance(dtype: torch.dtype, form: str) -> dict:
+    """FP32: far below |erf GELU - tanh GELU| (up to 5e-4, at y ≈ -2.7).  FP16, erf form: the FP16
+    roundings of the GEMM's result and of the GELU's only, below that difference where the GELU is
+    small, so both pin the form."""
+    if dtype == torch.float32:
+        return {"atol": 1e-5, "rtol": 1e-5}
+    return {"atol": 1e-4, "rtol": 2e-3} if form == "erf" else tolerance(dtype)
+
+
+@pytest.mark.parametrize("form", GELU_FORMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("numel", [1, 37 * 3 * 40, 128 * 4096 + 5])
-def test_gelu_tanh_matches_reference(kernels, dtype, numel):
+def test_gelu_matches_reference(kernels, dtype, numel, form):
     x = (4 * torch.randn(numel, device="cuda")).to(dtype)
-    x[0] = -30.0  # tanh saturates: the result must be exactly 0, not NaN
-    torch.testing.assert_close(kernels.gelu_tanh(x), ops.gelu_tanh(x), **tolerance(dtype))
+    x[0] = -30.0  # the GELU vanishes: the result must be exactly 0, not NaN
+    got = kernels.elementwise_gelu(x, form)
+    assert got[0] == 0
+    torch.testing.assert_close(got, reference_gelu(x, form), **gelu_tolerance(dtype, form))
+
+
+@pytest.mark.parametrize("form", GELU_FORMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,channels", [(1, 7), (37, 3072), (1000, 129)])
+def test_bias_gelu_pass_in_place(dtype, rows, channels, form):
+    """The pass after a GEMM whose epilogue has no GELU of this form: ``out`` is its input."""
+    from helpers.portable.kernels.gelu import bias_gelu_into
+
+    x = (4 * torch.randn(rows, channels, device="cuda")).to(dtype)
+    bias = torch.randn(channels, device="cuda").to(dtype)
+    expected = reference_gelu(x.float() + bias.float(), form).to(dtype)  # the sum in float32, as the pass makes it
+    bias_gelu_into(x, x, bias, form)
+    torch.testing.assert_close(x, expected, **gelu_tolerance(dtype, form))
+
+
+GEMM_PATHS = ["few_rows", "cublaslt", "torch", "sparse"]
+
+
+@pytest.mark.parametrize("path", GEMM_PATHS)
+@pytest.mark.parametrize("form", GELU_FORMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", [(1, 97, 200), (111, 192, 64), (300, 1000, 136)])
+def test_gemm_step_applies_the_gelu_of_its_form(dtype, m, n, k, form, path):
+    """``steps.Gemm`` on each of its paths (the few-rows Triton GEMM's epilogue; cuBLASLt, whose GELU
+    epilogue is the tanh form; PyTorch's call; the 2:4 sparse GEMM) against float64 math."""
+    from helpers.portable.kernels import steps
+    from helpers.portable.kernels.pdl import CHAIN_MAX_ROWS
+    from helpers.sparsity import prune_2to4
+
+    if path in ("few_rows", "sparse") and dtype != torch.float16:
+        pytest.skip("the few-rows and sparse GEMMs take FP16 weights only")
+    if path == "few_rows" and m > CHAIN_MAX_ROWS:
+        pytest.skip("the few-rows GEMM takes batch-1 row counts only")
+    rows = torch.randn(m, k, device="cuda").to(dtype)
+    weight = (torch.randn(n, k, device="cuda") / math.sqrt(k)).to(dtype)
+    sparse = None
+    if path == "sparse":
+        weight = prune_2to4(weight)
+        sparse = steps.sparse_weight(weight)
+        if sparse is None:
+            pytest.skip("PyTorch's semi-structured sparse GEMM does not take this weight here")
+    bias = torch.randn(n, device="cuda").to(dtype)
+    gemm = steps.Gemm(weight, sparse, cublaslt=path != "torch", few_rows=path == "few_rows")
+    assert gemm.takes_few_rows(rows) == (path == "few_rows")
+    got = gemm(rows, bias, gelu=True, form=form)
+    assert got.shape == (m, n) and got.dtype == dtype and got.is_contiguous()
+    y = rows.double() @ weight.double().t() + bias.double()
+    expected = F.gelu(y, approximate="tanh" if form == "tanh" else "none")
+    torch.testing.assert_close(got.double(), expected, **gelu_tolerance(dtype, form))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -163,14 +233,19 @@ def test_mask_index_and_key_bias_match_reference(seq, batch):
     assert torch.equal(bias, key_padding_bias(expected_index, seq, torch.float16))
 
 
-def save_tiny_model(folder, max_positions: int = 128, pruned: bool = False) -> None:
+# The GELU of the tiny models: the builder's tanh chain, or one GELU_ERF layer (the exact form).
+HIDDEN_ACTS = ["gelu_pytorch_tanh", "gelu"]
+
+
+def save_tiny_model(folder, max_positions: int = 128, pruned: bool = False,
+                    hidden_act: str = "gelu_pytorch_tanh") -> None:
     """A random 2-layer BERT QA model (E = 64, 4 heads); ``pruned``: encoder kernels pruned to 2:4."""
     from transformers import BertConfig, BertForQuestionAnswering
 
     from helpers.sparsity import is_prunable_name, prune_2to4
 
     config = BertConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=256, max_position_embeddings=max_positions, hidden_act="gelu_pytorch_tanh")
+                        intermediate_size=256, max_position_embeddings=max_positions, hidden_act=hidden_act)
     model = BertForQuestionAnswering(config)
     if pruned:
         with torch.no_grad():
@@ -180,10 +255,10 @@ def save_tiny_model(folder, max_positions: int = 128, pruned: bool = False) -> N
     model.save_pretrained(folder)
 
 
-def build_tiny_engine(folder, fp16: bool, batch: int, seq: int) -> bytes:
+def build_tiny_engine(folder, fp16: bool, batch: int, seq: int, hidden_act: str = "gelu_pytorch_tanh") -> bytes:
     import builder
 
-    save_tiny_model(folder)
+    save_tiny_model(folder, hidden_act=hidden_act)
     path = folder / "tiny.engine"
     argv = ["--hf", str(folder), "-o", str(path), "-b", str(batch), "-s", str(seq), "--backend", "portable",
             "--device", "cuda"] + (["--fp16"] if fp16 else [])
@@ -213,13 +288,14 @@ def reference_and_fast_plans(description, dev, options=None, logger=None):
     return reference_plan(graph, dev), build_plan(graph, dev, options or EngineOptions(), logger)
 
 
+@pytest.mark.parametrize("hidden_act", HIDDEN_ACTS)
 @pytest.mark.parametrize("fp16", [False, True])
-def test_fast_plan_matches_reference_plan_of_a_built_engine(tmp_path, fp16):
+def test_fast_plan_matches_reference_plan_of_a_built_engine(tmp_path, fp16, hidden_act):
     from helpers.portable.engine_file import read_engine
     from helpers.portable.lowering import RELEASE_STEP
 
-    batch, seq = 3, 37
-    description = read_engine(build_tiny_engine(tmp_path, fp16, batch, seq))
+    batch, seq = 3, 37  # 111 rows: FP16 GEMMs on the few-rows GEMM
+    description = read_engine(build_tiny_engine(tmp_path, fp16, batch, seq, hidden_act))
     dev = torch.device("cuda")
     reference, fast = reference_and_fast_plans(description, dev)
     # Per layer: QKV GEMM, attention, GEMM+skipLN, GEMM+GELU, GEMM+skipLN; plus the embedding,
@@ -262,13 +338,14 @@ def packed_inputs(lengths: list[int], vocab: int = 97) -> tuple[torch.Tensor, ..
             torch.zeros(PACKED_MAX_SEQ, dtype=torch.int32, device="cuda"))
 
 
-def build_tiny_packed_engine(folder, fp16: bool, *extra: str, name: str = "packed") -> dict:
+def build_tiny_packed_engine(folder, fp16: bool, *extra: str, name: str = "packed",
+                             hidden_act: str = "gelu_pytorch_tanh") -> dict:
     """A packed engine of the model in ``folder`` (saved there first if there is none)."""
     import builder_varseqlen
     from helpers.portable.engine_file import read_engine
 
     if not (folder / "config.json").exists():
-        save_tiny_model(folder, max_positions=PACKED_MAX_SEQ)
+        save_tiny_model(folder, max_positions=PACKED_MAX_SEQ, hidden_act=hidden_act)
     path = folder / f"{name}.engine"
     argv = ["--hf", str(folder), "-o", str(path), "-b", str(len(PACKED_LENGTHS)), "-s", str(PACKED_MAX_SEQ),
             "--backend", "portable", "--device", "cuda", *(["--fp16"] if fp16 else []), *extra]
@@ -284,9 +361,10 @@ class RecordingLogger:
         self.messages.append((severity, msg))
 
 
+@pytest.mark.parametrize("hidden_act", HIDDEN_ACTS)
 @pytest.mark.parametrize("fp16", [False, True])
-def test_fast_plan_matches_reference_plan_of_a_packed_engine(tmp_path, fp16):
-    description = build_tiny_packed_engine(tmp_path, fp16)
+def test_fast_plan_matches_reference_plan_of_a_packed_engine(tmp_path, fp16, hidden_act):
+    description = build_tiny_packed_engine(tmp_path, fp16, hidden_act=hidden_act)  # 1109 rows: cuBLASLt GEMMs
     dev = torch.device("cuda")
     reference, fast = reference_and_fast_plans(description, dev)
     # Every plugin, GEMM and GELU layer has a fast step; only shuffles keep their reference steps.
@@ -370,11 +448,12 @@ def graph_replay(plan, description, inputs) -> torch.Tensor:
     return buffers[description["outputs"][0]].float()
 
 
-def test_sparse_weights_run_sparse_gemms_with_the_dense_logits(tmp_path):
+@pytest.mark.parametrize("hidden_act", HIDDEN_ACTS)
+def test_sparse_weights_run_sparse_gemms_with_the_dense_logits(tmp_path, hidden_act):
     from helpers.portable.enums import Severity
 
     dev = torch.device("cuda")
-    save_tiny_model(tmp_path, max_positions=PACKED_MAX_SEQ, pruned=True)
+    save_tiny_model(tmp_path, max_positions=PACKED_MAX_SEQ, pruned=True, hidden_act=hidden_act)
     dense = build_tiny_packed_engine(tmp_path, True, name="dense")
     sparse = build_tiny_packed_engine(tmp_path, True, "-sp", name="sparse")
     assert "SPARSE_WEIGHTS" in sparse["build"]["flags"] and "SPARSE_WEIGHTS" not in dense["build"]["flags"]

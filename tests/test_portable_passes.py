@@ -2,8 +2,9 @@
 
 What the CUDA plan of each kind of built engine fuses is decided on the typed graph, whatever the
 device: the fused-step counts per model are checked here against the network the builders make (a
-builder edit that stops a pattern from matching fails here, not silently on the GPU), and the
-8-bit lowering's steps on the CPU.  Also: the builder's GELU found whatever the order of the
+builder edit that stops a pattern from matching fails here, not silently on the GPU), for the
+builder's tanh GELU ("gelu_new") and the exact erf GELU ("gelu") alike, and the 8-bit lowering's
+steps on the CPU.  Also: the builder's GELU found whatever the order of the
 operands of its commuting layers, plugin fields parsed once, the plan's layer coverage, and
 ``EngineOptions`` read from the environment.
 """
@@ -11,19 +12,24 @@ operands of its commuting layers, plugin fields parsed once, the plan's layer co
 from __future__ import annotations
 
 import copy
+import json
 
+import checkpoints
+import numpy as np
 import pytest
 import torch
+from test_builder import FP32_TOLERANCE
 
 from bench import logits_snapshot
 from helpers.portable.engine_file import read_engine
 from helpers.portable.enums import ElementWiseOperation
 from helpers.portable.graph import load_graph
-from helpers.portable.int8_plan import Int8Lowering, gelu_chains
-from helpers.portable.kernels.patterns import gelu_chain
+from helpers.portable.int8_plan import Int8Lowering, gelus
+from helpers.portable.kernels.patterns import gelu_after
 from helpers.portable.kernels.plan import find_matches
 from helpers.portable.options import CUBLASLT_ENV, FAST_KERNELS_ENV, FEW_ROWS_ENV, PDL_ENV, EngineOptions, Precision
 from helpers.portable.passes import build_plan, reference_plan
+from helpers.runner import EngineRunner
 
 LAYERS = 2  # of logits_snapshot's model
 FLOAT_FIXED = {"embedding": 1, "attention": LAYERS, "dense": LAYERS + 1, "dense_skip_layernorm": 2 * LAYERS,
@@ -49,14 +55,17 @@ EXPECTED = {
 
 
 class BuiltEngines:
-    """The engines of bench/logits_snapshot.py, each built on first use."""
+    """The engines of bench/logits_snapshot.py, each built on first use, of a model whose config
+    names ``hidden_act``."""
 
-    def __init__(self, work) -> None:
+    def __init__(self, work, hidden_act: str) -> None:
         from bench.int8_accuracy import write_handmade_squad
         from helpers.demo_model import minilm_folder, write_tiny_qa_model
 
         self.work = work
         self.model = write_tiny_qa_model(work / "hf", seed=17, **logits_snapshot.MODEL_SIZES)
+        config_file = self.model / "config.json"
+        config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "hidden_act": hidden_act}))
         self.squad = write_handmade_squad(work / "squad.json")
         self.vocab = str(minilm_folder() / "vocab.txt")
         self.kinds = {name: (script, options) for name, script, options in logits_snapshot.ENGINES}
@@ -75,7 +84,14 @@ class BuiltEngines:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    return BuiltEngines(tmp_path_factory.mktemp("passes"))
+    """Engines of the builder's tanh GELU, HuggingFace's "gelu_new": the 8-layer chain."""
+    return BuiltEngines(tmp_path_factory.mktemp("passes"), "gelu_new")
+
+
+@pytest.fixture(scope="module")
+def built_erf(tmp_path_factory):
+    """Engines of the exact erf GELU, HuggingFace's "gelu": one GELU_ERF activation layer."""
+    return BuiltEngines(tmp_path_factory.mktemp("passes_erf"), "gelu")
 
 
 def cuda_patterns(graph) -> dict[str, int]:
@@ -85,10 +101,10 @@ def cuda_patterns(graph) -> dict[str, int]:
     taken: set[int] = set()
     if precision.quantized:
         lowering = Int8Lowering(graph, torch.device("cpu"), precision.strict, precision.fp8, fast=True)
-        chains = gelu_chains(graph)
-        lowering.plan_handovers(chains)
+        fused = gelus(graph)
+        lowering.plan_handovers(fused)
         for layer in graph.layers:
-            covered = None if layer.index in taken or layer.kind == "constant" else lowering.covered(layer, chains)
+            covered = None if layer.index in taken or layer.kind == "constant" else lowering.covered(layer, fused)
             if covered is not None:
                 taken.update(member.index for member in covered)
                 pattern = "int8_gelu" if len(covered) > 1 else "int8"
@@ -103,9 +119,55 @@ def test_each_engine_kind_fuses_what_its_network_holds(built, name):
     assert cuda_patterns(load_graph(built(name))) == EXPECTED[name]
 
 
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_the_erf_gelu_fuses_where_the_tanh_gelu_does(built_erf, name):
+    """Same steps as the tanh engines: FC1 + its one GELU_ERF layer are one dense_gelu (or 8-bit GEMM) step."""
+    graph = load_graph(built_erf(name))
+    assert cuda_patterns(graph) == EXPECTED[name]
+    assert [(gelu.form, len(gelu.layers)) for gelu in gelus(graph).values()] == [("erf", 1)] * LAYERS
+    assert [match.gelu_form for match in find_matches(graph) if match.pattern == "dense_gelu"] == ["erf"] * LAYERS
+
+
+def test_an_erf_gelu_whose_input_is_read_elsewhere_is_not_fused(built_erf):
+    """FC1's output also an engine output: the GEMM must write it, so the GELU stays a layer of its own."""
+    description = copy.deepcopy(built_erf("fixed_fp16"))
+    graph = load_graph(description)
+    fc1_outputs = [conv.outputs[0] for conv in graph.layers if gelu_after(graph, conv) is not None]
+    assert len(fc1_outputs) == LAYERS
+    description["outputs"] = [*description["outputs"], fc1_outputs[0]]
+    patterns = cuda_patterns(load_graph(description))
+    assert patterns["dense_gelu"] == LAYERS - 1 and patterns["dense"] == FLOAT_FIXED["dense"] + 1
+
+
+@pytest.mark.parametrize("name", ["fixed_fp32", "packed_fp32"])
+def test_cpu_plan_of_an_erf_engine_fuses_nothing_and_matches_hf(built_erf, name):
+    """The CPU runs the GELU_ERF layer itself: HuggingFace's exact GELU, to FP32 accuracy."""
+    from transformers import BertForQuestionAnswering
+
+    graph = load_graph(built_erf(name))
+    assert build_plan(graph, torch.device("cpu"), EngineOptions()).patterns() == {}
+    model = BertForQuestionAnswering.from_pretrained(str(built_erf.model)).eval()
+    assert model.config.hidden_act == "gelu"
+    runner = EngineRunner(built_erf.path(name), device="cpu")
+    vocab = model.config.vocab_size
+    if name == "fixed_fp32":
+        inputs = checkpoints.random_inputs(logits_snapshot.BATCH, logits_snapshot.SEQ, vocab, seed=5)
+        runner.activate(logits_snapshot.BATCH, logits_snapshot.SEQ)
+        got = runner.infer(inputs).reshape(logits_snapshot.BATCH, logits_snapshot.SEQ, 2)
+        expected = checkpoints.hf_logits(model, inputs)
+    else:
+        lengths = [logits_snapshot.SEQ, 77, 5, 100]
+        batch = checkpoints.packed_batch(lengths, vocab, seed=5)
+        runner.activate(len(lengths), logits_snapshot.SEQ, total_tokens=sum(lengths))
+        got = runner.infer(batch).reshape(2, -1)
+        expected = checkpoints.hf_packed_logits(model, batch)
+    assert float(np.abs(got - expected).max()) <= FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("fixture", ["built", "built_erf"])
 @pytest.mark.parametrize("name", ["int8", "int8_fp16_imh_iln", "fp8_fp16"])
-def test_cpu_plan_of_a_quantized_engine_lowers_its_8_bit_layers(built, name):
-    graph = load_graph(built(name))
+def test_cpu_plan_of_a_quantized_engine_lowers_its_8_bit_layers(request, fixture, name):
+    graph = load_graph(request.getfixturevalue(fixture)(name))
     patterns = build_plan(graph, torch.device("cpu"), EngineOptions()).patterns()
     gemm = "fp8_gemm" if name.startswith("fp8") else "int8_gemm"
     expected = {gemm: 4 * LAYERS + 1}  # QKV, attention output, FC1, FC2; the head (no GELU fused on the CPU)
@@ -145,7 +207,7 @@ def test_gelu_chain_is_found_whatever_the_order_of_commuting_operands(built, nam
     assert _swap_commuting_operands(description) == 6 * LAYERS
     graph = load_graph(description)
     convolutions = [layer for layer in graph.layers if layer.kind == "convolution"]
-    assert sum(gelu_chain(graph, conv) is not None for conv in convolutions) == LAYERS
+    assert [gelu.form for conv in convolutions if (gelu := gelu_after(graph, conv)) is not None] == ["tanh"] * LAYERS
 
 
 def test_a_changed_gelu_is_not_fused(built):

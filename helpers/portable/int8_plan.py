@@ -21,12 +21,13 @@ time (``calibration.calibrate_engine_description``), stored with the tensors in 
 
 On CUDA (where the float fast path runs too) the same arithmetic runs with few passes over memory
 (``kernels/int8_steps.py``): an INT8 GEMM is one Triton GEMM whose epilogue also applies the
-builder's GELU when the ``patterns.gelu_chain`` follows it (the GEMM's step covers the chain), and
-a tensor read only by INT8 GEMMs, ``-iln`` skip-LayerNorms and ``-imh`` attention (the QKV GEMM's
-output, the GELU output, ``-imh``'s context, the attention-output and FC2 GEMMs' outputs, each
-skip-LayerNorm's output, which is the next GEMM's input and the next residual) is handed over as
-int8 codes, so no quantize pass is left between them: the same codes, from the value rounded to the
-engine's float type, as the separate passes make.
+builder's GELU, tanh or exact erf as the network's, when ``patterns.gelu_after`` finds one after it
+(the GEMM's step covers the GELU's layers), and a tensor read only by INT8 GEMMs, ``-iln``
+skip-LayerNorms and ``-imh`` attention (the QKV GEMM's output, the GELU output, ``-imh``'s context,
+the attention-output and FC2 GEMMs' outputs, each skip-LayerNorm's output, which is the next GEMM's
+input and the next residual) is handed over as int8 codes, so no quantize pass is left between
+them: the same codes, from the value rounded to the engine's float type, as the separate passes
+make.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from helpers.portable import kernels, ops
 from helpers.portable import quantization as q
 from helpers.portable.enums import DataType
 from helpers.portable.graph import Graph, Layer, Step
-from helpers.portable.kernels.patterns import gelu_chain, is_dense
+from helpers.portable.kernels.patterns import Gelu, gelu_after, is_dense
 from helpers.portable.layers import TORCH_DTYPE
 from helpers.portable.lowering import PlanBuilder
 from helpers.portable.plugins import INTERLEAVED, QKV, SKIP_LN
@@ -55,15 +56,15 @@ _FLOAT_PRECISIONS = (DataType.FLOAT, DataType.HALF)
 Run = Callable[..., Sequence[torch.Tensor]]
 
 
-def gelu_chains(graph: Graph) -> dict[int, list[Layer]]:
-    """Convolution index → the builder's GELU chain right after it (``patterns.gelu_chain``)."""
-    chains = {}
+def gelus(graph: Graph) -> dict[int, Gelu]:
+    """Convolution index → the builder's GELU right after it (``patterns.gelu_after``)."""
+    found = {}
     for layer in graph.layers:
         if layer.kind == "convolution":
-            chain = gelu_chain(graph, layer)
-            if chain is not None:
-                chains[layer.index] = chain
-    return chains
+            gelu = gelu_after(graph, layer)
+            if gelu is not None:
+                found[layer.index] = gelu
+    return found
 
 
 def lower_quantized(builder: PlanBuilder) -> None:
@@ -80,21 +81,21 @@ def lower_quantized(builder: PlanBuilder) -> None:
         steps = int8_steps
     lowering = Int8Lowering(graph, builder.device, precision.strict, precision.fp8, builder.fast, steps)
     # On CUDA an INT8 GEMM's step applies the GELU after it too (in its dequantize pass).
-    chains = gelu_chains(graph) if builder.fast else {}
-    lowering.plan_handovers(chains)
+    fused = gelus(graph) if builder.fast else {}
+    lowering.plan_handovers(fused)
     for layer in graph.layers:
         if layer.kind == "constant" or builder.lowered(layer):
             continue
-        covered = lowering.covered(layer, chains)
+        covered = lowering.covered(layer, fused)
         if covered is not None:
-            run, pattern = lowering.run_for(layer, covered[-1].outputs[0] if len(covered) > 1 else None)
+            run, pattern = lowering.run_for(layer, fused.get(layer.index))
             builder.place(Step(STEP_PREFIX + layer.name, run, layer.inputs, covered[-1].outputs, pattern), covered)
 
 
-def _then_gelu(run: Run) -> Run:
+def _then_gelu(run: Run, form: ops.GeluForm) -> Run:
     def fused(x: torch.Tensor) -> Sequence[torch.Tensor]:
         (y,) = run(x)
-        return (kernels.gelu_tanh(y),)
+        return (kernels.elementwise_gelu(y, form),)
 
     return fused
 
@@ -111,11 +112,14 @@ class Int8Lowering:
         # plain float values.
         self.handover: dict[int, str] = {}
 
-    def covered(self, layer: Layer, chains: dict[int, list[Layer]]) -> list[Layer] | None:
-        """The layers the INT8 step of ``layer`` covers (an INT8 GEMM's with its GELU chain from
-        ``chains``), None where ``layer`` stays float."""
+    def covered(self, layer: Layer, fused: dict[int, Gelu]) -> list[Layer] | None:
+        """The layers the INT8 step of ``layer`` covers (an INT8 GEMM's with the layers of its GELU
+        from ``fused``), None where ``layer`` stays float."""
         if layer.kind == "convolution":
-            return None if self.int8_gemm_source(layer) is None else [layer, *chains.get(layer.index, [])]
+            if self.int8_gemm_source(layer) is None:
+                return None
+            gelu = fused.get(layer.index)
+            return [layer] if gelu is None else [layer, *gelu.layers]
         plugin = layer.plugin
         if plugin is None or plugin.name not in (QKV, SKIP_LN):
             return None
@@ -152,7 +156,7 @@ class Int8Lowering:
         return plugin.params.get("type_id") == int(DataType.INT8) and len(layer.outputs) == 1 \
             and self.scales([*layer.inputs[:2], *layer.outputs]) is not None
 
-    def plan_handovers(self, chains: dict[int, list[Layer]]) -> None:
+    def plan_handovers(self, fused: dict[int, Gelu]) -> None:
         """Fill ``handover``: INT8 codes for a tensor that only fast INT8 GEMMs, ``-iln``
         skip-LayerNorms and ``-imh`` attention read, where its producer can write them (an INT8
         GEMM, with its fused GELU; ``-imh`` attention's context; an ``-iln`` skip-LayerNorm)."""
@@ -172,8 +176,8 @@ class Int8Lowering:
 
         for layer in graph.layers:
             if layer.kind == "convolution" and self.int8_gemm_source(layer) is not None:
-                chain = chains.get(layer.index)
-                result = chain[-1].outputs[0] if chain else layer.outputs[0]
+                gelu = fused.get(layer.index)
+                result = layer.outputs[0] if gelu is None else gelu.output
             elif self.fast_int8_attention_source(layer) is not None or self.fast_int8_skip_layernorm(layer):
                 result = layer.outputs[0]
             else:
@@ -187,11 +191,11 @@ class Int8Lowering:
             return None
         return [q.scale_from_amax(self.amax[slot]) for slot in slots]
 
-    def run_for(self, layer: Layer, gelu_output: int | None = None) -> tuple[Run, str]:
+    def run_for(self, layer: Layer, gelu: Gelu | None = None) -> tuple[Run, str]:
         """The INT8 step of a layer ``covered`` takes, and its pattern (a convolution's followed by
-        the tanh GELU when ``gelu_output``, the slot of the GELU's output, is set)."""
+        ``gelu`` when set)."""
         if layer.kind == "convolution":
-            return self.convolution(layer, gelu_output)
+            return self.convolution(layer, gelu)
         return self.plugin(layer)
 
     def float32(self, values: np.ndarray) -> torch.Tensor:
@@ -199,27 +203,28 @@ class Int8Lowering:
 
     # ---- GEMMs
 
-    def convolution(self, layer: Layer, gelu_output: int | None) -> tuple[Run, str]:
+    def convolution(self, layer: Layer, gelu: Gelu | None) -> tuple[Run, str]:
         p = layer.params
-        gelu = gelu_output is not None
-        result = layer.outputs[0] if gelu_output is None else gelu_output
+        result = layer.outputs[0] if gelu is None else gelu.output
+        form = "tanh" if gelu is None else gelu.form
         source = layer.inputs[0]
-        pattern = ("fp8_gemm" if self.fp8 else "int8_gemm") + ("_gelu" if gelu else "")
+        pattern = ("fp8_gemm" if self.fp8 else "int8_gemm") + ("" if gelu is None else "_gelu")
         weight = self.float32(p["kernel"]).reshape(p["num_output_maps"], -1)
         bias = None if p["bias"] is None else self.float32(p["bias"])
         out_dtype = TORCH_DTYPE[layer.output_dtypes[0]]
         spatial = len(p["kernel_shape"])
         if self.steps is not None and self.fp8:
-            fast = self.steps.fast_fp8_gemm(weight, bias, self.amax[source], gelu, out_dtype)
+            fast = self.steps.fast_fp8_gemm(weight, bias, self.amax[source], gelu is not None, out_dtype, form=form)
             if fast is not None:
                 return _channel_gemm(fast, spatial, out_dtype), pattern
         elif self.steps is not None:
             out_amax = self.amax[result] if self.handover.get(result) == CODES else None
-            fast = self.steps.fast_int8_gemm(weight, bias, self.amax[source], gelu, out_dtype, out_amax)
+            fast = self.steps.fast_int8_gemm(weight, bias, self.amax[source], gelu is not None, out_dtype, out_amax,
+                                             form=form)
             return _channel_gemm(fast, spatial, out_dtype if out_amax is None else torch.int8), pattern
         gemm = fp8_gemm(weight, bias, self.amax[source]) if self.fp8 else int8_gemm(weight, bias, self.amax[source])
         run = _channel_gemm(gemm, spatial, out_dtype)
-        return (_then_gelu(run) if gelu else run), pattern
+        return (run if gelu is None else _then_gelu(run, form)), pattern
 
     # ---- plugins
 

@@ -14,12 +14,16 @@ LayerNorm statistics are always accumulated in float32.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 GELU_COEFF = 0.044715
 GELU_SQRT_2_OVER_PI = 0.79788456080286535587989211986876
+# A GELU's form (``BertConfig.gelu``): the builder's tanh approximation (``gelu_tanh``), or the exact
+# x·Φ(x) of TensorRT's GELU_ERF activation (``torch.nn.functional.gelu``).
+GeluForm = Literal["tanh", "erf"]
 
 
 def layernorm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float = 0.0) -> torch.Tensor:

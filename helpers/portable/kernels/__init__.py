@@ -1,14 +1,14 @@
 """Fast CUDA versions of ``helpers.portable.ops``, with the same signatures and results.
 
 Winners of ``bench/kernels_bench.py`` on the H100 (numbers in docs/perf/KERNELS.md): Triton
-kernels for the embedding LayerNorm, the residual LayerNorm and the GELU pass; cuBLASLt for the
-GEMMs (``cublaslt``: per-shape tuned algorithms, or PyTorch's call), with bias + tanh GELU in the
-epilogue; SDPA cuDNN / FlashAttention on strided views of the packed QKV tensor, and a Triton
-attention (``attention_small``) where few (sequence, head) pairs would leave cuDNN's grid small.  At
-batch-1 token counts (``pdl.CHAIN_MAX_ROWS``) the GEMMs are ``few_rows_gemm``'s and every Triton
-kernel launches under programmatic dependent launch (``pdl``).  ``plan.lower_fused`` puts them
-into the portable engine.  Triton is an optional dependency, imported on first use only: CPU
-machines need none.
+kernels for the embedding LayerNorm, the residual LayerNorm and the GELU pass (tanh or erf);
+cuBLASLt for the GEMMs (``cublaslt``: per-shape tuned algorithms, or PyTorch's call), with bias +
+tanh GELU in the epilogue; SDPA cuDNN / FlashAttention on strided views of the packed QKV tensor,
+and a Triton attention (``attention_small``) where few (sequence, head) pairs would leave cuDNN's
+grid small.  At batch-1 token counts (``pdl.CHAIN_MAX_ROWS``) the GEMMs are ``few_rows_gemm``'s and
+every Triton kernel launches under programmatic dependent launch (``pdl``).  ``plan.lower_fused``
+puts them into the portable engine.  Triton is an optional dependency, imported on first use only:
+CPU machines need none.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from helpers.portable.kernels.attention import attention_fixed, attention_varlen
 __all__ = [
     "attention_fixed",
     "attention_varlen",
+    "elementwise_gelu",
     "embed_layernorm",
-    "gelu_tanh",
     "linear",
     "linear_gelu",
     "skip_layernorm",
@@ -72,13 +72,14 @@ def skip_layernorm(
     return out, summed
 
 
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """Same contract as ``ops.gelu_tanh``; one Triton elementwise pass."""
+def elementwise_gelu(x: torch.Tensor, form: ops.GeluForm = "tanh") -> torch.Tensor:
+    """Same contract as ``ops.gelu_tanh`` (``form`` tanh) or ``torch.nn.functional.gelu`` (erf),
+    computed in float32; one Triton elementwise pass."""
     from helpers.portable.kernels.gelu import bias_gelu_into
 
     x = x.contiguous()
     out = torch.empty_like(x)
-    bias_gelu_into(out, x, None)
+    bias_gelu_into(out, x, None, form)
     return out
 
 

@@ -1,7 +1,7 @@
-"""Triton helpers shared by the fast path's kernels: LayerNorm statistics, the tanh GELU, the INT8
-grid's rounding and a GEMM's K loop.  Each is a ``@triton.jit`` function that the kernels of
-``norms``, ``quant_kernels``, ``few_rows_gemm``, ``int8_gemm`` and ``int8_attention`` inline.
-Imported lazily, like those modules: Triton exists only on GPU machines.
+"""Triton helpers shared by the fast path's kernels: LayerNorm statistics, the tanh and the exact erf
+GELU, the INT8 grid's rounding and a GEMM's K loop.  Each is a ``@triton.jit`` function that the
+kernels of ``norms``, ``quant_kernels``, ``gelu``, ``few_rows_gemm``, ``int8_gemm`` and
+``int8_attention`` inline.  Imported lazily, like those modules: Triton exists only on GPU machines.
 """
 
 from __future__ import annotations
@@ -36,6 +36,16 @@ def gelu_tanh(v, coeff, sqrt_2_over_pi):
     u = sqrt_2_over_pi * (v + coeff * v * v * v)
     # tanh(u) = 1 - 2 / (exp(2u) + 1): exact limits ±1 for large |u|.
     return 0.5 * v * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
+
+
+# 1/√2: erf(x/√2) = 2·Φ(x) - 1.
+SQRT_HALF = tl.constexpr(0.7071067811865476)
+
+
+@triton.jit
+def gelu_erf(v):
+    """The exact GELU x·Φ(x) = ½·x·(1 + erf(x/√2)), in the order of PyTorch's (approximate="none")."""
+    return v * 0.5 * (1.0 + tl.erf(v * SQRT_HALF))
 
 
 @triton.jit

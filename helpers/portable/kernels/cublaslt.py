@@ -44,6 +44,8 @@ from typing import Any
 
 import torch
 
+from helpers.portable.ops import GeluForm
+
 CANDIDATES = 32
 MIN_GAIN = 0.03  # cuBLASLt must be this much faster than PyTorch's call to take a shape over
 WORKSPACE_BYTES = 32 << 20
@@ -346,17 +348,19 @@ def clear_choices() -> None:
 
 
 def torch_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                 gelu: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
-    """PyTorch's call (cuBLAS, the tanh GELU in cuBLASLt's epilogue on CUDA): [M, N], into ``out``
-    if given."""
+                 gelu: bool = False, out: torch.Tensor | None = None, form: GeluForm = "tanh") -> torch.Tensor:
+    """PyTorch's call (cuBLAS, the tanh GELU in cuBLASLt's epilogue on CUDA; the erf GELU one
+    PyTorch pass after it): [M, N], into ``out`` if given."""
     into = {} if out is None else {"out": out}
     if gelu:
         if bias is None:
             raise ValueError("the GELU epilogue needs a bias")
-        if rows.is_cuda:
+        if rows.is_cuda and form == "tanh":
             return torch._addmm_activation(bias, rows, weight.t(), use_gelu=True, **into)
-        # PyTorch's CPU kernel for this applies the erf GELU; the engine's is the tanh form.
-        return torch.nn.functional.gelu(torch.addmm(bias, rows, weight.t()), approximate="tanh", **into)
+        # ``_addmm_activation``'s GELU is the tanh form on CUDA only (the CPU's is the erf form): any
+        # other case runs the GELU of its form after the GEMM.
+        approximate = "tanh" if form == "tanh" else "none"
+        return torch.nn.functional.gelu(torch.addmm(bias, rows, weight.t()), approximate=approximate, **into)
     return torch.addmm(bias, rows, weight.t(), **into) if bias is not None else torch.mm(rows, weight.t(), **into)
 
 

@@ -1,8 +1,9 @@
 """Triton FP16 GEMM for few rows (batch-1 token counts), launched with programmatic dependent launch.
 
-``out[M, N] = rows[M, K] @ weight[N, K]ᵀ (+ bias) (→ tanh GELU)`` with float32 accumulation, or,
-split over K, the float32 partial products ``[S, M, N]`` that the following skip-LayerNorm sums
-(``norms.skip_layernorm_into(..., splits=S)``): no reduction launch.
+``out[M, N] = rows[M, K] @ weight[N, K]ᵀ (+ bias) (→ GELU, tanh or exact erf)`` with float32
+accumulation and the epilogue in float32 registers, or, split over K, the float32 partial products
+``[S, M, N]`` that the following skip-LayerNorm sums (``norms.skip_layernorm_into(..., splits=S)``):
+no reduction launch.
 
 At a few hundred rows a GEMM is bound by the latency of starting to stream its weight from HBM,
 not by bandwidth (docs/perf/KERNELS.md).  Under PDL (``kernels.pdl``) each program first lets the
@@ -28,9 +29,9 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from helpers.portable.kernels.common import dot_k_blocks, gelu_tanh
+from helpers.portable.kernels.common import dot_k_blocks, gelu_erf, gelu_tanh
 from helpers.portable.kernels.pdl import pdl_launch
-from helpers.portable.ops import GELU_COEFF, GELU_SQRT_2_OVER_PI
+from helpers.portable.ops import GELU_COEFF, GELU_SQRT_2_OVER_PI, GeluForm
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def _begin(w_ptr, N, K, stride_w, k_per_split, USE_PDL: tl.constexpr, PREFETCH: 
 @triton.jit
 def _few_rows_gemm_kernel(
     a_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_a, stride_w, k_per_split, coeff, sqrt_2_over_pi,
-    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, PARTIALS: tl.constexpr, USE_PDL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, ERF: tl.constexpr, PARTIALS: tl.constexpr, USE_PDL: tl.constexpr,
     PREFETCH: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -129,12 +130,12 @@ def _few_rows_gemm_kernel(
     a_ptrs = a_ptr + (rows % M)[:, None].to(tl.int64) * stride_a + (k_begin + ks)[None, :]
     w_ptrs = w_ptr + w_rows[None, :] * stride_w + (k_begin + ks)[:, None]  # [BLOCK_K, BLOCK_N], K-major
     acc = dot_k_blocks(a_ptrs, w_ptrs, ks, k_len, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), EVEN_K, BLOCK_K)
-    _store(acc, rows, cols, split, bias_ptr, out_ptr, M, N, coeff, sqrt_2_over_pi, HAS_BIAS, GELU, PARTIALS)
+    _store(acc, rows, cols, split, bias_ptr, out_ptr, M, N, coeff, sqrt_2_over_pi, HAS_BIAS, GELU, ERF, PARTIALS)
 
 
 @triton.jit
 def _store(acc, rows, cols, split, bias_ptr, out_ptr, M, N, coeff, sqrt_2_over_pi, HAS_BIAS: tl.constexpr,
-           GELU: tl.constexpr, PARTIALS: tl.constexpr):
+           GELU: tl.constexpr, ERF: tl.constexpr, PARTIALS: tl.constexpr):
     in_cols = cols < N
     in_range = (rows < M)[:, None] & in_cols[None, :]
     offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
@@ -145,14 +146,17 @@ def _store(acc, rows, cols, split, bias_ptr, out_ptr, M, N, coeff, sqrt_2_over_p
         if HAS_BIAS:
             v += tl.load(bias_ptr + cols, mask=in_cols, other=0.0).to(tl.float32)[None, :]
         if GELU:
-            v = gelu_tanh(v, coeff, sqrt_2_over_pi)
+            if ERF:
+                v = gelu_erf(v)
+            else:
+                v = gelu_tanh(v, coeff, sqrt_2_over_pi)
         tl.store(out_ptr + offsets, v.to(out_ptr.dtype.element_ty), mask=in_range)
 
 
 @triton.jit
 def _few_rows_gemm_tma_kernel(
     a_desc, w_desc, w_ptr, bias_ptr, out_ptr, M, N, K, stride_w, k_per_split, coeff, sqrt_2_over_pi,
-    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, PARTIALS: tl.constexpr, USE_PDL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, ERF: tl.constexpr, PARTIALS: tl.constexpr, USE_PDL: tl.constexpr,
     PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # The pointer kernel's grid and PDL contract, with the tiles read through TMA descriptors
@@ -165,7 +169,7 @@ def _few_rows_gemm_tma_kernel(
         w = w_desc.load([pid_n * BLOCK_N, start])
         acc = tl.dot(a, w.T, acc)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    _store(acc, rows, cols, split, bias_ptr, out_ptr, M, N, coeff, sqrt_2_over_pi, HAS_BIAS, GELU, PARTIALS)
+    _store(acc, rows, cols, split, bias_ptr, out_ptr, M, N, coeff, sqrt_2_over_pi, HAS_BIAS, GELU, ERF, PARTIALS)
 
 
 def _check(rows: torch.Tensor, weight: torch.Tensor) -> None:
@@ -189,13 +193,13 @@ def _tma_ready(t: torch.Tensor) -> bool:
 
 
 def _launch(out: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool,
-            config: Config, splits: int, k_per_split: int, pdl: bool) -> None:
+            form: GeluForm, config: Config, splits: int, k_per_split: int, pdl: bool) -> None:
     m, k = rows.shape
     n = weight.shape[0]
     grid = (triton.cdiv(n, config.block_n), splits, triton.cdiv(m, config.block_m))
-    flags = dict(HAS_BIAS=bias is not None, GELU=gelu, PARTIALS=out.dtype == torch.float32, PREFETCH=_prefetches(weight),
-                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.warps,
-                 num_stages=config.stages, **pdl_launch(rows.device, m, pdl))
+    flags = dict(HAS_BIAS=bias is not None, GELU=gelu, ERF=form == "erf", PARTIALS=out.dtype == torch.float32,
+                 PREFETCH=_prefetches(weight), BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+                 num_warps=config.warps, num_stages=config.stages, **pdl_launch(rows.device, m, pdl))
     bias_or_any = bias if bias is not None else weight
     if config.tma and _tma_ready(rows) and _tma_ready(weight):
         descriptors = (TensorDescriptor(rows, [m, k], [rows.stride(0), 1], [config.block_m, config.block_k]),
@@ -209,10 +213,10 @@ def _launch(out: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: t
 
 
 def linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False,
-           config: Config | None = None, pdl: bool = True) -> torch.Tensor:
-    """``gelu?(rows @ weightᵀ + bias)`` as a new contiguous float16 [M, N]; ``bias`` [N] float16 or
-    float32; ``config`` (split_k 1) pins a tile configuration instead of the table's; ``pdl``:
-    launched under PDL where ``pdl.pdl_launch`` allows."""
+           config: Config | None = None, pdl: bool = True, form: GeluForm = "tanh") -> torch.Tensor:
+    """``gelu?(rows @ weightᵀ + bias)`` as a new contiguous float16 [M, N], the GELU of ``form``;
+    ``bias`` [N] float16 or float32; ``config`` (split_k 1) pins a tile configuration instead of the
+    table's; ``pdl``: launched under PDL where ``pdl.pdl_launch`` allows."""
     _check(rows, weight)
     m, k = rows.shape
     n = weight.shape[0]
@@ -221,7 +225,7 @@ def linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
         raise ValueError("few_rows_gemm.linear: a finished result takes split_k 1 (see partial_products)")
     out = torch.empty(m, n, dtype=torch.float16, device=rows.device)
     if m and n:
-        _launch(out, rows, weight, bias, gelu, config, 1, max(k, 1), pdl)
+        _launch(out, rows, weight, bias, gelu, form, config, 1, max(k, 1), pdl)
     return out
 
 
@@ -237,5 +241,5 @@ def partial_products(rows: torch.Tensor, weight: torch.Tensor, config: Config | 
     splits = max(1, triton.cdiv(k, k_per_split))
     out = torch.empty(splits, m, n, dtype=torch.float32, device=rows.device)
     if m and n:
-        _launch(out, rows, weight, None, False, config, splits, k_per_split, pdl)
+        _launch(out, rows, weight, None, False, "tanh", config, splits, k_per_split, pdl)
     return out

@@ -8,17 +8,19 @@ their codes on the INT8 grid of ``out_scale`` into an int8 ``out``.
 No int32 tensor is ever written: ``torch._int_mm`` + a dequantize pass write and read one.
 
 The reference is ``quantization.int8_linear``'s arithmetic (exact integer product, float32
-dequantize + bias) followed by ``ops.gelu_tanh`` and ``quantization.quantize`` /
-``fake_quantize``.  Before quantizing, ``y`` is rounded to ``value_dtype``, the float type of the
-tensor the engine's reference plan holds there, so the codes are those the next layer's quantize
-pass would make from it; as in ``quant_kernels`` the multiplication by the scale's reciprocal may
-round one ulp away from PyTorch's division (a code moves by at most one step).  Where the value is rounded to FP16 or BF16 and then
-quantized, the GELU's tanh is the hardware approximation (``_gelu_tanh_approx``), whose error that
-rounding all but hides; elsewhere the exact formula.  Imported lazily: Triton exists only on GPU machines.
+dequantize + bias) followed by the GELU (``ops.gelu_tanh``, or the exact erf form of
+``torch.nn.functional.gelu``) and ``quantization.quantize`` / ``fake_quantize``.  Before
+quantizing, ``y`` is rounded to ``value_dtype``, the float type of the tensor the engine's
+reference plan holds there, so the codes are those the next layer's quantize pass would make from
+it; as in ``quant_kernels`` the multiplication by the scale's reciprocal may round one ulp away
+from PyTorch's division (a code moves by at most one step).  Where the value is rounded to FP16 or
+BF16 and then quantized, the tanh GELU's tanh is the hardware approximation
+(``_gelu_tanh_approx``), whose error that rounding all but hides; elsewhere, and for the erf GELU
+always, the exact formula.  Imported lazily: Triton exists only on GPU machines.
 
 Two kernels: for more than ``_SMALL_M`` rows (BERT at batch ≥ 2) with 16-byte aligned operands and
 a 1- or 2-byte output, operand tiles come through TMA descriptors and persistent programs walk the
-tiles (``TMA_CONFIGS``); otherwise cp.async loads with masks (``CONFIGS``).  The tanh GELU and the
+tiles (``TMA_CONFIGS``); otherwise cp.async loads with masks (``CONFIGS``).  The GELU and the
 requantize are ALU work in the epilogue, which the two programs per SM overlap with tensor-core
 work.  Throughput of both kernels against cuBLAS FP16: docs/perf/KERNELS.md, "INT8 engine".
 """
@@ -32,9 +34,9 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from helpers.portable.kernels.common import dot_k_blocks, gelu_tanh, int8_codes
+from helpers.portable.kernels.common import dot_k_blocks, gelu_erf, gelu_tanh, int8_codes
 from helpers.portable.kernels.quant_kernels import FLOAT_VALUES, INT8_CODES
-from helpers.portable.ops import GELU_COEFF, GELU_SQRT_2_OVER_PI
+from helpers.portable.ops import GELU_COEFF, GELU_SQRT_2_OVER_PI, GeluForm
 
 # Rows up to this many run the small-M configurations (batch-1 shapes: too few row blocks of 128
 # to fill the GPU), larger GEMMs the large tiles.
@@ -95,7 +97,7 @@ def _tile_coords(tile, blocks_m, blocks_n, GROUP_M: tl.constexpr):
 @triton.jit
 def _epilogue(
     acc, pid_m, pid_n, col_scale_ptr, bias_ptr, out_ptr, M, N, stride_out, out_scale, coeff, sqrt_2_over_pi,
-    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, MODE: tl.constexpr, VALUE_DTYPE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, ERF: tl.constexpr, MODE: tl.constexpr, VALUE_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -105,7 +107,9 @@ def _epilogue(
     if HAS_BIAS:
         v = v + tl.load(bias_ptr + cols, mask=in_cols, other=0.0).to(tl.float32)[None, :]
     if GELU:
-        if MODE == 0 and VALUE_DTYPE != 0:
+        if ERF:
+            v = gelu_erf(v)
+        elif MODE == 0 and VALUE_DTYPE != 0:
             v = _gelu_tanh_approx(v, coeff, sqrt_2_over_pi)
         else:
             v = gelu_tanh(v, coeff, sqrt_2_over_pi)
@@ -125,7 +129,7 @@ def _epilogue(
 def _int8_gemm_kernel(
     a_ptr, w_ptr, col_scale_ptr, bias_ptr, out_ptr, M, N, K, stride_a, stride_w, stride_out, m_bucket,
     out_scale, coeff, sqrt_2_over_pi,
-    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, MODE: tl.constexpr, VALUE_DTYPE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, ERF: tl.constexpr, MODE: tl.constexpr, VALUE_DTYPE: tl.constexpr,
     EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
@@ -138,14 +142,14 @@ def _int8_gemm_kernel(
     w_ptrs = w_ptr + (cols % N)[None, :].to(tl.int64) * stride_w + ks[:, None]  # [BLOCK_K, BLOCK_N], K-major
     acc = dot_k_blocks(a_ptrs, w_ptrs, ks, K, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32), EVEN_K, BLOCK_K)
     _epilogue(acc, pid_m, pid_n, col_scale_ptr, bias_ptr, out_ptr, M, N, stride_out, out_scale, coeff,
-              sqrt_2_over_pi, HAS_BIAS, GELU, MODE, VALUE_DTYPE, BLOCK_M, BLOCK_N)
+              sqrt_2_over_pi, HAS_BIAS, GELU, ERF, MODE, VALUE_DTYPE, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
 def _int8_gemm_tma_kernel(
     a_desc, w_desc, col_scale_ptr, bias_ptr, out_ptr, M, N, K, stride_out, m_bucket, out_scale, coeff,
     sqrt_2_over_pi,
-    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, MODE: tl.constexpr, VALUE_DTYPE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, GELU: tl.constexpr, ERF: tl.constexpr, MODE: tl.constexpr, VALUE_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PROGRAMS_PER_SM: tl.constexpr,
 ):
@@ -170,7 +174,7 @@ def _int8_gemm_tma_kernel(
             stored += step
             out_m, out_n = _tile_coords(stored, blocks_m, blocks_n, GROUP_M)
             _epilogue(acc, out_m, out_n, col_scale_ptr, bias_ptr, out_ptr, M, N, stride_out, out_scale, coeff,
-                      sqrt_2_over_pi, HAS_BIAS, GELU, MODE, VALUE_DTYPE, BLOCK_M, BLOCK_N)
+                      sqrt_2_over_pi, HAS_BIAS, GELU, ERF, MODE, VALUE_DTYPE, BLOCK_M, BLOCK_N)
     else:
         pid_m, pid_n = _tile_coords(tl.program_id(0), blocks_m, blocks_n, GROUP_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
@@ -179,7 +183,7 @@ def _int8_gemm_tma_kernel(
             w = w_desc.load([pid_n * BLOCK_N, start])
             acc = tl.dot(a, w.T, acc, out_dtype=tl.int32)
         _epilogue(acc, pid_m, pid_n, col_scale_ptr, bias_ptr, out_ptr, M, N, stride_out, out_scale, coeff,
-                  sqrt_2_over_pi, HAS_BIAS, GELU, MODE, VALUE_DTYPE, BLOCK_M, BLOCK_N)
+                  sqrt_2_over_pi, HAS_BIAS, GELU, ERF, MODE, VALUE_DTYPE, BLOCK_M, BLOCK_N)
 
 
 _even_k = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
@@ -234,9 +238,10 @@ def int8_gemm_into(
     out_scale: float | None = None,
     value_dtype: torch.dtype | None = None,
     config: triton.Config | None = None,
+    form: GeluForm = "tanh",
 ) -> None:
     """``out[M, N]`` from int8 ``codes [M, K]`` · int8 ``weight_codes [N, K]``ᵀ, dequantized by the
-    float32 ``col_scales [N]`` (+ float32 ``bias [N]``, then the tanh GELU when ``gelu``).
+    float32 ``col_scales [N]`` (+ float32 ``bias [N]``, then the GELU of ``form`` when ``gelu``).
 
     ``out`` float: the float values.  ``out`` int8: their codes on the INT8 grid of ``out_scale``
     (``value_dtype``: the float type the values are rounded to first).  ``config`` pins one of ``CONFIGS`` (the cp.async
@@ -258,8 +263,8 @@ def int8_gemm_into(
     m_bucket = triton.next_power_of_2(min(m, 4096))
     epilogue = (col_scales, bias if bias is not None else col_scales, out)
     scalars = (1.0 if out_scale is None else float(out_scale), GELU_COEFF, GELU_SQRT_2_OVER_PI)
-    flags = {"HAS_BIAS": bias is not None, "GELU": gelu, "MODE": mode, "VALUE_DTYPE": _VALUE_DTYPES[value_dtype],
-             "GROUP_M": _GROUP_M}
+    flags = {"HAS_BIAS": bias is not None, "GELU": gelu, "ERF": form == "erf", "MODE": mode,
+             "VALUE_DTYPE": _VALUE_DTYPES[value_dtype], "GROUP_M": _GROUP_M}
     # float32 tiles of the TMA kernel's large tiles need more shared memory for the epilogue's
     # layout change than the operand stages leave: float32 output takes the cp.async kernel.
     tma_possible = out.element_size() <= 2 and _tma_ready(codes) and _tma_ready(weight_codes)

@@ -1,11 +1,12 @@
 """The INT8 / FP8 engine's steps on CUDA: ``int8_plan``'s arithmetic with few passes over memory.
 
 An INT8 GEMM is one Triton tensor-core GEMM on weight codes made once at load (``int8_gemm``) with
-the dequantize + bias, and the builder's GELU when fused, in its epilogue, behind one quantize pass
-(``quant_kernels``) unless its producer already wrote the int8 codes; FP8 is one quantize pass and
-``torch._scaled_mm`` with the bias in its epilogue.  ``-iln`` skip-LayerNorm is one row pass;
-``-imh`` attention is one Triton kernel with both products on int8 codes (``int8_attention``).
-Imported by the INT8 lowering on CUDA only: the kernels need Triton, which exists only on GPU machines.
+the dequantize + bias, and the builder's GELU (tanh or erf) when fused, in its epilogue, behind one
+quantize pass (``quant_kernels``) unless its producer already wrote the int8 codes; FP8 is one
+quantize pass and ``torch._scaled_mm`` with the bias in its epilogue (then one Triton GELU pass
+when fused).  ``-iln`` skip-LayerNorm is one row pass; ``-imh`` attention is one Triton kernel with
+both products on int8 codes (``int8_attention``).  Imported by the INT8 lowering on CUDA only: the
+kernels need Triton, which exists only on GPU machines.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from helpers.portable import quantization as q
 from helpers.portable.kernels import int8_gemm as ig
 from helpers.portable.kernels import quant_kernels as qk
 from helpers.portable.kernels.int8_attention import int8_attention_into
+from helpers.portable.ops import GeluForm
 
 Run = Callable[..., Sequence[torch.Tensor]]
 
@@ -29,10 +31,11 @@ def _round_up(value: int, multiple: int) -> int:
 
 def fast_int8_gemm(
     weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float, gelu: bool, out_dtype: torch.dtype,
-    out_amax: float | None = None,
+    out_amax: float | None = None, form: GeluForm = "tanh",
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``int8_plan.int8_gemm`` (then the tanh GELU when ``gelu``) as the Triton GEMM with the dequantize in
-    its epilogue, behind one quantize pass, or none when given int8 codes (of ``in_amax``'s grid).
+    """``int8_plan.int8_gemm`` (then the GELU of ``form`` when ``gelu``) as the Triton GEMM with the
+    dequantize in its epilogue, behind one quantize pass, or none when given int8 codes (of
+    ``in_amax``'s grid).
 
     ``out_amax`` set: the output is its int8 codes on that range's grid, from the ``out_dtype``
     value the unfused steps would hand to the next layer's quantize pass.
@@ -53,17 +56,19 @@ def fast_int8_gemm(
             qk.quantize_into(codes, rows.contiguous(), qk.INT8_CODES, in_scale)
         y = torch.empty(m, n, dtype=out_dtype if out_scale is None else torch.int8, device=rows.device)
         ig.int8_gemm_into(y, codes, codes_w.codes, col_scales, bias32, gelu=gelu, out_scale=out_scale,
-                          value_dtype=out_dtype)
+                          value_dtype=out_dtype, form=form)
         return y
 
     return gemm
 
 
 def fast_fp8_gemm(
-    weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float, gelu: bool, out_dtype: torch.dtype
+    weight: torch.Tensor, bias: torch.Tensor | None, in_amax: float, gelu: bool, out_dtype: torch.dtype,
+    form: GeluForm = "tanh",
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``int8_plan.fp8_gemm`` with its input cast in one Triton pass and the bias in cuBLASLt's epilogue;
-    None where ``_scaled_mm`` does not apply (sizes not multiples of 16, float32 output)."""
+    """``int8_plan.fp8_gemm`` with its input cast in one Triton pass and the bias in cuBLASLt's epilogue
+    (then the GELU of ``form`` when ``gelu``, one Triton pass); None where ``_scaled_mm`` does not
+    apply (sizes not multiples of 16, float32 output)."""
     n, k = weight.shape
     if k % 16 or n % 16 or out_dtype not in (torch.float16, torch.bfloat16):
         return None
@@ -79,7 +84,7 @@ def fast_fp8_gemm(
         qk.quantize_into(codes[:m], rows.contiguous(), qk.FP8_CODES, scale_value)
         y = torch._scaled_mm(codes, codes_w.codes.t(), scale_a=in_scale, scale_b=codes_w.scale, bias=bias_out,
                              out_dtype=out_dtype)[:m]
-        return kernels.gelu_tanh(y) if gelu else y
+        return kernels.elementwise_gelu(y, form) if gelu else y
 
     return gemm
 

@@ -6,15 +6,18 @@ built engine on any machine:
 
 * a dense layer: a 1×1 convolution of one group over one input (the builders' fully connected
   layers);
-* the builder's tanh GELU right after a dense layer (``builder_utils.add_gelu``, eight layers:
-  ``0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³)))``), its operands in either order where
-  the operation commutes;
+* the builder's GELU right after a dense layer (``builder_utils.add_gelu``), in either form: the
+  tanh approximation's eight layers ``0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³)))``, their
+  operands in either order where the operation commutes, or the exact erf GELU's one GELU_ERF
+  activation layer;
 * a dense layer whose only reader is a skip-LayerNorm plugin's input (the attention output and FC2
   projections);
 * the layout a QKV-to-context plugin's attention runs in.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,7 +26,7 @@ from helpers.portable.enums import ActivationType, DataType, ElementWiseOperatio
 from helpers.portable.graph import Graph, Layer
 from helpers.portable.plugins import FIXED, INTERLEAVED, PACKED, QKV, SKIP_LN
 
-# The builder's GELU: (kind, op, constant operand or None, operand wiring).  Operands: "x" the
+# The builder's tanh GELU: (kind, op, constant operand or None, operand wiring).  Operands: "x" the
 # GELU input, "prev" the previous layer's output, "c" the constant.
 GELU_CHAIN = (
     ("elementwise", ElementWiseOperation.POW, 3.0, ("x", "c")),
@@ -68,34 +71,62 @@ def _gelu_member(graph: Graph, step: tuple, layer: Layer, x: int, prev: int, com
     return any(_operands_match(graph, order, layer.inputs, named, constant) for order in orders)
 
 
-def gelu_chain(graph: Graph, conv: Layer) -> list[Layer] | None:
-    """The eight layers of the builder's GELU right after dense layer ``conv``, when a fused step may
-    compute them with it: every intermediate read only inside the chain, the chain computing in
-    the GEMM's type (or pinned to FP32 after an FP16 GEMM, when only GEMMs read its result, which
-    then arrives in the GEMM's type)."""
-    x = conv.outputs[0]
-    compute = conv.params["compute_dtype"]
-    following = graph.following(conv)
+def _tanh_chain(graph: Graph, following: list[Layer], x: int, compute: int) -> list[Layer] | None:
+    """The eight layers of the builder's tanh GELU of ``x`` at the start of ``following``."""
     if len(following) < len(GELU_CHAIN):
-        return None
-    chain_compute = following[0].params.get("compute_dtype")
-    if chain_compute != compute and (compute, chain_compute) != (int(DataType.HALF), int(DataType.FLOAT)):
         return None
     chain, prev = following[:len(GELU_CHAIN)], x
     for step, layer in zip(GELU_CHAIN, chain):
-        if not _gelu_member(graph, step, layer, x, prev, chain_compute):
+        if not _gelu_member(graph, step, layer, x, prev, compute):
             return None
         prev = layer.outputs[0]
-    if chain[-1].params["output_dtypes"][0] != chain_compute:
-        return None
-    inner = [x] + [layer.outputs[0] for layer in chain[:-1]]
-    if not all(graph.used_only_by(slot, chain) for slot in inner):
-        return None
-    result = chain[-1].outputs[0]
-    if chain_compute != compute and (result in graph.outputs
-                                     or any(user.kind != "convolution" for user in graph.readers.get(result, ()))):
-        return None
     return chain
+
+
+@dataclass(frozen=True)
+class Gelu:
+    """The builder's GELU right after a dense layer: its form and its layers, in order."""
+
+    form: ops.GeluForm
+    layers: tuple[Layer, ...]
+
+    @property
+    def output(self) -> int:
+        """The slot of the GELU's result."""
+        return self.layers[-1].outputs[0]
+
+
+def gelu_after(graph: Graph, conv: Layer) -> Gelu | None:
+    """The builder's GELU right after dense layer ``conv`` (the tanh chain, or one GELU_ERF
+    activation reading ``conv``'s output), when a fused step may compute it with the GEMM: every
+    intermediate read only inside the GELU, the GELU computing in the GEMM's type (or pinned to FP32
+    after an FP16 GEMM, when only GEMMs read its result, which then arrives in the GEMM's type)."""
+    x = conv.outputs[0]
+    compute = conv.params["compute_dtype"]
+    following = graph.following(conv)
+    if not following:
+        return None
+    first = following[0]
+    gelu_compute = first.params["compute_dtype"]
+    if gelu_compute != compute and (compute, gelu_compute) != (int(DataType.HALF), int(DataType.FLOAT)):
+        return None
+    if (first.kind == "activation" and first.params["activation"] == int(ActivationType.GELU_ERF)
+            and first.inputs == (x,)):
+        gelu = Gelu("erf", (first,))
+    else:
+        chain = _tanh_chain(graph, following, x, gelu_compute)
+        if chain is None:
+            return None
+        gelu = Gelu("tanh", tuple(chain))
+    if gelu.layers[-1].params["output_dtypes"][0] != gelu_compute:
+        return None
+    inner = [x] + [layer.outputs[0] for layer in gelu.layers[:-1]]
+    if not all(graph.used_only_by(slot, gelu.layers) for slot in inner):
+        return None
+    if gelu_compute != compute and (gelu.output in graph.outputs
+                                    or any(user.kind != "convolution" for user in graph.readers.get(gelu.output, ()))):
+        return None
+    return gelu
 
 
 def skip_layernorm_after(graph: Graph, conv: Layer) -> Layer | None:

@@ -4,9 +4,11 @@
 fused step replaces (:class:`Match`; ``patterns.py`` holds the shapes they take); :func:`lower_fused`
 places those steps on a CUDA engine (``kernels/steps.py``), each with its weights converted once.
 
-* ``dense_gelu``: a dense layer + the builder's 8-layer tanh GELU → one GEMM whose epilogue adds
-  the bias and applies the GELU.  The varseqlen network's GELU, pinned to FP32 after an FP16 GEMM,
-  fuses too when only GEMMs read its result (the epilogue computes in float registers).
+* ``dense_gelu``: a dense layer + the builder's GELU (the 8-layer tanh chain, or one GELU_ERF
+  layer) → one GEMM whose epilogue adds the bias and applies the GELU of that form.  The varseqlen
+  network's tanh GELU, pinned to FP32 after an FP16 GEMM, fuses too when only GEMMs read its result
+  (the epilogue computes in float registers).  cuBLASLt's GELU epilogue is the tanh form: the erf
+  GELU after a cuBLASLt (or sparse) GEMM is its bias epilogue, then one in-place Triton GELU pass.
 * ``dense_skip_layernorm``: a dense layer → skip-LayerNorm plugin → a bias-free GEMM, then one
   Triton pass adding both biases and the residual, and normalising.
 * ``dense``: other dense layers (the QKV projection, the SQuAD head) → one GEMM with the bias
@@ -46,7 +48,7 @@ import torch
 from helpers.portable import ops
 from helpers.portable.enums import DataType, Severity
 from helpers.portable.graph import Graph, Layer, Step
-from helpers.portable.kernels.patterns import attention_layout, gelu_chain, is_dense, skip_layernorm_after
+from helpers.portable.kernels.patterns import attention_layout, gelu_after, is_dense, skip_layernorm_after
 from helpers.portable.layers import TORCH_DTYPE
 from helpers.portable.lowering import PlanBuilder
 from helpers.portable.plugins import EMB_LN, FIXED, INTERLEAVED, PACKED, SKIP_LN, compute_type
@@ -56,10 +58,12 @@ FAST_DTYPES = (DataType.FLOAT, DataType.HALF)
 
 @dataclass(frozen=True)
 class Match:
-    """A fused step to be: its pattern and the layers it covers (it runs where the last one ran)."""
+    """A fused step to be: its pattern and the layers it covers (it runs where the last one ran);
+    a ``dense_gelu`` step's GELU form."""
 
     pattern: str
     layers: tuple[Layer, ...]
+    gelu_form: ops.GeluForm = "tanh"
 
 
 def _trailing_ones(graph: Graph, slot: int, count: int) -> bool:
@@ -76,9 +80,9 @@ def _fast_dense(graph: Graph, conv: Layer) -> bool:
 def _match_dense(graph: Graph, conv: Layer) -> Match | None:
     if not _fast_dense(graph, conv):
         return None
-    chain = gelu_chain(graph, conv)
-    if chain is not None and conv.params["bias"] is not None:
-        return Match("dense_gelu", (conv, *chain))
+    gelu = gelu_after(graph, conv)
+    if gelu is not None and conv.params["bias"] is not None:
+        return Match("dense_gelu", (conv, *gelu.layers), gelu.form)
     skip_ln = skip_layernorm_after(graph, conv)
     if skip_ln is not None and skip_ln.plugin is not None:
         type_id = skip_ln.plugin.params["type_id"]
@@ -221,7 +225,7 @@ class FusedLowering:
                                                                    *self.layernorm(last), pdl)
                 inputs = (first.inputs[0], last.inputs[1])
             else:
-                run = self.steps.dense_step(gemm, bias, spatial, gelu=kind == "dense_gelu")
+                run = self.steps.dense_step(gemm, bias, spatial, gelu=kind == "dense_gelu", form=match.gelu_form)
         elif kind == "skip_layernorm":
             assert first.plugin is not None
             values = first.plugin.values

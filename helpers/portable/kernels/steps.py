@@ -20,6 +20,7 @@ from helpers.portable.kernels.attention import attention_fixed_biased, attention
 from helpers.portable.kernels.gelu import bias_gelu_into
 from helpers.portable.kernels.norms import embed_layernorm_into, mask_index_and_bias_into, skip_layernorm_into
 from helpers.portable.kernels.pdl import CHAIN_MAX_ROWS
+from helpers.portable.ops import GeluForm
 from helpers.sparsity import to_semi_structured
 
 Run = Callable[..., tuple[torch.Tensor, ...]]
@@ -65,20 +66,27 @@ class Gemm:
         (``pdl.CHAIN_MAX_ROWS``: above it cuBLASLt is faster for every BERT GEMM)."""
         return self.few_rows and self.sparse is None and self.dtype == torch.float16 and rows.shape[0] <= CHAIN_MAX_ROWS
 
-    def __call__(self, rows: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
-        """``gelu?(rows @ weightᵀ + bias)``; the sparse GEMM's GELU is one Triton bias + GELU pass after it."""
+    def __call__(self, rows: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False,
+                 form: GeluForm = "tanh") -> torch.Tensor:
+        """``gelu?(rows @ weightᵀ + bias)``, the GELU of ``form``.  The sparse GEMM's GELU is one Triton
+        bias + GELU pass after it; cuBLASLt's GELU epilogue is the tanh form, so its erf GELU is the
+        bias epilogue, then one in-place Triton GELU pass."""
         if self.sparse is not None:
             product = F.linear(rows, self.sparse, None if gelu else bias).contiguous()
             if not gelu:
                 return product
             y = torch.empty_like(product)
-            bias_gelu_into(y, product, bias)
+            bias_gelu_into(y, product, bias, form)
             return y
         if self.takes_few_rows(rows):
-            return few_rows_gemm.linear(rows, self.weight, bias, gelu, pdl=self.pdl)
-        if self.cublaslt:
-            return cublaslt.linear(rows, self.weight, bias, gelu=gelu)
-        return cublaslt.torch_linear(rows, self.weight, bias, gelu)
+            return few_rows_gemm.linear(rows, self.weight, bias, gelu, pdl=self.pdl, form=form)
+        if not self.cublaslt:
+            return cublaslt.torch_linear(rows, self.weight, bias, gelu, form=form)
+        if gelu and form == "erf":
+            y = cublaslt.linear(rows, self.weight, bias)
+            bias_gelu_into(y, y, None, form)
+            return y
+        return cublaslt.linear(rows, self.weight, bias, gelu=gelu)
 
     def summands(self, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
         """The product as (S blocks of [M, out] whose sum it is, S), for a skip-LayerNorm to sum:
@@ -89,13 +97,14 @@ class Gemm:
         return self(rows), 1
 
 
-def dense_step(gemm: Gemm, bias: torch.Tensor | None, spatial: int, gelu: bool = False) -> Run:
+def dense_step(gemm: Gemm, bias: torch.Tensor | None, spatial: int, gelu: bool = False,
+               form: GeluForm = "tanh") -> Run:
     """x [..., C, 1, ...] (``spatial`` trailing ones) → [..., K, 1, ...], with the bias (and the
-    tanh GELU when ``gelu``) in the GEMM's epilogue."""
+    GELU of ``form`` when ``gelu``) in the GEMM's epilogue."""
     ones = (1,) * spatial
 
     def run(x: torch.Tensor) -> tuple[torch.Tensor]:
-        y = gemm(x.to(gemm.dtype).reshape(-1, gemm.in_features), bias, gelu=gelu)
+        y = gemm(x.to(gemm.dtype).reshape(-1, gemm.in_features), bias, gelu=gelu, form=form)
         return (y.view(*x.shape[: x.dim() - spatial - 1], gemm.out_features, *ones),)
 
     return run
