@@ -296,6 +296,7 @@ def test_benchmark_segment_ids_stay_within_the_token_types(tmp_path_factory):
 
 def test_vocabulary_must_fit_the_engines_tokenizer(tmp_path_factory, tmp_path, capsys):
     files = family_files("roberta", tmp_path_factory)
+    capsys.readouterr()  # what writing the model printed (transformers' progress bars) is not inference.py's
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\n")
     for path, fragment in ((vocab, "reads text with a bpe tokenizer, not a WordPiece vocab.txt"),
