@@ -66,7 +66,7 @@ from builder_utils import (
 )
 from helpers.backend import backend_name, select_backend, trt
 from helpers.runner import WORD_EMBEDDINGS_FIELD, load_plugin_library, portable_device
-from helpers.smoothing import FC1_LAYER, HEAD_LAYER, QKV_LAYER, SKIP_SCALE
+from helpers.smoothing import FC1_LAYER, HEAD_LAYER, QKV_LAYER, SKIP_SCALE, gelu_output_range
 
 INPUT_NAMES = ("input_ids", "segment_ids", "input_mask")
 CHANNEL_AXIS = 2  # of the network's [S, B, E, 1, 1] activations
@@ -389,7 +389,7 @@ def add_transformer_layer(
     if config.use_qat:
         set_output_range(gelu, amax(weights, prefix + "output_dense_input_amax"))
     elif config.use_int8:
-        set_output_range(gelu, 10.0)  # "GELU10" clipping for post-training calibration
+        set_output_range(gelu, gelu_output_range(weights, prefix))  # "GELU10", or the smoothed build's
 
     output_dense = add_dense(network, gelu.get_output(0), hidden, weights[prefix + W_LOUT], weights[prefix + B_LOUT])
     if config.use_int8 and not config.use_int8_skipln:

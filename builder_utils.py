@@ -21,7 +21,7 @@ from helpers.cli import exit_on_interrupt
 from helpers.files import CACHE_FILE_MAX_BYTES, check_output_path, read_limited
 from helpers.files import write_bytes_atomically as write_file_atomically
 from helpers.model_info import ModelInfo
-from helpers.smoothing import default_cache_name, smoothed_weights, smoothing_alpha, smoothing_path
+from helpers.smoothing import CalibrationStatistics, default_cache_name, smoothed_weights, smoothing_alpha, smoothing_path
 
 # The portable engine's device; the builders' --device sets it.
 DEVICE_ENV = "DEMOBERT_DEVICE"
@@ -262,7 +262,8 @@ def add_8bit_options(parser: argparse.ArgumentParser) -> None:
         help="Portable engine only, with post-training calibration: divide each input channel j of the\n"
         "LayerNorm-fed GEMMs (QKV, FC1, the SQuAD head) by s_j = max|X_j|^ALPHA / max|W_j|^(1-ALPHA) and\n"
         "multiply the weights by it (SmoothQuant), so that outlier channels stop taking the whole\n"
-        "8-bit range; 0 < ALPHA <= 1. Without it, per-tensor ranges as TensorRT (default: None)",
+        "8-bit range; 0 < ALPHA <= 1; the GELU output gets the range of least squared INT8 error over the\n"
+        "calibration batches instead of GELU10. Without it, per-tensor ranges as TensorRT (default: None)",
     )
 
 
@@ -349,19 +350,20 @@ MakeCalibrator = Callable[..., Any]
 CalibrationBuild = Callable[[argparse.Namespace, trt.ILogger, BertConfig, WeightMap, Any], None]
 
 
-def channel_maxima(
+def calibration_statistics(
     make_calibrator: MakeCalibrator,
     calibration_build: CalibrationBuild,
     args: argparse.Namespace,
     logger: trt.ILogger,
     config: BertConfig,
     weights: WeightMap,
-) -> dict[str, np.ndarray]:
-    """Activation smoothing's statistics: per dense layer, the largest |x| of each input channel over
-    the calibration batches of the FP32 network of ``weights``."""
+) -> CalibrationStatistics:
+    """Activation smoothing's statistics over the calibration batches of the FP32 network of
+    ``weights``: per dense layer, the largest |x| of each input channel, and the least-squared-error
+    INT8 range of each dense layer's input."""
     statistics = make_calibrator(args, None, config, weights, statistics=True)
     calibration_build(args, logger, config, weights, statistics)
-    return cast(dict[str, np.ndarray], statistics.channel_maxima)
+    return CalibrationStatistics(statistics.channel_maxima, statistics.mse_ranges)
 
 
 def post_training_calibration(
@@ -380,7 +382,7 @@ def post_training_calibration(
     and writes it, so that the INT8 build only reads it (docs/SPEC.md "Calibration").
     """
     cache_file = args.calib_path or default_cache_name(default_cache_file, args.smooth)
-    statistics = functools.partial(channel_maxima, make_calibrator, calibration_build, args, logger, config, weights)
+    statistics = functools.partial(calibration_statistics, make_calibrator, calibration_build, args, logger, config, weights)
     smoothed = smoothed_weights(weights, config, args.smooth, cache_file, statistics)
     if args.smooth is not None:
         logger.log(trt.Logger.INFO, f"activation smoothing --smooth {args.smooth:g}: scales in {smoothing_path(cache_file)}")

@@ -84,7 +84,7 @@ from builder_utils import (
 )
 from helpers.backend import trt
 from helpers.runner import WORD_EMBEDDINGS_FIELD
-from helpers.smoothing import FC1_LAYER, HEAD_LAYER, QKV_LAYER, SKIP_SCALE
+from helpers.smoothing import FC1_LAYER, HEAD_LAYER, QKV_LAYER, SKIP_SCALE, gelu_output_range
 from helpers.sparsity import structured_layers
 
 if TYPE_CHECKING:
@@ -459,7 +459,7 @@ class VarSeqLenNetwork:
         if config.use_int8 and config.use_qat:
             set_output_range(gelu, self.amax(prefix + "output_dense_input_amax"))
         elif config.use_int8:
-            set_output_range(gelu, 10.0)  # "GELU10", as builder.py's post-training calibration
+            set_output_range(gelu, gelu_output_range(weights, prefix))  # as builder.py's post-training calibration
 
         output_dense = add_dense(network, gelu.get_output(0), hidden, weights[prefix + W_LOUT], weights[prefix + B_LOUT])
         output_dense.name = prefix + "output_dense"

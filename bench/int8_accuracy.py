@@ -353,7 +353,7 @@ def write_calibration_cache(builder_argv: Sequence[str], calibrator_type) -> Non
     import functools
 
     import builder
-    from builder_utils import channel_maxima
+    from builder_utils import calibration_statistics
     from helpers.backend import trt
     from helpers.smoothing import smoothed_weights
 
@@ -363,7 +363,7 @@ def write_calibration_cache(builder_argv: Sequence[str], calibrator_type) -> Non
     config = builder.load_config(args, logger)
     kind, path = builder.weight_source(args)
     weights = builder.LOADERS[kind](path, config)
-    statistics = functools.partial(channel_maxima, builder.make_calibrator, builder.calibration_build, args, logger, config, weights)
+    statistics = functools.partial(calibration_statistics, builder.make_calibrator, builder.calibration_build, args, logger, config, weights)
     weights = smoothed_weights(weights, config, args.smooth, args.calib_path, statistics)
     calibrator = calibrator_type(args.squad_json, args.vocab_file, args.calib_path, 1, args.sequence_length[-1], args.calib_num)
     builder.calibration_build(args, logger, config, weights, calibrator)

@@ -281,13 +281,18 @@ class _PackedSquadBatches(_SquadQuestions):
 
 class _ChannelStatistics:
     """What activation smoothing (``helpers/smoothing.py``) reads: the portable engine hands it the
-    largest |x| of each input channel of every convolution over the batches
-    (``helpers.portable.calibration``), by layer name."""
+    largest |x| of each input channel of every convolution over the batches, by layer name, and
+    the INT8 range of least squared error of each convolution's input, by tensor name
+    (``helpers.portable.calibration``)."""
 
     channel_maxima: dict[str, np.ndarray] = {}
+    mse_ranges: dict[str, float] = {}
 
     def write_channel_maxima(self, maxima: dict[str, np.ndarray]) -> None:
         self.channel_maxima = dict(maxima)
+
+    def write_mse_ranges(self, ranges: dict[str, float]) -> None:
+        self.mse_ranges = dict(ranges)
 
 
 class _LegacyParameters:

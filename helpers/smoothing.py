@@ -25,7 +25,11 @@ Where the division is done, per GEMM of the builders' networks:
 * FC2 (input: the GELU output) is not smoothed: GELU is not linear, so ``1/s`` would cost a product
   of its own, and the GELU's sparse channels make the scales overfit the calibration batches (on
   MiniLM, calibrated on 8 of 20 questions, smoothing FC2 too drops the logits' cosine with FP32 from
-  0.95 to 0.85).  Its input keeps TensorRT's per-tensor range (GELU10 after calibration).
+  0.95 to 0.85).  Its input keeps one range for the whole tensor, but not GELU10's fixed 10: the
+  range whose INT8 quantization of the GELU output has the least squared error over the same
+  batches (``gelu_ranges``; ``GELU_RANGE`` in the weight map).  Most GELU outputs lie near zero, so
+  a step of 10/127 rounds them coarsely, while the few values beyond the chosen range lose less
+  when saturated.
 
 The calibration that follows (``-p`` cache) measures the smoothed tensors.  The scales are kept next
 to that cache (``smoothing_path``), so a later build with the same cache rebuilds the same network
@@ -38,6 +42,7 @@ import argparse
 import io
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,9 +59,23 @@ HEAD_LAYER = "cls_squad_output"
 # The weight-map entry, after a skip-LayerNorm's prefix (``l{i}_attention_output_layernorm_``,
 # ``l{i}_output_layernorm_``), that the builders turn into the channel factor of its skip input.
 SKIP_SCALE = "skip_scale"
+# The weight-map entry, after a layer's prefix, holding the range of its GELU output (shape (1,)).
+GELU_RANGE = "gelu_range"
+# "GELU10": the GELU output's range in the demo's post-training calibration.
+GELU10 = 10.0
 
 EMBEDDING_LAYERNORM = "bert_embeddings_layernorm_"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+
+@dataclass
+class CalibrationStatistics:
+    """What the statistics pass over the unsmoothed FP32 network measures: per dense layer name, the
+    largest |x| of each input channel; per dense layer input tensor name, the INT8 range of least
+    squared error."""
+
+    channel_maxima: Mapping[str, np.ndarray]
+    mse_ranges: Mapping[str, float]
 
 
 class SmoothingError(ValueError):
@@ -95,6 +114,25 @@ def smoothed_layers(config: BertConfig) -> dict[str, str]:
     return layers
 
 
+def gelu_output_range(weights: WeightMap, prefix: str) -> float:
+    """The range a post-training build gives layer ``prefix``'s GELU output: the smoothed build's
+    measured one, else GELU10."""
+    measured = weights.get(prefix + GELU_RANGE)
+    return GELU10 if measured is None else float(measured.reshape(-1)[0])
+
+
+def gelu_ranges(mse_ranges: Mapping[str, float], config: BertConfig) -> dict[str, np.ndarray]:
+    """``l{i}_`` + ``GELU_RANGE`` → the least-squared-error range of layer i's GELU output
+    (the builders name that tensor ``l{i}_gelu``)."""
+    ranges = {}
+    for i in range(config.num_hidden_layers):
+        tensor = f"l{i}_gelu"
+        if tensor not in mse_ranges:
+            raise SmoothingError(f"the calibration statistics have no range for the tensor {tensor!r}")
+        ranges[f"l{i}_" + GELU_RANGE] = np.array([mse_ranges[tensor]], dtype=np.float32)
+    return ranges
+
+
 def smoothing_scales(
     maxima: Mapping[str, np.ndarray], weights: WeightMap, config: BertConfig, alpha: float
 ) -> dict[str, np.ndarray]:
@@ -116,8 +154,10 @@ def smoothing_scales(
 def smooth_weights(weights: WeightMap, config: BertConfig, scales: Mapping[str, np.ndarray]) -> WeightMap:
     """A new weight map with ``scales`` migrated (see the module docstring): kernels' input columns
     times s, the producing LayerNorms' gamma and beta divided by s, and the residual factors the
-    builders apply (``SKIP_SCALE``)."""
+    builders apply (``SKIP_SCALE``); the GELU output ranges among ``scales`` (``GELU_RANGE``) are
+    copied in."""
     smoothed = dict(weights)
+    smoothed.update({name: value for name, value in scales.items() if name.endswith(GELU_RANGE)})
 
     def scale_columns(kernel_name: str, s: np.ndarray) -> None:
         smoothed[kernel_name] = (weights[kernel_name] * s).astype(np.float32)
@@ -186,11 +226,11 @@ def smoothed_weights(
     config: BertConfig,
     alpha: float | None,
     cache_file: str,
-    channel_maxima: Callable[[], Mapping[str, np.ndarray]],
+    statistics: Callable[[], CalibrationStatistics],
 ) -> WeightMap:
     """The weights a PTQ build calibrates and builds with: ``weights`` itself without ``--smooth``,
-    else smoothed with the scales kept for ``cache_file`` or, when there are none yet, with scales
-    from ``channel_maxima()`` (a statistics pass over the unsmoothed FP32 network), which are kept.
+    else smoothed with the scales and GELU ranges kept for ``cache_file`` or, when there are none
+    yet, with those from ``statistics()`` (a pass over the unsmoothed FP32 network), which are kept.
 
     A cache calibrated without smoothing, or with another α, is refused: its ranges are those of
     other tensors."""
@@ -205,9 +245,15 @@ def smoothed_weights(
     if scales is None:
         if os.path.exists(cache_file):
             raise SmoothingError(f"calibration cache {cache_file} was calibrated without --smooth: delete it, or pass another -p")
-        scales = smoothing_scales(channel_maxima(), weights, config, alpha)
+        measured = statistics()
+        scales = {**smoothing_scales(measured.channel_maxima, weights, config, alpha), **gelu_ranges(measured.mse_ranges, config)}
         write_scales(cache_file, alpha, scales)
     expected = smoothed_layers(config)
-    if set(scales) != set(expected) or any(scales[layer].shape != weights[kernel].shape[1:] for layer, kernel in expected.items()):
+    ranges = {f"l{i}_" + GELU_RANGE for i in range(config.num_hidden_layers)}
+    if (
+        set(scales) != set(expected) | ranges
+        or any(scales[layer].shape != weights[kernel].shape[1:] for layer, kernel in expected.items())
+        or any(scales[name].shape != (1,) for name in ranges)
+    ):
         raise SmoothingError(f"{smoothing_path(cache_file)}: its scales do not fit this model's dense layers")
     return smooth_weights(weights, config, scales)

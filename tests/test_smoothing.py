@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import smoothing
+from test_calibrator import int8_squared_error
 from test_int8_engines import (  # noqa: F401 (fixtures)
     SEQ,
     build,
@@ -145,11 +147,44 @@ def test_smoothed_build_keeps_the_scales_of_the_statistics(int8_workdir, smoothe
         weights.update({f"l{i}_attention_qkv": [attention.query, attention.key, attention.value],
                         f"l{i}_intermediate_dense": [layer.intermediate.dense]})
     inputs = hf_dense_inputs(model, env["features"])
-    assert set(kept) == set(weights)
+    layers = range(len(model.bert.encoder.layer))
+    assert set(kept) == set(weights) | {f"l{i}_{smoothing.GELU_RANGE}" for i in layers}
     for name, linears in weights.items():
         w = np.max([np.abs(linear.weight.detach().numpy()).max(axis=0) for linear in linears], axis=0)
         x = inputs[name].flatten(0, 1).abs().amax(dim=0).numpy()
         np.testing.assert_allclose(kept[name], np.sqrt(x) / np.sqrt(w), rtol=2e-4, err_msg=name)
+
+
+def test_smoothed_build_gives_the_gelu_output_its_least_squared_error_range(
+        int8_workdir, smoothed_engine, fp32_and_ptq_engines):
+    """--smooth replaces GELU10's fixed range of the GELU output (FC2's input) by the one that
+    quantizes HF's GELU output over the padded calibration windows with the least squared error (within
+    2 % of the best found on those samples by brute force); without --smooth the range stays 10."""
+    from helpers.portable.engine_file import read_engine
+
+    env = int8_workdir
+    kept = smoothing.read_scales(str(smoothed_engine[1]), 0.5)
+    model = env["model"]
+    gelu = {}
+    hooks = [layer.output.dense.register_forward_pre_hook(lambda m, a, i=i: gelu.__setitem__(i, a[0].detach().double()))
+             for i, layer in enumerate(model.bert.encoder.layer)]
+    try:
+        with torch.no_grad():
+            model(**{name: torch.as_tensor(value, dtype=torch.long) for name, value in zip(
+                ("input_ids", "token_type_ids", "attention_mask"),
+                (env["features"].input_ids, env["features"].segment_ids, env["features"].input_mask))})
+    finally:
+        for hook in hooks:
+            hook.remove()
+    smoothed_ranges = {t["name"]: t["dynamic_range"] for t in read_engine(smoothed_engine[0].read_bytes())["tensors"]}
+    plain_ranges = {t["name"]: t["dynamic_range"] for t in read_engine(fp32_and_ptq_engines[1].read_bytes())["tensors"]}
+    for i, values in gelu.items():
+        chosen = float(kept[f"l{i}_{smoothing.GELU_RANGE}"][0])
+        peak = float(values.abs().max())
+        best = min(int8_squared_error(values, peak * k / 1000) for k in range(1, 1001))
+        assert int8_squared_error(values, chosen) <= 1.02 * best, i
+        assert smoothed_ranges[f"l{i}_gelu"] == pytest.approx([-chosen, chosen])
+        assert plain_ranges[f"l{i}_gelu"] == pytest.approx([-smoothing.GELU10, smoothing.GELU10])
 
 
 @pytest.mark.parametrize("packed", [False, True])

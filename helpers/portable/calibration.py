@@ -24,9 +24,11 @@ names are the network's, so names it has that the network lacks are ignored.  Ea
 range set by the network (``ITensor.set_dynamic_range``, e.g. GELU10) gets the calibrated one, stored
 in the engine file with the tensors.
 
-Portable extension (activation smoothing, ``helpers/smoothing.py``): a calibrator with a
-``write_channel_maxima(maxima)`` method also gets, when batches ran, the largest |x| of each input
-channel of every convolution, keyed by the convolution layer's name.
+Portable extensions (activation smoothing, ``helpers/smoothing.py``), when batches ran: a
+calibrator with a ``write_channel_maxima(maxima)`` method also gets the largest |x| of each input
+channel of every convolution, keyed by the convolution layer's name; one with
+``write_mse_ranges(ranges)`` gets, for every convolution's input tensor (by tensor name), the INT8
+range of least squared quantization error (``mse_amax``).
 """
 
 from __future__ import annotations
@@ -296,6 +298,24 @@ def entropy_amax(hist: AbsHistogram, levels: int = _ENTROPY_LEVELS) -> float:
     return float(min((best_bins + 0.5) * width, hist.max))
 
 
+def mse_amax(hist: AbsHistogram, candidates: int = 512) -> float:
+    """The range t (of ``candidates`` evenly spaced up to max |x|) whose symmetric INT8 quantization of
+    the histogram's samples has the least expected squared error, each sample spread evenly over its
+    bin: beyond t it saturates to t; within t it rounds, exactly where the bin is narrower than a
+    step (the centre's rounding error plus the bin's own spread), with the uniform step²/12 where
+    a bin spans several steps."""
+    if hist.counts is None or hist.max == 0.0:
+        return 0.0
+    counts = hist.counts.astype(np.float64)
+    centres = (np.arange(len(counts)) + 0.5) * hist.width
+    thresholds = np.arange(1, candidates + 1, dtype=np.float64)[:, None] * (hist.max / candidates)
+    step = thresholds / INT8_MAX
+    spread = hist.width**2 / 12.0
+    rounding = np.where(hist.width < step, (centres - np.round(centres / step) * step) ** 2 + spread, step**2 / 12.0)
+    error = np.where(centres > thresholds, (centres - thresholds) ** 2 + spread, rounding)
+    return float(thresholds[int(np.argmin(error @ counts)), 0])
+
+
 def amax_from_histogram(hist: AbsHistogram, calibrator: IInt8Calibrator) -> float:
     algorithm = CalibrationAlgoType(int(calibrator.get_algorithm()))
     if algorithm == CalibrationAlgoType.LEGACY_CALIBRATION:
@@ -339,13 +359,15 @@ def calibrate(
     device: torch.device,
     source: str = "calibration cache",
     channels: ChannelMaxima | None = None,
+    histograms: dict[str, AbsHistogram] | None = None,
 ) -> dict[str, float]:
     """Ranges for every float tensor the network produces, from the cache or from batches.
 
     ``input_specs``: (name, static shape, TensorRT dtype) of each network input, in order;
     ``run_fp32(feeds, observe)`` runs the FP32 network and calls ``observe(name, tensor)`` for
     every tensor it produces.  A freshly computed table goes to ``write_calibration_cache``;
-    ``channels``, when given, also collects its tensors' per-channel maxima from the batches.
+    ``channels``, when given, also collects its tensors' per-channel maxima from the batches;
+    ``histograms``, when given, receives the histogram of every tensor the batches produced.
     """
     cached = calibrator.read_calibration_cache()
     if cached:
@@ -353,7 +375,8 @@ def calibrate(
         return ranges
     specs = list(input_specs)
     names = [name for name, _, _ in specs]
-    histograms: dict[str, AbsHistogram] = {}
+    if histograms is None:
+        histograms = {}
 
     def observe(name: str, value: torch.Tensor) -> None:
         if value.is_floating_point():
@@ -410,15 +433,18 @@ def convolution_inputs(description: dict[str, Any]) -> dict[str, tuple[str, int]
 
 def calibrate_engine_description(description: dict[str, Any], calibrator: Any, dev: torch.device) -> None:
     """Fill the missing ``dynamic_range`` of the description's tensors from ``calibrator``, and hand
-    a calibrator that takes them the per-channel maxima of every convolution's input.
+    a calibrator that takes them the per-channel maxima and the least-squared-error ranges of every
+    convolution's input.
 
     Raises ``BuildError`` with a one-line message when calibration cannot run.
     """
     tensors = description["tensors"]
     names = [t["name"] for t in tensors]
     receiver = getattr(calibrator, "write_channel_maxima", None)
-    gemm_inputs = convolution_inputs(description) if receiver is not None else {}
-    channels = ChannelMaxima(dict(gemm_inputs.values())) if gemm_inputs else None
+    range_receiver = getattr(calibrator, "write_mse_ranges", None)
+    gemm_inputs = convolution_inputs(description) if receiver is not None or range_receiver is not None else {}
+    histograms: dict[str, AbsHistogram] = {}
+    channels = ChannelMaxima(dict(gemm_inputs.values())) if receiver is not None and gemm_inputs else None
     input_slots = {tensors[slot]["name"]: slot for slot in description["inputs"]}
     plans: list[Any] = []  # built on the first batch: a build that reads a cache needs none
 
@@ -445,9 +471,12 @@ def calibrate_engine_description(description: dict[str, Any], calibrator: Any, d
                     buffers[slot] = None
 
     try:
-        ranges = calibrate(_calibration_input_specs(description), calibrator, run_fp32, dev, channels=channels)
+        ranges = calibrate(_calibration_input_specs(description), calibrator, run_fp32, dev, channels=channels,
+                           histograms=histograms)
         if channels is not None and channels.values:
             receiver({layer: channels.values[tensor].cpu().numpy() for layer, (tensor, _) in gemm_inputs.items()})
+        if range_receiver is not None and histograms:
+            range_receiver({tensor: mse_amax(histograms[tensor]) for tensor, _ in gemm_inputs.values()})
     except (CalibrationError, ValueError, OSError) as err:
         raise BuildError(f"INT8 calibration failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     for tensor in tensors:
