@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queue-delay-us", type=int, default=1000)
     parser.add_argument("--server-python", default=PY, help="Python of the serving environment (default: this one)")
     parser.add_argument("--skip", default="", help="Comma-separated: fixed, packed")
-    parser.add_argument("--cuda-graphs", action="store_true", help="Serve the fixed-length engine with CUDA graphs")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="Serve the fixed-length engine with CUDA graphs (and time it offline with perf.py --enable-graph)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
             engine = work / f"{kind}.engine"
             run([PY, script, *common, "-o", str(engine), *batch_args, "-s", str(seq)], log)
             offline = out / f"perf_{kind}.json"
+            graphs = ["--cuda-graphs"] if args.cuda_graphs and kind == "fixed" and device == "cuda" else []
             run([PY, perf, "-e", str(engine), *batch_args, "-s", str(seq), "-w", "20", "-i", "100", *extra, "--device", device,
-                 "--json", str(offline)], log)
+                 "--json", str(offline), *(["--enable-graph"] if graphs else [])], log)
             repo = work / f"repo_{kind}"
-            graphs = ["--cuda-graphs"] if args.cuda_graphs and kind == "fixed" else []
             run([PY, "-m", "serving.repository", "-e", str(engine), "-v", args.vocab, "-o", str(repo), "--device", device,
                  "--instances", str(args.instances), "--max-queue-delay-us", str(args.max_queue_delay_us), *graphs], log)
             results[kind] = {"offline": json.loads(offline.read_text()),
