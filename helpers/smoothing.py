@@ -29,7 +29,7 @@ Where the division is done, per GEMM of the builders' networks:
   range whose INT8 quantization of the GELU output has the least squared error over the same
   batches (``gelu_ranges``; ``GELU_RANGE`` in the weight map).  Most GELU outputs lie near zero, so
   a step of 10/127 rounds them coarsely, while the few values beyond the chosen range lose less
-  when saturated.
+  when saturated.  FP8 builds keep GELU10 (``smooth_weights``).
 
 The calibration that follows (``-p`` cache) measures the smoothed tensors.  The scales are kept next
 to that cache (``smoothing_path``), so a later build with the same cache rebuilds the same network
@@ -155,9 +155,11 @@ def smooth_weights(weights: WeightMap, config: BertConfig, scales: Mapping[str, 
     """A new weight map with ``scales`` migrated (see the module docstring): kernels' input columns
     times s, the producing LayerNorms' gamma and beta divided by s, and the residual factors the
     builders apply (``SKIP_SCALE``); the GELU output ranges among ``scales`` (``GELU_RANGE``) are
-    copied in."""
+    copied in, except for FP8 GEMMs, which keep GELU10: E4M3's exponent already resolves the small
+    GELU outputs that a narrower range helps INT8 with, and a narrower range would only clip."""
     smoothed = dict(weights)
-    smoothed.update({name: value for name, value in scales.items() if name.endswith(GELU_RANGE)})
+    if not config.use_fp8:
+        smoothed.update({name: value for name, value in scales.items() if name.endswith(GELU_RANGE)})
 
     def scale_columns(kernel_name: str, s: np.ndarray) -> None:
         smoothed[kernel_name] = (weights[kernel_name] * s).astype(np.float32)

@@ -92,6 +92,23 @@ def float_engines(folder, tmp_path, packed=False, batch=4):
     return plain, smoothed
 
 
+def test_smoothed_fp8_build_keeps_gelu10(int8_workdir, smoothed_engine):
+    """--smooth --fp8 with the INT8 build's cache: the same kept GELU ranges, but FP8 GEMMs take the
+    GELU output with GELU10's range."""
+    from helpers.portable.engine_file import read_engine
+
+    env = int8_workdir
+    engine = env["work"] / "smoothed_fp8.engine"
+    build(env, engine, *smooth_options(env, smoothed_engine[1]), "--fp8")
+    kept = smoothing.read_scales(str(smoothed_engine[1]), 0.5)
+    ranges = {t["name"]: t["dynamic_range"] for t in read_engine(engine.read_bytes())["tensors"]}
+    layers = [name for name in kept if name.endswith(smoothing.GELU_RANGE)]
+    assert layers and all(float(kept[name][0]) != smoothing.GELU10 for name in layers)
+    for name in layers:
+        gelu = name[: -len(smoothing.GELU_RANGE)] + "gelu"
+        assert ranges[gelu] == pytest.approx([-smoothing.GELU10, smoothing.GELU10])
+
+
 @pytest.mark.parametrize("packed", [False, True])
 def test_smoothing_is_exact_in_float(int8_workdir, packed, tmp_path):
     """The LayerNorm folds and the residual factors undo each other: an FP32 engine of smoothed weights
