@@ -12,7 +12,7 @@ SERVE_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     *) SERVE_ARGS+=("$1"); shift ;;
   esac
 done
