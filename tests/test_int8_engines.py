@@ -671,7 +671,7 @@ def test_calibration_statistics_are_the_fp32_activation_maxima(int8_workdir, pac
     windows (builder.py), over the real tokens only (builder_varseqlen.py, one packed batch here)."""
     import builder
     import builder_varseqlen
-    from builder_utils import calibration_statistics
+    from builder_calibration import calibration_statistics
     from helpers.backend import trt
 
     env = int8_workdir

@@ -72,6 +72,7 @@ def float_engines(folder, tmp_path, packed=False, batch=4):
     import builder
     import builder_varseqlen
     from builder_utils import save_engine
+    from varseqlen_network import batch_profiles
     from helpers.backend import trt
 
     script = builder_varseqlen if packed else builder
@@ -85,7 +86,7 @@ def float_engines(folder, tmp_path, packed=False, batch=4):
     weights = builder_varseqlen.load_weights("hf", args.hf, config, SEQ)
     scaled = smoothing.smooth_weights(weights, config, random_scales(config, weights, 1))
     if packed:
-        serialized = builder_varseqlen.build_engine(logger, config, scaled, builder_varseqlen.batch_profiles([batch], SEQ), SEQ)
+        serialized = builder_varseqlen.build_engine(logger, config, scaled, batch_profiles([batch], SEQ), SEQ)
     else:
         serialized = builder.build_engine(logger, config, scaled, [batch], [SEQ], args.workspace_size)
     save_engine(serialized, str(smoothed), logger)
@@ -251,7 +252,7 @@ def test_caches_of_other_smoothing_are_refused(int8_workdir, smoothed_engine, fp
 def test_bad_smoothing_options_fail_cleanly(int8_workdir, capsys):
     import builder
     import builder_varseqlen
-    from builder_utils import check_8bit_options
+    from builder_calibration import check_8bit_options
 
     env = int8_workdir
     expect_clean_failure(env, capsys, ["--smooth", "0.5"], "--smooth needs --int8")
