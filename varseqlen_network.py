@@ -21,19 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from bert_weights import BertConfig, WeightMap
-from bert_weights.names import (
-    B_AOUT,
-    B_LOUT,
-    B_MID,
-    BQKV,
-    EMBEDDING_NAMES,
-    SQD_B,
-    SQD_W,
-    W_AOUT,
-    W_LOUT,
-    W_MID,
-    WQKV,
-)
+from bert_weights.names import B_AOUT, B_LOUT, B_MID, BQKV, EMBEDDING_NAMES, SQD_B, SQD_W, W_AOUT, W_LOUT, W_MID, WQKV
 from builder_utils import (
     add_channel_scale,
     add_dense,
