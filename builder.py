@@ -10,30 +10,15 @@ HuggingFace folder (docs/SPEC.md "builder.py options", "Fixed-length network").
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
-import numpy as np
-
-from bert_weights import (
-    BertConfig,
-    WeightLoadError,
-    WeightMap,
-    check_weights,
-    default_calibration_cache_name,
-    load_hf_weights,
-    load_onnx_weights_and_quant,
-    load_pytorch_weights_and_quant,
-    load_tf_weights,
-)
+from bert_weights import BertConfig, WeightMap, check_weights, default_calibration_cache_name
 from bert_weights.names import (
     B_AOUT,
     B_LOUT,
     B_MID,
     BQKV,
-    EMB_PROJ_B,
-    EMB_PROJ_W,
     EMBEDDING_NAMES,
     SQD_B,
     SQD_W,
@@ -42,30 +27,45 @@ from bert_weights.names import (
     W_MID,
     WQKV,
 )
-from builder_utils import (
-    DEVICE_ENV,
+from builder_calibration import (
     add_8bit_options,
-    add_channel_scale,
-    add_gelu,
-    add_common_builder_options,
-    add_plugin_to_network,
+    add_calibration_options,
+    calibration_mode,
     check_8bit_options,
+    check_calibration_vocabulary,
+    post_training_calibration,
+    set_8bit_flags,
+    warn_if_cache_misses_network,
+)
+from builder_utils import (
+    WEIGHT_LOADERS,
+    add_channel_scale,
+    add_common_builder_options,
+    add_dense,
+    add_embedding_projection,
+    add_gelu,
+    add_plugin,
+    amax,
     check_output_paths,
-    create_plugin,
+    compute_capability,
+    first_weight_source,
     load_builder_config,
     load_timing_cache,
     model_info,
     name_network,
+    network_creation_flags,
     parse_builder_args,
     plugin_field,
-    post_training_calibration,
     run_builder,
     save_engine,
     serialize_network,
     set_output_range,
+    set_qkv_input_range,
+    start_backend,
 )
-from helpers.backend import backend_name, select_backend, trt
-from helpers.runner import WORD_EMBEDDINGS_FIELD, load_plugin_library, portable_device
+from helpers.backend import trt
+from helpers.calibrator import BertCalibrator, BertChannelStatistics
+from helpers.runner import load_plugin_library
 from helpers.smoothing import FC1_LAYER, HEAD_LAYER, QKV_LAYER, SKIP_SCALE, gelu_output_range
 
 INPUT_NAMES = ("input_ids", "segment_ids", "input_mask")
@@ -114,17 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-i", "--int8", action="store_true", help="Allow INT8 kernels (default: false)")
     parser.add_argument("-t", "--strict", action="store_true", help="Make TensorRT obey the requested layer precisions (default: false)")
     parser.add_argument("-w", "--workspace-size", default=2500, type=int, help="Workspace memory limit in MiB (default: 2500)")
-    parser.add_argument(
-        "-j", "--squad-json", default="squad/dev-v1.1.json", help="SQuAD file read by the INT8 calibrator (default: squad/dev-v1.1.json)"
-    )
-    parser.add_argument(
-        "-v",
-        "--vocab-file",
-        default="./pre-trained_model/uncased_L-24_H-1024_A-16/vocab.txt",
-        help="Vocabulary used by the INT8 calibrator (default: ./pre-trained_model/uncased_L-24_H-1024_A-16/vocab.txt)",
-    )
-    parser.add_argument("-n", "--calib-num", default=100, type=int, help="Number of calibration batches (default: 100)")
-    parser.add_argument("-p", "--calib-path", help="INT8 calibration cache file (default: None, a name derived from the model)")
+    add_calibration_options(parser, "Number of calibration batches (default: 100)")
     parser.add_argument(
         "-g", "--force-fc2-gemm", action="store_true", help="Kept for compatibility; has no effect since TensorRT 10.6 (default: false)"
     )
@@ -161,22 +151,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------
 # Environment checks
-
-
-def compute_capability(backend: str) -> int:
-    """major*10+minor of the GPU the engine runs on; 0 where the engine runs on the CPU."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return 0
-    index = 0
-    if backend == "portable":
-        device = portable_device()
-        if device.type != "cuda":
-            return 0
-        index = device.index or 0
-    major, minor = torch.cuda.get_device_capability(index)
-    return major * 10 + minor
 
 
 def check_int8_options(args: argparse.Namespace, backend: str) -> None:
@@ -240,30 +214,6 @@ def skipln_type_id(config: BertConfig) -> int:
     return int(trt.float16 if config.use_fp16 else trt.float32)
 
 
-def amax(weights: WeightMap, name: str) -> float:
-    if name not in weights:
-        raise WeightLoadError(f"the QAT model has no {name!r} entry")
-    return float(weights[name].reshape(-1)[0])
-
-
-def add_plugin(
-    network: trt.INetworkDefinition,
-    key: str,
-    inputs: list[trt.ITensor],
-    fields: list[trt.PluginField],
-    config: BertConfig,
-) -> trt.ILayer:
-    plugin = create_plugin(key, trt.get_plugin_registry(), fields, config.use_deprecated_plugins)
-    return add_plugin_to_network(network, plugin, inputs, config.use_deprecated_plugins)
-
-
-def add_dense(
-    network: trt.INetworkDefinition, x: trt.ITensor, outputs: int, kernel: np.ndarray, bias: np.ndarray
-) -> trt.IConvolutionLayer:
-    """A fully-connected layer over the E axis of [S, B, E, 1, 1], as a 1×1 convolution."""
-    return network.add_convolution_nd(x, outputs, (1, 1), trt.Weights(kernel), trt.Weights(bias))
-
-
 def add_embeddings(
     network: trt.INetworkDefinition, config: BertConfig, weights: WeightMap, inputs: list[trt.ITensor]
 ) -> trt.ILayer:
@@ -280,18 +230,6 @@ def add_embeddings(
         set_output_range(layer, 1.0, index=1)
     layer.get_output(0).name = "embeddings_output"
     return layer
-
-
-def add_embedding_projection(
-    network: trt.INetworkDefinition, config: BertConfig, weights: WeightMap, x: trt.ITensor
-) -> trt.ITensor:
-    """The hidden-size input of the first layer: ``x`` itself, or, for factorized embeddings
-    (``config.embedding_size``), ``x`` through the dense projection to the hidden size."""
-    if config.embedding_size is None:
-        return x
-    projection = add_dense(network, x, config.hidden_size, weights[EMB_PROJ_W], weights[EMB_PROJ_B])
-    projection.name = "embeddings_projection"
-    return projection.get_output(0)
 
 
 def add_attention(
@@ -358,15 +296,7 @@ def add_transformer_layer(
     # Without INT8 skip-LN, the dense layers feeding it must not hand it INT8 data.
     unquantized = trt.DataType.HALF if config.use_fp16 else trt.DataType.FLOAT
     if config.use_qat:
-        query = amax(weights, prefix + "attention_self_query_input_amax")
-        for projection in ("key", "value"):
-            other = amax(weights, f"{prefix}attention_self_{projection}_input_amax")
-            if other != query:
-                raise WeightLoadError(
-                    f"{prefix}attention_self_{projection}_input_amax ({other}) differs from "
-                    f"{prefix}attention_self_query_input_amax ({query}); the fused QKV needs one input range"
-                )
-        x.set_dynamic_range(-query, query)
+        set_qkv_input_range(weights, prefix, x)
 
     context = add_attention(prefix, network, config, weights, x, mask_index)
     attention_dense = add_dense(network, context.get_output(0), hidden, weights[prefix + W_AOUT], weights[prefix + B_AOUT])
@@ -452,13 +382,7 @@ def configure_builder(
     builder_config.set_tactic_sources(tactics & ~(1 << int(trt.TacticSource.CUDNN)))
     if config.use_fp16:
         builder_config.set_flag(trt.BuilderFlag.FP16)
-    if config.use_int8:
-        builder_config.set_flag(trt.BuilderFlag.INT8)
-        if calibrator is not None:
-            builder_config.set_quantization_flag(trt.QuantizationFlag.CALIBRATE_BEFORE_FUSION)
-            builder_config.int8_calibrator = calibrator
-        if config.use_fp8:
-            builder_config.set_flag(trt.BuilderFlag.FP8)
+    set_8bit_flags(builder_config, config, calibrator)
     if config.use_strict:
         builder_config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
         builder_config.set_flag(trt.BuilderFlag.DIRECT_IO)
@@ -472,12 +396,6 @@ def configure_builder(
         builder_config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
     if config.timing_cache is not None:
         load_timing_cache(builder_config, config.timing_cache, logger)
-
-
-def network_creation_flags() -> int:
-    # TensorRT 10 networks are always explicit-batch; the flag is gone from newer enums.
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
-    return 0 if flag is None else 1 << int(flag)
 
 
 def build_engine(
@@ -503,51 +421,17 @@ def build_engine(
     return serialize_network(builder, network, builder_config, config, logger)
 
 
-def network_tensor_names(network: trt.INetworkDefinition) -> set[str]:
-    names = {network.get_input(i).name for i in range(network.num_inputs)}
-    for index in range(network.num_layers):
-        layer = network.get_layer(index)
-        names.update(layer.get_output(i).name for i in range(layer.num_outputs))
-    return names
-
-
-def warn_if_cache_misses_network(network: trt.INetworkDefinition, calibrator: trt.IInt8Calibrator, logger: trt.ILogger) -> None:
-    """A calibration cache that names none of this network's tensors gives no layer an INT8 range:
-    the build succeeds but runs in higher precision, so say so."""
-    from helpers.portable.calibration import parse_calibration_table
-
-    cache = calibrator.read_calibration_cache()
-    if cache is None:
-        return  # calibration will run on this very network
-    # BertCalibrator knows its file; any other IInt8Calibrator is named generically.
-    source = getattr(calibrator, "cache_file", "the calibrator's cache")
-    _, ranges = parse_calibration_table(cache, source)
-    if not set(ranges) & network_tensor_names(network):
-        sample = ", ".join(repr(name) for name in list(ranges)[:3]) or "no tensor at all"
-        logger.log(
-            trt.Logger.WARNING,
-            f"calibration cache {source} names none of the network's tensors (it names {sample}); "
-            "no layer gets an INT8 range. Is it the cache of another model? Delete it to calibrate again.",
-        )
-
-
 def make_calibrator(
     args: argparse.Namespace, cache_file: str | None, config: BertConfig, weights: WeightMap, statistics: bool = False
 ) -> trt.IInt8Calibrator:
     """The calibrator of the command line, one window of the last -s per batch (``statistics``: the
     batches for activation smoothing's per-channel maxima instead), tokenizing with the model's
-    tokenizer (-v: a vocab.txt, a tokenizer.json or the checkpoint folder); a vocabulary with ids
-    past the model's word embedding table is refused when a calibration will read it."""
-    try:
-        from helpers.calibrator import BertCalibrator, BertChannelStatistics
-    except ImportError as exc:
-        raise RuntimeError(f"INT8 calibration needs helpers/calibrator.py, which cannot be imported: {exc}") from None
+    tokenizer (-v: a vocab.txt, a tokenizer.json or the checkpoint folder)."""
     kind = BertChannelStatistics if statistics else BertCalibrator
     calibrator = kind(
         args.squad_json, args.vocab_file, cache_file, 1, args.sequence_length[-1], args.calib_num, model_info(config, weights)
     )
-    if calibrator.tokenizer is not None:
-        calibrator.tokenizer.check_embedding_rows(weights[WORD_EMBEDDINGS_FIELD].shape[0], args.vocab_file)
+    check_calibration_vocabulary(calibrator, weights, args.vocab_file)
     return calibrator
 
 
@@ -555,29 +439,13 @@ def calibration_build(
     args: argparse.Namespace, logger: trt.ILogger, config: BertConfig, weights: WeightMap, calibrator: trt.IInt8Calibrator
 ) -> None:
     """Run ``calibrator`` over an FP32, static-shape build: batch 1, the last -s (docs/SPEC.md "Calibration")."""
-    saved_fp16 = config.use_fp16
-    config.use_fp16, config.is_calib_mode = False, True
-    try:
+    with calibration_mode(config):
         build_engine(logger, config, weights, [1], args.sequence_length, args.workspace_size, False, calibrator)
-    finally:
-        config.use_fp16, config.is_calib_mode = saved_fp16, False
 
 
 def weight_source(args: argparse.Namespace) -> tuple[str, str]:
     """(kind, path) of the weights to use: onnx > pytorch > ckpt > hf."""
-    for kind in ("onnx", "pytorch", "ckpt", "hf"):
-        path = getattr(args, kind)
-        if path is not None:
-            return kind, path
-    raise RuntimeError(NO_WEIGHTS_MESSAGE)
-
-
-LOADERS = {
-    "onnx": load_onnx_weights_and_quant,
-    "pytorch": load_pytorch_weights_and_quant,
-    "ckpt": load_tf_weights,
-    "hf": load_hf_weights,
-}
+    return first_weight_source(args, ("onnx", "pytorch", "ckpt", "hf"), NO_WEIGHTS_MESSAGE)
 
 
 def load_config(args: argparse.Namespace, logger: trt.ILogger) -> BertConfig:
@@ -598,23 +466,6 @@ def load_config(args: argparse.Namespace, logger: trt.ILogger) -> BertConfig:
     return load_builder_config(args, logger, **options)
 
 
-def describe_backend(backend: str) -> str:
-    if backend == "portable":
-        return f"Using backend: portable (TensorRT API on PyTorch, device {portable_device()})"
-    return f"Using backend: tensorrt {trt.__version__}"
-
-
-def start_backend(args: argparse.Namespace) -> tuple[str, trt.ILogger]:
-    """Select the backend (and the portable engine's device) of the command line; its logger logs which."""
-    if args.device is not None:
-        os.environ[DEVICE_ENV] = args.device
-    select_backend(args.backend)
-    backend = backend_name()
-    logger = trt.Logger(trt.Logger.VERBOSE if args.verbose else trt.Logger.INFO)
-    logger.log(trt.Logger.INFO, describe_backend(backend))
-    return backend, logger
-
-
 def run(args: argparse.Namespace) -> None:
     backend, logger = start_backend(args)
     if backend == "tensorrt":
@@ -625,7 +476,7 @@ def run(args: argparse.Namespace) -> None:
     kind, path = weight_source(args)
     check_output_paths(args)
     config = load_config(args, logger)
-    weights = LOADERS[kind](path, config)
+    weights = WEIGHT_LOADERS[kind](path, config)
     logger.log(trt.Logger.INFO, f"Found {len(weights)} entries in weight map")
     check_weights(weights, config, max(args.sequence_length))
 

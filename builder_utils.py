@@ -1,4 +1,5 @@
-"""Plugin, network, file and command-line helpers shared by the BERT engine builders.
+"""Plugin, network, backend, file and command-line helpers shared by the BERT engine builders
+(their 8-bit side is ``builder_calibration``).
 
 The model configuration and weights they build from are ``bert_weights``.
 """
@@ -6,22 +7,36 @@ The model configuration and weights they build from are ``bert_weights``.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, cast
+from typing import NamedTuple, cast
 
 import numpy as np
+import torch
 
-from bert_weights import BertConfig, WeightMap, bert_config_path, first_line, load_bert_config, load_hf_config
-from helpers.backend import BACKENDS, BackendError, trt
+from bert_weights import (
+    BertConfig,
+    WeightLoadError,
+    WeightMap,
+    bert_config_path,
+    first_line,
+    load_bert_config,
+    load_hf_config,
+    load_hf_weights,
+    load_megatron_pickle_weights,
+    load_onnx_weights_and_quant,
+    load_pytorch_weights_and_quant,
+    load_tf_weights,
+)
+from bert_weights.names import EMB_PROJ_B, EMB_PROJ_W
+from helpers.backend import BACKENDS, BackendError, backend_name, select_backend, trt
 from helpers.cli import exit_on_interrupt
 from helpers.files import CACHE_FILE_MAX_BYTES, check_output_path, read_limited
 from helpers.files import write_bytes_atomically as write_file_atomically
 from helpers.model_info import ModelInfo
-from helpers.smoothing import CalibrationStatistics, default_cache_name, smoothed_weights, smoothing_alpha, smoothing_path
+from helpers.runner import parse_known_options, portable_device
 
 # The portable engine's device; the builders' --device sets it.
 DEVICE_ENV = "DEMOBERT_DEVICE"
@@ -170,6 +185,116 @@ def set_output_range(layer: trt.ILayer, amax: float | np.ndarray, index: int = 0
     layer.get_output(index).set_dynamic_range(-value, value)
 
 
+def amax(weights: WeightMap, name: str) -> float:
+    if name not in weights:
+        raise WeightLoadError(f"the QAT model has no {name!r} entry")
+    return float(weights[name].reshape(-1)[0])
+
+
+def set_qkv_input_range(weights: WeightMap, prefix: str, x: trt.ITensor) -> None:
+    """The QAT range of the fused QKV layer's input ``x``, which the model's query, key and value
+    input ranges of layer ``prefix`` must all give."""
+    query = amax(weights, prefix + "attention_self_query_input_amax")
+    for projection in ("key", "value"):
+        other = amax(weights, f"{prefix}attention_self_{projection}_input_amax")
+        if other != query:
+            raise WeightLoadError(
+                f"{prefix}attention_self_{projection}_input_amax ({other}) differs from "
+                f"{prefix}attention_self_query_input_amax ({query}); the fused QKV needs one input range"
+            )
+    x.set_dynamic_range(-query, query)
+
+
+def add_plugin(
+    network: trt.INetworkDefinition,
+    key: str,
+    inputs: list[trt.ITensor],
+    fields: list[trt.PluginField],
+    config: BertConfig,
+) -> trt.ILayer:
+    plugin = create_plugin(key, trt.get_plugin_registry(), fields, config.use_deprecated_plugins)
+    return add_plugin_to_network(network, plugin, inputs, config.use_deprecated_plugins)
+
+
+def add_dense(
+    network: trt.INetworkDefinition, x: trt.ITensor, outputs: int, kernel: np.ndarray, bias: np.ndarray
+) -> trt.IConvolutionLayer:
+    """A fully-connected layer over the E axis of [S, B, E, 1, 1], as a 1×1 convolution."""
+    return network.add_convolution_nd(x, outputs, (1, 1), trt.Weights(kernel), trt.Weights(bias))
+
+
+def add_embedding_projection(
+    network: trt.INetworkDefinition, config: BertConfig, weights: WeightMap, x: trt.ITensor
+) -> trt.ITensor:
+    """The hidden-size input of the first layer: ``x`` itself, or, for factorized embeddings
+    (``config.embedding_size``), ``x`` through the dense projection to the hidden size."""
+    if config.embedding_size is None:
+        return x
+    projection = add_dense(network, x, config.hidden_size, weights[EMB_PROJ_W], weights[EMB_PROJ_B])
+    projection.name = "embeddings_projection"
+    return projection.get_output(0)
+
+
+def network_creation_flags() -> int:
+    # TensorRT 10 networks are always explicit-batch; the flag is gone from newer enums.
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend and weights
+
+
+def compute_capability(backend: str) -> int:
+    """major*10+minor of the GPU the engine runs on; 0 where the engine runs on the CPU."""
+    if not torch.cuda.is_available():
+        return 0
+    index = 0
+    if backend == "portable":
+        device = portable_device()
+        if device.type != "cuda":
+            return 0
+        index = device.index or 0
+    major, minor = torch.cuda.get_device_capability(index)
+    return major * 10 + minor
+
+
+def describe_backend(backend: str) -> str:
+    if backend == "portable":
+        return f"Using backend: portable (TensorRT API on PyTorch, device {portable_device()})"
+    return f"Using backend: tensorrt {trt.__version__}"
+
+
+def start_backend(args: argparse.Namespace) -> tuple[str, trt.ILogger]:
+    """Select the backend (and the portable engine's device) of the command line; its logger logs which."""
+    if args.device is not None:
+        os.environ[DEVICE_ENV] = args.device
+    select_backend(args.backend)
+    backend = backend_name()
+    logger = trt.Logger(trt.Logger.VERBOSE if args.verbose else trt.Logger.INFO)
+    logger.log(trt.Logger.INFO, describe_backend(backend))
+    return backend, logger
+
+
+# The loader of each weight source option (-x, -pt, -m, -pkl, --hf).
+WEIGHT_LOADERS = {
+    "onnx": load_onnx_weights_and_quant,
+    "pytorch": load_pytorch_weights_and_quant,
+    "ckpt": load_tf_weights,
+    "pickle": load_megatron_pickle_weights,
+    "hf": load_hf_weights,
+}
+
+
+def first_weight_source(args: argparse.Namespace, kinds: Sequence[str], no_weights_message: str) -> tuple[str, str]:
+    """(kind, path) of the first of ``kinds`` the command line gives a path for."""
+    for kind in kinds:
+        path = getattr(args, kind)
+        if path is not None:
+            return kind, path
+    raise RuntimeError(no_weights_message)
+
+
 # ---------------------------------------------------------------------------------------------
 # Files
 
@@ -248,45 +373,8 @@ def add_common_builder_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_8bit_options(parser: argparse.ArgumentParser) -> None:
-    """The 8-bit options both builders add to TensorRT's: --fp8 and --smooth."""
-    parser.add_argument(
-        "--fp8",
-        action="store_true",
-        help="Portable engine only: run the INT8 GEMMs as FP8 E4M3 with the same ranges; needs --int8 (default: false)",
-    )
-    parser.add_argument(
-        "--smooth",
-        type=smoothing_alpha,
-        metavar="ALPHA",
-        help="Portable engine only, with post-training calibration: divide each input channel j of the\n"
-        "LayerNorm-fed GEMMs (QKV, FC1, the SQuAD head) by s_j = max|X_j|^ALPHA / max|W_j|^(1-ALPHA) and\n"
-        "multiply the weights by it (SmoothQuant), so that outlier channels stop taking the whole\n"
-        "8-bit range; 0 < ALPHA <= 1; the GELU output gets the range of least squared INT8 error over the\n"
-        "calibration batches instead of GELU10. Without it, per-tensor ranges as TensorRT (default: None)",
-    )
-
-
-def check_8bit_options(args: argparse.Namespace, backend: str, qat: bool) -> None:
-    """The errors of the 8-bit options both builders share; ``qat``: the model brings its INT8 ranges."""
-    if args.fp8 and not args.int8:
-        raise RuntimeError("--fp8 needs --int8: the FP8 GEMMs use the INT8 dynamic ranges")
-    if args.fp8 and backend != "portable":
-        raise RuntimeError("--fp8 is only available on the portable engine (--backend portable)")
-    if args.smooth is None:
-        return
-    if not args.int8:
-        raise RuntimeError("--smooth needs --int8: it rescales the inputs of the 8-bit GEMMs")
-    if backend != "portable":
-        raise RuntimeError("--smooth is only available on the portable engine (--backend portable)")
-    if qat:
-        raise RuntimeError("--smooth needs post-training calibration; a QAT model brings its own ranges")
-
-
 def parse_builder_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse like the original demo (unknown options ignored with a warning, prefixes accepted); -c or --hf is required."""
-    from helpers.runner import parse_known_options
-
     args = parse_known_options(parser, argv)
     if args.config_dir is None and args.hf is None:
         parser.error("the following arguments are required: -c/--config-dir (or --hf)")
@@ -338,55 +426,3 @@ def run_builder(run: Callable[[argparse.Namespace], None], args: argparse.Namesp
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 1
     return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# Post-training calibration, shared by builder.py and builder_varseqlen.py.  Each builder brings
-# ``make_calibrator(args, cache_file, config, weights, statistics=False)`` (its SQuAD batches; ``statistics``:
-# the batches of activation smoothing's statistics pass) and ``calibration_build(args, logger,
-# config, weights, calibrator)`` (the FP32 build that runs a calibrator).
-
-MakeCalibrator = Callable[..., Any]
-CalibrationBuild = Callable[[argparse.Namespace, trt.ILogger, BertConfig, WeightMap, Any], None]
-
-
-def calibration_statistics(
-    make_calibrator: MakeCalibrator,
-    calibration_build: CalibrationBuild,
-    args: argparse.Namespace,
-    logger: trt.ILogger,
-    config: BertConfig,
-    weights: WeightMap,
-) -> CalibrationStatistics:
-    """Activation smoothing's statistics over the calibration batches of the FP32 network of
-    ``weights``: per dense layer, the largest |x| of each input channel, and the least-squared-error
-    INT8 range of each dense layer's input."""
-    statistics = make_calibrator(args, None, config, weights, statistics=True)
-    calibration_build(args, logger, config, weights, statistics)
-    return CalibrationStatistics(statistics.channel_maxima, statistics.mse_ranges)
-
-
-def post_training_calibration(
-    args: argparse.Namespace,
-    logger: trt.ILogger,
-    config: BertConfig,
-    weights: WeightMap,
-    default_cache_file: str,
-    make_calibrator: MakeCalibrator,
-    calibration_build: CalibrationBuild,
-    pre_pass: bool,
-) -> tuple[WeightMap, trt.IInt8Calibrator]:
-    """The weights (smoothed with ``--smooth``) and the calibrator of an INT8 build without QAT ranges.
-
-    The cache is ``-p`` or ``default_cache_file``.  With ``pre_pass``, an FP32 build calibrates once
-    and writes it, so that the INT8 build only reads it (docs/SPEC.md "Calibration").
-    """
-    cache_file = args.calib_path or default_cache_name(default_cache_file, args.smooth)
-    statistics = functools.partial(calibration_statistics, make_calibrator, calibration_build, args, logger, config, weights)
-    smoothed = smoothed_weights(weights, config, args.smooth, cache_file, statistics)
-    if args.smooth is not None:
-        logger.log(trt.Logger.INFO, f"activation smoothing --smooth {args.smooth:g}: scales in {smoothing_path(cache_file)}")
-    if pre_pass and not os.path.exists(cache_file):
-        calibration_build(args, logger, config, smoothed, make_calibrator(args, cache_file, config, smoothed))
-        logger.log(trt.Logger.INFO, f"calibration cache generated in {cache_file}")
-    return smoothed, make_calibrator(args, cache_file, config, smoothed)

@@ -32,18 +32,15 @@ records.md into ``--out-dir`` after every section, so a run cut short keeps what
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import gc
-import io
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +51,31 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from helpers.files import write_json_and_markdown  # noqa: E402  (after the repository is importable)
+import builder  # noqa: E402  (after the repository is importable)
+import inference  # noqa: E402
+import inference_c  # noqa: E402
+import perf_varseqlen  # noqa: E402
+from bench import check_builder_gpu  # noqa: E402
+from bench.compare import profile_kernels  # noqa: E402
+from bench.engine_workspace import (  # noqa: E402
+    RecordsError,
+    Setup,
+    Workspace,
+    build,
+    by_batch,
+    call_main,
+    free_gpu_memory,
+    last_line,
+    make_setup,
+    memory_cells,
+    perf,
+)
+from bench.int8_accuracy import handmade_features, logits_agreement, run_engine  # noqa: E402
+from bench.timing import time_cuda  # noqa: E402
+from helpers.demo_model import write_tiny_qa_model  # noqa: E402
+from helpers.files import write_json_and_markdown  # noqa: E402
+from helpers.runner import EngineRunner  # noqa: E402
+from helpers.sparsity import prune_checkpoint  # noqa: E402
 
 FORMAT_VERSION = 1
 SECTIONS = ("builder", "varseqlen", "sparsity", "int8", "inference_c", "profile")
@@ -62,8 +83,6 @@ SECTIONS = ("builder", "varseqlen", "sparsity", "int8", "inference_c", "profile"
 SHARED_MODEL_SECTIONS = ("varseqlen", "sparsity", "int8", "profile")
 PACKED_GOAL = 2.2  # target: packed ≥ 2.2× padded sequences/s on the SQuAD length mix
 INT8_GOAL = 1.6  # target: INT8 ≥ 1.6× FP16 sequences/s at the largest batch
-# What scripts/inference_benchmark.sh builds on Ampere and later; builder.py refuses -imh without a GPU.
-INT8_BUILD_FLAGS = ["-i", "--strict", "-iln", "-imh"]
 ACCURACY_MIN_SEQ = 128  # every answer of the hand-made SQuAD set fits one window from here on
 TIMING_LINE = re.compile(r"^(Running inference in |Network time: |End-to-end time: )\d+\.\d{3}", re.MULTILINE)
 PASSAGE = (
@@ -73,203 +92,12 @@ PASSAGE = (
 QUESTION = "Who carried out the Apollo program?"
 
 
-class RecordsError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class Setup:
-    """Sizes of one run: the real records, or ``--tiny``'s CPU check of the script."""
-
-    device: str
-    model_shape: dict
-    float_flags: list[str]  # ["-f"] on CUDA; FP16 engines do not run on the CPU
-    seq_lengths: tuple[int, int]  # padded engines: 128 / 384
-    batches: tuple[int, ...]  # padded engines: 1 / 32 / 128
-    packed_batches: tuple[int, ...]  # packed engines: 32 / 128
-    iterations: int
-    warm_up: int
-    check_builder_args: list[str]
-    int8_flags: list[str]
-
-    @property
-    def float_name(self) -> str:
-        return "fp16" if self.float_flags else "fp32"
-
-    @property
-    def accuracy_batch(self) -> int:
-        """Features per engine call in the accuracy check."""
-        return min(8, max(self.batches))
-
-    @property
-    def long_seq(self) -> int:
-        return self.seq_lengths[-1]
-
-
-def make_setup(tiny: bool, iterations: int | None = None) -> Setup:
-    from bench.check_builder_gpu import SHAPES
-
-    if tiny:
-        return Setup("cpu", dict(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=2),
-                     [], (64, 128), (1, 4), (2, 4), 3, 1, ["--tiny", "--device", "cpu", "--seq", "37"],
-                     [f for f in INT8_BUILD_FLAGS if f not in ("-imh", "-iln")])
-    if not torch.cuda.is_available():
-        raise RecordsError("needs a CUDA GPU (use --tiny to check the script on a CPU)")
-    return Setup("cuda", SHAPES["bert-large"], ["-f"], (128, 384), (1, 32, 128), (32, 128), iterations or 100, 10, [],
-                 INT8_BUILD_FLAGS)
-
-
-# ---------------------------------------------------------------------------------------------
-# Running the project's own scripts in this process
-
-
-def call_main(main: Callable[[list[str]], int | None], argv: list[str]) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of a script's main(); the output is also echoed to our log."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main(argv)
-        except SystemExit as exit_:
-            status = exit_.code if isinstance(exit_.code, int) else 1
-    sys.stdout.write(out.getvalue())
-    sys.stderr.write(err.getvalue())
-    return int(status or 0), out.getvalue(), err.getvalue()
-
-
-def last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-def build(script: str, argv: list[str]) -> str:
-    """Run builder.py / builder_varseqlen.py main(); return its log (raises on failure)."""
-    import builder
-    import builder_varseqlen
-
-    main = builder.main if script == "builder.py" else builder_varseqlen.main
-    print(f"+ {script} {' '.join(argv)}", flush=True)
-    status, out, err = call_main(main, argv)
-    if status != 0:
-        raise RecordsError(f"{script} {' '.join(argv)} failed: {last_line(err) or last_line(out)}")
-    return out + err
-
-
-def free_gpu_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def perf(script: str, engine: Path, seq: int, batches: tuple[int, ...], setup: Setup, extra: list[str] = ()) -> dict:
-    """perf.py / perf_varseqlen.py --enable-graph --json on ``engine``; returns its JSON report
-    plus the engine file size.  The peak memory it reports covers this engine's run alone."""
-    import perf as perf_fixed
-    import perf_varseqlen
-
-    main = perf_fixed.main if script == "perf.py" else perf_varseqlen.main
-    free_gpu_memory()
-    with tempfile.TemporaryDirectory() as scratch:
-        report_path = Path(scratch) / "perf.json"
-        argv = ["-e", str(engine), "-s", str(seq), *[a for b in batches for a in ("-b", str(b))], "--enable-graph",
-                "-i", str(setup.iterations), "-w", str(setup.warm_up), "--device", setup.device, "--json", str(report_path),
-                *extra]
-        print(f"+ {script} {' '.join(argv)}", flush=True)
-        status, out, err = call_main(main, argv)
-        if status != 0:
-            raise RecordsError(f"{script} failed: {last_line(err) or last_line(out)}")
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-    free_gpu_memory()
-    report["engine_bytes"] = engine.stat().st_size
-    return report
-
-
-def by_batch(report: dict) -> dict[int, dict]:
-    return {row["batch_size"]: row for row in report["results"]}
-
-
-def memory_cells(report: dict) -> str:
-    peak = report.get("peak_gpu_memory_mib")
-    return f"{report['engine_bytes'] / 2**20:.0f} | " + ("—" if peak is None else f"{peak:.0f}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared model and engines
-
-
-class Workspace:
-    """One temp folder per run: the random model folder, the hand-made SQuAD set and engines,
-    each made on first use and reused by later sections."""
-
-    def __init__(self, root: Path, setup: Setup):
-        self.root, self.setup = root, setup
-        self._made: dict[str, Path] = {}
-
-    def once(self, key: str, make: Callable[[Path], None], name: str | None = None) -> Path:
-        if key not in self._made:
-            path = self.root / (name or key)
-            make(path)
-            self._made[key] = path
-        return self._made[key]
-
-    def model(self) -> Path:
-        from bench.check_builder_gpu import random_qa_model
-
-        def make(path: Path) -> None:
-            print(f"writing a random BERT model {self.setup.model_shape} to {path}", flush=True)
-            random_qa_model(self.setup.model_shape, vocab_size=30522, seed=0).save_pretrained(path)
-        return self.once("model", make)
-
-    def vocab(self) -> str:
-        from tests.squad_fixtures import minilm_vocab_file
-
-        return minilm_vocab_file()
-
-    def squad(self) -> Path:
-        from bench.int8_accuracy import write_handmade_squad
-
-        return self.once("squad", lambda path: write_handmade_squad(path), "handmade_squad.json")
-
-    def common(self) -> list[str]:
-        return ["--hf", str(self.model()), "--backend", "portable", "--device", self.setup.device]
-
-    def padded_engine(self, precision: str) -> Path:
-        """Fixed-length engine with one profile per (batch, seq) of ``setup`` (the packed comparison uses its long S)."""
-        setup = self.setup
-        flags = {"float": setup.float_flags, "fp32": [],
-                 "int8": [*setup.float_flags, *setup.int8_flags, "-j", str(self.squad()), "-v", self.vocab(), "-n", "20",
-                          "-p", str(self.root / "calib.cache")],
-                 "fp8": [*setup.float_flags, *setup.int8_flags, "--fp8", "-j", str(self.squad()), "-v", self.vocab(),
-                         "-n", "20", "-p", str(self.root / "calib.cache")]}[precision]
-        batches = (setup.accuracy_batch,) if precision == "fp32" else setup.batches  # FP32: the accuracy reference only
-
-        def make(path: Path) -> None:
-            build("builder.py", [*self.common(), "-o", str(path), *flags,
-                                 *[a for b in batches for a in ("-b", str(b))],
-                                 *[a for s in setup.seq_lengths for a in ("-s", str(s))]])
-        return self.once(f"padded_{precision}", make, f"padded_{precision}.engine")
-
-    def packed_engine(self, key: str, folder: Path, extra: list[str] = ()) -> tuple[Path, str]:
-        """Variable-length engine (one profile per packed batch) and its build log."""
-        logs: dict[str, str] = {}
-
-        def make(path: Path) -> None:
-            common = ["--hf", str(folder), "--backend", "portable", "--device", self.setup.device]
-            logs[key] = build("builder_varseqlen.py", [*common, "-o", str(path), *self.setup.float_flags, *extra,
-                                                       *[a for b in self.setup.packed_batches for a in ("-b", str(b))],
-                                                       "-s", str(self.setup.long_seq)])
-        path = self.once(key, make, f"{key}.engine")
-        return path, logs.get(key, "")
-
-
 # ---------------------------------------------------------------------------------------------
 # Sections
 
 
 def section_builder(ws: Workspace) -> dict:
     """check_builder_gpu.py's table (engines vs HF in float64) as it prints it."""
-    from bench import check_builder_gpu
-
     status, out, err = call_main(check_builder_gpu.main, ws.setup.check_builder_args)
     table = "\n".join(line for line in out.splitlines() if line.startswith("|"))
     heading = next((line for line in out.splitlines() if line.startswith("builder.py engines vs HF")), "")
@@ -282,8 +110,6 @@ def section_builder(ws: Workspace) -> dict:
 
 def squad_length_summary(batch: int, seq: int) -> tuple[int, float]:
     """(tokens, mean length) of the lengths perf_varseqlen.py --squad-lengths draws (its default seed)."""
-    import perf_varseqlen
-
     lengths = perf_varseqlen.squad_like_lengths(batch, seq, np.random.default_rng((12345, batch)))
     return int(lengths.sum()), float(lengths.mean())
 
@@ -331,9 +157,6 @@ def short_log_line(line: str, limit: int = 160) -> str:
 
 def packed_logits(engine: Path, seq: int, device: str, batch: int) -> np.ndarray:
     """``logits_out`` of one packed batch of SQuAD-like lengths (fixed seed)."""
-    import perf_varseqlen
-    from helpers.runner import EngineRunner
-
     lengths = [int(x) for x in perf_varseqlen.squad_like_lengths(batch, seq, np.random.default_rng(7))]
     tokens = sum(lengths)
     rng = np.random.default_rng(8)
@@ -349,8 +172,6 @@ def packed_logits(engine: Path, seq: int, device: str, batch: int) -> np.ndarray
 
 def section_sparsity(ws: Workspace) -> dict:
     """The 2:4-pruned model's packed engine with and without -sp."""
-    from helpers.sparsity import prune_checkpoint
-
     setup = ws.setup
     seq, batches = setup.long_seq, setup.packed_batches
     pruned = ws.once("pruned", lambda path: prune_checkpoint(str(ws.model()), str(path)), "model_2to4")
@@ -385,15 +206,11 @@ def section_sparsity(ws: Workspace) -> dict:
 
 
 def builder_offers(option: str) -> bool:
-    import builder
-
     return option in builder.build_parser().format_help()
 
 
 def section_int8(ws: Workspace) -> dict:
     """FP16 vs INT8 (vs FP8) speed at 128/384 × 1/32/128, and agreement with FP32."""
-    from bench.int8_accuracy import handmade_features, logits_agreement, run_engine
-
     setup = ws.setup
     precisions = ["float", "int8"] + (["fp8"] if builder_offers("--fp8") else [])
     names = {"float": setup.float_name.upper(), "int8": "INT8", "fp8": "FP8"}
@@ -474,10 +291,6 @@ def section_int8(ws: Workspace) -> dict:
 
 def section_inference_c(ws: Workspace) -> dict:
     """inference_c.py --enable-graph prints what inference.py prints (timings masked)."""
-    import inference
-    import inference_c
-    from helpers.demo_model import write_tiny_qa_model
-
     setup = ws.setup
     folder = ws.once("tiny_qa", lambda path: write_tiny_qa_model(path, seed=1234), "tiny_qa")
     engine = ws.once("tiny_engine", lambda path: build("builder.py", [
@@ -501,10 +314,6 @@ def profile_engine(engine: Path, batch: int, seq: int, inputs: dict[str, np.ndar
                    total_tokens: int | None = None) -> dict:
     """Graph-replay median (bench.timing) and, on CUDA, device time per kernel category of one
     eager forward (bench.compare.profile_kernels)."""
-    from bench.compare import profile_kernels
-    from bench.timing import time_cuda
-    from helpers.runner import EngineRunner
-
     runner = EngineRunner(engine, device=device, enable_graph=device == "cuda")
     runner.activate(batch, seq, total_tokens)
     runner.copy_inputs(inputs)
@@ -525,8 +334,6 @@ def profile_engine(engine: Path, batch: int, seq: int, inputs: dict[str, np.ndar
 def section_profile(ws: Workspace) -> dict:
     """Where the time goes: the FP16, INT8 (flag by flag) and FP8 padded engines at one shape, and
     the packed FP16 engine on the SQuAD mix (diagnosis of the packed and INT8 rows)."""
-    import perf_varseqlen
-
     setup = ws.setup
     batch, seq = setup.packed_batches[0], setup.seq_lengths[0]
     calibration = ["-j", str(ws.squad()), "-v", ws.vocab(), "-n", "20", "-p", str(ws.root / "calib.cache")]
@@ -588,8 +395,6 @@ SECTION_FUNCTIONS: dict[str, Callable[[Workspace], dict]] = {
 
 def git_commit() -> str:
     """The checkout's commit (and whether files differ from it), or "unknown" outside a git tree."""
-    import subprocess
-
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,

@@ -353,16 +353,17 @@ def write_calibration_cache(builder_argv: Sequence[str], calibrator_type) -> Non
     import functools
 
     import builder
-    from builder_utils import calibration_statistics
+    from builder_calibration import calibration_statistics
+    from builder_utils import WEIGHT_LOADERS, start_backend
     from helpers.backend import trt
     from helpers.smoothing import smoothed_weights
 
     args = builder.parse_args(list(builder_argv))
-    _, logger = builder.start_backend(args)
+    _, logger = start_backend(args)
     trt.init_libnvinfer_plugins(logger, "")
     config = builder.load_config(args, logger)
     kind, path = builder.weight_source(args)
-    weights = builder.LOADERS[kind](path, config)
+    weights = WEIGHT_LOADERS[kind](path, config)
     statistics = functools.partial(calibration_statistics, builder.make_calibrator, builder.calibration_build, args, logger, config, weights)
     weights = smoothed_weights(weights, config, args.smooth, args.calib_path, statistics)
     calibrator = calibrator_type(args.squad_json, args.vocab_file, args.calib_path, 1, args.sequence_length[-1], args.calib_num)

@@ -196,7 +196,7 @@ def sustained_gemm_rate(precision: str, seconds: float) -> dict:
 
 def measure(engine: Path, batch: int, seq: int, iterations: int, profile: bool) -> dict:
     from bench.compare import profile_kernels
-    from bench.gpu_records import free_gpu_memory
+    from bench.engine_workspace import free_gpu_memory
     from bench.timing import time_cuda
     from helpers.runner import EngineRunner
 
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def time_engines(args: argparse.Namespace) -> list[dict]:
-    from bench.gpu_records import Setup, Workspace, build
+    from bench.engine_workspace import Setup, Workspace, build
     from bench.check_builder_gpu import SHAPES
 
     seqs = tuple(args.seq or (128, 384))

@@ -39,7 +39,7 @@ else:
     trt = _BackendProxy()
 
 
-def _import_tensorrt() -> ModuleType | None:
+def import_tensorrt() -> ModuleType | None:
     try:
         module = importlib.import_module("tensorrt")
     except ImportError:
@@ -56,7 +56,7 @@ def select_backend(name: str = "auto") -> ModuleType:
     if name == "portable":
         module = importlib.import_module("helpers.portable")
     else:
-        module = _import_tensorrt()
+        module = import_tensorrt()
         if module is None:
             if name == "tensorrt":
                 raise BackendError(

@@ -28,10 +28,9 @@ import torch
 
 import helpers.data_processing as dp
 import helpers.tokenization as tokenization
-from builder_utils import write_file_atomically
 from helpers import hf_tokenization
 from helpers.backend import backend_name, trt
-from helpers.files import CACHE_FILE_MAX_BYTES, read_limited
+from helpers.files import CACHE_FILE_MAX_BYTES, read_limited, write_bytes_atomically
 from helpers.model_info import ModelInfo
 from helpers.portable.calibration import (
     LEGACY_QUANTILE,
@@ -133,7 +132,7 @@ class _SquadQuestions:
         data = bytes(cache)
         parse_calibration_table(data, "the calibration table produced by this build")
         if self.cache_file is not None:
-            write_file_atomically(self.cache_file, data)
+            write_bytes_atomically(self.cache_file, data)
         self.cache = data
 
 

@@ -58,7 +58,7 @@ def _device_problem() -> str | None:
 
 def inspect_machine() -> Machine:
     cuda = torch.cuda.is_available()
-    module = backend._import_tensorrt()
+    module = backend.import_tensorrt()
     return Machine(
         cuda=cuda,
         gpu=torch.cuda.get_device_name(0) if cuda else None,

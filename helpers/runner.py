@@ -145,7 +145,7 @@ def load_plugin_library() -> None:
 
 
 def tensorrt_available() -> bool:
-    return backend._import_tensorrt() is not None
+    return backend.import_tensorrt() is not None
 
 
 def bind_backend_for(data: bytes, device: str | None = None) -> tuple[str, torch.device]:

@@ -1,5 +1,5 @@
-"""Shared fixtures: one tiny BERT QA model written once per session in every weight format, and
-the portable engine's logger and devices."""
+"""Shared fixtures: one tiny BERT QA model written once per session in every weight format, the
+portable engine's logger and devices, and the INT8 engine tests' model and FP32 / PTQ engines."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import pytest
 
 import checkpoints
 import helpers.portable as trt
+from bench import int8_accuracy as ia
+from engines import INT8_SEQ, build, ptq_options
 from portable_bert import RecordingLogger, devices
 
 
@@ -62,3 +64,27 @@ def device(request):
     trt.set_device(request.param)
     yield trt.get_device()
     trt.set_device(previous)
+
+
+@pytest.fixture(scope="module")
+def int8_workdir(tmp_path_factory):
+    """A tiny random BERT with the real vocabulary and a SQuAD head fitted on the hand-made set."""
+    work = tmp_path_factory.mktemp("int8")
+    vocab, features, model = checkpoints.int8_test_model(INT8_SEQ)
+    ia.fit_squad_head(model, features)
+    model.save_pretrained(work / "hf")
+    return {
+        "work": work,
+        "model": model,
+        "vocab": vocab,
+        "features": features,
+        "squad": ia.write_handmade_squad(work / "squad.json"),
+    }
+
+
+@pytest.fixture(scope="module")
+def fp32_and_ptq_engines(int8_workdir):
+    env = int8_workdir
+    build(env, env["work"] / "fp32.engine")
+    build(env, env["work"] / "int8.engine", *ptq_options(env, env["work"] / "cache"))
+    return env["work"] / "fp32.engine", env["work"] / "int8.engine"

@@ -1,14 +1,14 @@
-"""INT8 engines on the portable engine.
+"""INT8 engines of builder.py on the portable engine (CPU).
 
-* Engines built by builder.py / builder_varseqlen.py (portable, CPU) from a tiny random BERT with
-  the real vocabulary and a SQuAD head fitted on the hand-made set of bench/int8_accuracy.py:
-  PTQ (calibration cache, GELU10), QAT ranges (docs/SPEC.md "QAT ranges"), -imh / -iln, FP8, -t/--strict, against the
-  FP32 engine and against an independent oracle (HF with fake-quantized Linear inputs,
-  bench/int8_oracle.py); bad input.
-* Packed engines (builder_varseqlen.py): QAT ranges, and post-training calibration on packed batches
-  against the FP32 packed engine, the padded PTQ engine with the same ranges and HF's activations.
+* Engines built from a tiny random BERT with the real vocabulary and a SQuAD head fitted on the
+  hand-made set of bench/int8_accuracy.py (``engines.int8_workdir``): PTQ (calibration cache,
+  GELU10), QAT ranges (docs/SPEC.md "QAT ranges"), -imh / -iln, FP8, -t/--strict, against the FP32
+  engine and against an independent oracle (HF with fake-quantized Linear inputs,
+  bench/int8_oracle.py); the statistics pass of activation smoothing (both builders); bad input.
 * MiniLM: the engine is as accurate as the HF oracle with its ranges; the accuracy goal (cosine >= 0.99,
   argmax >= 95 %), recorded as an expected failure with the measured numbers.
+
+The packed engines of builder_varseqlen.py are test_int8_packed.py's.
 """
 
 from __future__ import annotations
@@ -19,66 +19,31 @@ import numpy as np
 import pytest
 import torch
 
-from bench.int8_accuracy import packed_batch
+import builder
+import builder_varseqlen
+import helpers.portable as trt
+from bench import int8_accuracy as ia
+from bench.int8_accuracy import activation_amax, logits_agreement, run_engine
+from bench.int8_oracle import engine_kinds, engine_ranges, hf_int8_oracle
+from builder_calibration import calibration_statistics
+from builder_utils import start_backend
+from checkpoints import write_bert_config, write_onnx_model
+from engines import (
+    build,
+    engine_logits,
+    expect_clean_failure,
+    hf_dense_inputs,
+    ptq_options,
+)
+from engines import INT8_SEQ as SEQ
 from helpers.portable import quantization as q
+from helpers.portable.calibration import CalibrationAlgoType, parse_calibration_table, write_calibration_table
+from helpers.portable.engine_file import read_engine
+from squad_fixtures import minilm_vocab_file
 from test_int8 import CUDA, gen
 
 
-# ---------------------------------------------------------------------------------------------
-# Engines: builder.py on the portable engine (CPU), INT8 vs FP32 of the same weights
-
-SEQ = 128
-
-
-@pytest.fixture(scope="module")
-def int8_workdir(tmp_path_factory):
-    """A tiny random BERT with the real vocabulary and a SQuAD head fitted on the hand-made set."""
-    from bench import int8_accuracy as ia
-    from tests import checkpoints
-
-    work = tmp_path_factory.mktemp("int8")
-    vocab, features, model = checkpoints.int8_test_model(SEQ)
-    ia.fit_squad_head(model, features)
-    model.save_pretrained(work / "hf")
-    return {
-        "work": work,
-        "model": model,
-        "vocab": vocab,
-        "features": features,
-        "squad": ia.write_handmade_squad(work / "squad.json"),
-    }
-
-
-def build(env, output, *options):
-    import builder
-
-    assert builder.main(["--hf", str(env["work"] / "hf"), "-o", str(output), "-b", "4", "-s", str(SEQ),
-                         "--backend", "portable", "--device", "cpu", *options]) == 0
-
-
-def ptq_options(env, cache, calib_num=20):
-    return ["-i", "-j", env["squad"], "-v", env["vocab"], "-n", str(calib_num), "-p", str(cache)]
-
-
-def engine_logits(path, features):
-    from bench.int8_accuracy import run_engine
-
-    return run_engine(path, features.inputs(), "cpu", chunk=4)
-
-
-@pytest.fixture(scope="module")
-def fp32_and_ptq_engines(int8_workdir):
-    env = int8_workdir
-    build(env, env["work"] / "fp32.engine")
-    build(env, env["work"] / "int8.engine", *ptq_options(env, env["work"] / "cache"))
-    return env["work"] / "fp32.engine", env["work"] / "int8.engine"
-
-
 def test_ptq_engine_calibrates_and_tracks_the_fp32_engine(int8_workdir, fp32_and_ptq_engines):
-    from bench.int8_accuracy import logits_agreement
-    from helpers.portable.calibration import parse_calibration_table
-    from helpers.portable.engine_file import read_engine
-
     env = int8_workdir
     fp32_engine, int8_engine = fp32_and_ptq_engines
     # The FP32 calibration pre-build wrote TensorRT's table, keyed by the network's tensor names; GELU10 survives it.
@@ -100,9 +65,6 @@ def test_ptq_engine_calibrates_and_tracks_the_fp32_engine(int8_workdir, fp32_and
 def test_a_tensorrt_table_is_read_by_the_portable_build(int8_workdir, fp32_and_ptq_engines):
     """A table in TensorRT's own spelling (another version and algorithm, names of layers this network
     lacks) is taken as is: its ranges land on the tensors it names, no calibration runs."""
-    from helpers.portable.calibration import CalibrationAlgoType, parse_calibration_table, write_calibration_table
-    from helpers.portable.engine_file import read_engine
-
     env = int8_workdir
     _, table = parse_calibration_table((env["work"] / "cache").read_bytes())
     table["l0_attention_qkv_mult"] = 3.25
@@ -119,8 +81,6 @@ def test_a_tensorrt_table_is_read_by_the_portable_build(int8_workdir, fp32_and_p
 
 def test_a_table_naming_none_of_the_networks_tensors_builds_with_a_warning(int8_workdir, fp32_and_ptq_engines, capfd):
     """Such a table (another model's) gives no tensor an INT8 range; the build used to say nothing."""
-    from helpers.portable.calibration import CalibrationAlgoType, write_calibration_table
-
     env = int8_workdir
     foreign = env["work"] / "foreign_cache"
     foreign.write_bytes(write_calibration_table({"bert/encoder/layer_0/output": 2.0}, CalibrationAlgoType.ENTROPY_CALIBRATION_2))
@@ -137,8 +97,6 @@ def test_a_table_naming_none_of_the_networks_tensors_builds_with_a_warning(int8_
 def ptq_engine(int8_workdir, fp32_and_ptq_engines):
     """flags → the PTQ engine built with them (built once; the CPU passes builder.py's GPU check for
     -imh here), sharing the calibration cache of the plain PTQ engine."""
-    import builder
-
     env = int8_workdir
     engines = {(): fp32_and_ptq_engines[1]}
 
@@ -157,8 +115,6 @@ def ptq_engine(int8_workdir, fp32_and_ptq_engines):
 @pytest.mark.parametrize("flags", [("-imh",), ("-iln",), ("-imh", "-iln")])
 def test_int8_attention_and_skip_layernorm_io(int8_workdir, fp32_and_ptq_engines, ptq_engine, flags):
     """-imh / -iln: INT8 attention and skip-LN I/O."""
-    from bench.int8_accuracy import logits_agreement
-
     env = int8_workdir
     reference = engine_logits(fp32_and_ptq_engines[0], env["features"])
     plain = engine_logits(fp32_and_ptq_engines[1], env["features"])
@@ -173,10 +129,6 @@ def test_int8_attention_and_skip_layernorm_io(int8_workdir, fp32_and_ptq_engines
 def test_ptq_engine_is_the_int8_arithmetic_of_an_independent_oracle(int8_workdir, ptq_engine, flags):
     """The engine against HF in float64 fake-quantized (bench/int8_oracle.py) at the tensors
     TensorRT quantizes with these flags, with the ranges the engine carries."""
-    from bench import int8_accuracy as ia
-    from bench.int8_oracle import engine_kinds, engine_ranges, hf_int8_oracle
-    from helpers.portable.engine_file import read_engine
-
     env = int8_workdir
     engine = ptq_engine(flags)
     ranges = engine_ranges(read_engine(engine.read_bytes()))
@@ -195,10 +147,6 @@ def test_minmax_calibration_ranges_are_the_fp32_maxima(int8_workdir):
     """TensorRT's min-max calibrator (bench/int8_accuracy.py --calibration minmax) through builder.py's
     calibration pre-build: a range is max |x| of the FP32 activations over the calibration batches
     (HF's here, padding included), and builder.py's GELU10 still sets the GELU output's."""
-    from bench import int8_accuracy as ia
-    from helpers.portable.calibration import parse_calibration_table
-    from helpers.portable.engine_file import read_engine
-
     env = int8_workdir
     cache, engine = env["work"] / "minmax_cache", env["work"] / "minmax.engine"
     options = ptq_options(env, cache, calib_num=6)
@@ -234,19 +182,10 @@ def test_minmax_calibration_ranges_are_the_fp32_maxima(int8_workdir):
 
 
 def test_qat_ranges_land_on_the_tensors_of_section_6_2(int8_workdir, fp32_and_ptq_engines):
-    from bench.int8_accuracy import logits_agreement
-    from helpers.portable.engine_file import read_engine
-    from tests.checkpoints import write_onnx_model
-
     env = int8_workdir
-    from bench.int8_accuracy import activation_amax
-
     amax = activation_amax(env["model"], env["features"])
     onnx_path = write_onnx_model(env["model"], env["work"] / "qat.onnx", amax)
     engine = env["work"] / "qat.engine"
-    import builder
-    from tests.checkpoints import write_bert_config
-
     write_bert_config(env["model"], env["work"] / "cfg")
     assert builder.main(["-x", str(onnx_path), "-c", str(env["work"] / "cfg"), "-o", str(engine), "-b", "4", "-s", str(SEQ),
                          "-i", "--backend", "portable", "--device", "cpu"]) == 0
@@ -284,20 +223,6 @@ def test_qat_ranges_land_on_the_tensors_of_section_6_2(int8_workdir, fp32_and_pt
 
 # ---------------------------------------------------------------------------------------------
 # Bad input: one line on stderr, non-zero exit, no engine and no cache written
-
-
-def expect_clean_failure(env, capsys, options, message, cache=None):
-    import builder
-
-    engine = env["work"] / "bad.engine"
-    status = builder.main(["--hf", str(env["work"] / "hf"), "-o", str(engine), "-b", "4", "-s", str(SEQ),
-                           "--backend", "portable", "--device", "cpu", *options])
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert status != 0
-    assert len(err) == 1 and message in err[0], err
-    assert not engine.exists()
-    leftovers = [p.name for p in env["work"].iterdir() if p.name.startswith(("bad.engine", "bad_cache"))]
-    assert leftovers == ([] if cache is None else [cache.name])
 
 
 def test_int8_without_a_calibration_source_fails_cleanly(int8_workdir, capsys):
@@ -342,8 +267,6 @@ def test_corrupt_calibration_cache_fails_cleanly(int8_workdir, capsys):
 
 @CUDA
 def test_int8_engine_on_cuda_agrees_with_the_cpu_simulation(int8_workdir, fp32_and_ptq_engines):
-    from bench.int8_accuracy import logits_agreement, run_engine
-
     env = int8_workdir
     inputs = env["features"].inputs()
     cpu = run_engine(fp32_and_ptq_engines[1], inputs, "cpu", chunk=4)
@@ -361,10 +284,6 @@ MINILM_SMOOTHING = 1.0
 def minilm_engines(tmp_path_factory):
     """MiniLM-L6 with its fitted SQuAD head: FP32 and PTQ INT8 engines (builder.py's legacy
     calibration on 8 questions, GELU10; without and with --smooth) and their logits on the hand-made set."""
-    import builder
-    from bench import int8_accuracy as ia
-    from tests.squad_fixtures import minilm_vocab_file
-
     work = tmp_path_factory.mktemp("minilm_int8")
     vocab = minilm_vocab_file()
     features = ia.handmade_features(vocab, SEQ)
@@ -391,10 +310,6 @@ def test_minilm_ptq_engine_is_as_accurate_as_the_oracle(minilm_engines):
     """On MiniLM the INT8 logits are chaotic (moving every range by 1 ppm changes the oracle's logits
     by a cosine of about 0.05), but their distance from FP32 is stable: the engine's must be the
     oracle's (HF fake-quantized at the same tensors with the engine's ranges), within 0.02."""
-    from bench import int8_accuracy as ia
-    from bench.int8_oracle import engine_kinds, engine_ranges, hf_int8_oracle
-    from helpers.portable.engine_file import read_engine
-
     env = minilm_engines
     ranges = engine_ranges(read_engine(env["int8"].read_bytes()))
     oracle = hf_int8_oracle(env["model"], env["features"], ranges, engine_kinds())
@@ -418,8 +333,6 @@ def test_minilm_ptq_engine_is_as_accurate_as_the_oracle(minilm_engines):
 )
 def test_minilm_ptq_int8_meets_the_accuracy_goal(minilm_engines):
     """The INT8 accuracy goal on MiniLM with a fitted SQuAD head: cosine >= 0.99 and argmax agreement >= 95%."""
-    from bench import int8_accuracy as ia
-
     env = minilm_engines
     agreement = ia.logits_agreement(env["reference"], env["quantized"], env["features"].input_mask)
     print("MiniLM, PTQ INT8 vs FP32:", agreement.as_text())
@@ -430,8 +343,6 @@ def test_minilm_ptq_int8_meets_the_accuracy_goal(minilm_engines):
 def test_minilm_ptq_int8_with_smoothing_is_far_closer_to_fp32(minilm_engines):
     """--smooth moves channel 99 out of the QKV and FC1 inputs' ranges and measures the GELU output's:
     calibrated on 8 of the 20 questions, the logits' cosine with FP32 goes from about 0.83 to about 0.96."""
-    from bench import int8_accuracy as ia
-
     env = minilm_engines
     mask = env["features"].input_mask
     plain = ia.logits_agreement(env["reference"], env["quantized"], mask)
@@ -451,8 +362,6 @@ def test_minilm_ptq_int8_with_smoothing_is_far_closer_to_fp32(minilm_engines):
     "batches: 0.85 on 8 questions) (docs/perf/INT8_SMOOTHING.md).",
 )
 def test_minilm_ptq_int8_with_smoothing_meets_the_accuracy_goal(minilm_engines):
-    from bench import int8_accuracy as ia
-
     env = minilm_engines
     agreement = ia.logits_agreement(env["reference"], env["smoothed"], env["features"].input_mask)
     print(f"MiniLM, PTQ INT8 --smooth {MINILM_SMOOTHING:g} vs FP32:", agreement.as_text())
@@ -460,42 +369,8 @@ def test_minilm_ptq_int8_with_smoothing_meets_the_accuracy_goal(minilm_engines):
     assert min(agreement.start_match, agreement.end_match) >= 0.95
 
 
-@pytest.mark.parametrize("layout", [(), ("-il",), ("-f",)])
-def test_varseqlen_qat_int8_tracks_fp32(int8_workdir, layout):
-    """builder_varseqlen.py -i with QAT ranges: packed (FP32 and -f FP16 around the INT8 layers) and
-    interleaved (-il) networks, on the packed hand-made features."""
-    import builder_varseqlen
-    from helpers.runner import EngineRunner
-    from tests.checkpoints import write_bert_config, write_onnx_model
-
-    env = int8_workdir
-    from bench.int8_accuracy import activation_amax
-
-    onnx_path = write_onnx_model(env["model"], env["work"] / "qat_varseqlen.onnx", activation_amax(env["model"], env["features"]))
-    config_dir = write_bert_config(env["model"], env["work"] / "cfg_varseqlen")
-    features = env["features"]
-    lengths = features.input_mask.sum(axis=1)
-    batch = packed_batch(features, slice(None))
-    logits = []
-    for name, options in (("fp32", ()), ("int8", ("-i", *layout))):
-        engine = env["work"] / f"varseqlen_{name}{''.join(layout)}.engine"
-        argv = ["-x", str(onnx_path), "-c", str(config_dir), "-o", str(engine), "-b", str(len(lengths)), "-s", str(SEQ),
-                "--backend", "portable", "--device", "cpu", *options]
-        assert builder_varseqlen.main(argv) == 0
-        runner = EngineRunner(engine, device="cpu")
-        runner.activate(len(lengths), SEQ, total_tokens=len(batch["input_ids"]))
-        logits.append(runner.infer(batch).reshape(2, -1))
-    reference, quantized = (l.astype(np.float64).ravel() for l in logits)
-    cosine = reference @ quantized / (np.linalg.norm(reference) * np.linalg.norm(quantized))
-    print(f"tiny random BERT, varseqlen QAT INT8 {' '.join(layout)} vs FP32: cosine {cosine:.5f}")
-    assert cosine >= 0.99
-    assert not np.allclose(reference, quantized, rtol=0, atol=1e-5)
-
-
 def test_fp8_gemms_with_the_int8_ranges(int8_workdir, fp32_and_ptq_engines):
     """--fp8: the portable engine runs its INT8 GEMMs as FP8 E4M3 with the same ranges (CPU emulation here)."""
-    from bench.int8_accuracy import logits_agreement
-
     env = int8_workdir
     engine = env["work"] / "fp8.engine"
     build(env, engine, *ptq_options(env, env["work"] / "cache"), "--fp8")
@@ -511,8 +386,6 @@ def test_fp8_gemms_with_the_int8_ranges(int8_workdir, fp32_and_ptq_engines):
 def test_strict_keeps_a_float_precision_layer_out_of_int8(strict):
     """-t/--strict (PREFER_PRECISION_CONSTRAINTS) keeps a convolution whose precision was set to FLOAT in
     float; without it the precision is a hint and the layer runs INT8 like the others."""
-    import helpers.portable as trt
-
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
@@ -538,148 +411,17 @@ def test_strict_keeps_a_float_precision_layer_out_of_int8(strict):
     torch.testing.assert_close(out[..., 0, 0], exact if strict else int8, rtol=1e-5, atol=1e-5)
 
 
-# ---------------------------------------------------------------------------------------------
-# Packed engines: builder_varseqlen.py post-training calibration
-
-
-PACKED_LAYOUTS = {"int8": (), "int8-il": ("-il",), "int8-f": ("-f",), "fp8": ("--fp8",)}
-
-
-def build_packed(env, output, *options, batch=20):
-    import builder_varseqlen
-
-    assert builder_varseqlen.main(["--hf", str(env["work"] / "hf"), "-o", str(output), "-b", str(batch), "-s", str(SEQ),
-                                   "--backend", "portable", "--device", "cpu", *options]) == 0
-
-
-@pytest.fixture(scope="module")
-def packed_ptq_engines(int8_workdir):
-    """The packed FP32 engine and PTQ engines of every layout and their logits: one calibration cache
-    per network layout (the interleaved network transposes the embeddings, which moves the positions
-    that name its unnamed tensors), each from all 20 questions in one packed batch of their 1379
-    tokens (-b 20)."""
-    from bench.int8_accuracy import run_packed_engine
-
-    env = int8_workdir
-    engines = {"fp32": env["work"] / "packed_fp32.engine"}
-    build_packed(env, engines["fp32"])
-    for name, layout in PACKED_LAYOUTS.items():
-        engines[name] = env["work"] / f"packed_{name}.engine"
-        cache = env["work"] / ("packed_cache_il" if "-il" in layout else "packed_cache")
-        build_packed(env, engines[name], *ptq_options(env, cache), *layout)
-    return {name: (path, run_packed_engine(path, env["features"], "cpu", chunk=20)) for name, path in engines.items()}
-
-
-@pytest.mark.parametrize("name", list(PACKED_LAYOUTS))
-def test_packed_ptq_engine_calibrates_and_tracks_the_fp32_engine(int8_workdir, packed_ptq_engines, name):
-    from bench.int8_accuracy import logits_agreement
-    from helpers.portable.calibration import parse_calibration_table
-    from helpers.portable.engine_file import read_engine
-
-    env = int8_workdir
-    cache = env["work"] / ("packed_cache_il" if name == "int8-il" else "packed_cache")
-    algorithm, table = parse_calibration_table(cache.read_bytes())
-    assert algorithm == "LegacyCalibration"
-    assert {"embeddings_output", "l0_attention_qkv_mult", "l0_attention_context_layer", "l1_output_reshape"} <= set(table)
-    path, quantized = packed_ptq_engines[name]
-    description = read_engine(path.read_bytes())
-    ranges = {t["name"]: t["dynamic_range"] for t in description["tensors"]}
-    assert all(description["tensors"][slot]["dynamic_range"] is not None for slot in quantized_roles(description))
-    assert ranges["l0_gelu"] == [-10.0, 10.0] and ranges["l1_gelu"] == [-10.0, 10.0]  # GELU10, as builder.py
-    assert ranges["l0_attention_qkv_mult"][1] == pytest.approx(table["l0_attention_qkv_mult"])
-    reference = packed_ptq_engines["fp32"][1]
-    agreement = logits_agreement(reference, quantized, env["features"].input_mask)
-    print(f"tiny random BERT, packed PTQ {name} vs FP32:", agreement.as_text())
-    # FP8 E4M3 has 3 mantissa bits: its GEMMs round more than INT8's with these ranges.
-    assert agreement.cosine >= (0.98 if name == "fp8" else 0.99)
-    assert not np.allclose(reference, quantized, rtol=0, atol=1e-5)
-
-
-def quantized_roles(description: dict) -> list[int]:
-    """The slots of the tensors an INT8 engine quantizes, in the order of the network: each dense
-    layer's input, each attention's QKV and context, each skip-LayerNorm's inputs and output."""
-    slots = []
-    for layer in description["layers"]:
-        if layer["kind"] == "convolution":
-            slots.append(layer["inputs"][0])
-        elif layer["kind"] == "plugin" and "QKVToContext" in layer["params"]["plugin"]:
-            slots += [layer["inputs"][0], layer["outputs"][0]]
-        elif layer["kind"] == "plugin" and "SkipLayerNorm" in layer["params"]["plugin"]:
-            slots += [*layer["inputs"][:2], layer["outputs"][0]]
-    return slots
-
-
-def test_packed_and_padded_ptq_engines_agree_with_the_same_ranges(int8_workdir, packed_ptq_engines, fp32_and_ptq_engines):
-    """The packed PTQ engine (INT8 attention and skip-LayerNorm, as -imh -iln) and the padded one built
-    with its ranges: the padded network names two tensors of each layer by position, so the table is
-    written in the padded network's names, tensor by tensor of the same role."""
-    import builder
-    from bench.int8_accuracy import logits_agreement
-    from helpers.portable.calibration import CalibrationAlgoType, write_calibration_table
-    from helpers.portable.engine_file import read_engine
-
-    env = int8_workdir
-    packed = read_engine(packed_ptq_engines["int8"][0].read_bytes())
-    padded = read_engine(fp32_and_ptq_engines[0].read_bytes())
-    pairs = list(zip(quantized_roles(packed), quantized_roles(padded), strict=True))
-    table = {padded["tensors"][b]["name"]: packed["tensors"][a]["dynamic_range"][1] for a, b in pairs}
-    assert all(value > 0 for value in table.values())  # every tensor the packed engine quantizes has its range
-    cache = env["work"] / "packed_ranges_for_padded"
-    cache.write_bytes(write_calibration_table(table, CalibrationAlgoType.LEGACY_CALIBRATION))
-    engine = env["work"] / "padded_with_packed_ranges.engine"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(builder, "compute_capability", lambda backend: 90)
-        build(env, engine, "-i", "-imh", "-iln", "-j", str(env["work"] / "no_such.json"), "-v", env["vocab"], "-p", str(cache))
-    ranges = {t["name"]: t["dynamic_range"] for t in read_engine(engine.read_bytes())["tensors"]}
-    assert all(ranges[name] == pytest.approx([-value, value]) for name, value in table.items())
-    mask = env["features"].input_mask
-    padded_logits = engine_logits(engine, env["features"])
-    agreement = logits_agreement(padded_logits, packed_ptq_engines["int8"][1], mask)
-    print("tiny random BERT, packed vs padded PTQ INT8 with the same ranges:", agreement.as_text())
-    # Not bit-equal: the packed network's embeddings are FP16 (the original's output_fp16 for INT8),
-    # which moves a few INT8 codes by one step.
-    assert agreement.cosine >= 0.99
-    assert logits_agreement(engine_logits(fp32_and_ptq_engines[0], env["features"]), padded_logits, mask).cosine >= 0.99
-
-
-def hf_dense_inputs(model, features, rows=slice(None)):
-    """Per smoothed dense layer of the builders (QKV, FC1, the head), HF's input activations [n, S, channels]."""
-    from helpers.smoothing import FC1_LAYER, HEAD_LAYER, QKV_LAYER
-
-    seen = {}
-    modules = {HEAD_LAYER: model.qa_outputs}
-    for i, layer in enumerate(model.bert.encoder.layer):
-        modules[f"l{i}_{QKV_LAYER}"] = layer.attention.self.query
-        modules[f"l{i}_{FC1_LAYER}"] = layer.intermediate.dense
-    hooks = [module.register_forward_pre_hook(lambda m, a, name=name: seen.__setitem__(name, a[0].detach()))
-             for name, module in modules.items()]
-    try:
-        with torch.no_grad():
-            model(input_ids=torch.as_tensor(features.input_ids[rows], dtype=torch.long),
-                  token_type_ids=torch.as_tensor(features.segment_ids[rows], dtype=torch.long),
-                  attention_mask=torch.as_tensor(features.input_mask[rows], dtype=torch.long))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return seen
-
-
 @pytest.mark.parametrize("packed", [False, True])
 def test_calibration_statistics_are_the_fp32_activation_maxima(int8_workdir, packed):
     """Activation smoothing's statistics pass (both builders): per dense layer, max |x| of each input
     channel over the calibration batches, as HF computes them: over every position of the padded
     windows (builder.py), over the real tokens only (builder_varseqlen.py, one packed batch here)."""
-    import builder
-    import builder_varseqlen
-    from builder_utils import calibration_statistics
-    from helpers.backend import trt
-
     env = int8_workdir
     script = builder_varseqlen if packed else builder
     argv = ["--hf", str(env["work"] / "hf"), "-o", "unused.engine", "-b", "20", "-s", str(SEQ), "--backend", "portable",
             "--device", "cpu", *ptq_options(env, env["work"] / "unused_cache")]
     args = script.parse_args(argv)
-    _, logger = script.start_backend(args)
+    _, logger = start_backend(args)
     trt.init_libnvinfer_plugins(logger, "")
     config = script.load_config(args, logger)
     weights = builder_varseqlen.load_weights("hf", args.hf, config, SEQ)
@@ -693,26 +435,3 @@ def test_calibration_statistics_are_the_fp32_activation_maxima(int8_workdir, pac
     for name, x in inputs.items():
         expected = (x[valid] if packed else x.flatten(0, 1)).abs().amax(dim=0).numpy()
         np.testing.assert_allclose(maxima[name], expected, rtol=1e-4, atol=1e-5, err_msg=name)
-
-
-def expect_packed_failure(env, capsys, options, message):
-    import builder_varseqlen
-
-    engine = env["work"] / "bad_packed.engine"
-    status = builder_varseqlen.main(["--hf", str(env["work"] / "hf"), "-o", str(engine), "-b", "4", "-s", str(SEQ),
-                                     "--backend", "portable", "--device", "cpu", *options])
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert status != 0
-    assert len(err) == 1 and message in err[0], err
-    assert not engine.exists()
-    assert [p.name for p in env["work"].iterdir() if p.name.startswith("bad_packed")] == []
-
-
-def test_bad_packed_ptq_options_fail_cleanly(int8_workdir, capsys):
-    env = int8_workdir
-    missing = env["work"] / "missing.json"
-    cache = ["-p", str(env["work"] / "bad_packed_cache")]
-    expect_packed_failure(env, capsys, ["-i", "-j", str(missing), "-v", env["vocab"], *cache], f"{missing}: cannot read file")
-    expect_packed_failure(env, capsys, [*ptq_options(env, env["work"] / "bad_packed_cache", calib_num=21)],
-                          "has 20 questions, fewer than the 21")
-    expect_packed_failure(env, capsys, ["--fp8", *cache], "--fp8 needs --int8")

@@ -17,6 +17,7 @@ import torch
 
 import builder_varseqlen
 import checkpoints
+from varseqlen_network import VarSeqLenNetwork, batch_profiles
 
 HIDDEN, HEADS, LAYERS, INTERMEDIATE, VOCAB = 48, 3, 2, 40, 97
 MAX_SEQ = 160
@@ -207,8 +208,8 @@ def test_int8_interleaved_megatron_network_carries_the_qat_ranges(megatron_files
     weights = builder_varseqlen.load_weights("pickle", path, config, MAX_SEQ)
     trt_builder = trt.Builder(logger)
     network = trt_builder.create_network(0)
-    builder_varseqlen.VarSeqLenNetwork(network, config, weights, megatron=True).populate(
-        trt_builder, trt_builder.create_builder_config(), builder_varseqlen.batch_profiles([2], MAX_SEQ), MAX_SEQ
+    VarSeqLenNetwork(network, config, weights, megatron=True).populate(
+        trt_builder, trt_builder.create_builder_config(), batch_profiles([2], MAX_SEQ), MAX_SEQ
     )
     layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
     tensors = {layer.get_output(k).name: layer.get_output(k) for layer in layers.values() for k in range(layer.num_outputs)}

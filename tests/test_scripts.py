@@ -10,9 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+import builder
+import inference
 from engines import REPO_ROOT
+from helpers.backend import import_tensorrt
 from helpers.benchmark_report import load_measurements, render_report, result_path
+from helpers.demo_model import write_minilm_qa_model
 
 SCRIPTS = REPO_ROOT / "scripts"
 
@@ -203,16 +208,12 @@ def test_benchmark_quick_mode_end_to_end(tmp_path):
 
 
 def test_doctor_reports_versions_backend_and_features():
-    import torch
-
-    from helpers.backend import _import_tensorrt
-
     result = subprocess.run([sys.executable, "-m", "helpers.doctor"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert f"PyTorch:         {torch.__version__}" in out
     assert "  portable engines on CPU (build + inference + perf): ready" in out
-    if _import_tensorrt() is None:
+    if import_tensorrt() is None:
         assert "TensorRT:        not installed" in out and "Backend 'auto':  portable" in out
     if not torch.cuda.is_available():
         assert "GPU:             none visible to PyTorch" in out
@@ -232,10 +233,6 @@ def test_doctor_does_not_call_portable_engines_ready_under_an_unusable_device_se
 
 def test_minilm_demo_model_builds_and_answers(tmp_path, capsys):
     """The offline quick start's steps (scripts/quickstart.sh without the venv set-up)."""
-    import builder
-    import inference
-    from helpers.demo_model import write_minilm_qa_model
-
     model = write_minilm_qa_model(tmp_path / "minilm")
     engine = tmp_path / "minilm.engine"
     assert builder.main(["--hf", str(model), "-o", str(engine), "-b", "1", "-s", "128", "--backend", "portable", "--device", "cpu"]) == 0

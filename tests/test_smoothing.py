@@ -9,29 +9,39 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
 
-from helpers import smoothing
-from test_calibrator import int8_squared_error
-from test_int8_engines import (  # noqa: F401 (fixtures)
-    SEQ,
+import builder
+import builder_varseqlen
+import checkpoints
+import family_models
+import helpers.portable as trt
+from bench.int8_accuracy import logits_agreement, run_packed_engine
+from bert_weights import BertConfig
+from builder_calibration import check_8bit_options
+from builder_utils import save_engine
+from engines import (
     build,
     build_packed,
     engine_logits,
     expect_clean_failure,
-    expect_packed_failure,
-    fp32_and_ptq_engines,
     hf_dense_inputs,
-    int8_workdir,
     ptq_options,
 )
+from engines import INT8_SEQ as SEQ
+from helpers import smoothing
+from helpers.portable.engine_file import read_engine
+from helpers.portable.graph import load_graph
+from test_calibrator import int8_squared_error
+from test_portable_passes import cuda_patterns
+from varseqlen_network import batch_profiles
 
 
 def test_scales_follow_the_formula():
-    from bert_weights import BertConfig
-
     config = BertConfig(num_attention_heads=1, hidden_size=2, intermediate_size=3, num_hidden_layers=1)
     rng = np.random.default_rng(0)
     weights = {
@@ -53,8 +63,6 @@ def test_scales_follow_the_formula():
 
 @pytest.mark.parametrize("text", ["0", "1.5", "-0.5", "nan", "inf", "half"])
 def test_alpha_outside_zero_one_is_refused(text):
-    import argparse
-
     with pytest.raises(argparse.ArgumentTypeError, match=r"0 < ALPHA <= 1"):
         smoothing.smoothing_alpha(text)
     assert smoothing.smoothing_alpha("1") == 1.0 and smoothing.smoothing_alpha("0.05") == 0.05
@@ -69,11 +77,6 @@ def random_scales(config, weights, seed):
 
 def float_engines(folder, tmp_path, packed=False, batch=4):
     """(plain, smoothed with random scales) FP32 engines of the --hf ``folder``."""
-    import builder
-    import builder_varseqlen
-    from builder_utils import save_engine
-    from helpers.backend import trt
-
     script = builder_varseqlen if packed else builder
     plain, smoothed = tmp_path / "plain.engine", tmp_path / "smoothed.engine"
     argv = ["--hf", str(folder), "-o", str(plain), "-b", str(batch), "-s", str(SEQ), "--backend", "portable", "--device", "cpu"]
@@ -85,7 +88,7 @@ def float_engines(folder, tmp_path, packed=False, batch=4):
     weights = builder_varseqlen.load_weights("hf", args.hf, config, SEQ)
     scaled = smoothing.smooth_weights(weights, config, random_scales(config, weights, 1))
     if packed:
-        serialized = builder_varseqlen.build_engine(logger, config, scaled, builder_varseqlen.batch_profiles([batch], SEQ), SEQ)
+        serialized = builder_varseqlen.build_engine(logger, config, scaled, batch_profiles([batch], SEQ), SEQ)
     else:
         serialized = builder.build_engine(logger, config, scaled, [batch], [SEQ], args.workspace_size)
     save_engine(serialized, str(smoothed), logger)
@@ -113,8 +116,6 @@ def test_smoothed_fp8_build_keeps_gelu10(int8_workdir, smoothed_engine):
 def test_smoothing_is_exact_in_float(int8_workdir, packed, tmp_path):
     """The LayerNorm folds and the residual factors undo each other: an FP32 engine of smoothed weights
     computes the original logits (to float rounding)."""
-    from bench.int8_accuracy import run_packed_engine
-
     env = int8_workdir
     features = env["features"]
     plain, smoothed = float_engines(env["work"] / "hf", tmp_path, packed, batch=20 if packed else 4)
@@ -128,9 +129,6 @@ def test_smoothing_is_exact_in_float(int8_workdir, packed, tmp_path):
 
 def test_smoothing_folds_into_the_embedding_projection(tmp_path):
     """Factorized embeddings (ELECTRA): the first QKV's scales go into the projection's output rows."""
-    import checkpoints
-    import family_models
-
     model, folder = family_models.write_family_folder("electra", tmp_path / "electra")
     inputs = family_models.random_inputs(4, SEQ, model.config.vocab_size, 2, seed=3, avoid=model.config.pad_token_id)
     plain, smoothed = float_engines(folder, tmp_path)
@@ -177,8 +175,6 @@ def test_smoothed_build_gives_the_gelu_output_its_least_squared_error_range(
     """--smooth replaces GELU10's fixed range of the GELU output (FC2's input) by the one that
     quantizes HF's GELU output over the padded calibration windows with the least squared error (within
     2 % of the best found on those samples by brute force); without --smooth the range stays 10."""
-    from helpers.portable.engine_file import read_engine
-
     env = int8_workdir
     kept = smoothing.read_scales(str(smoothed_engine[1]), 0.5)
     model = env["model"]
@@ -206,9 +202,6 @@ def test_smoothed_build_gives_the_gelu_output_its_least_squared_error_range(
 
 @pytest.mark.parametrize("packed", [False, True])
 def test_smoothed_ptq_engine_tracks_the_fp32_engine(int8_workdir, fp32_and_ptq_engines, smoothed_engine, packed):
-    from bench.int8_accuracy import logits_agreement, run_packed_engine
-    from helpers.portable.engine_file import read_engine
-
     env = int8_workdir
     reference = engine_logits(fp32_and_ptq_engines[0], env["features"])
     if packed:
@@ -233,8 +226,6 @@ def test_smoothed_ptq_engine_tracks_the_fp32_engine(int8_workdir, fp32_and_ptq_e
 
 
 def test_smoothed_engine_lowers_every_dense_layer_to_an_int8_gemm(smoothed_engine):
-    import helpers.portable as trt
-
     engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(smoothed_engine[0].read_bytes())
     assert engine._plan.patterns().get("int8_gemm") == 4 * 2 + 1
 
@@ -266,13 +257,9 @@ def test_caches_of_other_smoothing_are_refused(int8_workdir, smoothed_engine, fp
 
 
 def test_bad_smoothing_options_fail_cleanly(int8_workdir, capsys):
-    import builder
-    import builder_varseqlen
-    from builder_utils import check_8bit_options
-
     env = int8_workdir
     expect_clean_failure(env, capsys, ["--smooth", "0.5"], "--smooth needs --int8")
-    expect_packed_failure(env, capsys, ["--smooth", "0.5"], "--smooth needs --int8")
+    expect_clean_failure(env, capsys, ["--smooth", "0.5"], "--smooth needs --int8", packed=True)
     for script in (builder, builder_varseqlen):
         args = script.parse_args(["--hf", "x", "-o", "x.engine", "-i", "--smooth", "0.5"])
         with pytest.raises(RuntimeError, match=r"^--smooth is only available on the portable engine"):
@@ -287,9 +274,5 @@ def test_bad_smoothing_options_fail_cleanly(int8_workdir, capsys):
 def test_smoothing_keeps_every_fused_cuda_step(smoothed_engine, fp32_and_ptq_engines):
     """The CUDA plan of a smoothed engine fuses what the unsmoothed one fuses (decided on the graph,
     whatever the device): smoothing only adds the residual products as element-wise steps."""
-    from helpers.portable.engine_file import read_engine
-    from helpers.portable.graph import load_graph
-    from test_portable_passes import cuda_patterns
-
     plain, smoothed = (load_graph(read_engine(path.read_bytes())) for path in (fp32_and_ptq_engines[1], smoothed_engine[0]))
     assert cuda_patterns(smoothed) == cuda_patterns(plain)

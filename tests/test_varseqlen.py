@@ -20,6 +20,7 @@ import engines
 import perf_varseqlen
 from helpers.portable import ops
 from helpers.portable import plugins_interleaved as interleaved
+from varseqlen_network import VarSeqLenNetwork, batch_profiles
 
 MIX = (1, 2, 17, 64, 129, 384, 512)
 MAX_SEQ = 512
@@ -143,8 +144,8 @@ def test_gelu_is_pinned_to_fp32_with_rank4_constants(model_files):
     trt_builder = trt.Builder(logger)
     network = trt_builder.create_network(0)
     builder_config = trt_builder.create_builder_config()
-    builder_varseqlen.VarSeqLenNetwork(network, config, weights, megatron=False).populate(
-        trt_builder, builder_config, builder_varseqlen.batch_profiles([2], 64), 64
+    VarSeqLenNetwork(network, config, weights, megatron=False).populate(
+        trt_builder, builder_config, batch_profiles([2], 64), 64
     )
     layers = [network.get_layer(i) for i in range(network.num_layers)]
     constants = [layer for layer in layers if layer.type == trt.LayerType.CONSTANT]
