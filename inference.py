@@ -12,6 +12,7 @@ import collections
 import json
 import sys
 
+import helpers.data_processing as dp
 from helpers.question_answering import (
     EXIT_COMMANDS,
     PASSAGE_PROMPT,
@@ -137,8 +138,6 @@ def read_question_inputs(args: argparse.Namespace) -> tuple[str | None, str | No
 
 def answer_passage(answerer: QuestionAnswerer, passage: str | None, question: str | None) -> None:
     """Answer ``question``, or questions typed in, about ``passage`` (asked for when None)."""
-    import helpers.data_processing as dp
-
     if passage is None:
         passage = read_prompt(PASSAGE_PROMPT)
         if passage is None:

@@ -32,6 +32,7 @@ from helpers import hf_tokenization
 from helpers.backend import backend_name, trt
 from helpers.files import CACHE_FILE_MAX_BYTES, read_limited, write_bytes_atomically
 from helpers.model_info import ModelInfo
+from helpers.portable import get_device
 from helpers.portable.calibration import (
     LEGACY_QUANTILE,
     LEGACY_REGRESSION_CUTOFF,
@@ -48,8 +49,6 @@ def calibration_device() -> torch.device:
     """Where the backend reads calibration batches: the GPU for TensorRT, the runtime device otherwise."""
     if backend_name() == "tensorrt":
         return torch.device("cuda")
-    from helpers.portable import get_device
-
     return get_device()
 
 

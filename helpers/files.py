@@ -20,6 +20,7 @@ stated maximum, so that a device such as ``/dev/zero`` or an endless pipe cannot
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import sys
@@ -169,8 +170,6 @@ def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
 
 def write_json_and_markdown(out_dir: str | os.PathLike[str], stem: str, data: object, markdown: str) -> None:
     """A benchmark's record pair: ``stem.json`` (``data``) and ``stem.md`` (its table) in ``out_dir``."""
-    import json
-
     os.makedirs(out_dir, exist_ok=True)
     write_text_atomically(Path(out_dir) / f"{stem}.json", json.dumps(data, indent=1) + "\n")
     write_text_atomically(Path(out_dir) / f"{stem}.md", markdown)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+import helpers.data_processing as dp
+import helpers.tokenization as tokenization
 from helpers import hf_tokenization
 from helpers.files import TEXT_FILE_MAX_BYTES, read_limited
 from helpers.model_info import ModelInfo
@@ -104,8 +106,6 @@ class AnswerExtractor:
         max_answer_length: int = 30,
         model: ModelInfo | None = None,
     ):
-        import helpers.tokenization as tokenization
-
         check_sizes(
             max_seq_length=max_seq_length,
             doc_stride=doc_stride,
@@ -125,8 +125,6 @@ class AnswerExtractor:
         self.max_answer_length = max_answer_length
 
     def features(self, doc_tokens: list[str], question: str) -> list[Any]:
-        import helpers.data_processing as dp
-
         try:
             return hf_tokenization.question_features(
                 self.tokenizer, doc_tokens, question, self.max_seq_length, self.doc_stride, self.max_query_length,
@@ -137,8 +135,6 @@ class AnswerExtractor:
 
     def best_answer(self, doc_tokens: list[str], features: list[Any], outputs: list[NetworkOutput]) -> tuple[str, float, list[Any]]:
         """(answer text, its probability, n-best list) from the logits of ``features``."""
-        import helpers.data_processing as dp
-
         span_text = hf_tokenization.answer_text if isinstance(self.tokenizer, hf_tokenization.OffsetTokenizer) else None
         prediction, nbest, _ = dp.get_predictions(
             doc_tokens, features, outputs, self.n_best_size, self.max_answer_length, span_text=span_text
@@ -160,8 +156,6 @@ class QuestionAnswerer(AnswerExtractor):
         n_best_size: int = 20,
         max_answer_length: int = 30,
     ):
-        import helpers.tokenization as tokenization
-
         super().__init__(
             vocab_file, max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length, runner.model
         )
@@ -245,8 +239,6 @@ class QuestionAnswerer(AnswerExtractor):
         )
 
     def answer_text(self, passage: str, question: str) -> Answer:
-        import helpers.data_processing as dp
-
         return self.answer(dp.convert_doc_tokens(passage), question)
 
 
@@ -282,8 +274,6 @@ def squad_predictions(
 
 def squad_examples(path: str) -> list[Any]:
     """The examples of a SQuAD file, after checking that it is one."""
-    import helpers.data_processing as dp
-
     try:
         return dp.read_squad_json(path)
     except dp.SquadFormatError as err:

@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from helpers import backend, files
+from helpers import backend, files, portable
 from helpers.cli import exit_on_interrupt, script_name
 from helpers.model_info import ModelInfo
+from helpers.portable.engine_file import PREAMBLE_BYTES, EngineFormatError, engine_file_size, is_portable_engine
 
 OUTPUT_NAME = "logits_out"
 FIXED_INPUTS = ("input_ids", "segment_ids", "input_mask")
@@ -68,8 +69,6 @@ class NoProfileError(RunnerError):
 
 def engine_backend(data: bytes) -> str:
     """'portable' or 'tensorrt', from the first bytes of a serialized engine."""
-    from helpers import portable
-
     if portable.is_portable_engine(data):
         return "portable"
     if data[:4] in TENSORRT_PLAN_TAGS:
@@ -100,8 +99,6 @@ def read_engine_file(path: str | os.PathLike[str]) -> bytes | bytearray:
     as far as its preamble's sizes say (plus one byte, to notice trailing data), a TensorRT plan
     to the end of a regular file or at most TENSORRT_PLAN_MAX_BYTES from a pipe or device, and
     anything else only as far as it takes to tell that it is not an engine."""
-    from helpers.portable.engine_file import PREAMBLE_BYTES, EngineFormatError, engine_file_size, is_portable_engine
-
     try:
         with open(path, "rb") as handle:
             regular = stat.S_ISREG(os.fstat(handle.fileno()).st_mode)
@@ -152,8 +149,6 @@ def bind_backend_for(data: bytes, device: str | None = None) -> tuple[str, torch
     """Bind ``helpers.backend.trt`` to the backend that can run ``data``; return (backend, device)."""
     kind = engine_backend(data)
     if kind == "portable":
-        from helpers import portable
-
         try:
             portable.read_engine_header(data)
             chosen = portable.get_device() if device is None else portable.set_device(device)
@@ -184,8 +179,6 @@ LAYERNORM_BETA_FIELD = "bert_embeddings_layernorm_beta"
 def word_embedding_rows(data: bytes) -> int | None:
     """Rows (the vocabulary size) of a portable engine's word embedding table, read from its
     header; None for a TensorRT plan, whose weights cannot be inspected."""
-    from helpers import portable
-
     if engine_backend(data) != "portable":
         return None
     header = portable.read_engine_header(data)
@@ -200,8 +193,6 @@ def word_embedding_rows(data: bytes) -> int | None:
 
 def portable_device() -> torch.device:
     """The device the portable engine executes on (it reads DEMOBERT_DEVICE, else CUDA when present)."""
-    from helpers import portable
-
     try:
         return portable.get_device()
     except ValueError as err:
@@ -302,8 +293,6 @@ class EngineRunner:
             raise RunnerError(f"cannot deserialize engine {engine_path}: {err}") from None
         finally:
             if self.backend == "portable" and device is not None:
-                from helpers import portable
-
                 # The engine keeps its device; later deserializations go back to the default rule.
                 portable.set_device(None)
         if self.engine is None:

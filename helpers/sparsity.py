@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from helpers.backend import trt
 from helpers.cli import exit_on_interrupt
 from helpers.files import write_bytes_atomically
 from helpers.weight_pickle import load_weight_pickle
@@ -106,8 +107,6 @@ def structured_layers(network: Any) -> tuple[list[str], list[str]]:
     A layer counts as 2:4 when its ``[out, in]`` kernel is; only those can run on sparse kernels
     under ``-sp`` (TensorRT's SPARSE_WEIGHTS, or PyTorch's semi-structured GEMMs on the portable engine).
     """
-    from helpers.backend import trt
-
     structured: list[str] = []
     dense: list[str] = []
     for index in range(network.num_layers):
