@@ -124,15 +124,8 @@ def engine_logits(path, features):
     return ia.run_engine(path, features.inputs(), "cpu", chunk=4)
 
 
-def hf_dense_inputs(model, features, rows=slice(None)):
-    """Per smoothed dense layer of the builders (QKV, FC1, the head), HF's input activations [n, S, channels]."""
-    seen = {}
-    modules = {HEAD_LAYER: model.qa_outputs}
-    for i, layer in enumerate(model.bert.encoder.layer):
-        modules[f"l{i}_{QKV_LAYER}"] = layer.attention.self.query
-        modules[f"l{i}_{FC1_LAYER}"] = layer.intermediate.dense
-    hooks = [module.register_forward_pre_hook(lambda m, a, name=name: seen.__setitem__(name, a[0].detach()))
-             for name, module in modules.items()]
+def run_hf(model, features, rows=slice(None), hooks=()) -> None:
+    """HF's forward pass over ``rows`` of ``features`` (no gradients); then ``hooks`` are removed."""
     try:
         with torch.no_grad():
             model(input_ids=torch.as_tensor(features.input_ids[rows], dtype=torch.long),
@@ -141,6 +134,17 @@ def hf_dense_inputs(model, features, rows=slice(None)):
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def hf_dense_inputs(model, features, rows=slice(None)):
+    """Per smoothed dense layer of the builders (QKV, FC1, the head), HF's input activations [n, S, channels]."""
+    seen = {}
+    modules = {HEAD_LAYER: model.qa_outputs}
+    for i, layer in enumerate(model.bert.encoder.layer):
+        modules[f"l{i}_{QKV_LAYER}"] = layer.attention.self.query
+        modules[f"l{i}_{FC1_LAYER}"] = layer.intermediate.dense
+    run_hf(model, features, rows, [module.register_forward_pre_hook(lambda m, a, name=name: seen.__setitem__(name, a[0].detach()))
+                                   for name, module in modules.items()])
     return seen
 
 

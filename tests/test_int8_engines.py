@@ -34,6 +34,7 @@ from engines import (
     expect_clean_failure,
     hf_dense_inputs,
     ptq_options,
+    run_hf,
 )
 from engines import INT8_SEQ as SEQ
 from helpers.portable import quantization as q
@@ -167,14 +168,7 @@ def test_minmax_calibration_ranges_are_the_fp32_maxima(int8_workdir):
         model.bert.encoder.layer[1].register_forward_hook(
             lambda m, a, o: seen.__setitem__("l1_output_reshape", o[0] if isinstance(o, tuple) else o)),
     ]
-    try:
-        with torch.no_grad():
-            model(input_ids=torch.as_tensor(features.input_ids[first], dtype=torch.long),
-                  token_type_ids=torch.as_tensor(features.segment_ids[first], dtype=torch.long),
-                  attention_mask=torch.as_tensor(features.input_mask[first], dtype=torch.long))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    run_hf(model, features, first, hooks)
     assert set(seen) == {"embeddings_output", "l1_output_reshape"}
     for name, value in seen.items():
         assert table[name] == pytest.approx(float(value.abs().max()), rel=1e-4), name

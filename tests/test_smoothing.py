@@ -13,7 +13,6 @@ import argparse
 
 import numpy as np
 import pytest
-import torch
 
 import builder
 import builder_varseqlen
@@ -31,6 +30,7 @@ from engines import (
     expect_clean_failure,
     hf_dense_inputs,
     ptq_options,
+    run_hf,
 )
 from engines import INT8_SEQ as SEQ
 from helpers import smoothing
@@ -98,8 +98,6 @@ def float_engines(folder, tmp_path, packed=False, batch=4):
 def test_smoothed_fp8_build_keeps_gelu10(int8_workdir, smoothed_engine):
     """--smooth --fp8 with the INT8 build's cache: the same kept GELU ranges, but FP8 GEMMs take the
     GELU output with GELU10's range."""
-    from helpers.portable.engine_file import read_engine
-
     env = int8_workdir
     engine = env["work"] / "smoothed_fp8.engine"
     build(env, engine, *smooth_options(env, smoothed_engine[1]), "--fp8")
@@ -179,16 +177,9 @@ def test_smoothed_build_gives_the_gelu_output_its_least_squared_error_range(
     kept = smoothing.read_scales(str(smoothed_engine[1]), 0.5)
     model = env["model"]
     gelu = {}
-    hooks = [layer.output.dense.register_forward_pre_hook(lambda m, a, i=i: gelu.__setitem__(i, a[0].detach().double()))
-             for i, layer in enumerate(model.bert.encoder.layer)]
-    try:
-        with torch.no_grad():
-            model(**{name: torch.as_tensor(value, dtype=torch.long) for name, value in zip(
-                ("input_ids", "token_type_ids", "attention_mask"),
-                (env["features"].input_ids, env["features"].segment_ids, env["features"].input_mask))})
-    finally:
-        for hook in hooks:
-            hook.remove()
+    run_hf(model, env["features"], hooks=[
+        layer.output.dense.register_forward_pre_hook(lambda m, a, i=i: gelu.__setitem__(i, a[0].detach().double()))
+        for i, layer in enumerate(model.bert.encoder.layer)])
     smoothed_ranges = {t["name"]: t["dynamic_range"] for t in read_engine(smoothed_engine[0].read_bytes())["tensors"]}
     plain_ranges = {t["name"]: t["dynamic_range"] for t in read_engine(fp32_and_ptq_engines[1].read_bytes())["tensors"]}
     for i, values in gelu.items():
