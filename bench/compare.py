@@ -31,9 +31,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
 
+import builder
 from bench.timing import Timing, copy_bandwidth_tbps, matmul_peak_tflops, sustained_matmul_tflops, time_cuda
 from helpers.files import write_bytes_atomically, write_text_atomically
+from helpers.portable.options import FAST_KERNELS_ENV
+from helpers.runner import EngineRunner
 
 FORMAT_VERSION = 1
 LOGIT_TOLERANCE = 2e-2
@@ -211,9 +215,6 @@ class EngineUnderTest:
     engine file loaded with DEMOBERT_FAST_KERNELS=0) for the accuracy check."""
 
     def __init__(self, engine_path: str, fast: bool):
-        from helpers.portable.options import FAST_KERNELS_ENV
-        from helpers.runner import EngineRunner
-
         saved = os.environ.get(FAST_KERNELS_ENV)
         os.environ[FAST_KERNELS_ENV] = "1" if fast else "0"
         try:
@@ -249,8 +250,6 @@ class EngineUnderTest:
 
 def build_engine(folder: str, path: str, batches: list[int], seqs: list[int]) -> None:
     """builder.py's own code path: ``builder.py --hf FOLDER --fp16 -b ... -s ... --backend portable``."""
-    import builder
-
     argv = ["--hf", folder, "--fp16", "-o", path, "--backend", "portable", "--device", "cuda"]
     argv += [a for b in batches for a in ("-b", str(b))] + [a for s in seqs for a in ("-s", str(s))]
     if builder.main(argv) != 0:
@@ -339,8 +338,6 @@ def kernel_category(name: str) -> str:
 
 def profile_kernels(run: Callable[[], None], iterations: int = 3) -> dict:
     """Device time per kernel category and the top kernels, per forward (eager launches)."""
-    from torch.profiler import ProfilerActivity, profile
-
     run()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:

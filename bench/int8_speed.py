@@ -35,8 +35,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from bench.check_builder_gpu import SHAPES
+from bench.compare import profile_kernels
+from bench.engine_workspace import Setup, Workspace, build, free_gpu_memory
+from bench.timing import sustained_rate, time_cuda, time_graphed
 from helpers.files import write_text_atomically
+from helpers.portable import kernels
+from helpers.runner import EngineRunner
 
 VARIANTS = {"fp16": ["-f"], "int8": ["-f", "-i", "--strict", "-iln", "-imh"],
             "fp8": ["-f", "-i", "--strict", "-iln", "-imh", "--fp8"]}
@@ -79,9 +86,6 @@ def time_gemms(rows: int) -> list[dict]:
     (``fused_engine``: the Triton kernel with the epilogue the INT8 engine runs), and the fused
     kernel's largest deviation from ``_int_mm`` + dequantize (float32 rounding only: both are the
     exact integer product)."""
-    import torch.nn.functional as F
-
-    from bench.timing import time_graphed
     from helpers.portable.kernels.int8_gemm import int8_gemm_into
 
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -120,7 +124,6 @@ LAYERNORM_CANDIDATES = ((1, 4), (2, 4), (2, 2), (4, 2), (4, 4), (4, 8), (8, 4), 
 def time_int8_skip_layernorm() -> list[dict]:
     """µs (CUDA-graph replays: no launch overhead) and GB/s (int8 bytes read and written) of
     ``int8_skip_layernorm_into`` on codes, per token count and (rows per program, warps)."""
-    from bench.timing import time_graphed
     from helpers.portable.kernels.quant_kernels import int8_skip_layernorm_into
 
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -147,8 +150,6 @@ ATTENTION_CANDIDATES = ((32, 128, 4), (64, 128, 4), (128, 128, 8), (64, 64, 4), 
 def time_int8_attention(batch: int = 128, heads: int = 16, head: int = 64) -> list[dict]:
     """µs per call (CUDA-graph replays) of ``int8_attention_into`` per block candidate, and of the FP16
     engine's attention."""
-    from bench.timing import time_graphed
-    from helpers.portable import kernels
     from helpers.portable.kernels.int8_attention import int8_attention_into
 
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -173,9 +174,6 @@ SUSTAINED_SHAPE = (16384, 4096, 1024)  # FC1 of BERT-large at S = 128, batch 128
 def sustained_gemm_rate(precision: str, seconds: float) -> dict:
     """TFLOP/s (FP16, cuBLAS) or TOPS (INT8, the Triton kernel) of one ``SUSTAINED_SHAPE`` GEMM with
     bias and float16 output, held for ``seconds`` back to back (``bench.timing.sustained_rate``)."""
-    import torch.nn.functional as F
-
-    from bench.timing import sustained_rate
     from helpers.portable.kernels.int8_gemm import int8_gemm_into
 
     rows, n, k = SUSTAINED_SHAPE
@@ -195,11 +193,6 @@ def sustained_gemm_rate(precision: str, seconds: float) -> dict:
 
 
 def measure(engine: Path, batch: int, seq: int, iterations: int, profile: bool) -> dict:
-    from bench.compare import profile_kernels
-    from bench.engine_workspace import free_gpu_memory
-    from bench.timing import time_cuda
-    from helpers.runner import EngineRunner
-
     free_gpu_memory()
     runner = EngineRunner(engine, device="cuda", enable_graph=True)
     runner.activate(batch, seq)
@@ -262,9 +255,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def time_engines(args: argparse.Namespace) -> list[dict]:
-    from bench.engine_workspace import Setup, Workspace, build
-    from bench.check_builder_gpu import SHAPES
-
     seqs = tuple(args.seq or (128, 384))
     setup = Setup("cuda", SHAPES["bert-large"], ["-f"], (seqs[0], seqs[-1]), (args.batch,), (args.batch,), 10, 3, [], [])
     records = []

@@ -35,6 +35,12 @@ if str(REPO) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import builder  # noqa: E402
+import builder_varseqlen  # noqa: E402
+from bench.int8_accuracy import write_handmade_squad  # noqa: E402
+from helpers.demo_model import minilm_folder, write_tiny_qa_model  # noqa: E402
+from helpers.runner import EngineRunner  # noqa: E402
+
 SEQ = 128
 BATCH = 4
 MODEL_SIZES = {"hidden": 64, "layers": 2, "heads": 4, "intermediate": 128, "max_positions": SEQ}
@@ -57,9 +63,6 @@ CASES = {"one": [100], "four": [SEQ, 77, 5, 100]}
 
 def build(script: str, model: Path, engine: Path, options: Sequence[str], squad: str, vocab: str, cache: Path) -> None:
     """Build one engine on the CPU; INT8 builds share one calibration cache."""
-    import builder
-    import builder_varseqlen
-
     main = builder.main if script == "builder" else builder_varseqlen.main
     argv = ["--hf", str(model), "-o", str(engine), "-b", "1", "-b", str(BATCH), "-s", str(SEQ),
             "--backend", "portable", "--device", "cpu", *options]
@@ -104,8 +107,6 @@ def packed_inputs(lengths: list[int], vocab: int, seed: int) -> dict[str, np.nda
 
 def run(engine: Path, device: str, vocab: int) -> dict[str, np.ndarray]:
     """``logits_out`` of every case, as the runner returns it."""
-    from helpers.runner import EngineRunner
-
     runner = EngineRunner(engine, device=device)
     results = {}
     for seed, (case, lengths) in enumerate(CASES.items()):
@@ -119,9 +120,6 @@ def run(engine: Path, device: str, vocab: int) -> dict[str, np.ndarray]:
 
 
 def snapshot(device: str, out: Path, names: Sequence[str]) -> None:
-    from bench.int8_accuracy import write_handmade_squad
-    from helpers.demo_model import minilm_folder, write_tiny_qa_model
-
     vocab = str(minilm_folder() / "vocab.txt")
     vocab_size = sum(1 for _ in open(vocab, encoding="utf-8"))
     arrays: dict[str, np.ndarray] = {}

@@ -21,6 +21,9 @@ import subprocess
 import sys
 import tempfile
 
+import torch
+
+from bench.compare import EngineUnderTest, build_engine, make_inputs, save_random_model
 from helpers.files import write_text_atomically
 
 WORKLOAD_FLAG = "--workload"
@@ -38,10 +41,6 @@ SECTIONS = ("SpeedOfLight", "LaunchStats", "Occupancy", "ComputeWorkloadAnalysis
 
 def workload(model: str, seq: int, batch: int) -> None:
     """Build the engine, warm it up, then run one forward between the profiler's start and stop."""
-    import torch
-
-    from bench.compare import EngineUnderTest, build_engine, make_inputs, save_random_model
-
     with tempfile.TemporaryDirectory() as folder:
         save_random_model(model, folder)
         path = os.path.join(folder, "bert.engine")
