@@ -1,5 +1,5 @@
 """Shared fixtures: one tiny BERT QA model written once per session in every weight format, the
-portable engine's logger and devices, and the INT8 engine tests' model and FP32 / PTQ engines."""
+portable engine's logger and devices, its FP32 engine and vocabulary, and the INT8 engine tests' model and FP32 / PTQ engines."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import checkpoints
 import helpers.portable as trt
 from bench import int8_accuracy as ia
-from engines import INT8_SEQ, build, ptq_options
+from engines import INT8_SEQ, build, ptq_options, tiny_engine, tiny_model_dir
 from portable_bert import RecordingLogger, devices
 
 
@@ -64,6 +64,18 @@ def device(request):
     trt.set_device(request.param)
     yield trt.get_device()
     trt.set_device(previous)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """The tiny model's FP32 portable engine: batch 1, sequence length engines.SEQ_LEN."""
+    return tiny_engine(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def vocab(tmp_path_factory):
+    """The tiny model's vocab.txt (MiniLM's uncased WordPiece vocabulary)."""
+    return tiny_model_dir(tmp_path_factory) / "vocab.txt"
 
 
 @pytest.fixture(scope="module")

@@ -15,19 +15,9 @@ import pytest
 
 import helpers.data_processing as dp
 import inference
-from engines import PASSAGE, QUESTION, REPO_ROOT, SEQ_LEN, oracle_answer, run_main, tiny_engine, tiny_model_dir
+from engines import PASSAGE, QUESTION, REPO_ROOT, SEQ_LEN, oracle_answer, run_main, tiny_model_dir
 
 FRAME = "-" * 24
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    return tiny_engine(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def vocab(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory) / "vocab.txt"
 
 
 def run(argv, capsys, stdin: str | None = None, monkeypatch=None):

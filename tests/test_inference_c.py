@@ -13,7 +13,7 @@ import types
 
 import numpy as np
 import pytest
-from engines import PASSAGE, QUESTION, REPO_ROOT, SEQ_LEN, run_main, tiny_engine, tiny_model_dir
+from engines import PASSAGE, QUESTION, REPO_ROOT, SEQ_LEN, run_main
 from squad_fixtures import make_qa, write_squad_file
 
 import inference
@@ -24,16 +24,6 @@ from helpers.runner import EngineRunner
 TIMING_LINE = re.compile(r"^(Running inference in |Network time: |End-to-end time: )\d+\.\d{3}", re.MULTILINE)
 # A TensorRT plan as far as the header check is concerned.
 TENSORRT_PLAN_BYTES = b"ftrt" + bytes(60)
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    return tiny_engine(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def vocab(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory) / "vocab.txt"
 
 
 def without_timings(text: str) -> str:

@@ -19,7 +19,7 @@ import helpers.tokenization as tokenization
 import inference
 from bert_weights.config import read_json
 from bert_weights.errors import ConfigError
-from engines import PASSAGE, QUESTION, REPO_ROOT, SEQ_LEN, run_main, tiny_engine, tiny_model_dir
+from engines import PASSAGE, QUESTION, REPO_ROOT, SEQ_LEN, run_main, tiny_model_dir
 from helpers import files, runner
 from helpers.calibrator import read_calibration_cache_file
 from helpers.portable.calibration import CalibrationError
@@ -71,16 +71,6 @@ def test_read_limited_takes_the_limit_and_refuses_one_byte_more(tmp_path):
     with pytest.raises(files.InputTooLargeError) as err:
         files.read_limited(path, 99, "passage file")
     assert err.value.errno == 27 and str(err.value) == f"{path}: larger than 0 MiB, the most read for a passage file"
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    return tiny_engine(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def vocab(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory) / "vocab.txt"
 
 
 @pytest.mark.parametrize(

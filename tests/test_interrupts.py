@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from engines import REPO_ROOT, SEQ_LEN, tiny_engine, tiny_model_dir
+from engines import REPO_ROOT, SEQ_LEN, tiny_model_dir
 
 from helpers.cli import INTERRUPTED_STATUS
 
@@ -49,11 +49,6 @@ def assert_interrupted(result: subprocess.CompletedProcess, script: str) -> None
     assert result.returncode == INTERRUPTED_STATUS, result.stderr
     assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr
     assert result.stderr.splitlines()[-1] == f"{script}: interrupted"
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    return tiny_engine(tmp_path_factory)
 
 
 def test_inference_reading_its_passage(engine, tmp_path, tmp_path_factory):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import builder
-from engines import REPO_ROOT, SEQ_LEN, run_main, tiny_engine
+from engines import REPO_ROOT, SEQ_LEN, run_main, tiny_model_dir
 from helpers import files
 
 
@@ -151,11 +151,6 @@ def test_failed_write_leaves_the_old_file(tmp_path):
 # ---- through the scripts -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    return tiny_engine(tmp_path_factory)
-
-
 def run_script(script: str, *args, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / script), *map(str, args)], stdout=stdout, stderr=subprocess.PIPE, text=True,
@@ -194,7 +189,6 @@ def test_perf_json_to_stdout_and_to_a_full_device(engine, tmp_path):
 
 def test_inference_predictions_through_a_symlink(engine, tmp_path, tmp_path_factory, capsys):
     import inference
-    from engines import tiny_model_dir
     from squad_fixtures import make_dataset, make_qa, write_json
 
     gold = write_json(tmp_path / "dev.json", make_dataset([("The cat sat on the mat.", [make_qa("q1", "Where did the cat sit?", ["mat"])])]))

@@ -7,18 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from engines import PASSAGE, QUESTION, SEQ_LEN, run_main, tiny_engine, tiny_model_dir
+from engines import PASSAGE, QUESTION, SEQ_LEN, run_main, tiny_model_dir
 from squad_fixtures import make_qa, write_squad_file
 
 import builder
 import helpers.tokenization as tokenization
 import inference
 import inference_c
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    return tiny_engine(tmp_path_factory)
 
 
 def vocab_without(tmp_path: Path, source: Path, *tokens: str) -> Path:
