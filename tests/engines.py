@@ -55,9 +55,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return _cache[key]
 
 
-def tiny_engine(tmp_path_factory, batch_sizes: tuple[int, ...] = (1,), seq_lengths: tuple[int, ...] = (SEQ_LEN,)) -> Path:
-    """A portable FP32 engine of the tiny model with one profile per batch size (CPU build)."""
-    key = ("engine", batch_sizes, seq_lengths)
+def tiny_engine(tmp_path_factory, batch_sizes: tuple[int, ...] = (1,), seq_lengths: tuple[int, ...] = (SEQ_LEN,),
+                packed: bool = False) -> Path:
+    """A portable FP32 engine of the tiny model with one profile per batch size (CPU build):
+    builder.py's, or builder_varseqlen.py's when ``packed``."""
+    key = ("engine", batch_sizes, seq_lengths, packed)
     if key not in _cache:
         model = tiny_model_dir(tmp_path_factory)
         engine = tmp_path_factory.mktemp("tiny-engine") / "tiny.engine"
@@ -66,7 +68,7 @@ def tiny_engine(tmp_path_factory, batch_sizes: tuple[int, ...] = (1,), seq_lengt
             argv += ["-b", str(b)]
         for s in seq_lengths:
             argv += ["-s", str(s)]
-        assert builder.main(argv) == 0
+        assert (builder_varseqlen if packed else builder).main(argv) == 0
         _cache[key] = engine
     return _cache[key]
 

@@ -127,14 +127,7 @@ def fixed_engine(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def packed_engine(tmp_path_factory) -> Path:
-    import builder_varseqlen
-
-    engine = tmp_path_factory.mktemp("packed") / "packed.engine"
-    model = engines.tiny_model_dir(tmp_path_factory)
-    argv = ["--hf", str(model), "-o", str(engine), "--backend", "portable", "--device", "cpu", "-b", "1", "-b", str(ENGINE_BATCH),
-            "-s", str(engines.SEQ_LEN)]
-    assert builder_varseqlen.main(argv) == 0
-    return engine
+    return engines.tiny_engine(tmp_path_factory, batch_sizes=(1, ENGINE_BATCH), packed=True)
 
 
 @pytest.fixture(scope="module")

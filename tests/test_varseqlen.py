@@ -312,13 +312,11 @@ def unpadded_oracle_answer(model_dir, passage: str, question: str, seq_len: int)
     return text, nbest[0]["probability"]
 
 
-def test_inference_varseqlen_answers_like_hf_on_the_real_tokens(tmp_path, tmp_path_factory, capsys):
+def test_inference_varseqlen_answers_like_hf_on_the_real_tokens(tmp_path_factory, capsys):
     import inference_varseqlen
 
     model = engines.tiny_model_dir(tmp_path_factory)
-    packed = tmp_path / "packed.engine"
-    assert builder_varseqlen.main(["--hf", str(model), "-o", str(packed), "-s", str(engines.SEQ_LEN),
-                                   "--backend", "portable", "--device", "cpu"]) == 0
+    packed = engines.tiny_engine(tmp_path_factory, packed=True)
     capsys.readouterr()
     # -b is not an option here: like any unknown option it is ignored.  The passage makes 2 features.
     argv = ["-e", str(packed), "-b", "4", "-p", engines.PASSAGE, "-q", engines.QUESTION, "-v", str(model / "vocab.txt"),
@@ -344,14 +342,12 @@ def test_packed_engine_profiles_and_embedding_table_as_the_answerer_sees_them(pa
     assert packed_runner.word_embedding_rows == tiny_model.config.vocab_size
 
 
-def test_inference_varseqlen_refuses_a_longer_sequence_length_before_answering(tmp_path, tmp_path_factory, capsys):
+def test_inference_varseqlen_refuses_a_longer_sequence_length_before_answering(tmp_path_factory, capsys):
     """Before, only a question whose feature was too long failed, midway through a SQuAD run."""
     import inference_varseqlen
 
     model = engines.tiny_model_dir(tmp_path_factory)
-    packed = tmp_path / "packed.engine"
-    assert builder_varseqlen.main(["--hf", str(model), "-o", str(packed), "-s", str(engines.SEQ_LEN),
-                                   "--backend", "portable", "--device", "cpu"]) == 0
+    packed = engines.tiny_engine(tmp_path_factory, packed=True)
     capsys.readouterr()
     longer = 2 * engines.SEQ_LEN
     argv = ["-e", str(packed), "-p", engines.PASSAGE, "-q", engines.QUESTION, "-v", str(model / "vocab.txt"), "-s", str(longer), "--device", "cpu"]
