@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-python", default=PY, help="Python of the serving environment (default: this one)")
     parser.add_argument("--skip", default="", help="Comma-separated: fixed, packed")
     parser.add_argument("--cuda-graphs", action="store_true",
-                        help="Serve the fixed-length engine with CUDA graphs (and time it offline with perf.py --enable-graph)")
+                        help="Serve both engines with CUDA graphs (and time them offline with --enable-graph)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             engine = work / f"{kind}.engine"
             run([PY, script, *common, "-o", str(engine), *batch_args, "-s", str(seq)], log)
             offline = out / f"perf_{kind}.json"
-            graphs = ["--cuda-graphs"] if args.cuda_graphs and kind == "fixed" and device == "cuda" else []
+            graphs = ["--cuda-graphs"] if args.cuda_graphs and device == "cuda" else []
             run([PY, perf, "-e", str(engine), *batch_args, "-s", str(seq), "-w", "20", "-i", "100", *extra, "--device", device,
                  "--json", str(offline), *(["--enable-graph"] if graphs else [])], log)
             repo = work / f"repo_{kind}"
@@ -147,8 +147,12 @@ def execution_summary(stats: dict) -> str:
     inference = model.get("inference_stats", {})
     queue = inference.get("queue", {})
     queue_ms = int(queue.get("ns", 0)) / 1e6 / max(int(queue.get("count", 0)), 1)
+    single = next((b for b in batches if b["batch_size"] == 1), None)
+    phases = "" if single is None else ", one-request executions: " + ", ".join(
+        f"{phase} {int(single[f'compute_{phase}']['ns']) / 1e6 / max(int(single[f'compute_{phase}']['count']), 1):.3f} ms"
+        for phase in ("input", "infer", "output"))
     return (f"{executions} executions of {requests} requests (mean batch {requests / executions:.1f}), "
-            f"compute {compute_ms / executions:.2f} ms per execution, queue {queue_ms:.2f} ms per request")
+            f"compute {compute_ms / executions:.2f} ms per execution, queue {queue_ms:.2f} ms per request{phases}")
 
 
 def table(results: dict) -> str:

@@ -218,14 +218,18 @@ def _torch_dtype(trt_dtype: Any) -> torch.dtype:
         raise RunnerError(f"unsupported engine I/O data type {trt_dtype}") from None
 
 
-def check_packed_inputs(cu_seqlens: np.ndarray, total_tokens: int, max_seqlen: int) -> None:
-    """Raise RunnerError unless cu_seqlens = [0, s0, s0+s1, ..., T] with 1 <= s_i <= max_seqlen."""
+def check_packed_inputs(cu_seqlens: np.ndarray, total_tokens: int, max_seqlen: int, padding: bool = False) -> None:
+    """Raise RunnerError unless cu_seqlens = [0, s0, s0+s1, ..., T] with 1 <= s_i <= max_seqlen.
+
+    ``padding``: empty sequences (s_i = 0) and tokens past the last sequence are allowed too, so
+    that batches of other sizes can fill the shapes of one captured CUDA graph.
+    """
     if len(cu_seqlens) < 2 or cu_seqlens[0] != 0:
         raise RunnerError(f"cu_seqlens must start at 0 and hold batch size + 1 entries, got {cu_seqlens.tolist()}")
     lengths = np.diff(cu_seqlens)
-    if np.any(lengths <= 0):
-        raise RunnerError(f"cu_seqlens must be strictly increasing, got {cu_seqlens.tolist()}")
-    if cu_seqlens[-1] != total_tokens:
+    if np.any(lengths < 0) or (not padding and np.any(lengths == 0)):
+        raise RunnerError(f"cu_seqlens must be {'non-decreasing' if padding else 'strictly increasing'}, got {cu_seqlens.tolist()}")
+    if cu_seqlens[-1] > total_tokens or (not padding and cu_seqlens[-1] != total_tokens):
         raise RunnerError(f"cu_seqlens ends at {cu_seqlens[-1]}, but the batch has {total_tokens} tokens")
     if lengths.max() > max_seqlen:
         raise RunnerError(f"a sequence of {lengths.max()} tokens is more than the maximum {max_seqlen} (max_seqlen)")
@@ -442,13 +446,18 @@ class EngineRunner:
     def _stream_handle(self) -> int:
         return self.stream.cuda_stream if self.stream is not None else 0
 
-    def copy_inputs(self, arrays: Mapping[str, np.ndarray | torch.Tensor]) -> None:
+    def copy_inputs(self, arrays: Mapping[str, np.ndarray | torch.Tensor], padding: bool = False) -> None:
         """Copy host arrays into the bound input buffers (asynchronously on CUDA).
 
         Packed inputs are checked first: the plugins would read out of bounds on a bad cu_seqlens.
+        ``padding`` (portable engine only) admits empty sequences and tokens past the last sequence,
+        whose logits are meaningless.
         """
+        if padding and self.backend != "portable":
+            raise RunnerError("padded packed batches need the portable engine")
         if "cu_seqlens" in arrays:
-            check_packed_inputs(np.asarray(arrays["cu_seqlens"]), self.buffers["input_ids"].numel(), self.buffers["max_seqlen"].numel())
+            check_packed_inputs(np.asarray(arrays["cu_seqlens"]), self.buffers["input_ids"].numel(),
+                                self.buffers["max_seqlen"].numel(), padding)
         if self.stream is not None:
             # Device sources may still be being written on the caller's stream.
             self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))

@@ -3,7 +3,8 @@
 Triton's dynamic batcher hands one ``execute`` call several requests.  Fixed-length requests are
 stacked along the batch axis; variable-length requests (ragged ``[b, L]`` token rows of any
 lengths) are packed into one sequence of real tokens with ``cu_seqlens``, so requests of
-different lengths share one engine execution without padding.  Tensors move through DLPack: on
+different lengths share one engine execution without padding (with CUDA graphs, only up to the
+captured shape, whose padding the engine skips).  Tensors move through DLPack: on
 CUDA, a batch's inputs go to the device in one copy each and its logits come back in one copy.
 """
 
@@ -71,9 +72,8 @@ class EngineModel:
         self.varseqlen = parameters["varseqlen"] == "true"
         self.sequence_length = int(parameters["sequence_length"])
         self.token_types = int(parameters["token_types"])
-        graphs = parameters.get("cuda_graphs") == "true" and not self.varseqlen
         try:
-            self.runner = EngineRunner(engine_path, device=device, enable_graph=graphs)
+            self.runner = EngineRunner(engine_path, device=device, enable_graph=parameters.get("cuda_graphs") == "true")
         except RunnerError as err:
             raise pb_utils.TritonModelException(f"cannot load {engine_path}: {err}") from None
         if self.runner.varseqlen != self.varseqlen:
@@ -82,12 +82,13 @@ class EngineModel:
         if self.runner.word_embedding_rows is None:
             raise pb_utils.TritonModelException(f"{engine_path}: no word embedding table found in the engine")
         self.vocab_size = self.runner.word_embedding_rows
-        max_batch_size = json.loads(args["model_config"])["max_batch_size"]
-        # A graph replays one batch size: batches run padded to the next captured size.
-        self.batch_buckets = geometric_sizes(max_batch_size) if self.runner.enable_graph else []
-        self.warm_up(max_batch_size)
+        self.max_batch_size = json.loads(args["model_config"])["max_batch_size"]
+        # A graph replays one shape: fixed batches run padded to the next captured batch size;
+        # packed ones to the next captured token count, always with max_batch_size sequences.
+        self.buckets = geometric_sizes(self.max_batch_size * (self.sequence_length if self.varseqlen else 1))
+        self.warm_up()
 
-    def warm_up(self, max_batch_size: int) -> None:
+    def warm_up(self) -> None:
         """Run every batch size (fixed) or token count (packed) bucket once before the first request.
 
         The fast path tunes each GEMM shape the first time it meets it (a few row-count buckets per
@@ -97,20 +98,13 @@ class EngineModel:
         scratch memory.
         """
         s = self.sequence_length
-        if not self.varseqlen:
-            for batch in reversed(geometric_sizes(max_batch_size)):
-                self.runner.activate(batch, s)
-                ones = torch.ones((batch, s), dtype=torch.int32)
-                self.runner.copy_inputs({"input_ids": ones, "segment_ids": ones * 0, "input_mask": ones})
-                self.run()
-            return
-        for tokens in geometric_sizes(max_batch_size * s):
-            lengths = [s] * (tokens // s) + ([tokens % s] if tokens % s else [])
-            cu_seqlens = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
-            self.runner.activate(len(lengths), s, total_tokens=tokens)
-            ones = torch.ones(tokens, dtype=torch.int32)
-            self.runner.copy_inputs({"input_ids": ones, "segment_ids": ones * 0, "cu_seqlens": cu_seqlens})
-            self.run()
+        for size in reversed(self.buckets):
+            if self.varseqlen:
+                lengths = [s] * (size // s) + ([size % s] if size % s else [])
+                self.run_tokens(lengths, torch.ones(size, dtype=torch.int32), torch.zeros(size, dtype=torch.int32))
+            else:
+                ones = torch.ones((size, s), dtype=torch.int32)
+                self.run_batch({"input_ids": ones, "segment_ids": ones * 0, "input_mask": ones})
 
     def execute(self, requests: list) -> list:
         rows: list[Rows | None] = []
@@ -181,33 +175,30 @@ class EngineModel:
 
     def run_stacked(self, rows: list[Rows]) -> list[torch.Tensor]:
         """Fixed length: all requests as one batch; each request's logits ``[b, S, 2, 1, 1]``."""
-        batch = sum(r.count for r in rows)
-        padded = next((size for size in self.batch_buckets if size >= batch), batch)
-        inputs = {}
-        for name in FIXED_INPUTS:
-            stacked = torch.cat([r.tensors[name] for r in rows])
-            # Padding rows repeat the last sequence: real inputs, whose results are dropped.
-            inputs[name] = torch.cat([stacked, stacked[-1:].expand(padded - batch, -1)]) if padded > batch else stacked
-        self.runner.activate(padded, self.sequence_length)
-        self.runner.copy_inputs(inputs)
-        logits = self.run()
+        logits = self.run_batch({name: torch.cat([r.tensors[name] for r in rows]) for name in FIXED_INPUTS})
         starts = torch.tensor([0] + [r.count for r in rows]).cumsum(0).tolist()
         return [logits[a:b] for a, b in zip(starts, starts[1:])]
+
+    def run_batch(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits ``[B, S, 2, 1, 1]`` of a fixed-length batch of B rows, run padded to the next
+        bucket when graphs are on."""
+        batch = inputs["input_ids"].shape[0]
+        padded = self.bucket(batch) if self.runner.enable_graph else batch
+        if padded > batch:
+            # Padding rows repeat the last sequence: real inputs, whose results are dropped.
+            inputs = {name: torch.cat([t, t[-1:].expand(padded - batch, -1)]) for name, t in inputs.items()}
+        self.runner.activate(padded, self.sequence_length)
+        self.runner.copy_inputs(inputs)
+        return self.run()[:batch]
 
     def run_packed(self, rows: list[Rows]) -> list[torch.Tensor]:
         """Variable length: the real tokens of all requests back to back; each request's logits ``[b, 2, L, 1, 1]``."""
         lengths = [r.length for r in rows for _ in range(r.count)]
-        cu_seqlens = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
-        total = int(cu_seqlens[-1])
-        self.runner.activate(len(lengths), self.sequence_length, total_tokens=total)
-        self.runner.copy_inputs(
-            {
-                "input_ids": torch.cat([r.tensors["input_ids"].reshape(-1) for r in rows]),
-                "segment_ids": torch.cat([r.tensors["segment_ids"].reshape(-1) for r in rows]),
-                "cu_seqlens": cu_seqlens,
-            }
+        logits = self.run_tokens(
+            lengths,
+            torch.cat([r.tensors["input_ids"].reshape(-1) for r in rows]),
+            torch.cat([r.tensors["segment_ids"].reshape(-1) for r in rows]),
         )
-        logits = self.run().reshape(2, total, 1, 1)
         results, start = [], 0
         for r in rows:
             end = start + r.count * r.length
@@ -215,6 +206,24 @@ class EngineModel:
             results.append(block.permute(1, 0, 2, 3, 4).contiguous())
             start = end
         return results
+
+    def run_tokens(self, lengths: list[int], input_ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
+        """Logits ``[2, T, 1, 1]`` of the T packed tokens of sequences of ``lengths``.  With graphs
+        the batch is padded to the captured shape: empty sequences up to ``max_batch_size`` and
+        tokens past the last sequence up to the next bucket (the engine skips both)."""
+        total = sum(lengths)
+        tokens, sequences = (self.bucket(total), self.max_batch_size) if self.runner.enable_graph else (total, len(lengths))
+        cu_seqlens = torch.tensor([0, *lengths] + [0] * (sequences - len(lengths)), dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        padding = torch.zeros(tokens - total, dtype=torch.int32)
+        self.runner.activate(sequences, self.sequence_length, total_tokens=tokens)
+        self.runner.copy_inputs(
+            {"input_ids": torch.cat([input_ids, padding]), "segment_ids": torch.cat([segment_ids, padding]), "cu_seqlens": cu_seqlens},
+            padding=self.runner.enable_graph,
+        )
+        return self.run().reshape(2, tokens, 1, 1)[:, :total]
+
+    def bucket(self, size: int) -> int:
+        return next(bucket for bucket in self.buckets if bucket >= size)
 
     def run(self) -> torch.Tensor:
         """Execute the activated batch; its logits in a host tensor of their own."""

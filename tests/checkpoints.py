@@ -287,6 +287,20 @@ def packed_batch(lengths, vocab: int, seed: int) -> dict[str, np.ndarray]:
     }
 
 
+def with_padding_tokens(batch: dict[str, np.ndarray], sequences: int, tokens: int) -> dict[str, np.ndarray]:
+    """The packed batch filled up to ``sequences`` sequences and ``tokens`` tokens the way a
+    CUDA-graph shape is filled: empty sequences at the end of ``cu_seqlens``, then tokens (id 1)
+    past the last sequence."""
+    total = len(batch["input_ids"])
+    empty = np.full(sequences + 1 - len(batch["cu_seqlens"]), total, np.int32)
+    extra = np.ones(tokens - total, np.int32)
+    return {
+        "input_ids": np.concatenate([batch["input_ids"], extra]),
+        "segment_ids": np.concatenate([batch["segment_ids"], extra]),
+        "cu_seqlens": np.concatenate([batch["cu_seqlens"], empty]).astype(np.int32),
+    }
+
+
 def padded_batch(batch: dict[str, np.ndarray], rows: int, seq: int) -> dict[str, np.ndarray]:
     """The packed batch as [rows, seq] padded inputs + mask (extra rows hold one token)."""
     bounds = batch["cu_seqlens"].tolist()

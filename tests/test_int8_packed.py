@@ -12,7 +12,7 @@ import pytest
 import builder
 import builder_varseqlen
 from bench.int8_accuracy import activation_amax, logits_agreement, packed_batch, run_packed_engine
-from checkpoints import write_bert_config, write_onnx_model
+from checkpoints import with_padding_tokens, write_bert_config, write_onnx_model
 from engines import (
     build,
     build_packed,
@@ -90,6 +90,23 @@ def test_packed_ptq_engine_calibrates_and_tracks_the_fp32_engine(int8_workdir, p
     # FP8 E4M3 has 3 mantissa bits: its GEMMs round more than INT8's with these ranges.
     assert agreement.cosine >= (0.98 if name == "fp8" else 0.99)
     assert not np.allclose(reference, quantized, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(PACKED_LAYOUTS))
+def test_packed_ptq_engines_skip_padding_tokens_and_empty_sequences(int8_workdir, packed_ptq_engines, name):
+    """What fills a CUDA graph's shape (empty sequences, tokens past the last sequence) leaves the
+    real tokens' logits as they are alone, on every packed 8-bit network."""
+    batch = packed_batch(int8_workdir["features"], slice(0, 5))
+    total = len(batch["input_ids"])
+    runner = EngineRunner(packed_ptq_engines[name][0], device="cpu")
+    runner.activate(5, SEQ, total_tokens=total)
+    alone = runner.infer(batch)
+    padded = with_padding_tokens(batch, 20, total + 23)
+    runner.activate(20, SEQ, total_tokens=total + 23)
+    runner.copy_inputs(padded, padding=True)
+    runner.execute()
+    logits = runner.output_array().reshape(2, -1)[:, :total]
+    np.testing.assert_allclose(logits, alone.reshape(2, -1), rtol=1e-5, atol=1e-5)
 
 
 def quantized_roles(description: dict) -> list[int]:

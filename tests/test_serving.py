@@ -232,21 +232,21 @@ def engine_statistics(server: Server) -> dict:
         client.close()
 
 
-def test_packed_requests_of_mixed_lengths_batch_together(packed_server, packed_engine, tmp_path_factory):
+def assert_mixed_lengths_batch_together(server: Server, engine: Path, device: str, tolerance: float) -> None:
     """Ragged token rows share packed executions and get the logits they get alone."""
     rng = np.random.default_rng(7)
     lengths = [5, 64, 17, 33, 1, 48, 9, 60, 23, 40, 2, 64]
     rows = [(rng.integers(1000, 5000, size=(1, n), dtype=np.int32), (rng.random((1, n)) < 0.5).astype(np.int32)) for n in lengths]
-    runner = EngineRunner(packed_engine, device="cpu")
+    runner = EngineRunner(engine, device=device)
     alone = []
     for ids, segments in rows:
         runner.activate(1, engines.SEQ_LEN, total_tokens=ids.shape[1])
         alone.append(runner.infer({"input_ids": ids[0], "segment_ids": segments[0], "cu_seqlens": np.array([0, ids.shape[1]], np.int32)}))
-    before = engine_statistics(packed_server)
+    before = engine_statistics(server)
     results: dict[int, object] = {}
 
     def send(index: int) -> None:
-        client = packed_server.client("grpc")
+        client = server.client("grpc")
         try:
             ids, segments = rows[index]
             results[index] = client.infer(repository.ENGINE_MODEL, {"input_ids": ids, "segment_ids": segments}, ["logits_out"])
@@ -263,15 +263,32 @@ def test_packed_requests_of_mixed_lengths_batch_together(packed_server, packed_e
         assert reply.error is None
         logits = reply.outputs["logits_out"]
         assert logits.shape == (1, 2, lengths[index], 1, 1)
-        np.testing.assert_allclose(logits[0], alone[index], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(logits[0], alone[index], rtol=tolerance, atol=tolerance)
     # Triton counts a request once it is released, which can be just after its response went out.
     deadline = time.monotonic() + 30
-    while (after := engine_statistics(packed_server))["inference_count"] - before["inference_count"] < len(rows):
+    while (after := engine_statistics(server))["inference_count"] - before["inference_count"] < len(rows):
         assert time.monotonic() < deadline, after
         time.sleep(0.2)
     requests = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert requests == len(rows) and executions < requests
+
+
+def test_packed_requests_of_mixed_lengths_batch_together(packed_server, packed_engine):
+    assert_mixed_lengths_batch_together(packed_server, packed_engine, "cpu", 1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_packed_instances_pad_to_captured_token_counts(tmp_path_factory, packed_engine):
+    """With --cuda-graphs, packed batches run as max_batch_size sequences of the next captured
+    token count (empty sequences and tokens past the last one filling the shape)."""
+    server_available()
+    server = start_server(tmp_path_factory, packed_engine, "packed-graphs", device="cuda", cuda_graphs=True,
+                          max_queue_delay_us=200000, qa_instances=1)
+    try:
+        assert_mixed_lengths_batch_together(server, packed_engine, "cuda", 1e-4)
+    finally:
+        assert server.stop() == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

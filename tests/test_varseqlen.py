@@ -90,6 +90,34 @@ def test_packed_fp32_matches_hf_and_padded_engine(tiny_model, packed_runner, pad
         np.testing.assert_allclose(packed, valid.T, atol=1e-4, rtol=1e-4, err_msg=str(lengths))
 
 
+def assert_padding_is_skipped(runner, batch: dict[str, np.ndarray], tolerance: float) -> None:
+    """Empty sequences and tokens past the last one (``copy_inputs(padding=True)``) leave the real
+    tokens' logits as they are alone."""
+    alone = run_packed(runner, batch)
+    padded = checkpoints.with_padding_tokens(batch, MAX_BATCH, len(batch["input_ids"]) + 37)
+    runner.activate(MAX_BATCH, MAX_SEQ, total_tokens=len(padded["input_ids"]))
+    runner.copy_inputs(padded, padding=True)
+    runner.execute()
+    runner.synchronize()
+    logits = runner.output_array().reshape(2, -1)[:, : alone.shape[1]]
+    np.testing.assert_allclose(logits, alone, atol=tolerance, rtol=tolerance)
+
+
+def test_padding_tokens_and_empty_sequences_are_skipped(tiny_model, packed_runner):
+    from helpers.runner import RunnerError
+
+    batch = checkpoints.packed_batch([5, 17], tiny_model.config.vocab_size, 3)
+    assert_padding_is_skipped(packed_runner, batch, 1e-5)
+    padded = checkpoints.with_padding_tokens(batch, MAX_BATCH, 30)
+    packed_runner.activate(MAX_BATCH, MAX_SEQ, total_tokens=30)
+    with pytest.raises(RunnerError, match="strictly increasing"):
+        packed_runner.copy_inputs(padded)
+    with pytest.raises(RunnerError, match="non-decreasing"):
+        packed_runner.copy_inputs(dict(padded, cu_seqlens=np.array([0, 5, 3, 22, 22], np.int32)), padding=True)
+    with pytest.raises(RunnerError, match="ends at 31, but the batch has 30 tokens"):
+        packed_runner.copy_inputs(dict(padded, cu_seqlens=np.array([0, 5, 31, 31, 31], np.int32)), padding=True)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FP16 engines run on CUDA only")
 def test_packed_fp16_matches_hf_on_cuda(tiny_model, model_files):
     from helpers.runner import EngineRunner
@@ -102,6 +130,7 @@ def test_packed_fp16_matches_hf_on_cuda(tiny_model, model_files):
     for seed, lengths in enumerate(random_mixes(3, seed=9)):
         batch = checkpoints.packed_batch(lengths, tiny_model.config.vocab_size, seed)
         np.testing.assert_allclose(run_packed(runner, batch), checkpoints.hf_packed_logits(tiny_model, batch), atol=2e-2, rtol=2e-2)
+    assert_padding_is_skipped(runner, batch, 1e-3)
 
 
 def test_profiles_follow_the_b_order_and_cover_smaller_batches(tiny_model, model_files):
