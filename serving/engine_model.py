@@ -115,11 +115,11 @@ class EngineModel:
             except BadRequest as err:
                 rows.append(None)
                 errors[index] = str(err)
-        valid = self.with_valid_values(rows, errors)
+        valid, inputs = self.with_valid_values(rows, errors)
         outputs: list[torch.Tensor] = []
         if valid:
             try:
-                outputs = self.run_packed(valid) if self.varseqlen else self.run_stacked(valid)
+                outputs = self.run_packed(valid, inputs) if self.varseqlen else self.run_stacked(valid, inputs)
             except RunnerError as err:
                 errors.update({i: str(err) for i, r in enumerate(rows) if r is not None})
         responses = []
@@ -152,15 +152,17 @@ class EngineModel:
         if "input_mask" in tensors:
             check_range("input_mask", tensors["input_mask"], 2)
 
-    def with_valid_values(self, rows: list[Rows | None], errors: dict[int, str]) -> list[Rows]:
-        """The rows whose values are valid; the others become errors.  One check over the whole batch
-        usually settles it: only when it fails is each request checked on its own."""
+    def with_valid_values(self, rows: list[Rows | None], errors: dict[int, str]) -> tuple[list[Rows], dict[str, torch.Tensor]]:
+        """The rows whose values are valid, and their inputs :meth:`joined`; the others become errors.
+        One check over the whole batch usually settles it: only when it fails is each request
+        checked on its own."""
         present = [r for r in rows if r is not None]
         if not present:
-            return []
+            return [], {}
         try:
-            self.check_values({name: torch.cat([r.tensors[name].reshape(-1) for r in present]) for name in present[0].tensors})
-            return present
+            inputs = self.joined(present)
+            self.check_values(inputs)
+            return present, inputs
         except BadRequest:
             pass
         for index, row in enumerate(rows):
@@ -171,11 +173,17 @@ class EngineModel:
             except BadRequest as err:
                 errors[index] = str(err)
                 rows[index] = None
-        return [r for r in rows if r is not None]
+        valid = [r for r in rows if r is not None]
+        return valid, self.joined(valid) if valid else {}
 
-    def run_stacked(self, rows: list[Rows]) -> list[torch.Tensor]:
+    def joined(self, rows: list[Rows]) -> dict[str, torch.Tensor]:
+        """The rows' inputs as one batch: stacked ``[B, S]`` (fixed) or concatenated tokens (packed)."""
+        return {name: torch.cat([r.tensors[name].reshape(-1) if self.varseqlen else r.tensors[name] for r in rows])
+                for name in rows[0].tensors}
+
+    def run_stacked(self, rows: list[Rows], inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Fixed length: all requests as one batch; each request's logits ``[b, S, 2, 1, 1]``."""
-        logits = self.run_batch({name: torch.cat([r.tensors[name] for r in rows]) for name in FIXED_INPUTS})
+        logits = self.run_batch(inputs)
         starts = torch.tensor([0] + [r.count for r in rows]).cumsum(0).tolist()
         return [logits[a:b] for a, b in zip(starts, starts[1:])]
 
@@ -191,14 +199,10 @@ class EngineModel:
         self.runner.copy_inputs(inputs)
         return self.run()[:batch]
 
-    def run_packed(self, rows: list[Rows]) -> list[torch.Tensor]:
+    def run_packed(self, rows: list[Rows], inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Variable length: the real tokens of all requests back to back; each request's logits ``[b, 2, L, 1, 1]``."""
         lengths = [r.length for r in rows for _ in range(r.count)]
-        logits = self.run_tokens(
-            lengths,
-            torch.cat([r.tensors["input_ids"].reshape(-1) for r in rows]),
-            torch.cat([r.tensors["segment_ids"].reshape(-1) for r in rows]),
-        )
+        logits = self.run_tokens(lengths, inputs["input_ids"], inputs["segment_ids"])
         results, start = [], 0
         for r in rows:
             end = start + r.count * r.length
