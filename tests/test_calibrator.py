@@ -264,10 +264,10 @@ def portable_backend(monkeypatch):
     from helpers import backend
 
     monkeypatch.setenv("DEMOBERT_DEVICE", "cpu")
-    previous = backend._BackendProxy._module
+    previous = backend.backend_name()
     backend.select_backend("portable")
     yield
-    backend._BackendProxy._module = previous
+    backend.select_backend(previous)
 
 
 def make_calibrator(squad_json, cache_file, num_inputs=3, seq=64):

@@ -59,16 +59,16 @@ def test_mapped_library_is_found_in_a_maps_listing():
 
 @pytest.fixture
 def reload_library():
-    cublaslt._library.cache_clear()
+    cublaslt.load_library.cache_clear()
     yield
-    cublaslt._library.cache_clear()
+    cublaslt.load_library.cache_clear()
 
 
 @pytest.mark.parametrize("path", [None, "/nonexistent/libcublasLt.so.13"])
 def test_missing_library_switches_cublaslt_off(monkeypatch, reload_library, path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(cublaslt, "library_path", lambda: path)
-    assert cublaslt._library() is None
+    assert cublaslt.load_library() is None
     assert not cublaslt.available(torch.device("cuda"))
 
 

@@ -151,7 +151,9 @@ def _package_folders(name: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1)
-def _library() -> ctypes.CDLL | None:
+def load_library() -> ctypes.CDLL | None:
+    """cuBLASLt with the argument types of the calls made here, loaded once; None without CUDA or
+    where the library or one of its functions is missing."""
     if not torch.cuda.is_available() or torch.version.hip is not None:
         return None
     path = library_path()
@@ -187,7 +189,7 @@ def _library() -> ctypes.CDLL | None:
 def available(device: torch.device) -> bool:
     """cuBLASLt GEMMs run on ``device``: CUDA, and the library loads.  (An engine built with
     ``EngineOptions(cublaslt=False)`` calls ``torch_linear`` instead of ``linear``.)"""
-    return device.type == "cuda" and _library() is not None
+    return device.type == "cuda" and load_library() is not None
 
 
 def _check(status: int, call: str) -> None:
@@ -196,7 +198,7 @@ def _check(status: int, call: str) -> None:
 
 
 def _lib() -> ctypes.CDLL:
-    lib = _library()
+    lib = load_library()
     if lib is None:
         raise CublasLtError("libcublasLt is not loaded")
     return lib
