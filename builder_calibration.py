@@ -60,7 +60,9 @@ def add_8bit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fp8",
         action="store_true",
-        help="Portable engine only: run the INT8 GEMMs as FP8 E4M3 with the same ranges; needs --int8 (default: false)",
+        help="Portable engine only: FP8 E4M3 GEMMs (FP32 accumulation) where --int8 would run INT8 ones, with the\n"
+        "same ranges (PTQ calibration or QAT); implies --int8, and -iln / -imh keep their INT8 skip-LayerNorm /\n"
+        "attention (default: false)",
     )
     parser.add_argument(
         "--smooth",
@@ -76,8 +78,6 @@ def add_8bit_options(parser: argparse.ArgumentParser) -> None:
 
 def check_8bit_options(args: argparse.Namespace, backend: str, qat: bool) -> None:
     """The errors of the 8-bit options both builders share; ``qat``: the model brings its INT8 ranges."""
-    if args.fp8 and not args.int8:
-        raise RuntimeError("--fp8 needs --int8: the FP8 GEMMs use the INT8 dynamic ranges")
     if args.fp8 and backend != "portable":
         raise RuntimeError("--fp8 is only available on the portable engine (--backend portable)")
     if args.smooth is None:

@@ -374,8 +374,14 @@ def add_common_builder_options(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_builder_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse like the original demo (unknown options ignored with a warning, prefixes accepted); -c or --hf is required."""
+    """Parse like the original demo (unknown options ignored with a warning, prefixes accepted); -c or --hf is required.
+
+    ``--fp8`` alone is ``--int8 --fp8``: the FP8 engine quantizes where the INT8 one does, with the
+    same ranges (PTQ calibration or QAT), and ``-iln`` / ``-imh`` keep their INT8 meaning.
+    """
     args = parse_known_options(parser, argv)
+    if args.fp8:
+        args.int8 = True
     if args.config_dir is None and args.hf is None:
         parser.error("the following arguments are required: -c/--config-dir (or --hf)")
     if args.workspace_size is not None and args.workspace_size < 0:

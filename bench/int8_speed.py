@@ -2,7 +2,7 @@
 
 Builds the three fixed-length engines from one random BERT-large (INT8 with
 scripts/inference_benchmark.sh's ``-i --strict -iln -imh``, PTQ on the hand-made SQuAD set of
-bench/int8_accuracy.py; FP8 the same plus ``--fp8``), times CUDA-graph replays (bench.timing), reads
+bench/int8_accuracy.py; FP8 ``--fp8 --strict -iln -imh``, which is ``-i`` with FP8 GEMMs), times CUDA-graph replays (bench.timing), reads
 each run's peak GPU memory, and profiles one eager forward per engine at the first length (device
 time per kernel category and the largest kernels, bench.compare.profile_kernels).  Prints one JSON
 line per measurement and writes them all to ``--out``.
@@ -10,7 +10,10 @@ line per measurement and writes them all to ``--out``.
 ``--gemm-rows M`` (repeatable) first times BERT-large's four encoder GEMMs alone at M rows: FP16
 ``F.linear`` (cuBLAS), ``torch._int_mm`` alone and followed by a PyTorch dequantize + bias (the
 INT8 path before the fused kernel, whose own dequantize pass sat between those two), and the fused
-Triton INT8 GEMM (float output, and the epilogue the engine runs: GELU, int8 codes).
+Triton INT8 GEMM (float output, and the epilogue the engine runs: GELU, int8 codes); then FP8:
+``torch._scaled_mm`` with the bias in cuBLASLt's epilogue (FP16 output) against the same Triton
+GEMM on E4M3 operands (FP16 output, and the epilogue the FP8 engine runs: GELU and E4M3 codes for
+FC1, int8 codes for the others).
 ``--sustained SECONDS`` times, after everything else, the FC1-shaped GEMM (16384 × 4096 × 1024) back
 to back for that long in FP16 (cuBLAS) and then in INT8 (the Triton kernel, float output), printing
 each rate as it is measured: the rates the card holds at its power cap, whose ratio bounds what the
@@ -46,7 +49,7 @@ from helpers.portable import kernels
 from helpers.runner import EngineRunner
 
 VARIANTS = {"fp16": ["-f"], "int8": ["-f", "-i", "--strict", "-iln", "-imh"],
-            "fp8": ["-f", "-i", "--strict", "-iln", "-imh", "--fp8"]}
+            "fp8": ["-f", "--fp8", "--strict", "-iln", "-imh"]}
 
 
 def fixed_inputs(batch: int, seq: int) -> dict[str, np.ndarray]:
@@ -63,9 +66,10 @@ BERT_LARGE_GEMMS = (("QKV", 3072, 1024, False, torch.int8), ("attention out", 10
 
 
 def gemm_operands(rows: int, n: int, k: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """One GEMM's random operands on ``gen``'s device, in both precisions: FP16 ``x`` [rows, k] and
-    ``weight`` [n, k]; int8 ``codes`` and ``weight_codes`` with per-column ``col_scales``; the float32
-    ``bias`` and its FP16 copy ``bias16``."""
+    """One GEMM's random operands on ``gen``'s device, in each precision: FP16 ``x`` [rows, k] and
+    ``weight`` [n, k]; int8 ``codes`` and ``weight_codes`` with per-column ``col_scales``; their E4M3
+    counterparts ``fp8_codes`` and ``fp8_weight_codes``; the float32 ``bias`` and its FP16 copy
+    ``bias16``."""
     device = gen.device
     x = torch.randn(rows, k, device=device, generator=gen).half()
     weight = (torch.randn(n, k, device=device, generator=gen) / 32).half()
@@ -73,8 +77,11 @@ def gemm_operands(rows: int, n: int, k: int, gen: torch.Generator) -> dict[str, 
     codes = torch.randint(-128, 128, (rows, k), device=device, generator=gen, dtype=torch.int8)
     weight_codes = torch.randint(-127, 128, (n, k), device=device, generator=gen, dtype=torch.int8)
     col_scales = torch.rand(n, device=device, generator=gen) * 1e-5
+    fp8_codes, fp8_weight_codes = ((torch.randn(r, k, device=device, generator=gen) * 64).clamp(-448, 448)
+                                   .to(torch.float8_e4m3fn) for r in (rows, n))
     return {"x": x, "weight": weight, "bias": bias, "bias16": bias.half(), "codes": codes,
-            "weight_codes": weight_codes, "col_scales": col_scales}
+            "weight_codes": weight_codes, "col_scales": col_scales, "fp8_codes": fp8_codes,
+            "fp8_weight_codes": fp8_weight_codes}
 
 
 def tera_ops_per_s(rows: int, n: int, k: int, ms: float) -> float:
@@ -83,9 +90,10 @@ def tera_ops_per_s(rows: int, n: int, k: int, ms: float) -> float:
 
 def time_gemms(rows: int) -> list[dict]:
     """One record per GEMM at ``rows``: µs (CUDA-graph replays) and TOPS of each variant
-    (``fused_engine``: the Triton kernel with the epilogue the INT8 engine runs), and the fused
-    kernel's largest deviation from ``_int_mm`` + dequantize (float32 rounding only: both are the
-    exact integer product)."""
+    (``fused_engine`` / ``fp8_triton_engine``: the Triton kernel with the epilogue the INT8 / FP8
+    engine runs), the fused kernel's largest deviation from ``_int_mm`` + dequantize (float32
+    rounding only: both are the exact integer product), and the FP8 Triton GEMM's from
+    ``_scaled_mm`` (the tensor cores' in-block sums)."""
     from helpers.portable.kernels.int8_gemm import int8_gemm_into
 
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -96,6 +104,18 @@ def time_gemms(rows: int) -> list[dict]:
         codes, weight_codes, col_scales = operands["codes"], operands["weight_codes"], operands["col_scales"]
         out = torch.empty(rows, n, dtype=torch.float16, device="cuda")
         out_engine = torch.empty(rows, n, dtype=engine_out, device="cuda")
+        fp8_codes, fp8_weight_codes = operands["fp8_codes"], operands["fp8_weight_codes"]
+        fp8_out = torch.empty(rows, n, dtype=torch.float16, device="cuda")
+        # The FP8 engine's GEMMs write what their readers take: E4M3 codes for FC2, int8 codes for
+        # -imh attention and the -iln skip-LayerNorms.
+        fp8_engine_out = torch.empty(rows, n, dtype=torch.float8_e4m3fn if gelu else engine_out, device="cuda")
+        unit = torch.tensor(1e-3, device="cuda")
+        fp8_col_scales = torch.full((n,), 1e-6, device="cuda")
+
+        def scaled_mm() -> torch.Tensor:
+            return torch._scaled_mm(fp8_codes, fp8_weight_codes.t(), scale_a=unit, scale_b=unit, bias=bias16,
+                                    out_dtype=torch.float16)
+
         variants = {
             "fp16_cublas": lambda: F.linear(x, weight, bias16),
             "int_mm": lambda: torch._int_mm(codes, weight_codes.t()),
@@ -103,6 +123,10 @@ def time_gemms(rows: int) -> list[dict]:
             "fused_float": lambda: int8_gemm_into(out, codes, weight_codes, col_scales, bias),
             "fused_engine": lambda: int8_gemm_into(out_engine, codes, weight_codes, col_scales, bias, gelu=gelu,
                                                    out_scale=0.05, value_dtype=torch.float16),
+            "fp8_scaled_mm": scaled_mm,
+            "fp8_triton_float": lambda: int8_gemm_into(fp8_out, fp8_codes, fp8_weight_codes, fp8_col_scales, bias),
+            "fp8_triton_engine": lambda: int8_gemm_into(fp8_engine_out, fp8_codes, fp8_weight_codes, fp8_col_scales,
+                                                        bias, gelu=gelu, out_scale=0.05, value_dtype=torch.float16),
         }
         record = {"gemm": name, "m": rows, "n": n, "k": k}
         for variant, fn in variants.items():
@@ -112,8 +136,13 @@ def time_gemms(rows: int) -> list[dict]:
         int8_gemm_into(out, codes, weight_codes, col_scales, bias)
         reference = torch.addcmul(bias, torch._int_mm(codes, weight_codes.t()), col_scales).half()
         record["fused_max_rel_err"] = float((out.float() - reference.float()).abs().max() / reference.float().abs().max())
+        int8_gemm_into(fp8_out, fp8_codes, fp8_weight_codes, fp8_col_scales, bias)
+        fp8_reference = scaled_mm().float()
+        record["fp8_triton_max_rel_err"] = float((fp8_out.float() - fp8_reference).abs().max()
+                                                 / fp8_reference.abs().max())
         records.append(record)
-        del operands, x, weight, codes, weight_codes, out, out_engine, reference
+        del operands, x, weight, codes, weight_codes, out, out_engine, reference, fp8_codes, fp8_weight_codes, fp8_out
+        del fp8_engine_out, fp8_reference
         torch.cuda.empty_cache()
     return records
 

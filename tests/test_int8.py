@@ -194,7 +194,7 @@ def reference_gelu(y: torch.Tensor, form: str) -> torch.Tensor:
 @pytest.mark.parametrize("gelu", [None, "tanh", "erf"])
 def test_cuda_fused_int8_gemm_is_the_reference_gemm(gelu):
     from helpers.portable.int8_plan import int8_gemm
-    from helpers.portable.kernels.int8_steps import fast_int8_gemm
+    from helpers.portable.kernels.int8_steps import fast_8bit_gemm
 
     x = torch.randn(300, 1024, generator=gen(30)).cuda().half()
     weight = (torch.randn(520, 1024, generator=gen(31)) / 32).cuda()
@@ -203,7 +203,7 @@ def test_cuda_fused_int8_gemm_is_the_reference_gemm(gelu):
     reference = int8_gemm(weight, bias, amax)(x)
     if gelu is not None:
         reference = reference_gelu(reference, gelu)
-    fused = fast_int8_gemm(weight, bias, amax, gelu is not None, torch.float16, form=gelu or "tanh")(x).float()
+    fused = fast_8bit_gemm(weight, bias, amax, False, gelu is not None, torch.float16, form=gelu or "tanh")(x).float()
     # Same codes except where a float32 division rounds across a tie: one input step.
     step = q.scale_from_amax(amax) * float(weight.abs().max())
     assert (fused - reference.float()).abs().max() <= step + 2e-3 * float(reference.abs().max())
@@ -211,20 +211,23 @@ def test_cuda_fused_int8_gemm_is_the_reference_gemm(gelu):
 
 @CUDA
 @pytest.mark.parametrize("gelu", [None, "tanh", "erf"])
-def test_cuda_fused_fp8_gemm_is_the_reference_gemm(gelu):
+@pytest.mark.parametrize("m, n, k", [(300, 512, 1024), (17, 72, 40)])
+def test_cuda_fused_fp8_gemm_is_the_reference_gemm(gelu, m, n, k):
+    """The FP8 engine's GEMM step (the Triton GEMM on E4M3 codes, behind its quantize pass) against
+    ``int8_plan.fp8_gemm`` (``_scaled_mm`` where it applies, else the float32 emulation)."""
     from helpers.portable.int8_plan import fp8_gemm
-    from helpers.portable.kernels.int8_steps import fast_fp8_gemm
+    from helpers.portable.kernels.int8_steps import fast_8bit_gemm
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 tensor cores need SM 8.9+")
-    x = torch.randn(300, 1024, generator=gen(33)).cuda().half()
-    weight = (torch.randn(512, 1024, generator=gen(34)) / 32).cuda()
-    bias = torch.randn(512, generator=gen(35)).cuda()
+    x = torch.randn(m, k, generator=gen(33)).cuda().half()
+    weight = (torch.randn(n, k, generator=gen(34)) / 32).cuda()
+    bias = torch.randn(n, generator=gen(35)).cuda()
     amax = float(x.abs().max())
     reference = fp8_gemm(weight, bias, amax)(x).float()
     if gelu is not None:
         reference = reference_gelu(reference, gelu)
-    fused = fast_fp8_gemm(weight, bias, amax, gelu is not None, torch.float16, form=gelu or "tanh")(x).float()
+    fused = fast_8bit_gemm(weight, bias, amax, True, gelu is not None, torch.float16, form=gelu or "tanh")(x).float()
     torch.testing.assert_close(fused, reference, rtol=0, atol=5e-3 * float(reference.abs().max()))
 
 
@@ -272,6 +275,34 @@ def test_cuda_int8_skip_layernorm_on_codes_makes_the_same_codes():
     mixed = torch.empty_like(codes)
     qk.int8_skip_layernorm_into(mixed, x, skip_codes, *args)
     assert torch.equal(mixed, codes)
+
+
+def e4m3(values: torch.Tensor, scale: float) -> torch.Tensor:
+    """``fp8_linear``'s E4M3 codes of float values (float32 division, saturated)."""
+    return (values.float() / torch.tensor(scale, dtype=torch.float32)).clamp(-448, 448).to(torch.float8_e4m3fn)
+
+
+@CUDA
+@pytest.mark.parametrize("shape", [(2, 64, 8, 1024), (3, 37, 768)])
+def test_cuda_int8_skip_layernorm_writes_the_e4m3_codes_an_fp8_gemm_makes(shape):
+    """FP8 output: bit for bit the codes the FP8 GEMM's quantize pass (and PyTorch's cast) makes from the
+    FP16 INT8 values the float output holds, from float or int8 inputs."""
+    from helpers.portable.kernels import quant_kernels as qk
+
+    x, skip = (t.cuda().half() for t in torch.randn(2, *shape, generator=gen(50)))
+    gamma, beta, bias = (t.cuda() for t in torch.randn(3, shape[-1], generator=gen(51)))
+    args = (gamma, beta, bias, 0.03, 0.025, 0.04, 1e-5)
+    fp8_scale = 0.04 * 127 / 448 * 0.9  # the output's range on E4M3's; some values saturate
+    values = torch.empty_like(x)
+    qk.int8_skip_layernorm_into(values, x, skip, *args)
+    codes = torch.empty_like(x, dtype=torch.float8_e4m3fn)
+    qk.int8_skip_layernorm_into(codes, x, skip, *args, fp8_scale=fp8_scale, value_dtype=torch.float16)
+    quantized = torch.empty_like(codes)
+    qk.quantize_into(quantized, values, qk.FP8_CODES, fp8_scale)
+    assert torch.equal(codes.view(torch.int8), quantized.view(torch.int8))
+    assert torch.equal(codes.cpu().float(), e4m3(values.cpu(), fp8_scale).float())
+    with pytest.raises(ValueError, match="FP8 output"):
+        qk.int8_skip_layernorm_into(codes, x, skip, *args)
 
 
 # (S, B, heads, head size, (BLOCK_M, BLOCK_N, warps), dq_probs): BERT's head size and the tiny test
@@ -335,6 +366,7 @@ def test_cuda_int8_attention_refuses_sizes_whose_products_would_not_be_exact():
 def test_cuda_fast_int8_attention_step_takes_the_plugin_mask():
     """``int8_steps.fast_int8_attention``, as the lowering runs it: the plugin's [S, B, 3E, 1, 1] input
     and its [B, 1] mask, the context returned as codes."""
+    from helpers.portable.int8_plan import HandoverCodes
     from helpers.portable.kernels.int8_steps import fast_int8_attention
 
     raw = torch.randn(128, 4, 3 * 4 * 64, 1, 1, generator=gen(38))
@@ -342,9 +374,18 @@ def test_cuda_fast_int8_attention_step_takes_the_plugin_mask():
     qkv = q.fake_quantize(raw, qkv_scale)  # on the INT8 grid: FP16 keeps its codes
     mask = torch.tensor([128, 100, 7, 64], dtype=torch.int32)[:, None]
     reference = q.quantize(q.int8_attention(qkv.flatten(2), mask[:, 0], 4, qkv_scale, ctx_scale, dq_probs), ctx_scale)
-    attention = fast_int8_attention(4, True, qkv_scale, ctx_scale, dq_probs, torch.int8)
+    attention = fast_int8_attention(4, True, qkv_scale, ctx_scale, dq_probs, torch.float16,
+                                    HandoverCodes(torch.int8, ctx_scale))
     (codes,) = attention(qkv.cuda().half(), mask.cuda())
     assert codes.shape == (128, 4, 4 * 64, 1, 1) and codes.dtype == torch.int8
     off = (codes.cpu().flatten(2).int() - reference.int()).abs()
     assert int(off.max()) <= one_probability_code(dq_probs, qkv_scale, ctx_scale)
     assert float((off > 0).float().mean()) < 0.01
+    # E4M3 codes for an FP8 GEMM: PyTorch's cast of the FP16 context values, bit for bit.
+    (values,) = fast_int8_attention(4, True, qkv_scale, ctx_scale, dq_probs, torch.float16)(qkv.cuda().half(),
+                                                                                            mask.cuda())
+    fp8_scale = ctx_scale * 127 / 448
+    (fp8_codes,) = fast_int8_attention(4, True, qkv_scale, ctx_scale, dq_probs, torch.float16,
+                                       HandoverCodes(torch.float8_e4m3fn, fp8_scale))(qkv.cuda().half(), mask.cuda())
+    assert fp8_codes.dtype == torch.float8_e4m3fn
+    assert torch.equal(fp8_codes.cpu().float(), e4m3(values.cpu(), fp8_scale).float())

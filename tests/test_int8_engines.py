@@ -244,10 +244,6 @@ def test_calibration_vocabulary_with_ids_past_the_embedding_table_fails_cleanly(
         vocab.unlink()
 
 
-def test_fp8_without_int8_fails_cleanly(int8_workdir, capsys):
-    expect_clean_failure(int8_workdir, capsys, ["--fp8"], "--fp8 needs --int8")
-
-
 def test_corrupt_calibration_cache_fails_cleanly(int8_workdir, capsys):
     env = int8_workdir
     cache = env["work"] / "bad_cache"
@@ -369,6 +365,10 @@ def test_fp8_gemms_with_the_int8_ranges(int8_workdir, fp32_and_ptq_engines):
     print("tiny random BERT, FP8 GEMMs vs FP32:", agreement.as_text())
     assert agreement.cosine >= 0.99
     assert not np.allclose(engine_logits(fp32_and_ptq_engines[1], env["features"]), quantized, rtol=0, atol=1e-5)
+    # --fp8 alone is --int8 --fp8: the same ranges (calibration cache), the same arithmetic.
+    alone = env["work"] / "fp8_alone.engine"
+    build(env, alone, *[option for option in ptq_options(env, env["work"] / "cache") if option != "-i"], "--fp8")
+    assert np.array_equal(engine_logits(alone, env["features"]), quantized)
 
 
 @pytest.mark.parametrize("strict", [False, True])

@@ -1,9 +1,10 @@
-"""The INT8 engine's CUDA GEMM (helpers/portable/kernels/int8_gemm.py) and the INT8 hand-overs.
+"""The INT8 / FP8 engines' CUDA GEMM (helpers/portable/kernels/int8_gemm.py) and the 8-bit hand-overs.
 
 * Kernel (GPU machine only): the Triton INT8 GEMMs (cp.async and TMA) against the exact integer
   product (float64 on the CPU) with the float32 epilogue of ``quantization.int8_linear`` (+
   ``ops.gelu_tanh``, or PyTorch's exact erf GELU), on awkward sizes, every epilogue and every
-  tuning configuration.
+  tuning configuration; the same kernel on FP8 E4M3 operands against the float64 product of their
+  values, and its E4M3 code output against PyTorch's cast of its float output.
 * Plan: which tensors the lowered CUDA plan hands over as int8 codes (decided on
   the CPU from a built engine), and, on the GPU, that the hand-overs change no result.
 """
@@ -187,85 +188,199 @@ def test_int8_outputs_are_the_next_tensors_grid(m, n, k, with_bias, gelu, kernel
 
 @CUDA
 def test_a_gemm_fed_int8_codes_is_the_gemm_fed_their_float_values():
-    """fast_int8_gemm: the FC1 → GELU → FC2 hand-over.  FC1 writing FC2's codes gives FC2 the same
+    """fast_8bit_gemm: the FC1 → GELU → FC2 hand-over.  FC1 writing FC2's codes gives FC2 the same
     input as FC1's float output quantized by FC2's own pass."""
-    from helpers.portable.kernels.int8_steps import fast_int8_gemm
+    from helpers.portable.int8_plan import HandoverCodes
+    from helpers.portable.kernels.int8_steps import fast_8bit_gemm
 
     x = torch.randn(300, 256, generator=gen(40)).cuda().half()
     w1, w2 = (torch.randn(n, k, generator=gen(41 + n)).cuda() / 16 for n, k in ((512, 256), (256, 512)))
     b1, b2 = (torch.randn(n, generator=gen(43 + n)).cuda() for n in (512, 256))
     x_amax, gelu_amax = float(x.abs().max()), 3.0
-    fc1_float = fast_int8_gemm(w1, b1, x_amax, True, torch.float16)(x)
-    fc1_codes = fast_int8_gemm(w1, b1, x_amax, True, torch.float16, gelu_amax)(x)
+    fc1_float = fast_8bit_gemm(w1, b1, x_amax, False, True, torch.float16)(x)
+    fc1_codes = fast_8bit_gemm(w1, b1, x_amax, False, True, torch.float16,
+                               HandoverCodes(torch.int8, q.scale_from_amax(gelu_amax)))(x)
     assert fc1_codes.dtype == torch.int8
     expected = q.quantize(fc1_float, q.scale_from_amax(gelu_amax))
     assert int((fc1_codes.int() - expected.int()).abs().max()) <= 1
-    fc2 = fast_int8_gemm(w2, b2, gelu_amax, False, torch.float16)
+    fc2 = fast_8bit_gemm(w2, b2, gelu_amax, False, False, torch.float16)
     assert torch.equal(fc2(fc1_codes), fc2(q.dequantize(fc1_codes, q.scale_from_amax(gelu_amax), torch.float16)))
+
+
+# ---------------------------------------------------------------------------------------------
+# FP8 E4M3 operands
+
+
+def fp8_epilogue_inputs(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """E4M3 codes (values up to a few hundred, some subnormal) and scales giving ``|y|`` of order 1-10."""
+    codes, weight_codes = ((torch.randn(rows, k, generator=gen(seed + i)) * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
+                           for i, rows in enumerate((m, n)))
+    col_scales = (torch.rand(n, generator=gen(seed + 2)) + 0.5) * (4.0 / (64 * 64 * k**0.5))
+    bias = torch.randn(n, generator=gen(seed + 3))
+    return codes, weight_codes, col_scales, bias
+
+
+def fp8_product(codes: torch.Tensor, weight_codes: torch.Tensor) -> torch.Tensor:
+    """The float64 product of E4M3 codes' values (exact: 4-bit significands, sums far below 2^53)."""
+    return codes.float().double() @ weight_codes.float().double().t()
+
+
+def e4m3(values: torch.Tensor, scale: float) -> torch.Tensor:
+    """PyTorch's E4M3 codes of ``values / scale`` (float32 division, saturated): ``fp8_linear``'s cast."""
+    return (values.float() / torch.tensor(scale, dtype=torch.float32)).clamp(-448, 448).to(torch.float8_e4m3fn)
+
+
+@CUDA
+@pytest.mark.parametrize("m, n, k, with_bias, gelu, kernel, config_index, form",
+                         [(*case, form) for case in EPILOGUE_CASES for form in GELU_FORMS if case[4] or form == "tanh"])
+def test_fp8_operands_give_the_reference_epilogue_and_its_e4m3_codes(m, n, k, with_bias, gelu, kernel, config_index,
+                                                                     form):
+    """FP8 operands, float32 accumulation: the reference epilogue up to the FP8 tensor cores' narrower
+    in-block sums; E4M3 codes out (the next FP8 GEMM's input) are PyTorch's cast of the FP16 value
+    the float output holds, bit for bit without the GELU (the same epilogue), and with it off by one
+    E4M3 step on at most 1 % of them (the hardware tanh)."""
+    from helpers.portable.kernels.int8_gemm import int8_gemm_into
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need SM 8.9+")
+    codes, weight_codes, col_scales, bias = fp8_epilogue_inputs(m, n, k, 70)
+    bias = bias if with_bias else None
+    reference = reference_epilogue(fp8_product(codes, weight_codes).float(), col_scales, bias, gelu, form)
+    args = (codes.cuda(), weight_codes.cuda(), col_scales.cuda(), None if bias is None else bias.cuda())
+    config = pinned(kernel, config_index)
+    values = torch.empty(m, n, dtype=torch.float16, device="cuda")
+    int8_gemm_into(values, *args, gelu=gelu, config=config, form=form)
+    torch.testing.assert_close(values.cpu().float(), reference, rtol=0, atol=5e-3 * float(reference.abs().max()))
+
+    out_scale = float(reference.abs().max()) / 448 * 0.8  # some values saturate
+    out_codes = torch.empty(m, n, dtype=torch.float8_e4m3fn, device="cuda")
+    int8_gemm_into(out_codes, *args, gelu=gelu, out_scale=out_scale, value_dtype=torch.float16, config=config,
+                   form=form)
+    expected = e4m3(values.cpu(), out_scale).float()
+    got = out_codes.cpu().float()
+    if not gelu:
+        assert torch.equal(got, expected)
+    else:
+        off = (got - expected).abs()
+        assert float((off > 0).float().mean()) < 0.01
+        assert bool((off <= expected.abs() / 8 + 2**-9).all())  # one E4M3 step (3 mantissa bits)
+
+
+@CUDA
+def test_an_fp8_gemm_fed_e4m3_codes_is_the_gemm_fed_their_float_values():
+    """The FP8 engine's FC1 → GELU → FC2 hand-over: FC2 reading the E4M3 codes FC1 wrote computes what
+    it computes from FC1's FP16 output through its own quantize pass."""
+    from helpers.portable.int8_plan import HandoverCodes
+    from helpers.portable.kernels.int8_steps import fast_8bit_gemm
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need SM 8.9+")
+    x = torch.randn(300, 256, generator=gen(44)).cuda().half()
+    w1, w2 = (torch.randn(n, k, generator=gen(45 + n)).cuda() / 16 for n, k in ((512, 256), (256, 512)))
+    b1, b2 = (torch.randn(n, generator=gen(47 + n)).cuda() for n in (512, 256))
+    x_amax, gelu_amax = float(x.abs().max()), 3.0
+    fc1 = fast_8bit_gemm(w1, b1, x_amax, True, False, torch.float16)(x)
+    fc1_codes = fast_8bit_gemm(w1, b1, x_amax, True, False, torch.float16,
+                               HandoverCodes(torch.float8_e4m3fn, gelu_amax / 448))(x)
+    assert fc1_codes.dtype == torch.float8_e4m3fn
+    assert torch.equal(fc1_codes.cpu().float(), e4m3(fc1.cpu(), gelu_amax / 448).float())
+    fc2 = fast_8bit_gemm(w2, b2, gelu_amax, True, False, torch.float16)
+    assert torch.equal(fc2(fc1_codes), fc2(fc1))
 
 
 # ---------------------------------------------------------------------------------------------
 # The lowered plan's hand-overs
 
 
-@pytest.fixture(scope="module")
-def imh_iln_engine(tmp_path_factory):
-    """A tiny random BERT's PTQ ``-i -imh -iln`` engine (builder.py, portable, built on the CPU)."""
+def build_imh_iln(work, vocab: str, name: str, *precision: str):
+    """A portable ``-imh -iln`` engine of ``work``'s model (builder.py on the CPU), PTQ through
+    ``work``'s one calibration cache; ``precision``: ``-i`` or ``--fp8``."""
     import builder
+
+    engine = work / name
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(builder, "compute_capability", lambda backend: 90)
+        assert builder.main(["--hf", str(work / "hf"), "-o", str(engine), "-b", "4", "-s", str(SEQ), "--backend",
+                             "portable", "--device", "cpu", *precision, "-j", str(work / "squad.json"),
+                             "-v", vocab, "-n", "4", "-p", str(work / "cache"), "-imh", "-iln"]) == 0
+    return engine
+
+
+@pytest.fixture(scope="module")
+def imh_iln_model(tmp_path_factory):
+    """(folder, vocabulary, features) of a tiny random BERT and the hand-made SQuAD file."""
     from bench import int8_accuracy as ia
     from tests import checkpoints
 
     work = tmp_path_factory.mktemp("int8_gemm")
     vocab, features, model = checkpoints.int8_test_model(SEQ)
     model.save_pretrained(work / "hf")
-    engine = work / "int8.engine"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(builder, "compute_capability", lambda backend: 90)
-        assert builder.main(["--hf", str(work / "hf"), "-o", str(engine), "-b", "4", "-s", str(SEQ), "--backend",
-                             "portable", "--device", "cpu", "-i", "-j", str(ia.write_handmade_squad(work / "squad.json")),
-                             "-v", vocab, "-n", "4", "-p", str(work / "cache"), "-imh", "-iln"]) == 0
-    return engine, features
+    ia.write_handmade_squad(work / "squad.json")
+    return work, vocab, features
 
 
-def test_cuda_plan_hands_over_codes_where_only_int8_layers_read(imh_iln_engine, monkeypatch):
-    """The decision, made on the CPU as the CUDA lowering makes it: the QKV GEMM's output (read by
-    -imh attention only), the GELU output (read by FC2 only), -imh's context (read by the attention
-    output GEMM only), each -iln skip-LayerNorm's GEMM input (the attention output / FC2 GEMM's
-    output) and its output (read by the next GEMM and the next skip-LayerNorm) as int8 codes; the
-    embedding output (written by a float plugin) and the logits stay float."""
+@pytest.fixture(scope="module")
+def imh_iln_engine(imh_iln_model):
+    """A tiny random BERT's PTQ ``-i -imh -iln`` engine (builder.py, portable, built on the CPU)."""
+    work, vocab, features = imh_iln_model
+    return build_imh_iln(work, vocab, "int8.engine", "-i"), features
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_cuda_plan_hands_over_the_codes_every_reader_takes(imh_iln_engine, fp8):
+    """The decision, made on the CPU as the CUDA lowering makes it.  INT8 GEMMs: the QKV GEMM's output
+    (read by -imh attention only), the GELU output (read by FC2 only), -imh's context (read by the
+    attention output GEMM only), each -iln skip-LayerNorm's GEMM input (the attention output / FC2
+    GEMM's output) and its output (read by the next GEMM and the next skip-LayerNorm) as int8 codes;
+    the embedding output (written by a float plugin) and the logits stay float.  FP8 GEMMs: E4M3
+    codes for what only FP8 GEMMs read (the GELU output, the context, the last skip-LayerNorm's
+    output, read by the head), int8 codes into attention and the skip-LayerNorms, and float values
+    for a skip-LayerNorm output that both the next GEMM and the next skip-LayerNorm read."""
     from helpers.portable import int8_plan
     from helpers.portable.engine_file import read_engine
     from helpers.portable.graph import load_graph
 
     description = read_engine(imh_iln_engine[0].read_bytes())
     graph = load_graph(description)
-    lowering = int8_plan.Int8Lowering(graph, torch.device("cpu"), strict=False, fp8=False, fast=True)
+    lowering = int8_plan.Int8Lowering(graph, torch.device("cpu"), strict=False, fp8=fp8, fast=True)
     lowering.plan_handovers(int8_plan.gelus(graph))
     tensors = description["tensors"]
     names = {tensors[slot]["name"]: how for slot, how in lowering.handover.items()}
+    gemm_input = int8_plan.FP8_CODES if fp8 else int8_plan.CODES
     expected = {}
     for layer in range(2):
-        expected[f"l{layer}_gelu"] = int8_plan.CODES
-        expected[f"l{layer}_attention_context_layer"] = int8_plan.CODES
+        expected[f"l{layer}_gelu"] = gemm_input
+        expected[f"l{layer}_attention_context_layer"] = gemm_input
         expected[f"l{layer}_attention_qkv_mult"] = int8_plan.CODES
     skip_layernorms = [layer for layer in description["layers"] if layer["kind"] == "plugin"
                        and layer["params"]["plugin"] == "CustomSkipLayerNormPluginDynamic"]
     assert len(skip_layernorms) == 4
     for layer in skip_layernorms:
         expected[tensors[layer["inputs"][0]]["name"]] = int8_plan.CODES
-        expected[tensors[layer["outputs"][0]]["name"]] = int8_plan.CODES
+        if not fp8:
+            expected[tensors[layer["outputs"][0]]["name"]] = int8_plan.CODES
+    expected[tensors[skip_layernorms[-1]["outputs"][0]]["name"]] = gemm_input
     assert {"l0_output_dense", "l1_output_reshape"} <= set(expected)
     assert names == expected
 
 
+@pytest.fixture(scope="module")
+def imh_iln_fp8_engine(imh_iln_model, imh_iln_engine):
+    """The same network with FP8 GEMMs (``--fp8`` without ``-i``), calibrated by the INT8 build's cache."""
+    work, vocab, features = imh_iln_model
+    return build_imh_iln(work, vocab, "fp8.engine", "--fp8"), features
+
+
 @CUDA
-def test_hand_overs_leave_the_cuda_engine_results_unchanged(imh_iln_engine, monkeypatch):
+@pytest.mark.parametrize("fp8", [False, True])
+def test_hand_overs_leave_the_cuda_engine_results_unchanged(imh_iln_engine, imh_iln_fp8_engine, monkeypatch, fp8):
     """The same engine on CUDA with and without the hand-overs (each producer writing float values and
-    each consumer quantizing them): the same arithmetic, so the same logits up to float32 ulps."""
+    each consumer quantizing them): the same arithmetic, so the same logits up to float32 ulps; for
+    the INT8 engine and the FP8 one."""
     from bench.int8_accuracy import run_engine
     from helpers.portable import int8_plan
 
-    engine, features = imh_iln_engine
+    engine, features = imh_iln_fp8_engine if fp8 else imh_iln_engine
     inputs = features.inputs()
     fused = run_engine(engine, inputs, "cuda", chunk=4)
     monkeypatch.setattr(int8_plan.Int8Lowering, "plan_handovers", lambda self, fused: None)

@@ -109,6 +109,16 @@ def test_packed_ptq_engines_skip_padding_tokens_and_empty_sequences(int8_workdir
     np.testing.assert_allclose(logits, alone.reshape(2, -1), rtol=1e-5, atol=1e-5)
 
 
+def test_packed_fp8_alone_is_int8_with_fp8_gemms(int8_workdir, packed_ptq_engines):
+    """builder_varseqlen.py --fp8 without --int8: the --int8 --fp8 engine (same cache, same logits)."""
+    env = int8_workdir
+    engine = env["work"] / "packed_fp8_alone.engine"
+    options = [option for option in ptq_options(env, env["work"] / "packed_cache") if option != "-i"]
+    build_packed(env, engine, *options, "--fp8")
+    logits = run_packed_engine(engine, env["features"], "cpu", chunk=20)
+    assert np.array_equal(logits, packed_ptq_engines["fp8"][1])
+
+
 def quantized_roles(description: dict) -> list[int]:
     """The slots of the tensors an INT8 engine quantizes, in the order of the network: each dense
     layer's input, each attention's QKV and context, each skip-LayerNorm's inputs and output."""
@@ -159,4 +169,3 @@ def test_bad_packed_ptq_options_fail_cleanly(int8_workdir, capsys):
                          packed=True)
     expect_clean_failure(env, capsys, [*ptq_options(env, env["work"] / "bad_packed_cache", calib_num=21)],
                          "has 20 questions, fewer than the 21", packed=True)
-    expect_clean_failure(env, capsys, ["--fp8", *cache], "--fp8 needs --int8", packed=True)

@@ -7,7 +7,8 @@ Steps that TensorRT would run in INT8 are lowered to the exact integer arithmeti
   range, per-output-channel weight scales, int32 accumulation, float output plus bias (its output
   is quantized by whoever consumes it in INT8).  ``--strict`` (PREFER/OBEY_PRECISION_CONSTRAINTS)
   keeps a convolution whose layer precision was set to a float type in that type.  With the FP8
-  builder flag, these GEMMs are FP8 E4M3 with the same ranges instead;
+  builder flag, these GEMMs are FP8 E4M3 with the same ranges instead (``s = amax / 448``, a
+  per-tensor weight scale, float32 accumulation);
 * a QKV-to-context plugin with ``type_id`` INT8 (``-imh``), and the interleaved versions, run the
   fused INT8 attention: Q·Kᵀ and P·V on int8 codes, probabilities quantized with ``dq_probs``,
   the context quantized with its output range;
@@ -27,12 +28,17 @@ skip-LayerNorms and ``-imh`` attention (the QKV GEMM's output, the GELU output, 
 the attention-output and FC2 GEMMs' outputs, each skip-LayerNorm's output, which is the next GEMM's
 input and the next residual) is handed over as int8 codes, so no quantize pass is left between
 them: the same codes, from the value rounded to the engine's float type, as the separate passes
-make.
+make.  With FP8 GEMMs the same holds with E4M3 codes for a tensor read only by FP8 GEMMs (the GELU
+output; ``-imh``'s context; an ``-iln`` skip-LayerNorm's output that no other skip-LayerNorm
+reads, such as the last one's, read by the head); the GEMMs then write int8 codes for ``-imh``
+and ``-iln`` as above.  A tensor read by both kinds (an ``-iln`` output read by the next GEMM and
+the next skip-LayerNorm) stays float, and the FP8 GEMM quantizes it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
@@ -49,11 +55,21 @@ from helpers.portable.plugins import INTERLEAVED, QKV, SKIP_LN
 from helpers.portable.plugins_interleaved import channels_first, channels_last, qkv_blocks_to_per_head
 
 STEP_PREFIX = "int8:"
-CODES = "codes"  # how an INT8 tensor is handed over on CUDA (``Int8Lowering.handover``)
+# How a quantized tensor is handed over on CUDA (``Int8Lowering.handover``): int8 codes of its INT8
+# grid, or E4M3 codes of its FP8 scale.
+CODES, FP8_CODES = "codes", "fp8 codes"
 ATTENTION, SKIP_LAYERNORM = "int8_attention", "int8_skip_layernorm"  # the steps' patterns
 _FLOAT_PRECISIONS = (DataType.FLOAT, DataType.HALF)
 
 Run = Callable[..., Sequence[torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class HandoverCodes:
+    """The codes a producer writes for its readers: ``dtype`` int8 (INT8 grid) or float8_e4m3fn, of ``scale``."""
+
+    dtype: torch.dtype
+    scale: float
 
 
 def gelus(graph: Graph) -> dict[int, Gelu]:
@@ -108,8 +124,8 @@ class Int8Lowering:
                  steps: ModuleType | None = None) -> None:
         self.graph, self.dev, self.strict, self.fp8, self.fast, self.steps = graph, dev, strict, fp8, fast, steps
         self.amax: dict[int, float] = {t.slot: t.amax for t in graph.tensors if t.amax is not None}
-        # Slot → how its producer hands it over on CUDA: CODES (int8 codes of its range); absent:
-        # plain float values.
+        # Slot → how its producer hands it over on CUDA: CODES (int8 codes of its range) or
+        # FP8_CODES (E4M3 codes); absent: plain float values.
         self.handover: dict[int, str] = {}
 
     def covered(self, layer: Layer, fused: dict[int, Gelu]) -> list[Layer] | None:
@@ -157,22 +173,29 @@ class Int8Lowering:
             and self.scales([*layer.inputs[:2], *layer.outputs]) is not None
 
     def plan_handovers(self, fused: dict[int, Gelu]) -> None:
-        """Fill ``handover``: INT8 codes for a tensor that only fast INT8 GEMMs, ``-iln``
-        skip-LayerNorms and ``-imh`` attention read, where its producer can write them (an INT8
-        GEMM, with its fused GELU; ``-imh`` attention's context; an ``-iln`` skip-LayerNorm)."""
-        if not self.fast or self.fp8:
+        """Fill ``handover``: the codes that every reader of a tensor takes, where all of them are
+        fast 8-bit layers and its producer can write them (an 8-bit GEMM, with its fused GELU;
+        ``-imh`` attention's context; an ``-iln`` skip-LayerNorm): int8 codes for INT8 GEMMs,
+        ``-iln`` skip-LayerNorms and ``-imh`` attention, E4M3 codes for FP8 GEMMs."""
+        if not self.fast:
             return
         graph = self.graph
+        gemm_codes = FP8_CODES if self.fp8 else CODES
+
+        def taken(slot: int, user: Layer) -> str | None:
+            if user.kind == "convolution" and user.inputs == (slot,) and self.int8_gemm_source(user) == slot:
+                return gemm_codes
+            if (self.fast_int8_skip_layernorm(user) and slot in user.inputs[:2]) \
+                    or self.fast_int8_attention_source(user) == slot:
+                return CODES
+            return None
 
         def wanted(slot: int) -> str | None:
             users = graph.readers.get(slot, [])
             if slot in graph.outputs or not users:
                 return None
-            if all((u.kind == "convolution" and u.inputs == (slot,) and self.int8_gemm_source(u) == slot)
-                   or (self.fast_int8_skip_layernorm(u) and slot in u.inputs[:2])
-                   or self.fast_int8_attention_source(u) == slot for u in users):
-                return CODES
-            return None
+            kinds = {taken(slot, u) for u in users}
+            return kinds.pop() if len(kinds) == 1 else None
 
         for layer in graph.layers:
             if layer.kind == "convolution" and self.int8_gemm_source(layer) is not None:
@@ -185,6 +208,15 @@ class Int8Lowering:
             how = wanted(result)
             if how is not None:
                 self.handover[result] = how
+
+    def handover_codes(self, slot: int) -> HandoverCodes | None:
+        """The codes the producer of ``slot`` writes on CUDA; None: float values."""
+        how = self.handover.get(slot)
+        if how is None:
+            return None
+        if how == FP8_CODES:
+            return HandoverCodes(torch.float8_e4m3fn, float(q.fp8_input_scale(self.amax[slot], "cpu")))
+        return HandoverCodes(torch.int8, q.scale_from_amax(self.amax[slot]))
 
     def scales(self, slots: Sequence[int]) -> list[float] | None:
         if any(slot not in self.amax for slot in slots):
@@ -213,15 +245,11 @@ class Int8Lowering:
         bias = None if p["bias"] is None else self.float32(p["bias"])
         out_dtype = TORCH_DTYPE[layer.output_dtypes[0]]
         spatial = len(p["kernel_shape"])
-        if self.steps is not None and self.fp8:
-            fast = self.steps.fast_fp8_gemm(weight, bias, self.amax[source], gelu is not None, out_dtype, form=form)
-            if fast is not None:
-                return _channel_gemm(fast, spatial, out_dtype), pattern
-        elif self.steps is not None:
-            out_amax = self.amax[result] if self.handover.get(result) == CODES else None
-            fast = self.steps.fast_int8_gemm(weight, bias, self.amax[source], gelu is not None, out_dtype, out_amax,
-                                             form=form)
-            return _channel_gemm(fast, spatial, out_dtype if out_amax is None else torch.int8), pattern
+        if self.steps is not None:
+            out_codes = self.handover_codes(result)
+            fast = self.steps.fast_8bit_gemm(weight, bias, self.amax[source], self.fp8, gelu is not None, out_dtype,
+                                             out_codes, form=form)
+            return _channel_gemm(fast, spatial, out_dtype if out_codes is None else out_codes.dtype), pattern
         gemm = fp8_gemm(weight, bias, self.amax[source]) if self.fp8 else int8_gemm(weight, bias, self.amax[source])
         run = _channel_gemm(gemm, spatial, out_dtype)
         return (run if gelu is None else _then_gelu(run, form)), pattern
@@ -253,9 +281,8 @@ class Int8Lowering:
                 return attention_packed, ATTENTION
             has_mask = bool(params["has_mask"])
             if self.steps is not None:
-                ctx_codes = self.handover.get(layer.outputs[0]) == CODES
-                return self.steps.fast_int8_attention(heads, has_mask, qkv_scale, ctx_scale, dq_probs,
-                                                      torch.int8 if ctx_codes else out_types[0]), ATTENTION
+                return self.steps.fast_int8_attention(heads, has_mask, qkv_scale, ctx_scale, dq_probs, out_types[0],
+                                                      self.handover_codes(layer.outputs[0])), ATTENTION
 
             def attention_fixed(qkv: torch.Tensor, mask: torch.Tensor | None = None) -> Sequence[torch.Tensor]:
                 mask_idx = mask[:, 0] if has_mask and mask is not None else None
@@ -272,9 +299,8 @@ class Int8Lowering:
         bias = self.float32(values["bias"]).ravel() if "bias" in values else None
         eps = ops.skip_layernorm_eps(gamma.numel(), torch.int8)
         if self.steps is not None and self.fast_int8_skip_layernorm(layer):
-            out_codes = self.handover.get(layer.outputs[0]) == CODES
             return self.steps.fast_int8_skip_layernorm(gamma, beta, bias, x_scale, skip_scale, out_scale, eps,
-                                                       torch.int8 if out_codes else out_types[0]), SKIP_LAYERNORM
+                                                       out_types[0], self.handover_codes(layer.outputs[0])), SKIP_LAYERNORM
 
         def skip_layernorm(x: torch.Tensor, skip: torch.Tensor) -> Sequence[torch.Tensor]:
             if interleaved:

@@ -1,5 +1,5 @@
 """Triton helpers shared by the fast path's kernels: LayerNorm statistics, the tanh and the exact erf
-GELU, the INT8 grid's rounding and a GEMM's K loop.  Each is a ``@triton.jit`` function that the
+GELU, the INT8 grid's and FP8 E4M3's rounding and a GEMM's K loop.  Each is a ``@triton.jit`` function that the
 kernels of ``norms``, ``quant_kernels``, ``gelu``, ``few_rows_gemm``, ``int8_gemm`` and
 ``int8_attention`` inline.  Imported lazily, like those modules: Triton exists only on GPU machines.
 """
@@ -53,14 +53,19 @@ def dot_k_blocks(a_ptrs, w_ptrs, ks, k_len, acc, EVEN_K: tl.constexpr, BLOCK_K: 
     """``acc`` + the product of ``k_len`` columns of the row tile at ``a_ptrs`` [BLOCK_M, BLOCK_K] and
     the K-major weight tile at ``w_ptrs`` [BLOCK_K, BLOCK_N], BLOCK_K at a time (the last block
     masked unless ``EVEN_K``); the pointer kernels' main loop, accumulating in ``acc``'s type."""
+    # The padding of the last block: a float zero for FP8 codes (an integer does not convert to them).
+    if a_ptrs.dtype.element_ty.is_fp8():
+        zero = 0.0
+    else:
+        zero = 0
     for start in tl.range(0, k_len, BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs)
             w = tl.load(w_ptrs)
         else:
             left = k_len - start
-            a = tl.load(a_ptrs, mask=ks[None, :] < left, other=0)
-            w = tl.load(w_ptrs, mask=ks[:, None] < left, other=0)
+            a = tl.load(a_ptrs, mask=ks[None, :] < left, other=zero)
+            w = tl.load(w_ptrs, mask=ks[:, None] < left, other=zero)
         acc = tl.dot(a, w, acc, out_dtype=acc.dtype)
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
@@ -87,3 +92,25 @@ def int8_codes(v, scale):
     """``int8_grid(v, scale)`` as int8."""
     shifted = tl.minimum(tl.maximum(v * (1.0 / scale), -128.0), 127.0) + ROUNDING_SHIFT
     return shifted.to(tl.int32, bitcast=True).to(tl.int8)
+
+
+FP8_E4M3_MAX = tl.constexpr(448.0)  # the largest finite E4M3 value (``quantization.FP8_E4M3_MAX``)
+
+
+@triton.jit
+def fp8_codes(v, scale):
+    """The E4M3 codes of ``v / scale`` saturated to the finite range, rounded to nearest even: the
+    ``float8_e4m3fn`` cast of ``quantization.fp8_linear``'s clamped quotient (a division, as there)."""
+    return tl.minimum(tl.maximum(v / scale, -FP8_E4M3_MAX), FP8_E4M3_MAX).to(tl.float8e4nv)
+
+
+@triton.jit
+def rounded_to(v, VALUE_DTYPE: tl.constexpr):
+    """float32 ``v`` rounded to the float type ``VALUE_DTYPE`` stands for (``quant_kernels.VALUE_DTYPES``;
+    0: float32, unchanged): the value a tensor of that type holds, from which the next quantize pass
+    makes its codes."""
+    if VALUE_DTYPE == 1:
+        v = v.to(tl.float16).to(tl.float32)
+    elif VALUE_DTYPE == 2:
+        v = v.to(tl.bfloat16).to(tl.float32)
+    return v

@@ -3,7 +3,8 @@
 The reference is ``quantization.int8_attention``: Q·Kᵀ on the int8 codes (exact int32), scaled by
 ``s_qkv² / √H``; softmax in float32; the probabilities quantized with step ``dq_probs`` to codes
 0…127; P·V on the codes (exact int32), scaled by ``dq_probs · s_qkv``; the context written on the
-INT8 grid of ``ctx_scale``.  Q·Kᵀ runs on the int8 tensor cores, P·V on the FP16 ones with the
+INT8 grid of ``ctx_scale`` (as its codes, its values, or the FP8 E4M3 codes of those values when an
+FP8 GEMM reads the context).  Q·Kᵀ runs on the int8 tensor cores, P·V on the FP16 ones with the
 same exact integer result (``_times_v``).
 
 One program takes ``BLOCK_M`` queries of one (sequence, head).  When all keys fit in one block
@@ -25,7 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from helpers.portable.kernels.common import ROUNDING_SHIFT, ROUNDING_SHIFT_BITS, int8_codes, int8_grid
+from helpers.portable.kernels.common import ROUNDING_SHIFT, ROUNDING_SHIFT_BITS, int8_grid
+from helpers.portable.kernels.quant_kernels import FP8_CODES, VALUE_DTYPES, output_mode, store_int8_value
 
 
 @triton.jit
@@ -149,9 +151,10 @@ def _context_block(context, shift, inv_sum, q, qkv_ptr, start, seq, batch, width
 
 @triton.jit
 def _int8_attention_kernel(
-    qkv_ptr, mask_ptr, out_ptr, seq_len, batch, qkv_scale, score_scale, inv_dq_probs, pv_scale, out_scale,
+    qkv_ptr, mask_ptr, out_ptr, seq_len, batch, qkv_scale, score_scale, inv_dq_probs, pv_scale, out_scale, fp8_scale,
     HEADS: tl.constexpr, HEAD: tl.constexpr, HEAD_BLOCK: tl.constexpr, HAS_MASK: tl.constexpr,
-    QKV_CODES: tl.constexpr, OUT_CODES: tl.constexpr, CLAMP: tl.constexpr, ONE_KEY_BLOCK: tl.constexpr,
+    QKV_CODES: tl.constexpr, OUT: tl.constexpr, VALUE_DTYPE: tl.constexpr, CLAMP: tl.constexpr,
+    ONE_KEY_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     seq = tl.program_id(0) // HEADS
@@ -210,10 +213,7 @@ def _int8_attention_kernel(
     values = context * pv_scale
     out_ptrs = out_ptr + (queries.to(tl.int64) * batch + seq)[:, None] * (HEADS * HEAD) + (head * HEAD + dims)[None, :]
     out_mask = (queries < seq_len)[:, None] & in_head[None, :]
-    if OUT_CODES:
-        tl.store(out_ptrs, int8_codes(values, out_scale), mask=out_mask)
-    else:
-        tl.store(out_ptrs, (int8_grid(values, out_scale) * out_scale).to(out_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(out_ptrs, store_int8_value(values, out_scale, fp8_scale, OUT, VALUE_DTYPE, out_ptr), mask=out_mask)
 
 
 MAX_SEQ_LEN = 1040  # P·V's sums reach S · 127 · 127, exact in float32 below 2²⁴
@@ -229,12 +229,14 @@ def attention_blocks(seq_len: int) -> tuple[int, int, int]:
 
 def int8_attention_into(
     out: torch.Tensor, qkv: torch.Tensor, mask_idx: torch.Tensor | None, num_heads: int, qkv_scale: float,
-    ctx_scale: float, dq_probs: float, blocks: tuple[int, int, int] | None = None,
+    ctx_scale: float, dq_probs: float, blocks: tuple[int, int, int] | None = None, fp8_scale: float | None = None,
+    value_dtype: torch.dtype | None = None,
 ) -> None:
     """``out [S, B, E]`` = ``quantization.int8_attention`` of ``qkv [S, B, 3E]`` (contiguous; int8
     codes of ``qkv_scale``, or float values) with ``mask_idx [B]`` (valid keys per sequence) or
-    none; ``out`` int8: the context's codes, else its INT8 values in ``out``'s dtype.  ``blocks``
-    pins (BLOCK_M, BLOCK_N, warps) in place of ``attention_blocks``."""
+    none; ``out`` int8: the context's codes; float8_e4m3fn: the FP8 codes of ``fp8_scale`` that an
+    FP8 GEMM makes from its INT8 values rounded to ``value_dtype``; else its INT8 values in
+    ``out``'s dtype.  ``blocks`` pins (BLOCK_M, BLOCK_N, warps) in place of ``attention_blocks``."""
     seq_len, batch, width = qkv.shape
     head = width // (3 * num_heads)
     if out.shape != (seq_len, batch, num_heads * head) or not (qkv.is_contiguous() and out.is_contiguous()):
@@ -242,6 +244,9 @@ def int8_attention_into(
     if seq_len > MAX_SEQ_LEN or head > MAX_HEAD_SIZE:
         raise ValueError(f"int8_attention_into: {seq_len} tokens of heads {head} wide, beyond the "
                          f"{MAX_SEQ_LEN} × {MAX_HEAD_SIZE} whose products are exact")
+    mode = output_mode(out)
+    if (mode == FP8_CODES) != (fp8_scale is not None and value_dtype is not None):
+        raise ValueError("int8_attention_into: an FP8 output, and only that, needs fp8_scale and value_dtype")
     if seq_len == 0 or batch == 0:
         return
     block_m, block_n, warps = blocks or attention_blocks(seq_len)
@@ -250,8 +255,9 @@ def int8_attention_into(
     grid = (batch * num_heads, triton.cdiv(seq_len, block_m))
     _int8_attention_kernel[grid](
         qkv, mask, out, seq_len, batch, float(qkv_scale), score_scale, 1.0 / dq_probs, dq_probs * qkv_scale,
-        float(ctx_scale), HEADS=num_heads, HEAD=head, HEAD_BLOCK=max(32, triton.next_power_of_2(head)),
-        HAS_MASK=mask_idx is not None, QKV_CODES=qkv.dtype == torch.int8, OUT_CODES=out.dtype == torch.int8,
+        float(ctx_scale), 1.0 if fp8_scale is None else float(fp8_scale), HEADS=num_heads, HEAD=head,
+        HEAD_BLOCK=max(32, triton.next_power_of_2(head)), HAS_MASK=mask_idx is not None,
+        QKV_CODES=qkv.dtype == torch.int8, OUT=mode, VALUE_DTYPE=VALUE_DTYPES[value_dtype or torch.float32],
         CLAMP=1.0 / dq_probs >= 127.5, ONE_KEY_BLOCK=seq_len <= block_n, BLOCK_M=block_m, BLOCK_N=block_n,
         num_warps=warps,
     )

@@ -1,22 +1,29 @@
-"""Triton INT8 tensor-core GEMM with the dequantize in its epilogue (the INT8 engine's GEMMs on CUDA).
+"""Triton 8-bit tensor-core GEMM with the dequantize in its epilogue (the INT8 and FP8 engines' GEMMs
+on CUDA).
 
-``out = store(gelu?(acc · col_scales[n] + bias[n]))`` with ``acc`` the exact int32 product of int8
-activation codes ``[M, K]`` and int8 weight codes ``[N, K]`` (both row-major, i.e. K-contiguous:
-the operand layout Hopper's wgmma takes for 8-bit types, so ``tl.dot`` lowers to it on sm_90).
-``col_scales`` is ``in_scale · w_scale[n]``; ``store`` writes float values in ``out``'s dtype, or
-their codes on the INT8 grid of ``out_scale`` into an int8 ``out``.
+``out = store(gelu?(acc · col_scales[n] + bias[n]))`` with ``acc`` the product of 8-bit activation
+codes ``[M, K]`` and weight codes ``[N, K]`` of one type (both row-major, i.e. K-contiguous: the
+operand layout Hopper's wgmma takes for 8-bit types, so ``tl.dot`` lowers to it on sm_90): int8
+codes with the exact int32 product, or FP8 E4M3 codes (``torch.float8_e4m3fn``) accumulated in
+float32.  ``col_scales`` is ``in_scale · w_scale[n]``; ``store`` writes float values in ``out``'s
+dtype, their codes on the INT8 grid of ``out_scale`` into an int8 ``out``, or their E4M3 codes of
+``out_scale`` into a float8_e4m3fn ``out`` (the next FP8 GEMM's input).
 No int32 tensor is ever written: ``torch._int_mm`` + a dequantize pass write and read one.
 
 The reference is ``quantization.int8_linear``'s arithmetic (exact integer product, float32
-dequantize + bias) followed by the GELU (``ops.gelu_tanh``, or the exact erf form of
-``torch.nn.functional.gelu``) and ``quantization.quantize`` / ``fake_quantize``.  Before
+dequantize + bias), or ``quantization.fp8_linear``'s for E4M3 operands, followed by the GELU
+(``ops.gelu_tanh``, or the exact erf form of ``torch.nn.functional.gelu``) and
+``quantization.quantize`` / ``fake_quantize``, or the E4M3 cast of ``fp8_linear``.  Before
 quantizing, ``y`` is rounded to ``value_dtype``, the float type of the tensor the engine's
 reference plan holds there, so the codes are those the next layer's quantize pass would make from
-it; as in ``quant_kernels`` the multiplication by the scale's reciprocal may round one ulp away
-from PyTorch's division (a code moves by at most one step).  Where the value is rounded to FP16 or
-BF16 and then quantized, the tanh GELU's tanh is the hardware approximation
-(``_gelu_tanh_approx``), whose error that rounding all but hides; elsewhere, and for the erf GELU
-always, the exact formula.  Imported lazily: Triton exists only on GPU machines.
+it; as in ``quant_kernels`` the INT8 grid's multiplication by the scale's reciprocal may round one
+ulp away from PyTorch's division (a code moves by at most one step; the E4M3 codes divide, as
+PyTorch).  Where the value is rounded to FP16 or BF16 and then quantized, the tanh GELU's tanh is
+the hardware approximation (``_gelu_tanh_approx``), whose error that rounding all but hides;
+elsewhere, and for the erf GELU always, the exact formula.  Hopper's FP8 tensor cores add each
+K block's products in a narrower format before the float32 accumulator (as ``fp8_linear`` says),
+so FP8 results move by about 2⁻¹¹ of the accumulated magnitude.  Imported lazily: Triton exists
+only on GPU machines.
 
 Two kernels: for more than ``_SMALL_M`` rows (BERT at batch ≥ 2) with 16-byte aligned operands and
 a 1- or 2-byte output, operand tiles come through TMA descriptors and persistent programs walk the
@@ -34,16 +41,16 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from helpers.portable.kernels.common import dot_k_blocks, gelu_erf, gelu_tanh, int8_codes
-from helpers.portable.kernels.quant_kernels import FLOAT_VALUES, INT8_CODES
+from helpers.portable.kernels.common import dot_k_blocks, fp8_codes, gelu_erf, gelu_tanh, int8_codes, rounded_to
+from helpers.portable.kernels.quant_kernels import FLOAT_VALUES, VALUE_DTYPES, output_mode
 from helpers.portable.ops import GELU_COEFF, GELU_SQRT_2_OVER_PI, GeluForm
 
 # Rows up to this many run the small-M configurations (batch-1 shapes: too few row blocks of 128
 # to fill the GPU), larger GEMMs the large tiles.
 _SMALL_M = 256
 _GROUP_M = 8
-# The float type whose rounding the INT8 grid sees (``value_dtype``): none for float32.
-_VALUE_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# The operand types and their accumulators.
+_OPERAND_TYPES = (torch.int8, torch.float8_e4m3fn)
 
 
 def _config(block_m: int, block_n: int, block_k: int, stages: int, warps: int) -> triton.Config:
@@ -95,6 +102,13 @@ def _tile_coords(tile, blocks_m, blocks_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _zero_accumulator(FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    if FP8:
+        return tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    return tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+
+
+@triton.jit
 def _epilogue(
     acc, pid_m, pid_n, col_scale_ptr, bias_ptr, out_ptr, M, N, stride_out, out_scale, coeff, sqrt_2_over_pi,
     HAS_BIAS: tl.constexpr, GELU: tl.constexpr, ERF: tl.constexpr, MODE: tl.constexpr, VALUE_DTYPE: tl.constexpr,
@@ -109,18 +123,16 @@ def _epilogue(
     if GELU:
         if ERF:
             v = gelu_erf(v)
-        elif MODE == 0 and VALUE_DTYPE != 0:
+        elif MODE != 2 and VALUE_DTYPE != 0:
             v = _gelu_tanh_approx(v, coeff, sqrt_2_over_pi)
         else:
             v = gelu_tanh(v, coeff, sqrt_2_over_pi)
     out_ptrs = out_ptr + rows[:, None].to(tl.int64) * stride_out + cols[None, :]
     in_range = (rows < M)[:, None] & in_cols[None, :]
     if MODE == 0:  # INT8_CODES
-        if VALUE_DTYPE == 1:
-            v = v.to(tl.float16).to(tl.float32)
-        elif VALUE_DTYPE == 2:
-            v = v.to(tl.bfloat16).to(tl.float32)
-        tl.store(out_ptrs, int8_codes(v, out_scale), mask=in_range)
+        tl.store(out_ptrs, int8_codes(rounded_to(v, VALUE_DTYPE), out_scale), mask=in_range)
+    elif MODE == 1:  # FP8_CODES
+        tl.store(out_ptrs, fp8_codes(rounded_to(v, VALUE_DTYPE), out_scale), mask=in_range)
     else:  # FLOAT_VALUES
         tl.store(out_ptrs, v.to(out_ptr.dtype.element_ty), mask=in_range)
 
@@ -130,7 +142,7 @@ def _int8_gemm_kernel(
     a_ptr, w_ptr, col_scale_ptr, bias_ptr, out_ptr, M, N, K, stride_a, stride_w, stride_out, m_bucket,
     out_scale, coeff, sqrt_2_over_pi,
     HAS_BIAS: tl.constexpr, GELU: tl.constexpr, ERF: tl.constexpr, MODE: tl.constexpr, VALUE_DTYPE: tl.constexpr,
-    EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    FP8: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = _tile_coords(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
@@ -140,7 +152,7 @@ def _int8_gemm_kernel(
     # Rows / columns past the end read valid ones (wrapped) and are never stored: no M / N masks.
     a_ptrs = a_ptr + (rows % M)[:, None].to(tl.int64) * stride_a + ks[None, :]
     w_ptrs = w_ptr + (cols % N)[None, :].to(tl.int64) * stride_w + ks[:, None]  # [BLOCK_K, BLOCK_N], K-major
-    acc = dot_k_blocks(a_ptrs, w_ptrs, ks, K, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32), EVEN_K, BLOCK_K)
+    acc = dot_k_blocks(a_ptrs, w_ptrs, ks, K, _zero_accumulator(FP8, BLOCK_M, BLOCK_N), EVEN_K, BLOCK_K)
     _epilogue(acc, pid_m, pid_n, col_scale_ptr, bias_ptr, out_ptr, M, N, stride_out, out_scale, coeff,
               sqrt_2_over_pi, HAS_BIAS, GELU, ERF, MODE, VALUE_DTYPE, BLOCK_M, BLOCK_N)
 
@@ -150,7 +162,7 @@ def _int8_gemm_tma_kernel(
     a_desc, w_desc, col_scale_ptr, bias_ptr, out_ptr, M, N, K, stride_out, m_bucket, out_scale, coeff,
     sqrt_2_over_pi,
     HAS_BIAS: tl.constexpr, GELU: tl.constexpr, ERF: tl.constexpr, MODE: tl.constexpr, VALUE_DTYPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PROGRAMS_PER_SM: tl.constexpr,
 ):
     # The operand tiles come through TMA (``a_desc`` [M, K], ``w_desc`` [N, K]), which fills reads
@@ -166,22 +178,22 @@ def _int8_gemm_tma_kernel(
         stored = tl.program_id(0) - step
         for tile in tl.range(tl.program_id(0), blocks_m * blocks_n, step, flatten=True):
             pid_m, pid_n = _tile_coords(tile, blocks_m, blocks_n, GROUP_M)
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+            acc = _zero_accumulator(FP8, BLOCK_M, BLOCK_N)
             for start in tl.range(0, K, BLOCK_K):
                 a = a_desc.load([pid_m * BLOCK_M, start])
                 w = w_desc.load([pid_n * BLOCK_N, start])
-                acc = tl.dot(a, w.T, acc, out_dtype=tl.int32)
+                acc = tl.dot(a, w.T, acc, out_dtype=acc.dtype)
             stored += step
             out_m, out_n = _tile_coords(stored, blocks_m, blocks_n, GROUP_M)
             _epilogue(acc, out_m, out_n, col_scale_ptr, bias_ptr, out_ptr, M, N, stride_out, out_scale, coeff,
                       sqrt_2_over_pi, HAS_BIAS, GELU, ERF, MODE, VALUE_DTYPE, BLOCK_M, BLOCK_N)
     else:
         pid_m, pid_n = _tile_coords(tl.program_id(0), blocks_m, blocks_n, GROUP_M)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        acc = _zero_accumulator(FP8, BLOCK_M, BLOCK_N)
         for start in tl.range(0, K, BLOCK_K):
             a = a_desc.load([pid_m * BLOCK_M, start])
             w = w_desc.load([pid_n * BLOCK_N, start])
-            acc = tl.dot(a, w.T, acc, out_dtype=tl.int32)
+            acc = tl.dot(a, w.T, acc, out_dtype=acc.dtype)
         _epilogue(acc, pid_m, pid_n, col_scale_ptr, bias_ptr, out_ptr, M, N, stride_out, out_scale, coeff,
                   sqrt_2_over_pi, HAS_BIAS, GELU, ERF, MODE, VALUE_DTYPE, BLOCK_M, BLOCK_N)
 
@@ -220,7 +232,7 @@ _tuned_tma_kernel = triton.autotune(TMA_CONFIGS, key=["m_bucket", "N", "K"], do_
 
 
 def _tma_ready(t: torch.Tensor) -> bool:
-    """TMA reads ``t`` (rows of int8): 16-byte aligned base and row stride."""
+    """TMA reads ``t`` (rows of 8-bit codes): 16-byte aligned base and row stride."""
     return t.data_ptr() % 16 == 0 and t.stride(0) % 16 == 0
 
 
@@ -240,11 +252,13 @@ def int8_gemm_into(
     config: triton.Config | None = None,
     form: GeluForm = "tanh",
 ) -> None:
-    """``out[M, N]`` from int8 ``codes [M, K]`` · int8 ``weight_codes [N, K]``ᵀ, dequantized by the
-    float32 ``col_scales [N]`` (+ float32 ``bias [N]``, then the GELU of ``form`` when ``gelu``).
+    """``out[M, N]`` from 8-bit ``codes [M, K]`` · ``weight_codes [N, K]``ᵀ (both int8, or both
+    float8_e4m3fn), dequantized by the float32 ``col_scales [N]`` (+ float32 ``bias [N]``, then the
+    GELU of ``form`` when ``gelu``).
 
-    ``out`` float: the float values.  ``out`` int8: their codes on the INT8 grid of ``out_scale``
-    (``value_dtype``: the float type the values are rounded to first).  ``config`` pins one of ``CONFIGS`` (the cp.async
+    ``out`` float: the float values.  ``out`` int8: their codes on the INT8 grid of ``out_scale``;
+    float8_e4m3fn: their E4M3 codes of ``out_scale`` (``value_dtype``: the float type the values
+    are rounded to first).  ``config`` pins one of ``CONFIGS`` (the cp.async
     kernel) or ``TMA_CONFIGS`` (the TMA kernel) instead of tuning; unpinned, more than ``_SMALL_M``
     rows with TMA-aligned operands and a 1- or 2-byte output run the TMA kernel.
     """
@@ -253,18 +267,20 @@ def int8_gemm_into(
     if weight_codes.shape[1] != k or out.shape != (m, n) or codes.stride(1) != 1 or weight_codes.stride(1) != 1 \
             or out.stride(1) != 1:
         raise ValueError(f"int8_gemm_into: shapes {tuple(codes.shape)} x {tuple(weight_codes.shape)} -> {tuple(out.shape)}")
+    if codes.dtype not in _OPERAND_TYPES or weight_codes.dtype != codes.dtype:
+        raise ValueError(f"int8_gemm_into: operands {codes.dtype} x {weight_codes.dtype}, not both int8 or both FP8")
     if m == 0 or n == 0:
         return
-    if (out.dtype == torch.int8) != (out_scale is not None) or (out_scale is not None and value_dtype is None):
-        raise ValueError("int8_gemm_into: an int8 output, and only that, needs out_scale and value_dtype")
-    mode = INT8_CODES if out.dtype == torch.int8 else FLOAT_VALUES
+    mode = output_mode(out)
+    if (mode != FLOAT_VALUES) != (out_scale is not None) or (out_scale is not None and value_dtype is None):
+        raise ValueError("int8_gemm_into: an 8-bit output, and only that, needs out_scale and value_dtype")
     value_dtype = value_dtype or out.dtype
     # Tuned once per (power-of-two row bucket, N, K): every M ≥ 4096 shares the large-M choice.
     m_bucket = triton.next_power_of_2(min(m, 4096))
     epilogue = (col_scales, bias if bias is not None else col_scales, out)
     scalars = (1.0 if out_scale is None else float(out_scale), GELU_COEFF, GELU_SQRT_2_OVER_PI)
     flags = {"HAS_BIAS": bias is not None, "GELU": gelu, "ERF": form == "erf", "MODE": mode,
-             "VALUE_DTYPE": _VALUE_DTYPES[value_dtype], "GROUP_M": _GROUP_M}
+             "VALUE_DTYPE": VALUE_DTYPES[value_dtype], "FP8": codes.dtype == torch.float8_e4m3fn, "GROUP_M": _GROUP_M}
     # float32 tiles of the TMA kernel's large tiles need more shared memory for the epilogue's
     # layout change than the operand stages leave: float32 output takes the cp.async kernel.
     tma_possible = out.element_size() <= 2 and _tma_ready(codes) and _tma_ready(weight_codes)

@@ -1,11 +1,12 @@
 """Triton kernels of the INT8/FP8 engine on CUDA: the quantize passes in front of the GEMMs, each
-one pass over memory, and the INT8-I/O skip-LayerNorm as one row pass (the INT8 GEMM dequantizes
+one pass over memory, and the INT8-I/O skip-LayerNorm as one row pass (the 8-bit GEMM dequantizes
 in its own epilogue: ``int8_gemm``).
 
 Their references are in ``helpers.portable.quantization`` (``quantize``, ``fake_quantize``, the
 input cast of ``fp8_linear``, ``int8_skip_layernorm``);
 ``tests/test_int8.py`` checks each against it on the GPU machine.  The skip-LayerNorm also reads and
-writes int8 codes (the INT8 engine's hand-overs between it and the GEMMs, ``int8_plan``).  Rounding is half to even
+writes int8 codes (the INT8 engine's hand-overs between it and the GEMMs, ``int8_plan``), and writes
+the FP8 E4M3 codes of its INT8 values where an FP8 GEMM alone reads them.  Rounding is half to even
 (``rint``) as in the references.  Every INT8 pass multiplies by the scale's reciprocal, where the
 references divide: the product may differ from the quotient by one ulp, which moves a code by at
 most one step, at a tie, and every CUDA kernel makes the same codes from the same value, so the
@@ -20,11 +21,18 @@ import torch
 import triton
 import triton.language as tl
 
-from helpers.portable.kernels.common import int8_codes, int8_grid, load_layernorm_params, normalize
+from helpers.portable.kernels.common import fp8_codes, int8_codes, int8_grid, load_layernorm_params, normalize, rounded_to
 
 _BLOCK = 2048
-# What a pass stores: int8 codes, FP8 E4M3 codes, or plain float values (the INT8 GEMM's epilogue only).
+# What a pass stores: int8 codes, FP8 E4M3 codes, or plain float values.
 INT8_CODES, FP8_CODES, FLOAT_VALUES = 0, 1, 2
+# The float type a value is rounded to before its codes are made (``common.rounded_to``).
+VALUE_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def output_mode(out: torch.Tensor) -> int:
+    """What a kernel stores into ``out``: int8 codes, FP8 E4M3 codes, or float values of its dtype."""
+    return {torch.int8: INT8_CODES, torch.float8_e4m3fn: FP8_CODES}.get(out.dtype, FLOAT_VALUES)
 
 
 @triton.jit
@@ -35,8 +43,7 @@ def _quantize_kernel(x_ptr, out_ptr, numel, out_scale, MODE: tl.constexpr, BLOCK
     if MODE == 0:
         tl.store(out_ptr + offsets, int8_codes(v, out_scale), mask=in_range)
     else:
-        codes = tl.minimum(tl.maximum(v / out_scale, -448.0), 448.0)  # the finite E4M3 range
-        tl.store(out_ptr + offsets, codes.to(out_ptr.dtype.element_ty), mask=in_range)
+        tl.store(out_ptr + offsets, fp8_codes(v, out_scale), mask=in_range)
 
 
 def quantize_into(out: torch.Tensor, x: torch.Tensor, mode: int, out_scale: float) -> None:
@@ -50,10 +57,25 @@ def quantize_into(out: torch.Tensor, x: torch.Tensor, mode: int, out_scale: floa
 
 
 @triton.jit
+def store_int8_value(v, scale, fp8_scale, OUT: tl.constexpr, VALUE_DTYPE: tl.constexpr, out_ptr):
+    """What an INT8 tensor's producer stores of float32 ``v`` (its value before the INT8 grid of
+    ``scale``) into ``out_ptr``: the int8 codes (``OUT`` ``INT8_CODES``); the FP8 E4M3 codes of
+    ``fp8_scale`` that an FP8 GEMM's quantize pass makes from the INT8 value held in the
+    ``VALUE_DTYPE`` float type (``FP8_CODES``); that INT8 value in ``out_ptr``'s type
+    (``FLOAT_VALUES``)."""
+    if OUT == 0:
+        return int8_codes(v, scale)
+    values = int8_grid(v, scale) * scale
+    if OUT == 1:
+        return fp8_codes(rounded_to(values, VALUE_DTYPE), fp8_scale)
+    return values.to(out_ptr.dtype.element_ty)
+
+
+@triton.jit
 def _int8_skip_layernorm_kernel(
     x_ptr, skip_ptr, bias_ptr, gamma_ptr, beta_ptr, out_ptr, n_rows, hidden, eps, x_scale, skip_scale, out_scale,
-    HAS_BIAS: tl.constexpr, X_CODES: tl.constexpr, SKIP_CODES: tl.constexpr, OUT_CODES: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    fp8_scale, HAS_BIAS: tl.constexpr, X_CODES: tl.constexpr, SKIP_CODES: tl.constexpr, OUT: tl.constexpr,
+    VALUE_DTYPE: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # ROWS rows per program: an int8 row is a few hundred bytes, less than the float32 LayerNorm
     # parameters, which each program reads once.
@@ -77,10 +99,7 @@ def _int8_skip_layernorm_kernel(
         v += tl.load(bias_ptr + cols, mask=cols_mask, other=0.0).to(tl.float32)[None, :]
     gamma, beta = load_layernorm_params(gamma_ptr, beta_ptr, cols, cols_mask, False)
     y = normalize(v, cols_mask, gamma[None, :], beta[None, :], hidden, eps)
-    if OUT_CODES:
-        tl.store(out_ptr + offsets, int8_codes(y, out_scale), mask=mask)
-    else:
-        tl.store(out_ptr + offsets, (int8_grid(y, out_scale) * out_scale).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offsets, store_int8_value(y, out_scale, fp8_scale, OUT, VALUE_DTYPE, out_ptr), mask=mask)
 
 
 # (rows per program, warps) of the INT8 skip-LayerNorm at BERT's widths: a sweep on the H100
@@ -91,14 +110,19 @@ INT8_SKIP_LAYERNORM_LAUNCH = (4, 4)
 def int8_skip_layernorm_into(
     out: torch.Tensor, x: torch.Tensor, skip: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
     bias: torch.Tensor | None, x_scale: float, skip_scale: float, out_scale: float, eps: float,
-    launch: tuple[int, int] = INT8_SKIP_LAYERNORM_LAUNCH,
+    launch: tuple[int, int] = INT8_SKIP_LAYERNORM_LAUNCH, fp8_scale: float | None = None,
+    value_dtype: torch.dtype | None = None,
 ) -> None:
     """The normalized output of ``quantization.int8_skip_layernorm`` over contiguous ``[..., E]`` rows.
 
     ``x`` and ``skip``: float values, or int8 codes of ``x_scale`` / ``skip_scale``; ``out``: int8
-    for the output's codes, else its INT8 values in ``out``'s dtype.  ``launch``: rows per program
-    (a power of two) and warps.
+    for the output's codes, float8_e4m3fn for the FP8 codes of ``fp8_scale`` of its INT8 values
+    rounded to ``value_dtype`` (what an FP8 GEMM reading them makes), else its INT8 values in
+    ``out``'s dtype.  ``launch``: rows per program (a power of two) and warps.
     """
+    mode = output_mode(out)
+    if (mode == FP8_CODES) != (fp8_scale is not None and value_dtype is not None):
+        raise ValueError("int8_skip_layernorm_into: an FP8 output, and only that, needs fp8_scale and value_dtype")
     hidden = x.shape[-1]
     rows = x.numel() // hidden if hidden else 0
     if rows == 0:
@@ -106,7 +130,8 @@ def int8_skip_layernorm_into(
     rows_per_program, warps = launch
     _int8_skip_layernorm_kernel[(triton.cdiv(rows, rows_per_program),)](
         x, skip, bias if bias is not None else gamma, gamma, beta, out, rows, hidden, float(eps),
-        float(x_scale), float(skip_scale), float(out_scale),
+        float(x_scale), float(skip_scale), float(out_scale), 1.0 if fp8_scale is None else float(fp8_scale),
         HAS_BIAS=bias is not None, X_CODES=x.dtype == torch.int8, SKIP_CODES=skip.dtype == torch.int8,
-        OUT_CODES=out.dtype == torch.int8, ROWS=rows_per_program, BLOCK=triton.next_power_of_2(hidden), num_warps=warps,
+        OUT=mode, VALUE_DTYPE=VALUE_DTYPES[value_dtype or torch.float32], ROWS=rows_per_program,
+        BLOCK=triton.next_power_of_2(hidden), num_warps=warps,
     )
