@@ -2,9 +2,10 @@
 
 Builds the three fixed-length engines from one random BERT-large (INT8 with
 scripts/inference_benchmark.sh's ``-i --strict -iln -imh``, PTQ on the hand-made SQuAD set of
-bench/int8_accuracy.py; FP8 ``--fp8 --strict -iln -imh``, which is ``-i`` with FP8 GEMMs), times CUDA-graph replays (bench.timing), reads
-each run's peak GPU memory, and profiles one eager forward per engine at the first length (device
-time per kernel category and the largest kernels, bench.compare.profile_kernels).  Prints one JSON
+bench/int8_accuracy.py; FP8 ``--fp8 --strict -iln -imh``, which is ``-i`` with FP8 GEMMs), times
+CUDA-graph replays (bench.timing), reads each run's peak GPU memory, and profiles one eager forward
+per engine at the first length (device time per kernel category and the largest kernels,
+bench.compare.profile_kernels).  Prints one JSON
 line per measurement and writes them all to ``--out``.
 
 ``--gemm-rows M`` (repeatable) first times BERT-large's four encoder GEMMs alone at M rows: FP16
@@ -292,7 +293,7 @@ def time_engines(args: argparse.Namespace) -> list[dict]:
         calibration = ["-j", str(ws.squad()), "-v", ws.vocab(), "-n", "4", "-p", str(ws.root / "calib.cache")]
         for precision in args.precision or list(VARIANTS):
             engine = ws.root / f"{precision}.engine"
-            flags = VARIANTS[precision] + (calibration if "-i" in VARIANTS[precision] else [])
+            flags = VARIANTS[precision] + (calibration if precision != "fp16" else [])
             try:  # one engine's failure still leaves the others' numbers
                 build("builder.py", [*ws.common(), "-o", str(engine), *flags, "-b", str(args.batch),
                                      *[a for s in seqs for a in ("-s", str(s))]])
