@@ -5,8 +5,8 @@ with the dequantize + bias, and the builder's GELU (tanh or erf) when fused, in 
 one quantize pass (``quant_kernels``) unless its producer already wrote the int8 / E4M3 codes.
 ``-iln`` skip-LayerNorm is one row pass; ``-imh`` attention is one Triton kernel with both products
 on int8 codes (``int8_attention``).  Each producer writes what the plan hands over
-(``int8_plan.Int8Lowering.handover``): float values, int8 codes or E4M3 codes.  Imported by the INT8 lowering on CUDA only: the
-kernels need Triton, which exists only on GPU machines.
+(``int8_plan.Int8Lowering.handover``): float values, int8 codes or E4M3 codes.  Imported by the
+INT8 lowering on CUDA only: the kernels need Triton, which exists only on GPU machines.
 """
 
 from __future__ import annotations
