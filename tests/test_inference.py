@@ -4,18 +4,32 @@ scoring, bad input."""
 from __future__ import annotations
 
 import collections
+import fcntl
 import io
 import json
+import os
+import pty
 import re
+import shutil
+import struct
 import subprocess
 import sys
+import termios
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
+import builder
 import helpers.data_processing as dp
+import helpers.question_answering as qa
+import helpers.tokenization as tokenization
 import inference
+import inference_c
+import inference_varseqlen
 from engines import PASSAGE, QUESTION, REPO_ROOT, SEQ_LEN, oracle_answer, run_main, tiny_model_dir
+from helpers.portable import ENGINE_MAGIC, FORMAT_VERSION
+from helpers.question_answering import escape_controls
 
 FRAME = "-" * 24
 
@@ -202,8 +216,6 @@ def test_command_line_error_is_one_line_with_status_1(tmp_path):
 
 
 def test_engine_of_another_format_version(engine, vocab, capsys, tmp_path):
-    from helpers.portable import ENGINE_MAGIC, FORMAT_VERSION
-
     data = bytearray(engine.read_bytes())
     offset = len(ENGINE_MAGIC)
     assert int.from_bytes(data[offset : offset + 4], "little") == FORMAT_VERSION
@@ -215,12 +227,6 @@ def test_engine_of_another_format_version(engine, vocab, capsys, tmp_path):
 
 
 def test_progress_bar_on_a_terminal(engine, vocab, tmp_path):
-    import fcntl
-    import os
-    import pty
-    import struct
-    import termios
-
     gold = squad_file(tmp_path / "dev.json", {"q1": "a", "q2": "b", "q3": "c"})
     leader, follower = pty.openpty()
     # A new pseudo-terminal is 0 columns wide; give it a real terminal's size.
@@ -266,8 +272,6 @@ UNANSWERABLE_SQUAD = {
 
 @pytest.mark.parametrize("script", ["inference", "inference_c"])
 def test_squad_run_goes_on_past_questions_without_tokens(engine, vocab, capsys, tmp_path, tmp_path_factory, script):
-    import inference_c
-
     main = {"inference": inference.main, "inference_c": inference_c.main}[script]
     gold = tmp_path / "dev.json"
     gold.write_text(json.dumps(UNANSWERABLE_SQUAD), encoding="utf-8")
@@ -315,8 +319,6 @@ def test_interactive_mode_explains_a_question_without_tokens_and_asks_again(engi
 @pytest.mark.parametrize("script", ["inference", "inference_varseqlen", "inference_c"])
 def test_sizes_below_one_are_refused_before_loading(capsys, tmp_path, option, value, name, script):
     """Before, --n-best-size 0 answered 'empty' with probability 100 and exit status 0."""
-    import inference_c
-    import inference_varseqlen
 
     if script == "inference_c" and option == "--doc-stride":
         pytest.skip("inference_c.py has no --doc-stride (a fixed 128, like the original)")
@@ -384,10 +386,6 @@ def test_vocabulary_larger_than_the_embedding_table_is_refused(engine, vocab, ca
 
 def test_engine_with_infinite_logits_is_an_error_not_a_nan_probability(vocab, capsys, tmp_path, tmp_path_factory):
     """Finite weights whose logits overflow float32: before, the answer came with "probability: nan"."""
-    import shutil
-
-    import builder
-    from safetensors.numpy import load_file, save_file
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir(tmp_path_factory), model)
@@ -424,15 +422,11 @@ def test_control_characters_are_printed_escaped(engine, vocab, capsys):
     ],
 )
 def test_escape_controls(text, escaped):
-    from helpers.question_answering import escape_controls
-
     assert escape_controls(text) == escaped
 
 
 def test_long_passage_shows_window_progress_on_a_terminal(engine, vocab, monkeypatch, tmp_path):
     """A 1 MB passage makes thousands of windows; a slow answer shows a progress bar on stderr."""
-    import helpers.question_answering as qa
-    import helpers.tokenization as tokenization
 
     class Terminal(io.StringIO):
         def isatty(self):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
-from engines import SEQ_LEN, hf_model, tiny_engine, tiny_model_dir
+import builder_varseqlen
+import helpers.data_processing as dp
+from engines import PASSAGE, QUESTION, SEQ_LEN, hf_model, tiny_engine, tiny_model_dir
 from helpers import runner as runner_module
+from helpers.question_answering import QuestionAnswerer
 from helpers.runner import EngineRunner, NoProfileError, RunnerError, TimingSummary, engine_backend, percentile
 
 CUDA = torch.cuda.is_available()
@@ -145,7 +150,6 @@ def test_time_executions_counts_and_duration(tmp_path_factory):
     runner.activate(1, SEQ_LEN)
     times = runner.time_executions(warm_up_runs=1, iterations=3)
     assert len(times) == 3 and all(t > 0 for t in times)
-    import time
 
     started = time.perf_counter()
     times = runner.time_executions(warm_up_runs=0, iterations=1, duration_s=0.3)
@@ -186,9 +190,6 @@ def test_device_inputs_are_copied_after_the_callers_stream_wrote_them(tmp_path_f
 
 @needs_cuda
 def test_cpu_and_cuda_give_the_same_answer(tmp_path_factory):
-    from engines import PASSAGE, QUESTION
-    from helpers.question_answering import QuestionAnswerer
-
     engine = tiny_engine(tmp_path_factory)
     vocab = str(tiny_model_dir(tmp_path_factory) / "vocab.txt")
     inputs = random_batch(1, SEQ_LEN, vocab=30522, seed=3)
@@ -204,12 +205,6 @@ def test_cpu_and_cuda_give_the_same_answer(tmp_path_factory):
 
 
 def test_varseqlen_engine_runs_packed_through_the_same_runner(tmp_path, tmp_path_factory):
-    import builder_varseqlen
-
-    import helpers.data_processing as dp
-    from engines import PASSAGE, QUESTION
-    from helpers.question_answering import QuestionAnswerer
-
     model = tiny_model_dir(tmp_path_factory)
     engine = tmp_path / "varseqlen.engine"
     argv = ["--hf", str(model), "-o", str(engine), "-b", "1", "-s", str(SEQ_LEN), "--backend", "portable", "--device", "cpu"]

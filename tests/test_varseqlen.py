@@ -7,7 +7,9 @@ layers, 512 positions) keeps the CPU cost small even for 512-token sequences.
 
 from __future__ import annotations
 
+import collections
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -17,9 +19,14 @@ import builder
 import builder_varseqlen
 import checkpoints
 import engines
+import helpers.data_processing as dp
+import helpers.tokenization as tokenization
+import inference_varseqlen
 import perf_varseqlen
+from helpers.backend import select_backend, trt
 from helpers.portable import ops
 from helpers.portable import plugins_interleaved as interleaved
+from helpers.runner import EngineRunner, NoProfileError, RunnerError
 from varseqlen_network import VarSeqLenNetwork, batch_profiles
 
 MIX = (1, 2, 17, 64, 129, 384, 512)
@@ -50,16 +57,12 @@ def model_files(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def packed_runner(model_files):
-    from helpers.runner import EngineRunner
-
     engine = build_varseqlen(model_files, model_files["folder"] / "packed.engine", "-b", str(MAX_BATCH), "-s", str(MAX_SEQ))
     return EngineRunner(engine, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def padded_runner(model_files):
-    from helpers.runner import EngineRunner
-
     engine = model_files["folder"] / "padded.engine"
     argv = ["--hf", str(model_files["hf"]), "-o", str(engine), "-b", str(MAX_BATCH), "-s", str(MAX_SEQ),
             "--backend", "portable", "--device", "cpu"]
@@ -104,8 +107,6 @@ def assert_padding_is_skipped(runner, batch: dict[str, np.ndarray], tolerance: f
 
 
 def test_padding_tokens_and_empty_sequences_are_skipped(tiny_model, packed_runner):
-    from helpers.runner import RunnerError
-
     batch = checkpoints.packed_batch([5, 17], tiny_model.config.vocab_size, 3)
     assert_padding_is_skipped(packed_runner, batch, 1e-5)
     padded = checkpoints.with_padding_tokens(batch, MAX_BATCH, 30)
@@ -120,8 +121,6 @@ def test_padding_tokens_and_empty_sequences_are_skipped(tiny_model, packed_runne
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FP16 engines run on CUDA only")
 def test_packed_fp16_matches_hf_on_cuda(tiny_model, model_files):
-    from helpers.runner import EngineRunner
-
     engine = model_files["folder"] / "packed_fp16.engine"
     argv = ["--hf", str(model_files["hf"]), "-o", str(engine), "-b", str(MAX_BATCH), "-s", str(MAX_SEQ), "--fp16",
             "--backend", "portable", "--device", "cuda"]
@@ -134,8 +133,6 @@ def test_packed_fp16_matches_hf_on_cuda(tiny_model, model_files):
 
 
 def test_profiles_follow_the_b_order_and_cover_smaller_batches(tiny_model, model_files):
-    from helpers.runner import EngineRunner, NoProfileError
-
     seq = 64
     cache = model_files["folder"] / "timing.cache"
     # Also the IPluginV3 versions (emb v4, QKV v5, skipLN v6) and a timing cache.
@@ -161,10 +158,7 @@ def test_profiles_follow_the_b_order_and_cover_smaller_batches(tiny_model, model
 
 
 def test_gelu_is_pinned_to_fp32_with_rank4_constants(model_files):
-    from helpers.backend import select_backend
-
     select_backend("portable")
-    from helpers.backend import trt
 
     logger = trt.Logger(trt.Logger.ERROR)
     trt.init_libnvinfer_plugins(logger, "")
@@ -267,8 +261,6 @@ def test_original_option_errors_in_order(monkeypatch, model_files, tmp_path, cap
 
 
 def test_bad_packed_input_is_refused(tiny_model, packed_runner):
-    from helpers.runner import RunnerError
-
     good = checkpoints.packed_batch([5, 3], tiny_model.config.vocab_size, 0)
     bad_cases = {
         "start at 0": dict(good, cu_seqlens=np.array([1, 5, 8], np.int32)),
@@ -318,10 +310,6 @@ def test_perf_varseqlen_runs_length_mixes(tmp_path, tmp_path_factory, capsys):
 
 def unpadded_oracle_answer(model_dir, passage: str, question: str, seq_len: int) -> tuple[str, float]:
     """HF logits of each feature's real tokens only (what a packed engine sees), same post-processing."""
-    import collections
-
-    import helpers.data_processing as dp
-    import helpers.tokenization as tokenization
 
     tokenizer = tokenization.FullTokenizer(vocab_file=str(model_dir / "vocab.txt"), do_lower_case=True)
     doc_tokens = dp.convert_doc_tokens(passage)
@@ -342,8 +330,6 @@ def unpadded_oracle_answer(model_dir, passage: str, question: str, seq_len: int)
 
 
 def test_inference_varseqlen_answers_like_hf_on_the_real_tokens(tmp_path_factory, capsys):
-    import inference_varseqlen
-
     model = engines.tiny_model_dir(tmp_path_factory)
     packed = engines.tiny_engine(tmp_path_factory, packed=True)
     capsys.readouterr()
@@ -373,7 +359,6 @@ def test_packed_engine_profiles_and_embedding_table_as_the_answerer_sees_them(pa
 
 def test_inference_varseqlen_refuses_a_longer_sequence_length_before_answering(tmp_path_factory, capsys):
     """Before, only a question whose feature was too long failed, midway through a SQuAD run."""
-    import inference_varseqlen
 
     model = engines.tiny_model_dir(tmp_path_factory)
     packed = engines.tiny_engine(tmp_path_factory, packed=True)
@@ -390,9 +375,6 @@ def test_inference_varseqlen_refuses_a_longer_sequence_length_before_answering(t
 
 def test_pickle_weights_without_megatron_run_the_packed_network(tiny_model, model_files, tmp_path):
     """A post-LN BERT in Megatron pickle names: the fused q|k|v blocks are repacked per head."""
-    import pickle
-
-    from helpers.runner import EngineRunner
 
     sd = {name: p.detach().numpy() for name, p in tiny_model.named_parameters()}
     tensors = {}
@@ -421,7 +403,6 @@ def test_int8_interleaved_engine_matches_the_packed_int8_engine(tiny_model, mode
     The tolerance leaves room for the two layouts' INT8 kernels to round differently; a wrong
     channel order or layout gives differences of order 1.
     """
-    from helpers.runner import EngineRunner
 
     amax = {name: 4.0 for name in checkpoints.qat_amax_names(tiny_model.config.num_hidden_layers)}
     onnx = checkpoints.write_onnx_model(tiny_model, tmp_path / "qat.onnx", amax)
