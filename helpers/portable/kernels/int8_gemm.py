@@ -103,9 +103,12 @@ def _tile_coords(tile, blocks_m, blocks_n, GROUP_M: tl.constexpr):
 
 @triton.jit
 def _zero_accumulator(FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # One return: Triton 3.6 merges the types of every return, even past a constexpr branch.
     if FP8:
-        return tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    return tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    return acc
 
 
 @triton.jit

@@ -63,12 +63,14 @@ def store_int8_value(v, scale, fp8_scale, OUT: tl.constexpr, VALUE_DTYPE: tl.con
     ``fp8_scale`` that an FP8 GEMM's quantize pass makes from the INT8 value held in the
     ``VALUE_DTYPE`` float type (``FP8_CODES``); that INT8 value in ``out_ptr``'s type
     (``FLOAT_VALUES``)."""
+    # One return: Triton 3.6 merges the types of every return, even past a constexpr branch.
     if OUT == 0:
-        return int8_codes(v, scale)
-    values = int8_grid(v, scale) * scale
-    if OUT == 1:
-        return fp8_codes(rounded_to(values, VALUE_DTYPE), fp8_scale)
-    return values.to(out_ptr.dtype.element_ty)
+        stored = int8_codes(v, scale)
+    elif OUT == 1:
+        stored = fp8_codes(rounded_to(int8_grid(v, scale) * scale, VALUE_DTYPE), fp8_scale)
+    else:
+        stored = (int8_grid(v, scale) * scale).to(out_ptr.dtype.element_ty)
+    return stored
 
 
 @triton.jit
