@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 # The tensors TensorRT's INT8 engine quantizes, by kind (the oracle quantizes any subset): the input
 # of each GEMM, with its weights per output channel (every INT8 build); ``qkv_output`` (Q, K and V)
-# and ``probabilities`` (the softmax's exponentials on an INT8 grid, ``_int8_probabilities_attention``),
-# which with ``context`` make ``-imh`` attention; ``skip_ln``: both inputs and the output of every skip-LayerNorm (``-iln``);
+# and ``probabilities`` (the softmax on the grid of step ``dq_probs``), which with ``context`` make
+# ``-imh`` attention; ``skip_ln``: both inputs and the output of every skip-LayerNorm (``-iln``);
 # ``weights``: every GEMM's weights alone.
 GEMM_INPUTS = ("qkv_input", "context", "fc1_input", "gelu", "head_input")
 QUANTIZED_KINDS = (*GEMM_INPUTS, "qkv_output", "probabilities", "skip_ln", "weights")
@@ -84,15 +84,13 @@ INT8_PROBABILITIES_ATTENTION = "demobert_int8_probabilities"
 
 
 def _int8_probabilities_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """HF's eager attention with the probabilities on the fused INT8 kernel's grid: each row's
-    exponentials relative to its maximum on the grid of step max(``module.dq_probs``, 1/127),
-    then divided by their unrounded sum."""
+    """HF's eager attention with the probabilities on the fused INT8 kernel's grid (step
+    ``module.dq_probs``, codes 0..127)."""
     scores = torch.matmul(query, key.transpose(2, 3)) * (scaling if scaling is not None else query.size(-1) ** -0.5)
     if attention_mask is not None:
         scores = scores + attention_mask
-    exps = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
-    step = max(module.dq_probs, 1 / 127)
-    probs = torch.round(exps / step) * step / exps.sum(dim=-1, keepdim=True)
+    probs = torch.softmax(scores, dim=-1)
+    probs = torch.clamp(torch.round(probs / module.dq_probs), 0, 127) * module.dq_probs
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
 
 

@@ -173,8 +173,8 @@ def time_int8_skip_layernorm() -> list[dict]:
 
 
 # (BLOCK_M, BLOCK_N, warps) of the INT8 attention kernel tried by --attention.
-ATTENTION_CANDIDATES = ((32, 128, 4), (64, 128, 4), (128, 128, 8), (64, 64, 4), (64, 64, 8), (128, 64, 8),
-                        (128, 64, 4), (64, 32, 4), (128, 32, 8), (128, 32, 4))
+ATTENTION_CANDIDATES = ((32, 128, 4), (64, 128, 4), (128, 128, 8), (64, 64, 4), (128, 64, 8), (128, 64, 4),
+                        (128, 32, 8), (128, 32, 4))
 
 
 def time_int8_attention(batch: int = 128, heads: int = 16, head: int = 64) -> list[dict]:

@@ -182,12 +182,6 @@ def _exact_float_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.matmul(a.double(), b.double()).float()
 
 
-def probability_step(dq_probs: float) -> float:
-    """The step of the fused INT8 MHA's probability codes: ``dq_probs``, but no finer than 1/127, so
-    that a row's largest probability relative to its maximum (1) still has a code."""
-    return max(dq_probs, 1.0 / 127.0)
-
-
 def int8_attention(
     qkv: torch.Tensor,
     mask_idx: torch.Tensor | None,
@@ -198,14 +192,9 @@ def int8_attention(
 ) -> torch.Tensor:
     """The fused INT8 MHA (docs/SPEC.md "Attention plugin") on ``[S, B, 3E]`` (values of an INT8 tensor, any float dtype).
 
-    Q·Kᵀ on the int8 codes, scaled by ``s_qkv² / √H``; each row's exponentials relative to its
-    maximum, exp(s - max) in (0, 1], quantized with step ``probability_step(dq_probs)`` (the
-    product with its inverse rounded half to even); P·V on the codes, scaled by that step ·
-    ``s_qkv`` and divided by the row's sum of exponentials; the context is an INT8 tensor with scale
-    ``ctx_scale`` (returned dequantized, in qkv's dtype).  TensorRT's kernels quantize the
-    probabilities themselves (divided by the sum first), which needs every exponential of a row
-    before any code; relative to the maximum, a kernel computes each exponential once, and a row's
-    largest probability always gets the top code.
+    Q·Kᵀ on the int8 codes, scaled by ``s_qkv² / √H``; softmax in float; probabilities
+    quantized with step ``dq_probs``; P·V on the codes, scaled by ``dq_probs · s_qkv``; the
+    context is an INT8 tensor with scale ``ctx_scale`` (returned dequantized, in qkv's dtype).
     """
     seq_len, batch = qkv.shape[0], qkv.shape[1]
     codes = quantize(qkv, qkv_scale).float()
@@ -217,13 +206,9 @@ def int8_attention(
         keys = torch.arange(seq_len, device=qkv.device)
         masked = keys.view(1, 1, 1, seq_len) >= mask_idx.view(batch, 1, 1, 1).to(keys.device)
         scores = scores.masked_fill(masked, float("-inf"))
-    # A row without a valid key: exp(-inf - -inf) is NaN, its exponentials 0, its sum 0, its context 0.
-    exps = torch.exp(scores - scores.amax(dim=-1, keepdim=True)).nan_to_num_(0.0)
-    sums = exps.sum(dim=-1, keepdim=True)
-    step = probability_step(dq_probs)
-    prob_codes = torch.round(exps * (1.0 / step))
-    ctx = _exact_float_matmul(prob_codes, v) * (step * qkv_scale)
-    ctx = torch.where(sums > 0, ctx / sums, 0.0)
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    prob_codes = torch.round(probs / dq_probs).clamp_(0, 127)
+    ctx = _exact_float_matmul(prob_codes, v) * (dq_probs * qkv_scale)
     ctx = ctx.permute(2, 0, 1, 3).reshape(seq_len, batch, num_heads * head_size)
     return fake_quantize(ctx, ctx_scale).to(qkv.dtype)
 

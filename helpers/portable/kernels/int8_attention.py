@@ -1,22 +1,21 @@
 """Triton fused INT8 attention: the ``-imh`` QKV-to-context plugin (``type_id`` INT8) on CUDA.
 
 The reference is ``quantization.int8_attention``: Q·Kᵀ on the int8 codes (exact int32), scaled by
-``s_qkv² / √H``; each row's exponentials relative to its maximum, exp(s - max) in (0, 1], quantized
-with step ``quantization.probability_step(dq_probs)`` to codes 0…127; P·V on the codes (exact
-int32), scaled by that step · ``s_qkv`` and divided by the row's sum of exponentials; the context
-written on the INT8 grid of ``ctx_scale`` (as its codes, its values, or the FP8 E4M3 codes of those
-values when an FP8 GEMM reads the context).  Q·Kᵀ runs on the int8 tensor cores, P·V on the FP16
-ones with the same exact integer result (``_times_v``).
+``s_qkv² / √H``; softmax in float32; the probabilities quantized with step ``dq_probs`` to codes
+0…127; P·V on the codes (exact int32), scaled by ``dq_probs · s_qkv``; the context written on the
+INT8 grid of ``ctx_scale`` (as its codes, its values, or the FP8 E4M3 codes of those values when an
+FP8 GEMM reads the context).  Q·Kᵀ runs on the int8 tensor cores, P·V on the FP16 ones with the
+same exact integer result (``_times_v``).
 
-One program takes ``BLOCK_M`` queries of one (sequence, head).  When all keys fit in one block the
-dots are made once; otherwise it walks the keys twice: first for each row's maximum integer dot
-(no exponential), then for the exponentials, each computed once, added to the row's sum while their
-codes meet V; the sum divides the context at the end.  The walks stop at the sequence's last valid
-key, and only the block holding it masks; the scale and the row's shift meet the integer dot in one
-fused multiply-add.  The exponentials use ``exp2`` (the hardware's), so one may differ from
-PyTorch's in its last bits and, at a tie, move its code by one; that query's context then moves by
-at most ``127 · step · s_qkv / s_ctx`` steps of its grid (plus one for its own rounding), which is
-rare.  Imported lazily: Triton exists only on GPU machines.
+One program takes ``BLOCK_M`` queries of one (sequence, head).  When all keys fit in one block
+the scores are made once; otherwise it walks the keys twice: first for each row's maximum and sum
+of exponentials, then for the probabilities, which can only be quantized once that sum is known,
+and their product with V.  The walks stop at the sequence's last valid key, and only the block
+holding it masks; the scale and the row's shift meet the integer dot in one fused multiply-add.
+The exponentials use ``exp2`` (the hardware's), so a probability may differ from PyTorch's in its
+last bits and, at a tie, move its code by one; that query's context then moves by at most
+``127 · dq_probs · s_qkv / s_ctx`` steps of its grid (plus one for its own rounding), which is rare
+(about 1 output in 10⁵ on BERT-large's shapes).  Imported lazily: Triton exists only on GPU machines.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import triton.language as tl
 
 from helpers.portable.kernels.common import ROUNDING_SHIFT, ROUNDING_SHIFT_BITS, int8_grid
 from helpers.portable.kernels.quant_kernels import FP8_CODES, VALUE_DTYPES, output_mode, store_int8_value
-from helpers.portable.quantization import probability_step
 
 
 @triton.jit
@@ -63,7 +61,6 @@ def _load_key_codes(ptrs, key_ok, dim_ok, scale, CODES: tl.constexpr, MASKED: tl
 # an FP16 whose low bits hold c.
 _HALF_SHIFT = tl.constexpr(1536.0)
 _HALF_SHIFT_BITS = tl.constexpr(0x6600)
-_NO_DOT = tl.constexpr(-(2**31))  # below every dot: a masked key's in the integer maximum
 
 
 @triton.jit
@@ -79,23 +76,15 @@ def _int16_to_half(x):
 
 
 @triton.jit
-def _int_dots(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, QKV_CODES: tl.constexpr,
-              MASKED: tl.constexpr, EVEN_HEAD: tl.constexpr):
-    """Q·Kᵀ [BLOCK_M, BLOCK_N] of the keys ``keys`` as exact int32, unscaled and unmasked."""
+def _dots(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, QKV_CODES: tl.constexpr,
+          MASKED: tl.constexpr, EVEN_HEAD: tl.constexpr):
+    """Q·Kᵀ [BLOCK_M, BLOCK_N] of the keys ``keys`` as exact float32, unscaled; when ``MASKED``
+    (only the block holding the last valid key), -inf past the valid ones."""
     # K read as a [dims, keys] tile, contiguous along dims: the operand layout of int8 tensor cores.
     k = _load_key_codes(qkv_ptr + key_rows[None, :] + k_cols[:, None], (keys < valid)[None, :], in_head[:, None],
                         qkv_scale, QKV_CODES, MASKED, EVEN_HEAD)
-    return tl.dot(q, k, out_dtype=tl.int32)
-
-
-@triton.jit
-def _dots(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, QKV_CODES: tl.constexpr,
-          MASKED: tl.constexpr, EVEN_HEAD: tl.constexpr):
-    """Q·Kᵀ as exact float32, unscaled; when ``MASKED`` (only the block holding the last valid key),
-    -inf past the valid ones."""
     # |q·k| ≤ H · 128² < 2²² (MAX_HEAD_SIZE).
-    dots = _int32_to_float(_int_dots(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, QKV_CODES,
-                                     MASKED, EVEN_HEAD))
+    dots = _int32_to_float(tl.dot(q, k, out_dtype=tl.int32))
     if MASKED:
         dots = tl.where((keys < valid)[None, :], dots, float("-inf"))
     return dots
@@ -109,12 +98,15 @@ def _exps(dots, score_scale, shift):
 
 
 @triton.jit
-def _times_v(context, exps, inv_step, qkv_ptr, key_rows, v_cols, keys, in_head, valid, qkv_scale,
-             QKV_CODES: tl.constexpr, MASKED: tl.constexpr, EVEN_HEAD: tl.constexpr):
-    """``context`` + (codes of ``exps`` in steps of 1 / ``inv_step``) · (V codes of ``keys``)."""
-    # exps · inv_step ≤ 127 rounded half to even (common.int8_codes' way), the float32 bits M + code
-    # turned by one subtraction into the FP16 bits of 1536 + code.
-    steps = exps * inv_step
+def _times_v(context, exps, inv_sum, qkv_ptr, key_rows, v_cols, keys, in_head, valid, qkv_scale,
+             QKV_CODES: tl.constexpr, CLAMP: tl.constexpr, MASKED: tl.constexpr, EVEN_HEAD: tl.constexpr):
+    """``context`` + (probability codes of ``exps · inv_sum``) · (V codes of ``keys``)."""
+    # Probability / dq_probs rounded half to even into 0…127 (common.int8_codes' way; the
+    # clamp only where 1 / dq_probs would round above 127), the float32 bits M + code turned by one
+    # subtraction into the FP16 bits of 1536 + code.
+    steps = exps * inv_sum[:, None]
+    if CLAMP:
+        steps = tl.minimum(steps, 127.0)
     half_bits = ((steps + ROUNDING_SHIFT).to(tl.int32, bitcast=True) - (ROUNDING_SHIFT_BITS - _HALF_SHIFT_BITS))
     prob_codes = (half_bits.to(tl.int16).to(tl.float16, bitcast=True) - _HALF_SHIFT).to(tl.float16)
     v = _load_key_codes(qkv_ptr + key_rows[:, None] + v_cols[None, :], (keys < valid)[:, None], in_head[None, :],
@@ -133,35 +125,36 @@ def _key_rows(start, seq, batch, width, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _max_block(row_max, q, qkv_ptr, start, seq, batch, width, k_cols, in_head, valid, qkv_scale,
-               QKV_CODES: tl.constexpr, MASKED: tl.constexpr, EVEN_HEAD: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The first walk's step: each row's maximum integer dot, with one more block (no exponential)."""
+def _sum_block(row_max, row_sum, q, qkv_ptr, start, seq, batch, width, k_cols, in_head, valid, qkv_scale,
+               score_scale, QKV_CODES: tl.constexpr, MASKED: tl.constexpr, EVEN_HEAD: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+    """The first walk's step: each row's maximum dot and sum of exponentials, with one more block."""
     keys, key_rows = _key_rows(start, seq, batch, width, BLOCK_N)
-    dots = _int_dots(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, QKV_CODES, MASKED, EVEN_HEAD)
-    if MASKED:
-        dots = tl.where((keys < valid)[None, :], dots, _NO_DOT)
-    return tl.maximum(row_max, tl.max(dots, axis=1))
+    dots = _dots(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, QKV_CODES, MASKED, EVEN_HEAD)
+    new_max = tl.maximum(row_max, tl.max(dots, axis=1))
+    # A row with no valid key yet keeps -inf: shift by 0 there, so no inf - inf.
+    shift = tl.where(new_max == float("-inf"), 0.0, new_max * score_scale)
+    row_sum = row_sum * tl.exp2(row_max * score_scale - shift) + tl.sum(_exps(dots, score_scale, shift), axis=1)
+    return new_max, row_sum
 
 
 @triton.jit
-def _context_block(context, row_sum, shift, inv_step, q, qkv_ptr, start, seq, batch, width, k_cols, v_cols, in_head,
-                   valid, qkv_scale, score_scale, QKV_CODES: tl.constexpr, MASKED: tl.constexpr,
+def _context_block(context, shift, inv_sum, q, qkv_ptr, start, seq, batch, width, k_cols, v_cols, in_head, valid,
+                   qkv_scale, score_scale, QKV_CODES: tl.constexpr, CLAMP: tl.constexpr, MASKED: tl.constexpr,
                    EVEN_HEAD: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The second walk's step: one more block's exponentials, each computed once, added to the rows'
-    sums, and their codes times the block's V codes."""
+    """The second walk's step: one more block's probability codes times its V codes."""
     keys, key_rows = _key_rows(start, seq, batch, width, BLOCK_N)
     dots = _dots(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, QKV_CODES, MASKED, EVEN_HEAD)
-    exps = _exps(dots, score_scale, shift)
-    context = _times_v(context, exps, inv_step, qkv_ptr, key_rows, v_cols, keys, in_head, valid, qkv_scale,
-                       QKV_CODES, MASKED, EVEN_HEAD)
-    return context, row_sum + tl.sum(exps, axis=1)
+    return _times_v(context, _exps(dots, score_scale, shift), inv_sum, qkv_ptr, key_rows, v_cols, keys, in_head,
+                    valid, qkv_scale, QKV_CODES, CLAMP, MASKED, EVEN_HEAD)
 
 
 @triton.jit
 def _int8_attention_kernel(
-    qkv_ptr, mask_ptr, out_ptr, seq_len, batch, qkv_scale, score_scale, inv_step, pv_scale, out_scale, fp8_scale,
+    qkv_ptr, mask_ptr, out_ptr, seq_len, batch, qkv_scale, score_scale, inv_dq_probs, pv_scale, out_scale, fp8_scale,
     HEADS: tl.constexpr, HEAD: tl.constexpr, HEAD_BLOCK: tl.constexpr, HAS_MASK: tl.constexpr,
-    QKV_CODES: tl.constexpr, OUT: tl.constexpr, VALUE_DTYPE: tl.constexpr, ONE_KEY_BLOCK: tl.constexpr,
+    QKV_CODES: tl.constexpr, OUT: tl.constexpr, VALUE_DTYPE: tl.constexpr, CLAMP: tl.constexpr,
+    ONE_KEY_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     seq = tl.program_id(0) // HEADS
@@ -185,40 +178,39 @@ def _int8_attention_kernel(
     # Keys past the valid ones have probability 0: the walks stop at the last valid key, and only
     # the block holding it masks its keys.
     context = tl.zeros([BLOCK_M, HEAD_BLOCK], tl.float32)
-    if ONE_KEY_BLOCK:  # all keys in one block: the dots are made once
+    if ONE_KEY_BLOCK:  # all keys in one block: the dots and exponentials are made once
         keys, key_rows = _key_rows(0, seq, batch, width, BLOCK_N)
         dots = _dots(q, qkv_ptr, keys, key_rows, k_cols, in_head, valid, qkv_scale, QKV_CODES, True, EVEN_HEAD)
         row_max = tl.max(dots, axis=1)
-        # A row with no valid key keeps -inf: shift by 0 there, so no inf - inf.
         shift = tl.where(row_max == float("-inf"), 0.0, row_max * score_scale)
         exps = _exps(dots, score_scale, shift)
         row_sum = tl.sum(exps, axis=1)
-        context = _times_v(context, exps, inv_step, qkv_ptr, key_rows, v_cols, keys, in_head, valid, qkv_scale,
-                           QKV_CODES, True, EVEN_HEAD)
+        # A sequence with no valid key has probabilities 0 (the reference's NaN → 0): context 0.
+        inv_sum = tl.where(row_sum > 0.0, inv_dq_probs / row_sum, 0.0)
+        context = _times_v(context, exps, inv_sum, qkv_ptr, key_rows, v_cols, keys, in_head, valid, qkv_scale,
+                           QKV_CODES, CLAMP, True, EVEN_HEAD)
     else:
         full_end = (valid // BLOCK_N) * BLOCK_N
-        row_max = tl.full([BLOCK_M], _NO_DOT, tl.int32)
-        for start in range(0, full_end, BLOCK_N):
-            row_max = _max_block(row_max, q, qkv_ptr, start, seq, batch, width, k_cols, in_head, valid, qkv_scale,
-                                 QKV_CODES, False, EVEN_HEAD, BLOCK_N)
-        if full_end < valid:
-            row_max = _max_block(row_max, q, qkv_ptr, full_end, seq, batch, width, k_cols, in_head, valid, qkv_scale,
-                                 QKV_CODES, True, EVEN_HEAD, BLOCK_N)
-        # A row with no valid key walks no block: its shift is never used.
-        shift = row_max.to(tl.float32) * score_scale
+        row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
         row_sum = tl.zeros([BLOCK_M], tl.float32)
         for start in range(0, full_end, BLOCK_N):
-            context, row_sum = _context_block(context, row_sum, shift, inv_step, q, qkv_ptr, start, seq, batch, width,
-                                              k_cols, v_cols, in_head, valid, qkv_scale, score_scale, QKV_CODES,
-                                              False, EVEN_HEAD, BLOCK_N)
+            row_max, row_sum = _sum_block(row_max, row_sum, q, qkv_ptr, start, seq, batch, width, k_cols, in_head,
+                                          valid, qkv_scale, score_scale, QKV_CODES, False, EVEN_HEAD, BLOCK_N)
         if full_end < valid:
-            context, row_sum = _context_block(context, row_sum, shift, inv_step, q, qkv_ptr, full_end, seq, batch,
-                                              width, k_cols, v_cols, in_head, valid, qkv_scale, score_scale,
-                                              QKV_CODES, True, EVEN_HEAD, BLOCK_N)
+            row_max, row_sum = _sum_block(row_max, row_sum, q, qkv_ptr, full_end, seq, batch, width, k_cols, in_head,
+                                          valid, qkv_scale, score_scale, QKV_CODES, True, EVEN_HEAD, BLOCK_N)
+        shift = tl.where(row_max == float("-inf"), 0.0, row_max * score_scale)
+        inv_sum = tl.where(row_sum > 0.0, inv_dq_probs / row_sum, 0.0)
+        for start in range(0, full_end, BLOCK_N):
+            context = _context_block(context, shift, inv_sum, q, qkv_ptr, start, seq, batch, width, k_cols, v_cols,
+                                     in_head, valid, qkv_scale, score_scale, QKV_CODES, CLAMP, False, EVEN_HEAD,
+                                     BLOCK_N)
+        if full_end < valid:
+            context = _context_block(context, shift, inv_sum, q, qkv_ptr, full_end, seq, batch, width, k_cols, v_cols,
+                                     in_head, valid, qkv_scale, score_scale, QKV_CODES, CLAMP, True, EVEN_HEAD,
+                                     BLOCK_N)
 
-    # Normalized by the row's sum only now, in the reference's order; a sequence with no valid key
-    # has sum 0 and context 0.
-    values = tl.where(row_sum[:, None] > 0.0, context * pv_scale / row_sum[:, None], 0.0)
+    values = context * pv_scale
     out_ptrs = out_ptr + (queries.to(tl.int64) * batch + seq)[:, None] * (HEADS * HEAD) + (head * HEAD + dims)[None, :]
     out_mask = (queries < seq_len)[:, None] & in_head[None, :]
     tl.store(out_ptrs, store_int8_value(values, out_scale, fp8_scale, OUT, VALUE_DTYPE, out_ptr), mask=out_mask)
@@ -260,13 +252,12 @@ def int8_attention_into(
     block_m, block_n, warps = blocks or attention_blocks(seq_len)
     mask = mask_idx.to(torch.int32).contiguous() if mask_idx is not None else qkv
     score_scale = qkv_scale * qkv_scale / math.sqrt(head) * math.log2(math.e)
-    step = probability_step(dq_probs)
     grid = (batch * num_heads, triton.cdiv(seq_len, block_m))
     _int8_attention_kernel[grid](
-        qkv, mask, out, seq_len, batch, float(qkv_scale), score_scale, 1.0 / step, step * qkv_scale,
+        qkv, mask, out, seq_len, batch, float(qkv_scale), score_scale, 1.0 / dq_probs, dq_probs * qkv_scale,
         float(ctx_scale), 1.0 if fp8_scale is None else float(fp8_scale), HEADS=num_heads, HEAD=head,
         HEAD_BLOCK=max(32, triton.next_power_of_2(head)), HAS_MASK=mask_idx is not None,
         QKV_CODES=qkv.dtype == torch.int8, OUT=mode, VALUE_DTYPE=VALUE_DTYPES[value_dtype or torch.float32],
-        ONE_KEY_BLOCK=seq_len <= block_n, BLOCK_M=block_m, BLOCK_N=block_n,
+        CLAMP=1.0 / dq_probs >= 127.5, ONE_KEY_BLOCK=seq_len <= block_n, BLOCK_M=block_m, BLOCK_N=block_n,
         num_warps=warps,
     )
