@@ -14,8 +14,8 @@ So the CPU simulation and the CUDA path differ only where their float inputs alr
 enough to move a value across a rounding boundary: by at most one quantization step.
 
 FP8 (E4M3, ``--fp8``) uses the same activation ranges, with ``s = amax / 448`` per tensor and a
-per-tensor weight scale, through ``torch._scaled_mm`` on CUDA and a float32 emulation on CPU
-(close to, not bit-equal with, the GPU: see ``fp8_linear``).
+weight scale per output channel, through ``torch._scaled_mm`` on CUDA and a float32 emulation on
+CPU (close to, not bit-equal with, the GPU: see ``fp8_linear``).
 """
 
 from __future__ import annotations
@@ -123,15 +123,16 @@ def int8_linear(
 @dataclass
 class Fp8Weight:
     codes: torch.Tensor  # float8_e4m3fn [out, in], row-major
-    scale: torch.Tensor  # float32 scalar
+    scale: torch.Tensor  # float32 [out]: one per output channel
 
 
 def quantize_fp8_weights(weight: torch.Tensor) -> Fp8Weight:
+    """Per-output-channel E4M3 codes of an ``[out, in]`` weight: each row's largest magnitude at 448."""
     w = weight.detach().float()
-    amax = float(w.abs().max()) if w.numel() else 0.0
-    scale = amax / FP8_E4M3_MAX if amax > 0 else 1.0
-    codes = (w / scale).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
-    return Fp8Weight(codes.contiguous(), torch.tensor(scale, dtype=torch.float32, device=w.device))
+    amax = w.abs().amax(dim=1)
+    scales = torch.where(amax > 0, amax / FP8_E4M3_MAX, torch.ones_like(amax))
+    codes = (w / scales[:, None]).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    return Fp8Weight(codes.contiguous(), scales.contiguous())
 
 
 def fp8_input_scale(amax: float, device: torch.device | str) -> torch.Tensor:
@@ -142,7 +143,8 @@ def fp8_input_scale(amax: float, device: torch.device | str) -> torch.Tensor:
 
 
 def fp8_linear(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None, in_scale: torch.Tensor) -> torch.Tensor:
-    """FP8 E4M3 GEMM: ``x`` scaled by ``in_scale`` (from ``fp8_input_scale``).
+    """FP8 E4M3 GEMM: ``x`` scaled by ``in_scale`` (from ``fp8_input_scale``), the weight by its
+    per-channel scales.
 
     The CPU emulation accumulates in float32 (exact for these codes); Hopper's FP8 tensor cores
     accumulate each 128-wide K block in a narrower format before promoting to float32, which
@@ -153,19 +155,16 @@ def fp8_linear(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None, in
     m, k = codes.shape
     n = weight.codes.shape[0]
     if x.is_cuda and k % 16 == 0 and n % 16 == 0:
-        # Output dtype and bias in cuBLASLt's epilogue: no extra pass over the [M, N] result.
-        out_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.float32
-        epilogue_bias = None if bias is None or out_dtype == torch.float32 else bias.to(out_dtype)
+        # The weight's per-channel scales are applied to the float32 product: _scaled_mm scales a
+        # whole operand by one factor unless both are scaled per row.
         a = _pad_to(codes.view(torch.int8), -(-m // 16) * 16, k).view(torch.float8_e4m3fn)
-        y = torch._scaled_mm(
-            a, weight.codes.t(), scale_a=in_scale, scale_b=weight.scale, bias=epilogue_bias, out_dtype=out_dtype
-        )[:m]
-        if bias is not None and epilogue_bias is None:
-            y = y + bias
+        unit = torch.ones((), dtype=torch.float32, device=x.device)
+        y = torch._scaled_mm(a, weight.codes.t(), scale_a=in_scale, scale_b=unit, out_dtype=torch.float32)[:m]
+        y = y * weight.scale
     else:
         y = (codes.float() @ weight.codes.float().t()) * (in_scale * weight.scale)
-        if bias is not None:
-            y = y + bias.float()
+    if bias is not None:
+        y = y + bias.float()
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 

@@ -38,7 +38,7 @@ def fast_8bit_gemm(
     """
     if fp8:
         fp8_weight = q.quantize_fp8_weights(weight)
-        weight_codes, weight_scales = fp8_weight.codes, fp8_weight.scale.expand(weight.shape[0])
+        weight_codes, weight_scales = fp8_weight.codes, fp8_weight.scale
         in_scale, in_type, in_mode = float(q.fp8_input_scale(in_amax, "cpu")), torch.float8_e4m3fn, qk.FP8_CODES
     else:
         int8_weight = q.quantize_linear_weights(weight)
