@@ -12,9 +12,11 @@ import torch
 
 import helpers.data_processing as dp
 import helpers.tokenization as tokenization
+from helpers import backend
+from helpers.calibrator import BertCalibrator, BertPackedCalibrator, pack_sequences
 from helpers.portable import calibration as cal
-from helpers.portable.enums import DataType
 from helpers.portable.device import wrap_pointer
+from helpers.portable.enums import DataType
 from tests import squad_fixtures
 
 # ---------------------------------------------------------------------------------------------
@@ -261,8 +263,6 @@ def squad_json(tmp_path):
 
 @pytest.fixture
 def portable_backend(monkeypatch):
-    from helpers import backend
-
     monkeypatch.setenv("DEMOBERT_DEVICE", "cpu")
     previous = backend.backend_name()
     backend.select_backend("portable")
@@ -271,8 +271,6 @@ def portable_backend(monkeypatch):
 
 
 def make_calibrator(squad_json, cache_file, num_inputs=3, seq=64):
-    from helpers.calibrator import BertCalibrator
-
     return BertCalibrator(squad_json, squad_fixtures.minilm_vocab_file(), str(cache_file), 1, seq, num_inputs)
 
 
@@ -330,8 +328,6 @@ def test_bert_calibrator_rejects_bad_input(portable_backend, squad_json, tmp_pat
 
 
 def test_pack_sequences_fills_every_batch_exactly():
-    from helpers.calibrator import pack_sequences
-
     # First-fit decreasing: 5 and 4 open batches, 3 fits beside 4, 2 beside 5.
     assert pack_sequences([5, 3, 4, 2], 7) == [[(0, 5), (3, 2)], [(2, 4), (1, 3)]]
     # A batch left short repeats its own sequences, the last one cut to fit.
@@ -343,8 +339,6 @@ def test_pack_sequences_fills_every_batch_exactly():
 
 
 def packed_calibrator(squad_json, cache_file, tokens, num_inputs=3, seq=64):
-    from helpers.calibrator import BertPackedCalibrator
-
     return BertPackedCalibrator(squad_json, squad_fixtures.minilm_vocab_file(), cache_file, tokens, seq, num_inputs)
 
 
@@ -353,7 +347,6 @@ def test_packed_calibrator_feeds_the_real_tokens_of_the_first_features(portable_
     """The padded calibrator's features without their padding, packed into batches of ``tokens``
     tokens (or of all of them, when they have fewer); ``cu_seqlens`` ends with empty sequences in a
     batch of fewer sequences than the fullest."""
-    from helpers.calibrator import pack_sequences
 
     tokenizer = tokenization.BertTokenizer(squad_fixtures.minilm_vocab_file(), do_lower_case=True)
     windows = []

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+import builder_varseqlen
+import checkpoints
 from helpers import sparsity
+from helpers.runner import EngineRunner
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,8 +80,6 @@ def _hf_state(folder):
 
 
 def test_cli_prunes_a_hf_folder(tiny_model, tmp_path, capsys):
-    import checkpoints
-
     source = checkpoints.write_hf_folder(tiny_model, tmp_path / "dense")
     before = _hf_state(source)
     assert sparsity.main([str(source), str(tmp_path / "sparse")]) == 0
@@ -101,8 +102,6 @@ def test_cli_prunes_a_hf_folder(tiny_model, tmp_path, capsys):
 
 
 def test_cli_prunes_a_pytorch_checkpoint_and_a_pickle(tiny_model, tmp_path):
-    import checkpoints
-
     torch_path = checkpoints.write_pytorch_checkpoint(tiny_model, tmp_path / "model.pt")
     assert sparsity.main([str(torch_path), str(tmp_path / "sparse.pt")]) == 0
     checkpoint = torch.load(tmp_path / "sparse.pt", weights_only=True)
@@ -147,8 +146,6 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def pruned_model_folder(tmp_path_factory):
-    import checkpoints
-
     folder = tmp_path_factory.mktemp("sparse")
     # Intermediate size 64, so every encoder dense kernel can be pruned.
     dense = checkpoints.write_hf_folder(checkpoints.tiny_qa_model(intermediate=64, max_positions=128), folder / "dense")
@@ -157,8 +154,6 @@ def pruned_model_folder(tmp_path_factory):
 
 
 def _packed_logits(engine, device: str) -> np.ndarray:
-    from helpers.runner import EngineRunner
-
     lengths = [1, 33, 128, 70]
     rng = np.random.default_rng(3)
     batch = {
@@ -176,8 +171,6 @@ def _packed_logits(engine, device: str) -> np.ndarray:
     ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="FP16 sparse GEMMs need CUDA"))],
 )
 def test_pruned_model_gives_the_same_logits_with_and_without_sp(pruned_model_folder, tmp_path, capfd, device):
-    import builder_varseqlen
-
     precision = ["--fp16"] if device == "cuda" else []
     logits = {}
     for flag in ([], ["-sp"]):
