@@ -22,7 +22,10 @@ import numpy as np
 import pytest
 import torch
 
+import builder
 import engines
+import family_models
+import inference
 import squad_fixtures
 
 tritonclient = pytest.importorskip("tritonclient.grpc")
@@ -173,8 +176,6 @@ def assert_served_answers(client: TritonClient, expected: dict[tuple[str, str], 
 
 
 def test_answers_over_http_and_grpc_equal_inference_py(fixed_server, fixed_engine, tmp_path_factory, capsys):
-    import inference
-
     vocab = str(engines.tiny_model_dir(tmp_path_factory) / "vocab.txt")
     for question, passage in PAIRS[:3]:
         argv = ["-e", str(fixed_engine), "-v", vocab, "-s", str(engines.SEQ_LEN), "--device", "cpu", "-p", passage, "-q", question]
@@ -342,8 +343,6 @@ def test_packed_server_answers_like_inference_varseqlen(packed_server, packed_en
 
 
 def test_squad_file_through_the_server_equals_inference_py(fixed_server, fixed_engine, tmp_path, tmp_path_factory, capsys):
-    import inference
-
     paragraphs = [
         (engines.PASSAGE, [squad_fixtures.make_qa(f"q{i}", q) for i, q in enumerate(QUESTIONS)]),
         (SECOND_PASSAGE, [squad_fixtures.make_qa("a0", "How large is the basin?"), squad_fixtures.make_qa("a1", "Who holds the forest?")]),
@@ -360,9 +359,6 @@ def test_squad_file_through_the_server_equals_inference_py(fixed_server, fixed_e
 
 def test_a_roberta_engine_is_served_with_its_own_tokenizer(tmp_path_factory):
     """Byte-level BPE, one token type: the repository carries tokenizer.json and the family."""
-    import builder
-    import family_models
-
     root = tmp_path_factory.mktemp("roberta")
     _, folder = family_models.write_family_folder("roberta", root / "hf")
     engine = root / "roberta.engine"
