@@ -511,9 +511,10 @@ class EngineRunner:
         """A float32 host copy of ``logits_out`` (call after synchronize)."""
         return self.output().to("cpu", torch.float32, copy=True).numpy()
 
-    def infer(self, arrays: Mapping[str, np.ndarray | torch.Tensor]) -> np.ndarray:
-        """Copy inputs, execute, wait, and return a float32 host copy of ``logits_out``."""
-        self.copy_inputs(arrays)
+    def infer(self, arrays: Mapping[str, np.ndarray | torch.Tensor], padding: bool = False) -> np.ndarray:
+        """Copy inputs (``padding``: as :meth:`copy_inputs`), execute, wait, and return a float32
+        host copy of ``logits_out``."""
+        self.copy_inputs(arrays, padding)
         self.execute()
         self.synchronize()
         return self.output_array()

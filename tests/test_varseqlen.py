@@ -94,15 +94,12 @@ def test_packed_fp32_matches_hf_and_padded_engine(tiny_model, packed_runner, pad
 
 
 def assert_padding_is_skipped(runner, batch: dict[str, np.ndarray], tolerance: float) -> None:
-    """Empty sequences and tokens past the last one (``copy_inputs(padding=True)``) leave the real
+    """Empty sequences and tokens past the last one (``infer(..., padding=True)``) leave the real
     tokens' logits as they are alone."""
     alone = run_packed(runner, batch)
     padded = checkpoints.with_padding_tokens(batch, MAX_BATCH, len(batch["input_ids"]) + 37)
     runner.activate(MAX_BATCH, MAX_SEQ, total_tokens=len(padded["input_ids"]))
-    runner.copy_inputs(padded, padding=True)
-    runner.execute()
-    runner.synchronize()
-    logits = runner.output_array().reshape(2, -1)[:, : alone.shape[1]]
+    logits = runner.infer(padded, padding=True).reshape(2, -1)[:, : alone.shape[1]]
     np.testing.assert_allclose(logits, alone, atol=tolerance, rtol=tolerance)
 
 
