@@ -3,8 +3,10 @@
 
 For the fixed-length and the packed engine: builds both from one random model, times them
 offline (perf.py at the batch sizes, perf_varseqlen.py --squad-lengths), serves each with
-serving.serve and loads bert_engine with serving.load_test at the concurrency levels.  Writes
-serving_bench.json and a markdown table to --out.  ``--tiny`` checks the script on the CPU.
+serving.serve and loads bert_engine with serving.load_test at the concurrency levels.  Then it
+serves and loads the same bert_engine with zero logits in place of the engine (bench/serving_floor.py):
+what the server and the client cost without any engine.  Writes serving_bench.json and a markdown
+table to --out.  ``--tiny`` checks the script on the CPU.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -126,13 +129,26 @@ def main(argv: list[str] | None = None) -> int:
             results[kind] = {"offline": json.loads(offline.read_text()),
                              **served(repo, args.levels, args.duration, args.warm_up, args.processes, out, kind, args.server_python)}
             engine.unlink()
+            results[f"{kind}_floor"] = served(floor_repository(repo, work / f"floor_{kind}"), args.levels, args.duration,
+                                              args.warm_up, args.processes, out, f"{kind}_floor", args.server_python)
             (out / "serving_bench.json").write_text(json.dumps(results, indent=2))
     (out / "serving_bench.json").write_text(json.dumps(results, indent=2))
     print(table(results))
-    for kind in ("fixed", "packed"):
+    for kind in ("fixed", "packed", "fixed_floor", "packed_floor"):
         if kind in results:
             print(f"{kind}: {execution_summary(results[kind]['stats'])}")
     return 0
+
+
+def floor_repository(repo: Path, floor: Path) -> Path:
+    """A repository serving bench/serving_floor.py under the config of ``repo``'s bert_engine."""
+    from serving.repository import ENGINE_MODEL, entry_point
+
+    version = floor / ENGINE_MODEL / "1"
+    version.mkdir(parents=True)
+    shutil.copy(repo / ENGINE_MODEL / "config.pbtxt", floor / ENGINE_MODEL / "config.pbtxt")
+    (version / "model.py").write_text(entry_point("bench.serving_floor", "FloorModel", str(REPO_ROOT)))
+    return floor
 
 
 def execution_summary(stats: dict) -> str:
@@ -156,21 +172,23 @@ def execution_summary(stats: dict) -> str:
 
 
 def table(results: dict) -> str:
+    """The served rows of each engine, then those of its floor (no engine), against the engine's offline batches."""
     lines = ["| engine | concurrency / batch | served req/s | offline seq/s | served / offline | p50 ms | p99 ms | offline batch ms |",
              "|---|---|---|---|---|---|---|---|"]
     for kind in ("fixed", "packed"):
-        if kind not in results:
-            continue
-        offline = {r["batch_size"]: r for r in results[kind]["offline"]["results"]}
-        for level in results[kind]["load"]["levels"]:
-            c = level["concurrency"]
-            base = offline.get(c)
-            ratio = f"{level['requests_per_second'] / base['sequences_per_second']:.2f}" if base else "–"
-            lines.append(f"| {kind} | {c} | {level['requests_per_second']:.1f} | {base['sequences_per_second']:.1f} | {ratio} | "
-                         f"{level['p50_ms']:.2f} | {level['p99_ms']:.2f} | {base['avg_ms']:.2f} |" if base else
-                         f"| {kind} | {c} | {level['requests_per_second']:.1f} | – | – | {level['p50_ms']:.2f} | {level['p99_ms']:.2f} | – |")
+        offline = {r["batch_size"]: r for r in results[kind]["offline"]["results"]} if kind in results else {}
+        for name, label in ((kind, kind), (f"{kind}_floor", f"{kind}, no engine")):
+            for level in results.get(name, {}).get("load", {}).get("levels", []):
+                c = level["concurrency"]
+                base = offline.get(c)
+                served_cells = f"| {label} | {c} | {level['requests_per_second']:.1f} |"
+                latency_cells = f"{level['p50_ms']:.2f} | {level['p99_ms']:.2f} |"
+                if base:
+                    ratio = level["requests_per_second"] / base["sequences_per_second"]
+                    lines.append(f"{served_cells} {base['sequences_per_second']:.1f} | {ratio:.2f} | {latency_cells} {base['avg_ms']:.2f} |")
+                else:
+                    lines.append(f"{served_cells} – | – | {latency_cells} – |")
     return "\n".join(lines)
-
 
 if __name__ == "__main__":
     sys.exit(main())
