@@ -18,6 +18,7 @@ reload fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import importlib.util
 import json
@@ -219,11 +220,9 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def serve(args: argparse.Namespace) -> int:
-    repository = Path(args.model_repository)
-    if not repository.is_dir():
-        raise RunnerError(f"model repository not found: {repository}")
-    install = find_server()
+def run_server(install: ServerInstall, args: argparse.Namespace, stopping: Callable[[], bool]) -> int:
+    """Start tritonserver, announce it once ready, keep its models alive until it exits or
+    ``stopping()``, then stop it gracefully.  Returns its exit status."""
     with tempfile.TemporaryDirectory(prefix="demobert-triton-") as workspace:
         backends = backend_directory(install, Path(workspace))
         process = subprocess.Popen(
@@ -232,29 +231,22 @@ def serve(args: argparse.Namespace) -> int:
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
-        stop_requested = False
-
-        def stop(signum: int, _frame: object) -> None:
-            nonlocal stop_requested
-            stop_requested = True
-
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             host = url_host(args.host)
             deadline = time.monotonic() + args.ready_timeout
-            while not stop_requested and process.poll() is None and not is_ready(host, args.http_port):
+            while not stopping() and process.poll() is None and not is_ready(host, args.http_port):
                 if time.monotonic() > deadline:
                     process.send_signal(signal.SIGTERM)
                     process.wait()
                     raise RunnerError(f"the server was not ready after {args.ready_timeout} s")
                 time.sleep(0.2)
-            if process.poll() is None and not stop_requested:
+            if process.poll() is None and not stopping():
                 print(
                     f"Triton Inference Server ready: http://{host}:{args.http_port} (HTTP), "
                     f"{host}:{args.grpc_port} (gRPC), http://{host}:{args.metrics_port}/metrics",
                     flush=True,
                 )
-            recovered = watch(process, host, args.http_port, lambda: stop_requested)
+            recovered = watch(process, host, args.http_port, stopping)
             if process.poll() is None:
                 print("Stopping: finishing the requests in flight", flush=True)
                 unload_all(host, args.http_port, args.exit_timeout)
@@ -262,12 +254,35 @@ def serve(args: argparse.Namespace) -> int:
             status = process.wait()
             if not recovered:
                 raise RunnerError("a Python-backend process died and its model could not be reloaded")
+            return status
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            # A Python-backend process that the server started while stopping can outlive it; the
+            # server leads its own process group, so whatever is left of the group goes with it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def serve(args: argparse.Namespace) -> int:
+    repository = Path(args.model_repository)
+    if not repository.is_dir():
+        raise RunnerError(f"model repository not found: {repository}")
+    install = find_server()
+    stop_requested = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    # Installed before the server starts: a stop that arrives while it starts still stops it cleanly.
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        status = run_server(install, args, lambda: stop_requested)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if stop_requested and status in (0, -signal.SIGTERM):
         print("Triton Inference Server stopped", flush=True)
         return 0

@@ -78,7 +78,7 @@ def free_ports(count: int) -> list[int]:
 class Server:
     """``python -m serving.serve`` on free loopback ports, its output collected in a log file."""
 
-    def __init__(self, repo: Path, log: Path):
+    def __init__(self, repo: Path, log: Path, started_when: str = "Triton Inference Server ready"):
         self.http, self.grpc, self.metrics = free_ports(3)
         self.log = log
         self._log_file = open(log, "w")
@@ -87,7 +87,7 @@ class Server:
              "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics), "--exit-timeout", "20"],
             cwd=engines.REPO_ROOT, stdout=self._log_file, stderr=subprocess.STDOUT,
         )
-        self.wait_for("Triton Inference Server ready", timeout=240)
+        self.wait_for(started_when, timeout=240)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -116,10 +116,15 @@ class Server:
         return status
 
 
-def start_server(tmp_path_factory, engine: Path, name: str, vocab: Path | None = None, device: str = "cpu", **options) -> Server:
+def write_repository(tmp_path_factory, engine: Path, name: str, vocab: Path | None = None, device: str = "cpu", **options) -> Path:
     repo = tmp_path_factory.mktemp(name) / "repo"
     vocab = vocab or engines.tiny_model_dir(tmp_path_factory) / "vocab.txt"
     repository.write_repository(engine, vocab, repo, repository.RepositoryOptions(device=device, **options))
+    return repo
+
+
+def start_server(tmp_path_factory, engine: Path, name: str, vocab: Path | None = None, device: str = "cpu", **options) -> Server:
+    repo = write_repository(tmp_path_factory, engine, name, vocab, device, **options)
     return Server(repo, repo.parent / "serve.log")
 
 
@@ -490,6 +495,36 @@ def test_sigterm_under_load_answers_every_accepted_request(tmp_path_factory, fix
     assert "Triton Inference Server stopped" in server.output()
     assert "answered" in outcomes
     assert all(outcome in ("answered", "refused") for outcome in outcomes), [o for o in outcomes if o not in ("answered", "refused")]
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def live_group_members(group: int) -> list[int]:
+    """The processes of a process group that have not exited (a zombie has)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _parent, process_group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except OSError:
+            continue
+        if int(process_group) == group and state not in "ZX":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def test_sigterm_while_the_models_load_stops_the_server_and_every_process_it_started(tmp_path_factory, fixed_engine):
+    server_available()
+    repo = write_repository(tmp_path_factory, fixed_engine, "sigterm_loading")
+    server = Server(repo, repo.parent / "serve.log", started_when='"loading: ')
+    tritonserver = children(server.process.pid)
+    assert len(tritonserver) == 1, tritonserver
+    status = server.stop()
+    assert status == 0, server.output()[-2000:]
+    assert "Triton Inference Server stopped" in server.output()
+    assert "Triton Inference Server ready" not in server.output()
+    assert live_group_members(tritonserver[0]) == []
 
 
 # ---- the repository writer and the tools, without a server ---------------------------------------
