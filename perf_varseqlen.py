@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from helpers.cli import RunnerError, check_writable_output, exit_on_error
 from helpers.latency import (
     add_run_options,
     add_timing_options,
@@ -26,7 +27,7 @@ from helpers.latency import (
     print_peak_memory,
     write_json,
 )
-from helpers.runner import EngineRunner, RunnerError, check_writable_output, exit_on_error
+from helpers.runner import EngineRunner
 
 SQUAD_WINDOW = 384
 # Feature length = 3 + question + passage tokens, capped at the window.  Passage wordpieces are

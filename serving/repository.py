@@ -22,9 +22,10 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from helpers import hf_tokenization  # noqa: E402
+from helpers.cli import RunnerError, exit_on_error  # noqa: E402
 from helpers.model_info import ModelInfo  # noqa: E402
 from helpers.question_answering import AnswerExtractor  # noqa: E402
-from helpers.runner import OUTPUT_NAME, EngineRunner, RunnerError, engine_backend, exit_on_error, read_engine_file  # noqa: E402
+from helpers.runner import OUTPUT_NAME, EngineRunner, engine_backend, read_engine_file  # noqa: E402
 
 ENGINE_MODEL = "bert_engine"
 QA_MODEL = "bert_qa"

@@ -30,6 +30,7 @@ import squad_fixtures
 
 tritonclient = pytest.importorskip("tritonclient.grpc")
 
+from helpers.cli import RunnerError  # noqa: E402
 from helpers.question_answering import QuestionAnswerer  # noqa: E402
 from helpers.runner import EngineRunner  # noqa: E402
 from serving import client as serving_client  # noqa: E402
@@ -532,12 +533,12 @@ def test_repository_options_are_checked_against_the_engine(fixed_engine, tmp_pat
         "--instances": repository.RepositoryOptions(device="cpu", instances=0),
     }
     for message, options in bad.items():
-        with pytest.raises(repository.RunnerError, match=message):
+        with pytest.raises(RunnerError, match=message):
             repository.write_repository(fixed_engine, vocab, tmp_path / "repo", options)
         assert list(tmp_path.iterdir()) == []
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    with pytest.raises(repository.RunnerError, match="not an empty folder"):
+    with pytest.raises(RunnerError, match="not an empty folder"):
         repository.write_repository(fixed_engine, vocab, tmp_path / "full", repository.RepositoryOptions(device="cpu"))
     signature = repository.write_repository(fixed_engine, vocab, tmp_path / "repo", repository.RepositoryOptions(device="cpu", max_batch_size=4))
     assert signature == repository.EngineSignature("portable", False, engines.SEQ_LEN, ENGINE_BATCH, "TYPE_FP32")

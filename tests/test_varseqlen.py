@@ -24,9 +24,10 @@ import helpers.tokenization as tokenization
 import inference_varseqlen
 import perf_varseqlen
 from helpers.backend import select_backend, trt
+from helpers.cli import RunnerError
 from helpers.portable import ops
 from helpers.portable import plugins_interleaved as interleaved
-from helpers.runner import EngineRunner, NoProfileError, RunnerError
+from helpers.runner import EngineRunner, NoProfileError
 from varseqlen_network import VarSeqLenNetwork, batch_profiles
 
 MIX = (1, 2, 17, 64, 129, 384, 512)
