@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from helpers.cli import RunnerError, parse_known_options, write_text_atomically
-from helpers.runner import EngineRunner, NoProfileError, TimingSummary
+from helpers.runner import EngineRunner, NoProfileError
+from helpers.timing_statistics import TimingSummary
 
 PSEUDO_VOCAB_SIZE = 30522
 JSON_FORMAT_VERSION = 1

@@ -20,7 +20,6 @@ import stat
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -227,46 +226,6 @@ def check_packed_inputs(cu_seqlens: np.ndarray, total_tokens: int, max_seqlen: i
         raise RunnerError(f"cu_seqlens ends at {cu_seqlens[-1]}, but the batch has {total_tokens} tokens")
     if lengths.max() > max_seqlen:
         raise RunnerError(f"a sequence of {lengths.max()} tokens is more than the maximum {max_seqlen} (max_seqlen)")
-
-
-# --------------------------------------------------------------------------------------------
-# Timing statistics
-
-
-def percentile(sorted_times: list[float], fraction: float) -> float:
-    """The demo's percentile: ``sorted[int(n * fraction)]`` (no interpolation)."""
-    return sorted_times[min(int(len(sorted_times) * fraction), len(sorted_times) - 1)]
-
-
-@dataclass(frozen=True)
-class TimingSummary:
-    batch_size: int
-    iterations: int
-    total_ms: float
-    avg_ms: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-
-    @property
-    def sequences_per_second(self) -> float:
-        return self.batch_size * 1000.0 / self.avg_ms
-
-    @classmethod
-    def from_times(cls, batch_size: int, times_ms: list[float]) -> TimingSummary:
-        if not times_ms:
-            raise ValueError("no timed iterations")
-        ordered = sorted(times_ms)
-        total = sum(times_ms)
-        return cls(
-            batch_size=batch_size,
-            iterations=len(times_ms),
-            total_ms=total,
-            avg_ms=total / len(times_ms),
-            p50_ms=percentile(ordered, 0.50),
-            p95_ms=percentile(ordered, 0.95),
-            p99_ms=percentile(ordered, 0.99),
-        )
 
 
 # --------------------------------------------------------------------------------------------
