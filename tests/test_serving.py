@@ -547,6 +547,14 @@ def test_repository_options_are_checked_against_the_engine(fixed_engine, tmp_pat
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["bert_engine", "bert_qa"]
 
 
+def test_the_clients_start_without_the_engine_libraries():
+    """Asking one question, or each load-test client process, does not import torch, TensorRT or transformers."""
+    code = "import sys, serving.client, serving.load_test; print(sorted({'torch', 'tensorrt', 'transformers'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=engines.REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_serve_and_load_test_refuse_what_they_cannot_do(tmp_path, capsys):
     status, _, err = engines.run_main(serve.main, ["--model-repository", str(tmp_path / "missing")], capsys)
     assert status == 1 and "model repository not found" in err
