@@ -32,11 +32,11 @@ from bert_weights import (
 )
 from bert_weights.names import EMB_PROJ_B, EMB_PROJ_W
 from helpers.backend import BACKENDS, BackendError, backend_name, select_backend, trt
-from helpers.cli import exit_on_interrupt
+from helpers.cli import exit_on_interrupt, parse_known_options
 from helpers.files import CACHE_FILE_MAX_BYTES, check_output_path, read_limited
 from helpers.files import write_bytes_atomically as write_file_atomically
 from helpers.model_info import ModelInfo
-from helpers.runner import parse_known_options, portable_device
+from helpers.runner import portable_device
 
 # The portable engine's device; the builders' --device sets it.
 DEVICE_ENV = "DEMOBERT_DEVICE"

@@ -13,6 +13,15 @@ import json
 import sys
 
 import helpers.data_processing as dp
+from helpers.cli import (
+    RunnerError,
+    check_writable_output,
+    exit_on_error,
+    parse_known_options,
+    read_text_file,
+    squad_examples,
+    write_text_atomically,
+)
 from helpers.question_answering import (
     EXIT_COMMANDS,
     PASSAGE_PROMPT,
@@ -22,18 +31,9 @@ from helpers.question_answering import (
     check_sizes,
     escape_controls,
     format_answer,
-    read_text_file,
-    squad_examples,
     squad_predictions,
 )
-from helpers.runner import (
-    EngineRunner,
-    RunnerError,
-    check_writable_output,
-    exit_on_error,
-    parse_known_options,
-    write_text_atomically,
-)
+from helpers.runner import EngineRunner
 
 
 def add_question_options(parser: argparse.ArgumentParser) -> None:

@@ -20,16 +20,10 @@ SCRIPT_DIR = os.path.dirname(os.path.abspath(__file__))
 # infer_c is built into build/ next to this script.
 sys.path.insert(0, os.path.join(SCRIPT_DIR, "build"))
 
+from helpers.cli import RunnerError, exit_on_error, parse_known_options  # noqa: E402
 from helpers.model_info import ModelInfo  # noqa: E402
 from helpers.question_answering import QuestionAnswerer, squad_predictions  # noqa: E402
-from helpers.runner import (  # noqa: E402
-    EngineRunner,
-    RunnerError,
-    engine_backend,
-    exit_on_error,
-    parse_known_options,
-    read_engine_file,
-)
+from helpers.runner import EngineRunner, engine_backend, read_engine_file  # noqa: E402
 from inference import (  # noqa: E402
     add_question_options,
     answer_passage,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 import inference
-from helpers.runner import exit_on_error, parse_known_options
+from helpers.cli import exit_on_error, parse_known_options
 
 
 @exit_on_error

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from helpers.cli import check_writable_output, exit_on_error
 from helpers.latency import (
     add_run_options,
     add_timing_options,
@@ -16,7 +17,7 @@ from helpers.latency import (
     print_peak_memory,
     write_json,
 )
-from helpers.runner import EngineRunner, check_writable_output, exit_on_error
+from helpers.runner import EngineRunner
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from helpers.cli import RunnerError, check_writable_output, exit_on_error
 from helpers.latency import (
     add_run_options,
     add_timing_options,
@@ -26,22 +27,8 @@ from helpers.latency import (
     print_peak_memory,
     write_json,
 )
-from helpers.runner import EngineRunner, RunnerError, check_writable_output, exit_on_error
-
-SQUAD_WINDOW = 384
-# Feature length = 3 + question + passage tokens, capped at the window.  Passage wordpieces are
-# log-normal (median 160, σ 0.45) and questions ~N(13, 4) tokens: mean fill 0.50 of 384.
-SQUAD_PASSAGE_MEDIAN = 160.0
-SQUAD_PASSAGE_SIGMA = 0.45
-SQUAD_QUESTION_MEAN, SQUAD_QUESTION_STD = 13.0, 4.0
-
-
-def squad_like_lengths(count: int, max_length: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` sequence lengths of SQuAD v1.1-like features, in 1..max_length (scaled from 384)."""
-    questions = np.clip(np.round(rng.normal(SQUAD_QUESTION_MEAN, SQUAD_QUESTION_STD, count)), 4, 64)
-    passages = np.round(rng.lognormal(np.log(SQUAD_PASSAGE_MEDIAN), SQUAD_PASSAGE_SIGMA, count))
-    window_lengths = np.minimum(SQUAD_WINDOW, 3 + questions + passages)
-    return np.clip(np.round(window_lengths * max_length / SQUAD_WINDOW), 1, max_length).astype(np.int64)
+from helpers.runner import EngineRunner
+from helpers.squad_lengths import squad_like_lengths
 
 
 def parse_lengths(text: str, max_length: int) -> list[int]:

@@ -54,7 +54,6 @@ if str(REPO) not in sys.path:
 import builder  # noqa: E402  (after the repository is importable)
 import inference  # noqa: E402
 import inference_c  # noqa: E402
-import perf_varseqlen  # noqa: E402
 from bench import check_builder_gpu  # noqa: E402
 from bench.compare import profile_kernels  # noqa: E402
 from bench.engine_workspace import (  # noqa: E402
@@ -76,6 +75,7 @@ from helpers.demo_model import write_tiny_qa_model  # noqa: E402
 from helpers.files import write_json_and_markdown  # noqa: E402
 from helpers.runner import EngineRunner  # noqa: E402
 from helpers.sparsity import prune_checkpoint  # noqa: E402
+from helpers.squad_lengths import squad_like_lengths  # noqa: E402
 
 FORMAT_VERSION = 1
 SECTIONS = ("builder", "varseqlen", "sparsity", "int8", "inference_c", "profile")
@@ -110,7 +110,7 @@ def section_builder(ws: Workspace) -> dict:
 
 def squad_length_summary(batch: int, seq: int) -> tuple[int, float]:
     """(tokens, mean length) of the lengths perf_varseqlen.py --squad-lengths draws (its default seed)."""
-    lengths = perf_varseqlen.squad_like_lengths(batch, seq, np.random.default_rng((12345, batch)))
+    lengths = squad_like_lengths(batch, seq, np.random.default_rng((12345, batch)))
     return int(lengths.sum()), float(lengths.mean())
 
 
@@ -157,7 +157,7 @@ def short_log_line(line: str, limit: int = 160) -> str:
 
 def packed_logits(engine: Path, seq: int, device: str, batch: int) -> np.ndarray:
     """``logits_out`` of one packed batch of SQuAD-like lengths (fixed seed)."""
-    lengths = [int(x) for x in perf_varseqlen.squad_like_lengths(batch, seq, np.random.default_rng(7))]
+    lengths = [int(x) for x in squad_like_lengths(batch, seq, np.random.default_rng(7))]
     tokens = sum(lengths)
     rng = np.random.default_rng(8)
     runner = EngineRunner(engine, device=device)
@@ -357,7 +357,7 @@ def section_profile(ws: Workspace) -> dict:
         results[f"padded {name}, {seq} × {batch}"] = profile_engine(engine, batch, seq, fixed_inputs, setup.device)
         engine.unlink()
     packed_path, _ = ws.packed_engine("packed_float", ws.model())
-    lengths = perf_varseqlen.squad_like_lengths(batch, setup.long_seq, np.random.default_rng((12345, batch)))
+    lengths = squad_like_lengths(batch, setup.long_seq, np.random.default_rng((12345, batch)))
     tokens = int(lengths.sum())
     packed_inputs = {"input_ids": rng.integers(0, 30522, tokens, dtype=np.int32), "segment_ids": np.zeros(tokens, np.int32),
                      "cu_seqlens": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)}

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 import torch
 
 from helpers import backend
+from helpers.cli import RunnerError
 from helpers.portable.options import EngineOptions
 from helpers.portable.device import ENV_DEVICE
-from helpers.runner import PLUGIN_LIBRARY, PLUGIN_PATH_VARIABLE, RunnerError, portable_device
+from helpers.runner import PLUGIN_LIBRARY, PLUGIN_PATH_VARIABLE, portable_device
 
 
 @dataclass

@@ -14,7 +14,9 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from helpers.runner import EngineRunner, NoProfileError, RunnerError, TimingSummary, parse_known_options, write_text_atomically
+from helpers.cli import RunnerError, parse_known_options, write_text_atomically
+from helpers.runner import EngineRunner, NoProfileError
+from helpers.timing_statistics import TimingSummary
 
 PSEUDO_VOCAB_SIZE = 30522
 JSON_FORMAT_VERSION = 1

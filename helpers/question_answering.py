@@ -7,7 +7,6 @@ one of them tokenizes, times and post-processes the same way.
 from __future__ import annotations
 
 import collections
-import io
 import re
 import sys
 import time
@@ -20,9 +19,9 @@ import numpy as np
 import helpers.data_processing as dp
 import helpers.tokenization as tokenization
 from helpers import hf_tokenization
-from helpers.files import TEXT_FILE_MAX_BYTES, read_limited
+from helpers.cli import RunnerError
 from helpers.model_info import ModelInfo
-from helpers.runner import EngineRunner, NoProfileError, RunnerError
+from helpers.runner import EngineRunner, NoProfileError
 
 NetworkOutput = collections.namedtuple("NetworkOutput", ["start_logits", "end_logits", "feature_index"])
 EXIT_COMMANDS = ["exit", "quit"]
@@ -71,20 +70,6 @@ class Answer:
     """Mean time per feature of input copy + execute + synchronize (what Sentences/Sec divides by)."""
     end_to_end_seconds: float
     """Tokenization + all features through the network + post-processing."""
-
-
-def read_text_file(path: str, what: str) -> str:
-    """Whole content of a UTF-8 text file of at most TEXT_FILE_MAX_BYTES, with one-line errors."""
-    try:
-        data = read_limited(path, TEXT_FILE_MAX_BYTES, f"{what} file")
-        # Universal newlines, as a text-mode read gives them.
-        return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()
-    except FileNotFoundError:
-        raise RunnerError(f"{what} file not found: {path}") from None
-    except UnicodeDecodeError as err:
-        raise RunnerError(f"{what} file {path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
-    except OSError as err:
-        raise RunnerError(f"cannot read {what} file {path}: {err.strerror}") from None
 
 
 class AnswerExtractor:
@@ -270,11 +255,3 @@ def squad_predictions(
             warn(f"warning: question {example.id!r} answered with an empty string: {err}")
             predictions[example.id] = ""
     return predictions
-
-
-def squad_examples(path: str) -> list[Any]:
-    """The examples of a SQuAD file, after checking that it is one."""
-    try:
-        return dp.read_squad_json(path)
-    except dp.SquadFormatError as err:
-        raise RunnerError(f"not a usable SQuAD file: {err}") from None

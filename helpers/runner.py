@@ -14,22 +14,19 @@ Both engine layouts of the demo go through the same methods:
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import functools
 import os
 import stat
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-from helpers import backend, files, portable
-from helpers.cli import exit_on_interrupt, script_name
+from helpers import backend, portable
+from helpers.cli import RunnerError
 from helpers.model_info import ModelInfo
 from helpers.portable.engine_file import PREAMBLE_BYTES, EngineFormatError, engine_file_size, is_portable_engine
 
@@ -45,10 +42,6 @@ _READ_CHUNK_BYTES = 64 << 20
 PLUGIN_LIBRARY = "nvinfer_plugin_10.dll" if sys.platform == "win32" else "libnvinfer_plugin.so"
 PLUGIN_PATH_VARIABLE = "PATH" if sys.platform == "win32" else "LD_LIBRARY_PATH"
 DOCTOR_HINT = "run `python3 -m helpers.doctor` to see what is missing"
-
-
-class RunnerError(RuntimeError):
-    """A problem the user can fix (bad file, missing library, impossible shape): printed as one line."""
 
 
 class NoProfileError(RunnerError):
@@ -233,46 +226,6 @@ def check_packed_inputs(cu_seqlens: np.ndarray, total_tokens: int, max_seqlen: i
         raise RunnerError(f"cu_seqlens ends at {cu_seqlens[-1]}, but the batch has {total_tokens} tokens")
     if lengths.max() > max_seqlen:
         raise RunnerError(f"a sequence of {lengths.max()} tokens is more than the maximum {max_seqlen} (max_seqlen)")
-
-
-# --------------------------------------------------------------------------------------------
-# Timing statistics
-
-
-def percentile(sorted_times: list[float], fraction: float) -> float:
-    """The demo's percentile: ``sorted[int(n * fraction)]`` (no interpolation)."""
-    return sorted_times[min(int(len(sorted_times) * fraction), len(sorted_times) - 1)]
-
-
-@dataclass(frozen=True)
-class TimingSummary:
-    batch_size: int
-    iterations: int
-    total_ms: float
-    avg_ms: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-
-    @property
-    def sequences_per_second(self) -> float:
-        return self.batch_size * 1000.0 / self.avg_ms
-
-    @classmethod
-    def from_times(cls, batch_size: int, times_ms: list[float]) -> TimingSummary:
-        if not times_ms:
-            raise ValueError("no timed iterations")
-        ordered = sorted(times_ms)
-        total = sum(times_ms)
-        return cls(
-            batch_size=batch_size,
-            iterations=len(times_ms),
-            total_ms=total,
-            avg_ms=total / len(times_ms),
-            p50_ms=percentile(ordered, 0.50),
-            p95_ms=percentile(ordered, 0.95),
-            p99_ms=percentile(ordered, 0.99),
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,49 +505,3 @@ class EngineRunner:
         if self.device.type == "cuda":
             return torch.cuda.get_device_name(self.device)
         return "cpu"
-
-
-# --------------------------------------------------------------------------------------------
-# Script entry points
-
-
-def parse_known_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """The rule of every builder, runner and benchmark script: as in the original demo, unknown
-    options (and stray words) are ignored and unambiguous prefixes accepted, but what was ignored
-    is named in a warning on stderr, so that a mistyped option is not silently lost."""
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        print(f"{parser.prog}: warning: ignoring unknown arguments: {' '.join(unknown)}", file=sys.stderr)
-    return args
-
-
-def exit_on_error(main: Callable[..., int | None]) -> Callable[..., int | None]:
-    """Run a script's main(); turn user-facing errors into one line on stderr and exit status 1,
-    Ctrl-C into one line and status 130."""
-
-    @exit_on_interrupt
-    @functools.wraps(main)
-    def wrapper(*args: Any, **kwargs: Any) -> int | None:
-        try:
-            return main(*args, **kwargs)
-        except (RunnerError, backend.BackendError) as err:
-            print(f"{script_name(main)}: error: {err}", file=sys.stderr)
-            raise SystemExit(1) from None
-
-    return wrapper
-
-
-def check_writable_output(path: str | os.PathLike[str]) -> None:
-    """Fail early (before any long run) when ``path`` cannot be written (``helpers.files`` rules)."""
-    try:
-        files.check_output_path(path)
-    except files.OutputPathError as err:
-        raise RunnerError(str(err)) from None
-
-
-def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
-    """``helpers.files.write_text_atomically``, its failures as a ``RunnerError``."""
-    try:
-        files.write_text_atomically(path, text)
-    except files.OutputPathError as err:
-        raise RunnerError(str(err)) from None

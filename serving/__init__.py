@@ -5,3 +5,7 @@
 ``serving.load_test`` measures it.  ``engine_model`` and ``qa_model`` are the two Python-backend
 models the server runs; they import ``triton_python_backend_utils``, which only exists there.
 """
+
+# The served models' names: the repository writes them, the server waits for them, clients ask them.
+ENGINE_MODEL = "bert_engine"
+QA_MODEL = "bert_qa"

@@ -22,9 +22,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from helpers.question_answering import read_text_file, squad_examples  # noqa: E402
-from helpers.runner import RunnerError, check_writable_output, exit_on_error, write_text_atomically  # noqa: E402
-from serving.repository import QA_MODEL  # noqa: E402
+from helpers.cli import RunnerError, check_writable_output, exit_on_error, read_text_file, squad_examples, write_text_atomically  # noqa: E402
+from serving import QA_MODEL  # noqa: E402
 from serving.triton_client import PROTOCOLS, Reply, TritonClient  # noqa: E402
 
 

@@ -27,11 +27,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from helpers.question_answering import squad_examples  # noqa: E402
-from helpers.runner import RunnerError, check_writable_output, exit_on_error, percentile, write_text_atomically  # noqa: E402
-from perf_varseqlen import squad_like_lengths  # noqa: E402
+from helpers.cli import RunnerError, check_writable_output, exit_on_error, squad_examples, write_text_atomically  # noqa: E402
+from helpers.squad_lengths import squad_like_lengths  # noqa: E402
+from helpers.timing_statistics import percentile  # noqa: E402
+from serving import ENGINE_MODEL, QA_MODEL  # noqa: E402
 from serving.client import qa_inputs  # noqa: E402
-from serving.repository import ENGINE_MODEL, QA_MODEL  # noqa: E402
 from serving.triton_client import PROTOCOLS, TritonClient  # noqa: E402
 
 EXAMPLE_PASSAGE = (

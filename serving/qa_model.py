@@ -16,9 +16,10 @@ import triton_python_backend_utils as pb_utils
 from torch.utils import dlpack
 
 import helpers.data_processing as dp
+from helpers.cli import RunnerError
 from helpers.model_info import ModelInfo
 from helpers.question_answering import AnswerExtractor, NetworkOutput
-from helpers.runner import OUTPUT_NAME, RunnerError
+from helpers.runner import OUTPUT_NAME
 from serving.engine_model import BadRequest, model_parameters
 
 

@@ -22,12 +22,12 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from helpers import hf_tokenization  # noqa: E402
+from helpers.cli import RunnerError, exit_on_error  # noqa: E402
 from helpers.model_info import ModelInfo  # noqa: E402
 from helpers.question_answering import AnswerExtractor  # noqa: E402
-from helpers.runner import OUTPUT_NAME, EngineRunner, RunnerError, engine_backend, exit_on_error, read_engine_file  # noqa: E402
+from helpers.runner import OUTPUT_NAME, EngineRunner, engine_backend, read_engine_file  # noqa: E402
+from serving import ENGINE_MODEL, QA_MODEL  # noqa: E402
 
-ENGINE_MODEL = "bert_engine"
-QA_MODEL = "bert_qa"
 PORTABLE_ENGINE_FILE = "model.engine"
 TENSORRT_PLAN_FILE = "model.plan"
 TRITON_TYPES = {"torch.float32": "TYPE_FP32", "torch.float16": "TYPE_FP16", "torch.int32": "TYPE_INT32"}

@@ -40,8 +40,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from helpers.runner import RunnerError, exit_on_error  # noqa: E402
-from serving.repository import ENGINE_MODEL  # noqa: E402
+from helpers.cli import RunnerError, exit_on_error  # noqa: E402
+from serving import ENGINE_MODEL  # noqa: E402
 
 PR_SET_PDEATHSIG = 1
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from helpers.runner import RunnerError
+from helpers.cli import RunnerError
 
 PROTOCOLS = ("http", "grpc")
 

@@ -22,6 +22,7 @@ from bert_weights.errors import ConfigError
 from engines import PASSAGE, QUESTION, REPO_ROOT, SEQ_LEN, run_main, tiny_model_dir
 from helpers import files, runner
 from helpers.calibrator import read_calibration_cache_file
+from helpers.cli import RunnerError
 from helpers.portable.calibration import CalibrationError
 from helpers.portable.engine_file import PREAMBLE_BYTES
 
@@ -129,7 +130,7 @@ def test_an_engine_from_a_pipe_is_read_to_its_stated_size(engine, tmp_path):
     os.unlink(whole.path)
     # Followed by endless bytes: read to the stated size plus one, which shows the trailing data.
     endless = EndlessPipe(tmp_path, data)
-    with pytest.raises(runner.RunnerError, match="corrupt portable engine: 1 unexpected trailing bytes"):
+    with pytest.raises(RunnerError, match="corrupt portable engine: 1 unexpected trailing bytes"):
         runner.EngineRunner(endless.path, device="cpu")
     endless.join()
     assert endless.sent <= len(data) + 2 * 65536 + 65536  # what the pipe buffered, not more
@@ -140,7 +141,7 @@ def test_a_stream_that_is_not_an_engine_is_read_no_further_than_its_first_bytes(
     data = runner.read_engine_file(pipe.path)
     pipe.join()
     assert len(data) == PREAMBLE_BYTES
-    with pytest.raises(runner.RunnerError, match="not an engine file"):
+    with pytest.raises(RunnerError, match="not an engine file"):
         runner.engine_backend(data)
     assert pipe.sent <= PREAMBLE_BYTES + 3 * 65536
 
@@ -148,7 +149,7 @@ def test_a_stream_that_is_not_an_engine_is_read_no_further_than_its_first_bytes(
 def test_a_tensorrt_plan_from_a_pipe_is_read_up_to_the_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "TENSORRT_PLAN_MAX_BYTES", 1 << 20)
     pipe = EndlessPipe(tmp_path, b"ftrt")
-    with pytest.raises(runner.RunnerError) as err:
+    with pytest.raises(RunnerError) as err:
         runner.read_engine_file(pipe.path)
     pipe.join()
     assert str(err.value) == f"engine file {pipe.path} holds more than 1 MiB, the most read of a TensorRT plan from a pipe or device"

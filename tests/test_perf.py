@@ -10,7 +10,8 @@ import pytest
 import perf
 from engines import SEQ_LEN, run_main, tiny_engine
 from helpers.latency import format_record, random_inputs
-from helpers.runner import EngineRunner, TimingSummary
+from helpers.runner import EngineRunner
+from helpers.timing_statistics import TimingSummary
 
 FLOAT = r"(\d+(?:\.\d+)?(?:e-?\d+)?)"
 RECORD = re.compile(

@@ -12,8 +12,10 @@ import builder_varseqlen
 import helpers.data_processing as dp
 from engines import PASSAGE, QUESTION, SEQ_LEN, hf_model, tiny_engine, tiny_model_dir
 from helpers import runner as runner_module
+from helpers.cli import RunnerError
 from helpers.question_answering import QuestionAnswerer
-from helpers.runner import EngineRunner, NoProfileError, RunnerError, TimingSummary, engine_backend, percentile
+from helpers.runner import EngineRunner, NoProfileError, engine_backend
+from helpers.timing_statistics import TimingSummary, percentile
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (CUDA graphs / CPU-vs-CUDA comparison)")

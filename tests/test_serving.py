@@ -30,10 +30,11 @@ import squad_fixtures
 
 tritonclient = pytest.importorskip("tritonclient.grpc")
 
+from helpers.cli import RunnerError  # noqa: E402
 from helpers.question_answering import QuestionAnswerer  # noqa: E402
 from helpers.runner import EngineRunner  # noqa: E402
 from serving import client as serving_client  # noqa: E402
-from serving import load_test, repository, serve  # noqa: E402
+from serving import ENGINE_MODEL, QA_MODEL, load_test, repository, serve  # noqa: E402
 from serving.triton_client import TritonClient  # noqa: E402
 
 # One xdist worker runs this module, so its servers start once (.ci/run uses --dist loadgroup).
@@ -233,7 +234,7 @@ def test_sixteen_concurrent_clients_get_every_answer_once(fixed_server, fixed_en
 def engine_statistics(server: Server) -> dict:
     client = server.client("http")
     try:
-        return client._client.get_inference_statistics(repository.ENGINE_MODEL)["model_stats"][0]
+        return client._client.get_inference_statistics(ENGINE_MODEL)["model_stats"][0]
     finally:
         client.close()
 
@@ -255,7 +256,7 @@ def assert_mixed_lengths_batch_together(server: Server, engine: Path, device: st
         client = server.client("grpc")
         try:
             ids, segments = rows[index]
-            results[index] = client.infer(repository.ENGINE_MODEL, {"input_ids": ids, "segment_ids": segments}, ["logits_out"])
+            results[index] = client.infer(ENGINE_MODEL, {"input_ids": ids, "segment_ids": segments}, ["logits_out"])
         finally:
             client.close()
 
@@ -319,7 +320,7 @@ def test_cuda_graph_instances_pad_batches_to_captured_sizes(tmp_path_factory):
             def send(index: int) -> None:
                 client = server.client("grpc")
                 try:
-                    results[index] = client.infer(repository.ENGINE_MODEL, {"input_ids": rows[index], "segment_ids": ones * 0,
+                    results[index] = client.infer(ENGINE_MODEL, {"input_ids": rows[index], "segment_ids": ones * 0,
                                                                             "input_mask": ones}, ["logits_out"])
                 finally:
                     client.close()
@@ -378,7 +379,7 @@ def test_a_roberta_engine_is_served_with_its_own_tokenizer(tmp_path_factory):
         try:
             assert_served_answers(client, local_answers(engine, tmp_path_factory, PAIRS, vocab=folder))
             row = np.full((1, engines.SEQ_LEN), 7, dtype=np.int32)
-            reply = client.infer(repository.ENGINE_MODEL, {"input_ids": row, "segment_ids": row * 0 + 1, "input_mask": row * 0 + 1}, ["logits_out"])
+            reply = client.infer(ENGINE_MODEL, {"input_ids": row, "segment_ids": row * 0 + 1, "input_mask": row * 0 + 1}, ["logits_out"])
             assert reply.error and "segment_ids" in reply.error  # one token type: every segment id is 0
         finally:
             client.close()
@@ -398,18 +399,18 @@ def test_bad_requests_get_error_responses_and_the_server_keeps_answering(fixed_s
     good = {"question": bytes_input(question.encode()), "context": bytes_input(passage.encode())}
     row = np.ones((1, engines.SEQ_LEN), dtype=np.int32)
     cases = {
-        "missing question": (repository.QA_MODEL, {"context": good["context"]}),
-        "missing context": (repository.QA_MODEL, {"question": good["question"]}),
-        "wrong datatype": (repository.QA_MODEL, {"question": np.array([[1]], dtype=np.int32), "context": good["context"]}),
-        "empty question": (repository.QA_MODEL, {"question": bytes_input(b""), "context": good["context"]}),
-        "empty context": (repository.QA_MODEL, {"question": good["question"], "context": bytes_input(b"   ")}),
-        "not UTF-8": (repository.QA_MODEL, {"question": bytes_input(b"\xff\xfe what"), "context": good["context"]}),
-        "1 MB context": (repository.QA_MODEL, {"question": good["question"], "context": bytes_input(b"word " * 200_000)}),
-        "question without tokens": (repository.QA_MODEL, {"question": bytes_input("\u0301".encode()), "context": good["context"]}),
-        "batch above the maximum": (repository.QA_MODEL, {name: np.repeat(v, repository.QA_MAX_BATCH_SIZE + 1, axis=0) for name, v in good.items()}),
-        "engine batch above the maximum": (repository.ENGINE_MODEL, {n: np.repeat(row, ENGINE_BATCH + 1, axis=0) for n in ("input_ids", "segment_ids", "input_mask")}),
-        "token id outside the vocabulary": (repository.ENGINE_MODEL, {"input_ids": row * 10**6, "segment_ids": row * 0, "input_mask": row}),
-        "segment id above 1": (repository.ENGINE_MODEL, {"input_ids": row, "segment_ids": row * 2, "input_mask": row}),
+        "missing question": (QA_MODEL, {"context": good["context"]}),
+        "missing context": (QA_MODEL, {"question": good["question"]}),
+        "wrong datatype": (QA_MODEL, {"question": np.array([[1]], dtype=np.int32), "context": good["context"]}),
+        "empty question": (QA_MODEL, {"question": bytes_input(b""), "context": good["context"]}),
+        "empty context": (QA_MODEL, {"question": good["question"], "context": bytes_input(b"   ")}),
+        "not UTF-8": (QA_MODEL, {"question": bytes_input(b"\xff\xfe what"), "context": good["context"]}),
+        "1 MB context": (QA_MODEL, {"question": good["question"], "context": bytes_input(b"word " * 200_000)}),
+        "question without tokens": (QA_MODEL, {"question": bytes_input("\u0301".encode()), "context": good["context"]}),
+        "batch above the maximum": (QA_MODEL, {name: np.repeat(v, repository.QA_MAX_BATCH_SIZE + 1, axis=0) for name, v in good.items()}),
+        "engine batch above the maximum": (ENGINE_MODEL, {n: np.repeat(row, ENGINE_BATCH + 1, axis=0) for n in ("input_ids", "segment_ids", "input_mask")}),
+        "token id outside the vocabulary": (ENGINE_MODEL, {"input_ids": row * 10**6, "segment_ids": row * 0, "input_mask": row}),
+        "segment id above 1": (ENGINE_MODEL, {"input_ids": row, "segment_ids": row * 2, "input_mask": row}),
         "unknown model": ("no_such_model", good),
     }
     expected = local_answers(fixed_engine, tmp_path_factory, [(question, passage)])[(question, passage)]
@@ -417,7 +418,7 @@ def test_bad_requests_get_error_responses_and_the_server_keeps_answering(fixed_s
         client = fixed_server.client(protocol)
         try:
             for name, (model, inputs) in cases.items():
-                outputs = ["logits_out"] if model == repository.ENGINE_MODEL else ["answer", "probability"]
+                outputs = ["logits_out"] if model == ENGINE_MODEL else ["answer", "probability"]
                 reply = client.infer(model, inputs, outputs)
                 assert reply.error, f"{name} ({protocol}) was answered"
             assert served_answer(client, question, passage)[0] == expected[0]
@@ -567,18 +568,26 @@ def test_repository_options_are_checked_against_the_engine(fixed_engine, tmp_pat
         "--instances": repository.RepositoryOptions(device="cpu", instances=0),
     }
     for message, options in bad.items():
-        with pytest.raises(repository.RunnerError, match=message):
+        with pytest.raises(RunnerError, match=message):
             repository.write_repository(fixed_engine, vocab, tmp_path / "repo", options)
         assert list(tmp_path.iterdir()) == []
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    with pytest.raises(repository.RunnerError, match="not an empty folder"):
+    with pytest.raises(RunnerError, match="not an empty folder"):
         repository.write_repository(fixed_engine, vocab, tmp_path / "full", repository.RepositoryOptions(device="cpu"))
     signature = repository.write_repository(fixed_engine, vocab, tmp_path / "repo", repository.RepositoryOptions(device="cpu", max_batch_size=4))
     assert signature == repository.EngineSignature("portable", False, engines.SEQ_LEN, ENGINE_BATCH, "TYPE_FP32")
     config = parse_config((tmp_path / "repo" / "bert_engine" / "config.pbtxt").read_text())
     assert config.backend == "python" and config.max_batch_size == 4
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["bert_engine", "bert_qa"]
+
+
+def test_the_clients_start_without_the_engine_libraries():
+    """Asking one question, or each load-test client process, does not import torch, TensorRT or transformers."""
+    code = "import sys, serving.client, serving.load_test; print(sorted({'torch', 'tensorrt', 'transformers'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=engines.REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_serve_and_load_test_refuse_what_they_cannot_do(tmp_path, capsys):

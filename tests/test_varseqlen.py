@@ -24,9 +24,11 @@ import helpers.tokenization as tokenization
 import inference_varseqlen
 import perf_varseqlen
 from helpers.backend import select_backend, trt
+from helpers.cli import RunnerError
 from helpers.portable import ops
 from helpers.portable import plugins_interleaved as interleaved
-from helpers.runner import EngineRunner, NoProfileError, RunnerError
+from helpers.runner import EngineRunner, NoProfileError
+from helpers.squad_lengths import squad_like_lengths
 from varseqlen_network import VarSeqLenNetwork, batch_profiles
 
 MIX = (1, 2, 17, 64, 129, 384, 512)
@@ -277,11 +279,11 @@ def test_bad_packed_input_is_refused(tiny_model, packed_runner):
 
 
 def test_squad_like_lengths_pad_about_half_a_384_window():
-    lengths = perf_varseqlen.squad_like_lengths(20000, 384, np.random.default_rng(0))
+    lengths = squad_like_lengths(20000, 384, np.random.default_rng(0))
     assert lengths.min() >= 1 and lengths.max() == 384
     assert 0.45 < 1.0 - lengths.mean() / 384 < 0.55
     assert 0.01 < np.mean(lengths == 384) < 0.06  # long passages fill whole windows
-    scaled = perf_varseqlen.squad_like_lengths(1000, 128, np.random.default_rng(0))
+    scaled = squad_like_lengths(1000, 128, np.random.default_rng(0))
     assert scaled.max() <= 128 and 0.45 < 1.0 - scaled.mean() / 128 < 0.55
 
 
