@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def floor_repository(repo: Path, floor: Path) -> Path:
     """A repository serving bench/serving_floor.py under the config of ``repo``'s bert_engine."""
-    from serving.repository import ENGINE_MODEL, entry_point
+    from serving import ENGINE_MODEL
+    from serving.repository import entry_point
 
     version = floor / ENGINE_MODEL / "1"
     version.mkdir(parents=True)

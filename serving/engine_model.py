@@ -18,7 +18,8 @@ import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils import dlpack
 
-from helpers.runner import OUTPUT_NAME, EngineRunner, RunnerError
+from helpers.cli import RunnerError
+from helpers.runner import OUTPUT_NAME, EngineRunner
 from serving.repository import geometric_sizes
 
 TOKEN_INPUTS = ("input_ids", "segment_ids")

@@ -73,7 +73,7 @@ class LevelResult:
 def check_loopback(url: str) -> None:
     host = url.rsplit(":", 1)[0].strip("[]")
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     except socket.gaierror:
         raise RunnerError(f"cannot resolve {host!r}") from None
     if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
