@@ -3,7 +3,8 @@
 
 For the fixed-length and the packed engine: builds both from one random model, times them
 offline (perf.py at the batch sizes, perf_varseqlen.py --squad-lengths), serves each with
-serving.serve and loads bert_engine with serving.load_test at the concurrency levels.  Then it
+serving.serve (once per --instances count) and loads bert_engine with serving.load_test at the
+concurrency levels.  Then it
 serves and loads the same bert_engine with zero logits in place of the engine (bench/serving_floor.py):
 what the server and the client cost without any engine.  Writes serving_bench.json and a markdown
 table to --out.  ``--tiny`` checks the script on the CPU.
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--warm-up", type=float, default=5.0)
     parser.add_argument("--processes", type=int, default=8)
-    parser.add_argument("--instances", type=int, default=2)
+    parser.add_argument("--instances", default="2", help="Engine instances on the GPU; comma-separated counts serve each engine once per count")
     parser.add_argument("--max-queue-delay-us", type=int, default=1000)
     parser.add_argument("--server-python", default=PY, help="Python of the serving environment (default: this one)")
     parser.add_argument("--skip", default="", help="Comma-separated: fixed, packed")
@@ -101,12 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     seq = 64 if args.tiny else 384
     flags = [] if args.tiny else ["-f"]
     batches = [int(b) for b in args.batches.split(",")]
+    instance_counts = [int(n) for n in args.instances.split(",")]
     if args.vocab is None:
         from tests.squad_fixtures import minilm_vocab_file
 
         args.vocab = minilm_vocab_file()
     results: dict = {"device": device, "shape": shape, "sequence_length": seq, "batches": batches, "levels": args.levels,
-                     "instances": args.instances, "max_queue_delay_us": args.max_queue_delay_us, "cuda_graphs": args.cuda_graphs}
+                     "instances": instance_counts, "max_queue_delay_us": args.max_queue_delay_us, "cuda_graphs": args.cuda_graphs}
     with tempfile.TemporaryDirectory(prefix="serving_bench.") as work_dir:
         work = Path(work_dir)
         log = out / "bench.log"
@@ -123,21 +125,36 @@ def main(argv: list[str] | None = None) -> int:
             graphs = ["--cuda-graphs"] if args.cuda_graphs and device == "cuda" else []
             run([PY, perf, "-e", str(engine), *batch_args, "-s", str(seq), "-w", "20", "-i", "100", *extra, "--device", device,
                  "--json", str(offline), *(["--enable-graph"] if graphs else [])], log)
-            repo = work / f"repo_{kind}"
-            run([PY, "-m", "serving.repository", "-e", str(engine), "-v", args.vocab, "-o", str(repo), "--device", device,
-                 "--instances", str(args.instances), "--max-queue-delay-us", str(args.max_queue_delay_us), *graphs], log)
-            results[kind] = {"offline": json.loads(offline.read_text()),
-                             **served(repo, args.levels, args.duration, args.warm_up, args.processes, out, kind, args.server_python)}
+            results[kind] = {"offline": json.loads(offline.read_text()), "served": {}}
+            for count in instance_counts:
+                repo = work / f"repo_{kind}_{count}"
+                run([PY, "-m", "serving.repository", "-e", str(engine), "-v", args.vocab, "-o", str(repo), "--device", device,
+                     "--instances", str(count), "--max-queue-delay-us", str(args.max_queue_delay_us), *graphs], log)
+                results[kind]["served"][str(count)] = served(repo, args.levels, args.duration, args.warm_up, args.processes, out,
+                                                            f"{kind}_{count}", args.server_python)
+                (out / "serving_bench.json").write_text(json.dumps(results, indent=2))
             engine.unlink()
-            results[f"{kind}_floor"] = served(floor_repository(repo, work / f"floor_{kind}"), args.levels, args.duration,
-                                              args.warm_up, args.processes, out, f"{kind}_floor", args.server_python)
+            floor = floor_repository(work / f"repo_{kind}_{instance_counts[0]}", work / f"floor_{kind}")
+            results[kind]["floor"] = served(floor, args.levels, args.duration, args.warm_up, args.processes, out,
+                                            f"{kind}_floor", args.server_python)
             (out / "serving_bench.json").write_text(json.dumps(results, indent=2))
-    (out / "serving_bench.json").write_text(json.dumps(results, indent=2))
     print(table(results))
-    for kind in ("fixed", "packed", "fixed_floor", "packed_floor"):
-        if kind in results:
-            print(f"{kind}: {execution_summary(results[kind]['stats'])}")
+    for label, stats in served_runs(results):
+        print(f"{label}: {execution_summary(stats['stats'])}")
     return 0
+
+
+def served_runs(results: dict) -> list[tuple[str, dict]]:
+    """(label, served run) of every served engine, one per instance count, then its floor."""
+    runs = []
+    for kind in ("fixed", "packed"):
+        if kind not in results:
+            continue
+        counts = results[kind]["served"]
+        for count, run_result in counts.items():
+            runs.append((kind if len(counts) == 1 else f"{kind}, {count} instance{'s' if count != '1' else ''}", run_result))
+        runs.append((f"{kind}, no engine", results[kind]["floor"]))
+    return runs
 
 
 def floor_repository(repo: Path, floor: Path) -> Path:
@@ -173,22 +190,23 @@ def execution_summary(stats: dict) -> str:
 
 
 def table(results: dict) -> str:
-    """The served rows of each engine, then those of its floor (no engine), against the engine's offline batches."""
+    """Every served run's levels (the engine at each instance count, then its floor) against the
+    engine's offline batches."""
     lines = ["| engine | concurrency / batch | served req/s | offline seq/s | served / offline | p50 ms | p99 ms | offline batch ms |",
              "|---|---|---|---|---|---|---|---|"]
-    for kind in ("fixed", "packed"):
-        offline = {r["batch_size"]: r for r in results[kind]["offline"]["results"]} if kind in results else {}
-        for name, label in ((kind, kind), (f"{kind}_floor", f"{kind}, no engine")):
-            for level in results.get(name, {}).get("load", {}).get("levels", []):
-                c = level["concurrency"]
-                base = offline.get(c)
-                served_cells = f"| {label} | {c} | {level['requests_per_second']:.1f} |"
-                latency_cells = f"{level['p50_ms']:.2f} | {level['p99_ms']:.2f} |"
-                if base:
-                    ratio = level["requests_per_second"] / base["sequences_per_second"]
-                    lines.append(f"{served_cells} {base['sequences_per_second']:.1f} | {ratio:.2f} | {latency_cells} {base['avg_ms']:.2f} |")
-                else:
-                    lines.append(f"{served_cells} – | – | {latency_cells} – |")
+    for label, run_result in served_runs(results):
+        kind = label.split(",")[0]
+        offline = {r["batch_size"]: r for r in results[kind]["offline"]["results"]}
+        for level in run_result["load"]["levels"]:
+            c = level["concurrency"]
+            base = offline.get(c)
+            served_cells = f"| {label} | {c} | {level['requests_per_second']:.1f} |"
+            latency_cells = f"{level['p50_ms']:.2f} | {level['p99_ms']:.2f} |"
+            if base:
+                ratio = level["requests_per_second"] / base["sequences_per_second"]
+                lines.append(f"{served_cells} {base['sequences_per_second']:.1f} | {ratio:.2f} | {latency_cells} {base['avg_ms']:.2f} |")
+            else:
+                lines.append(f"{served_cells} – | – | {latency_cells} – |")
     return "\n".join(lines)
 
 if __name__ == "__main__":
