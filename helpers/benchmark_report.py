@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers.cli import exit_on_interrupt
-from helpers.latency import JSON_FORMAT_VERSION
+from helpers.timing_statistics import JSON_FORMAT_VERSION
 
 RESULT_NAME = re.compile(r"seqlen(\d+)_bs(\d+)\.json")
 PRECISION_LABELS = {"int8-qat": "INT8 QAT", "int8": "INT8", "fp16": "FP16", "fp32": "FP32"}

@@ -16,10 +16,9 @@ import torch
 
 from helpers.cli import RunnerError, parse_known_options, write_text_atomically
 from helpers.runner import EngineRunner, NoProfileError
-from helpers.timing_statistics import TimingSummary
+from helpers.timing_statistics import JSON_FORMAT_VERSION, TimingSummary
 
 PSEUDO_VOCAB_SIZE = 30522
-JSON_FORMAT_VERSION = 1
 
 
 def random_inputs(runner: EngineRunner, max_batch: int, sequence_length: int, seed: int) -> dict[str, np.ndarray]:

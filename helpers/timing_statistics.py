@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Version of the JSON reports perf*.py write (``--json``): their "results" are TimingSummary rows.
+JSON_FORMAT_VERSION = 1
+
 
 def percentile(sorted_times: list[float], fraction: float) -> float:
     """The demo's percentile: ``sorted[int(n * fraction)]`` (no interpolation)."""

@@ -189,6 +189,17 @@ def test_report_refuses_another_format_version(tmp_path):
         load_measurements(tmp_path)
 
 
+def test_the_report_tool_starts_without_the_engine_libraries(tmp_path):
+    """Rendering results reads JSON files only: no torch, TensorRT or transformers to load."""
+    write_result(tmp_path, "base", "fp16", 128, 1, 0.5, 0.5, 0.5)
+    code = ("import runpy, sys; sys.argv = ['benchmark_report', sys.argv[1]]\n"
+            "try:\n    runpy.run_module('helpers.benchmark_report', run_name='__main__')\n"
+            "finally:\n    print(sorted({'torch', 'tensorrt', 'transformers'} & set(sys.modules)), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert "| Sequence Length | Batch Size |" in result.stdout, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "[]"
+
+
 def test_benchmark_quick_mode_end_to_end(tmp_path):
     result = benchmark("--quick", "--workdir", str(tmp_path))
     assert result.returncode == 0, result.stderr
