@@ -4,10 +4,9 @@
 For the fixed-length and the packed engine: builds both from one random model, times them
 offline (perf.py at the batch sizes, perf_varseqlen.py --squad-lengths), serves each with
 serving.serve (once per --instances count) and loads bert_engine with serving.load_test at the
-concurrency levels.  Then it
-serves and loads the same bert_engine with zero logits in place of the engine (bench/serving_floor.py):
-what the server and the client cost without any engine.  Writes serving_bench.json and a markdown
-table to --out.  ``--tiny`` checks the script on the CPU.
+concurrency levels.  Then it serves and loads the same bert_engine with zero logits in place of the
+engine (bench/serving_floor.py): what the server and the client cost without any engine.  Writes
+serving_bench.json and a markdown table to --out.  ``--tiny`` checks the script on the CPU.
 """
 
 from __future__ import annotations
@@ -139,21 +138,22 @@ def main(argv: list[str] | None = None) -> int:
                                             f"{kind}_floor", args.server_python)
             (out / "serving_bench.json").write_text(json.dumps(results, indent=2))
     print(table(results))
-    for label, stats in served_runs(results):
-        print(f"{label}: {execution_summary(stats['stats'])}")
+    for _kind, label, run_result in served_runs(results):
+        print(f"{label}: {execution_summary(run_result['stats'])}")
     return 0
 
 
-def served_runs(results: dict) -> list[tuple[str, dict]]:
-    """(label, served run) of every served engine, one per instance count, then its floor."""
+def served_runs(results: dict) -> list[tuple[str, str, dict]]:
+    """(engine kind, label, served run) of every served engine, one per instance count, then its floor."""
     runs = []
     for kind in ("fixed", "packed"):
         if kind not in results:
             continue
         counts = results[kind]["served"]
         for count, run_result in counts.items():
-            runs.append((kind if len(counts) == 1 else f"{kind}, {count} instance{'s' if count != '1' else ''}", run_result))
-        runs.append((f"{kind}, no engine", results[kind]["floor"]))
+            label = kind if len(counts) == 1 else f"{kind}, {count} instance{'s' if count != '1' else ''}"
+            runs.append((kind, label, run_result))
+        runs.append((kind, f"{kind}, no engine", results[kind]["floor"]))
     return runs
 
 
@@ -194,8 +194,7 @@ def table(results: dict) -> str:
     engine's offline batches."""
     lines = ["| engine | concurrency / batch | served req/s | offline seq/s | served / offline | p50 ms | p99 ms | offline batch ms |",
              "|---|---|---|---|---|---|---|---|"]
-    for label, run_result in served_runs(results):
-        kind = label.split(",")[0]
+    for kind, label, run_result in served_runs(results):
         offline = {r["batch_size"]: r for r in results[kind]["offline"]["results"]}
         for level in run_result["load"]["levels"]:
             c = level["concurrency"]
@@ -208,6 +207,7 @@ def table(results: dict) -> str:
             else:
                 lines.append(f"{served_cells} – | – | {latency_cells} – |")
     return "\n".join(lines)
+
 
 if __name__ == "__main__":
     sys.exit(main())
