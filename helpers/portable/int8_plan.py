@@ -72,6 +72,11 @@ class HandoverCodes:
     scale: float
 
 
+def stored_dtype(codes: HandoverCodes | None, value_dtype: torch.dtype) -> torch.dtype:
+    """What a producer stores: the ``codes`` it writes for its readers, else its values in ``value_dtype``."""
+    return value_dtype if codes is None else codes.dtype
+
+
 def gelus(graph: Graph) -> dict[int, Gelu]:
     """Convolution index → the builder's GELU right after it (``patterns.gelu_after``)."""
     found = {}
@@ -249,7 +254,7 @@ class Int8Lowering:
             out_codes = self.handover_codes(result)
             fast = self.steps.fast_8bit_gemm(weight, bias, self.amax[source], self.fp8, gelu is not None, out_dtype,
                                              out_codes, form=form)
-            return _channel_gemm(fast, spatial, out_dtype if out_codes is None else out_codes.dtype), pattern
+            return _channel_gemm(fast, spatial, stored_dtype(out_codes, out_dtype)), pattern
         gemm = fp8_gemm(weight, bias, self.amax[source]) if self.fp8 else int8_gemm(weight, bias, self.amax[source])
         run = _channel_gemm(gemm, spatial, out_dtype)
         return (run if gelu is None else _then_gelu(run, form)), pattern

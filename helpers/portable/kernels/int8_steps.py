@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from helpers.portable import quantization as q
-from helpers.portable.int8_plan import HandoverCodes
+from helpers.portable.int8_plan import HandoverCodes, stored_dtype
 from helpers.portable.kernels import int8_gemm as ig
 from helpers.portable.kernels import quant_kernels as qk
 from helpers.portable.kernels.int8_attention import int8_attention_into
@@ -47,7 +47,7 @@ def fast_8bit_gemm(
     n, k = weight_codes.shape
     col_scales = (weight_scales * in_scale).contiguous()
     bias32 = None if bias is None else bias.float().contiguous()
-    out_type = out_dtype if out_codes is None else out_codes.dtype
+    out_type = stored_dtype(out_codes, out_dtype)
     out_scale = None if out_codes is None else out_codes.scale
 
     def gemm(rows: torch.Tensor) -> torch.Tensor:
@@ -65,6 +65,14 @@ def fast_8bit_gemm(
     return gemm
 
 
+def e4m3_output(out_codes: HandoverCodes | None, out_dtype: torch.dtype) -> tuple[float | None, torch.dtype | None]:
+    """The ``(fp8_scale, value_dtype)`` an INT8 kernel takes to write ``out_codes`` when they are E4M3
+    codes (made from its INT8 values held in ``out_dtype``); ``(None, None)`` for any other output."""
+    if out_codes is None or out_codes.dtype == torch.int8:
+        return None, None
+    return out_codes.scale, out_dtype
+
+
 def fast_int8_attention(
     heads: int, has_mask: bool, qkv_scale: float, ctx_scale: float, dq_probs: float, out_dtype: torch.dtype,
     out_codes: HandoverCodes | None = None,
@@ -72,15 +80,15 @@ def fast_int8_attention(
     """``-imh`` attention on CUDA: ``quantization.int8_attention`` as one Triton kernel.  The QKV
     input may come as its int8 codes; the context is returned in ``out_dtype``, or as the codes
     ``out_codes`` names (of its ``out_dtype`` value)."""
-    fp8_scale = None if out_codes is None or out_codes.dtype == torch.int8 else out_codes.scale
+    fp8_scale, value_dtype = e4m3_output(out_codes, out_dtype)
+    stored = stored_dtype(out_codes, out_dtype)
 
     def attention(qkv: torch.Tensor, mask: torch.Tensor | None = None) -> Sequence[torch.Tensor]:
         mask_idx = mask[:, 0] if has_mask and mask is not None else None
         rows = qkv.flatten(2).contiguous()
-        out = torch.empty(*rows.shape[:2], rows.shape[2] // 3, dtype=out_dtype if out_codes is None else out_codes.dtype,
-                          device=rows.device)
+        out = torch.empty(*rows.shape[:2], rows.shape[2] // 3, dtype=stored, device=rows.device)
         int8_attention_into(out, rows, mask_idx, heads, qkv_scale, ctx_scale, dq_probs, fp8_scale=fp8_scale,
-                            value_dtype=None if fp8_scale is None else out_dtype)
+                            value_dtype=value_dtype)
         return (out.unflatten(-1, (-1, 1, 1)),)
 
     return attention
@@ -93,14 +101,15 @@ def fast_int8_skip_layernorm(
     """``-iln`` skip-LayerNorm on CUDA: ``quantization.int8_skip_layernorm`` as one Triton row pass.
     ``x`` and ``skip`` may come as their int8 codes; the output is returned in ``out_dtype``, or as
     the codes ``out_codes`` names (of its ``out_dtype`` value)."""
-    fp8_scale = None if out_codes is None or out_codes.dtype == torch.int8 else out_codes.scale
+    fp8_scale, value_dtype = e4m3_output(out_codes, out_dtype)
+    stored = stored_dtype(out_codes, out_dtype)
 
     def skip_layernorm(x: torch.Tensor, skip: torch.Tensor) -> Sequence[torch.Tensor]:
         axis = 2 if x.dim() == 5 else 1
         x_rows, skip_rows = x.movedim(axis, -1).contiguous(), skip.movedim(axis, -1).contiguous()
-        out = torch.empty_like(x_rows, dtype=out_dtype if out_codes is None else out_codes.dtype)
+        out = torch.empty_like(x_rows, dtype=stored)
         qk.int8_skip_layernorm_into(out, x_rows, skip_rows, gamma, beta, bias, x_scale, skip_scale, out_scale, eps,
-                                    fp8_scale=fp8_scale, value_dtype=None if fp8_scale is None else out_dtype)
+                                    fp8_scale=fp8_scale, value_dtype=value_dtype)
         return (out.movedim(-1, axis),)
 
     return skip_layernorm
