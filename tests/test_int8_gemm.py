@@ -186,6 +186,15 @@ def test_int8_outputs_are_the_next_tensors_grid(m, n, k, with_bias, gelu, kernel
     assert int(off.max()) <= 1 and float((off > 0).float().mean()) < 0.01
 
 
+def fc1_fc2_operands(seed: int) -> tuple[torch.Tensor, ...]:
+    """On CUDA: FP16 rows x [300, 256], then FC1's weight [512, 256] and bias and FC2's weight
+    [256, 512] and bias, for the FC1 → GELU → FC2 hand-over tests."""
+    x = torch.randn(300, 256, generator=gen(seed)).cuda().half()
+    w1, w2 = (torch.randn(n, k, generator=gen(seed + 1 + n)).cuda() / 16 for n, k in ((512, 256), (256, 512)))
+    b1, b2 = (torch.randn(n, generator=gen(seed + 3 + n)).cuda() for n in (512, 256))
+    return x, w1, b1, w2, b2
+
+
 @CUDA
 def test_a_gemm_fed_int8_codes_is_the_gemm_fed_their_float_values():
     """fast_8bit_gemm: the FC1 → GELU → FC2 hand-over.  FC1 writing FC2's codes gives FC2 the same
@@ -193,9 +202,7 @@ def test_a_gemm_fed_int8_codes_is_the_gemm_fed_their_float_values():
     from helpers.portable.int8_plan import HandoverCodes
     from helpers.portable.kernels.int8_steps import fast_8bit_gemm
 
-    x = torch.randn(300, 256, generator=gen(40)).cuda().half()
-    w1, w2 = (torch.randn(n, k, generator=gen(41 + n)).cuda() / 16 for n, k in ((512, 256), (256, 512)))
-    b1, b2 = (torch.randn(n, generator=gen(43 + n)).cuda() for n in (512, 256))
+    x, w1, b1, w2, b2 = fc1_fc2_operands(40)
     x_amax, gelu_amax = float(x.abs().max()), 3.0
     fc1_float = fast_8bit_gemm(w1, b1, x_amax, False, True, torch.float16)(x)
     fc1_codes = fast_8bit_gemm(w1, b1, x_amax, False, True, torch.float16,
@@ -275,9 +282,7 @@ def test_an_fp8_gemm_fed_e4m3_codes_is_the_gemm_fed_their_float_values():
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 tensor cores need SM 8.9+")
-    x = torch.randn(300, 256, generator=gen(44)).cuda().half()
-    w1, w2 = (torch.randn(n, k, generator=gen(45 + n)).cuda() / 16 for n, k in ((512, 256), (256, 512)))
-    b1, b2 = (torch.randn(n, generator=gen(47 + n)).cuda() for n in (512, 256))
+    x, w1, b1, w2, b2 = fc1_fc2_operands(44)
     x_amax, gelu_amax = float(x.abs().max()), 3.0
     fc1 = fast_8bit_gemm(w1, b1, x_amax, True, False, torch.float16)(x)
     fc1_codes = fast_8bit_gemm(w1, b1, x_amax, True, False, torch.float16,
