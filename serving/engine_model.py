@@ -20,6 +20,7 @@ from torch.utils import dlpack
 
 from helpers.cli import RunnerError
 from helpers.runner import OUTPUT_NAME, EngineRunner
+from serving.packed_layout import sequence_major
 from serving.repository import geometric_sizes
 
 TOKEN_INPUTS = ("input_ids", "segment_ids")
@@ -51,11 +52,14 @@ def instance_device(args: dict, configured: str) -> str:
     return configured
 
 
-def input_tensor(request, name: str) -> torch.Tensor:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        raise BadRequest(f"input '{name}' is missing")
-    return dlpack.from_dlpack(tensor.to_dlpack())
+def input_tensors(request, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The request's inputs of ``names``, read in one pass over its inputs.  Through DLPack: numpy
+    views (``as_numpy``) read wrong values when the stub's environment has numpy 2."""
+    given = {tensor.name(): tensor for tensor in request.inputs()}
+    missing = next((name for name in names if name not in given), None)
+    if missing is not None:
+        raise BadRequest(f"input '{missing}' is missing")
+    return {name: dlpack.from_dlpack(given[name].to_dlpack()) for name in names}
 
 
 def check_range(name: str, tensor: torch.Tensor, upper: int) -> None:
@@ -136,7 +140,7 @@ class EngineModel:
     def checked_rows(self, request) -> Rows:
         """A request's inputs with their shapes checked (their values: :meth:`check_values`)."""
         names = TOKEN_INPUTS if self.varseqlen else FIXED_INPUTS
-        tensors = {name: input_tensor(request, name) for name in names}
+        tensors = input_tensors(request, names)
         shape = tensors["input_ids"].shape
         if any(t.shape != shape for t in tensors.values()):
             raise BadRequest(f"inputs {', '.join(names)} must have one shape, got {[tuple(t.shape) for t in tensors.values()]}")
@@ -204,11 +208,11 @@ class EngineModel:
         """Variable length: the real tokens of all requests back to back; each request's logits ``[b, 2, L, 1, 1]``."""
         lengths = [r.length for r in rows for _ in range(r.count)]
         logits = self.run_tokens(lengths, inputs["input_ids"], inputs["segment_ids"])
+        blocks = sequence_major(logits.reshape(2, -1), lengths)
         results, start = [], 0
         for r in rows:
-            end = start + r.count * r.length
-            block = logits[:, start:end].reshape(2, r.count, r.length, 1, 1)
-            results.append(block.permute(1, 0, 2, 3, 4).contiguous())
+            end = start + 2 * r.count * r.length
+            results.append(blocks[start:end].view(r.count, 2, r.length, 1, 1))
             start = end
         return results
 
