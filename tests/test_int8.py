@@ -305,6 +305,38 @@ def test_cuda_int8_skip_layernorm_writes_the_e4m3_codes_an_fp8_gemm_makes(shape)
         qk.int8_skip_layernorm_into(codes, x, skip, *args)
 
 
+@CUDA
+@pytest.mark.parametrize("value_dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("shape, codes_in", [((2, 64, 8, 1024), True), ((3, 37, 768), False), ((5, 1, 72), True),
+                                             ((1, 1000, 40), False)])
+def test_cuda_int8_skip_layernorm_writes_both_codes_in_one_pass(shape, codes_in, value_dtype):
+    """int8 codes plus an E4M3 copy (the FP8 engine's skip-LayerNorm output read by the next
+    skip-LayerNorm and the next FP8 GEMM): bit for bit the int8 codes of the single-output pass, and
+    the E4M3 codes the FP8 GEMM's quantize pass makes from the float output of ``value_dtype``."""
+    from helpers.portable.kernels import quant_kernels as qk
+
+    x, skip = (t.cuda().to(value_dtype) for t in torch.randn(2, *shape, generator=gen(52)))
+    if codes_in:
+        x, skip = (q.quantize(t.float(), scale).cuda() for t, scale in ((x, 0.03), (skip, 0.025)))
+    gamma, beta, bias = (t.cuda() for t in torch.randn(3, shape[-1], generator=gen(53)))
+    args = (gamma, beta, bias, 0.03, 0.025, 0.04, 1e-5)
+    fp8_scale = 0.04 * 127 / 448 * 0.9  # some values saturate
+    codes = torch.empty(shape, dtype=torch.int8, device="cuda")
+    qk.int8_skip_layernorm_into(codes, x, skip, *args)
+    values = torch.empty(shape, dtype=value_dtype, device="cuda")
+    qk.int8_skip_layernorm_into(values, x, skip, *args)
+    quantized = torch.empty(shape, dtype=torch.float8_e4m3fn, device="cuda")
+    qk.quantize_into(quantized, values, qk.FP8_CODES, fp8_scale)
+
+    both_codes, copy = torch.empty_like(codes), torch.empty_like(quantized)
+    qk.int8_skip_layernorm_into(both_codes, x, skip, *args, fp8_scale=fp8_scale, value_dtype=value_dtype,
+                                fp8_copy=copy)
+    assert torch.equal(both_codes, codes)
+    assert torch.equal(copy.view(torch.int8), quantized.view(torch.int8))
+    with pytest.raises(ValueError, match="FP8 output"):
+        qk.int8_skip_layernorm_into(both_codes, x, skip, *args, fp8_copy=copy)
+
+
 # (S, B, heads, head size, (BLOCK_M, BLOCK_N, warps), dq_probs): BERT's head size and the tiny test
 # models', lengths that are no multiple of the blocks or are (the last valid key ending a block),
 # heads narrower than their tile, one or several key blocks, probability codes that reach 127 or

@@ -339,7 +339,7 @@ def test_cuda_plan_hands_over_the_codes_every_reader_takes(imh_iln_engine, fp8):
     GEMM's output) and its output (read by the next GEMM and the next skip-LayerNorm) as int8 codes;
     the embedding output (written by a float plugin) and the logits stay float.  FP8 GEMMs: E4M3
     codes for what only FP8 GEMMs read (the GELU output, the context, the last skip-LayerNorm's
-    output, read by the head), int8 codes into attention and the skip-LayerNorms, and float values
+    output, read by the head), int8 codes into attention and the skip-LayerNorms, and both codes
     for a skip-LayerNorm output that both the next GEMM and the next skip-LayerNorm read."""
     from helpers.portable import int8_plan
     from helpers.portable.engine_file import read_engine
@@ -362,11 +362,32 @@ def test_cuda_plan_hands_over_the_codes_every_reader_takes(imh_iln_engine, fp8):
     assert len(skip_layernorms) == 4
     for layer in skip_layernorms:
         expected[tensors[layer["inputs"][0]]["name"]] = int8_plan.CODES
-        if not fp8:
-            expected[tensors[layer["outputs"][0]]["name"]] = int8_plan.CODES
+        expected[tensors[layer["outputs"][0]]["name"]] = int8_plan.CODES_AND_FP8_CODES if fp8 else int8_plan.CODES
     expected[tensors[skip_layernorms[-1]["outputs"][0]]["name"]] = gemm_input
     assert {"l0_output_dense", "l1_output_reshape"} <= set(expected)
     assert names == expected
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_only_the_first_qkv_gemm_quantizes_its_input(imh_iln_engine, fp8):
+    """Every 8-bit GEMM but the first QKV GEMM (reading the float embedding output) is handed the
+    codes it reads, the FP8 engine's QKV and FC1 GEMMs included (the E4M3 copy of the skip-LayerNorm
+    output before them): no quantize pass is left in a layer, for INT8 and FP8 GEMMs alike."""
+    from helpers.portable import int8_plan
+    from helpers.portable.engine_file import read_engine
+    from helpers.portable.graph import load_graph
+
+    description = read_engine(imh_iln_engine[0].read_bytes())
+    graph = load_graph(description)
+    lowering = int8_plan.Int8Lowering(graph, torch.device("cpu"), strict=False, fp8=fp8, fast=True)
+    lowering.plan_handovers(int8_plan.gelus(graph))
+    read_as = {int8_plan.FP8_CODES, int8_plan.CODES_AND_FP8_CODES} if fp8 else {int8_plan.CODES}
+    gemms = [layer.inputs[0] for layer in graph.layers
+             if layer.kind == "convolution" and lowering.int8_gemm_source(layer) is not None]
+    gemm_inputs = {description["tensors"][slot]["name"]: lowering.handover.get(slot) for slot in gemms}
+    assert len(gemm_inputs) == 2 * 4 + 1  # QKV, attention output, FC1, FC2 per layer; the head
+    quantized = [name for name, how in gemm_inputs.items() if how not in read_as]
+    assert quantized == ["embeddings_output"]
 
 
 @pytest.fixture(scope="module")
@@ -391,3 +412,32 @@ def test_hand_overs_leave_the_cuda_engine_results_unchanged(imh_iln_engine, imh_
     monkeypatch.setattr(int8_plan.Int8Lowering, "plan_handovers", lambda self, fused: None)
     separate = run_engine(engine, inputs, "cuda", chunk=4)
     assert np.abs(fused - separate).max() <= 1e-3 * np.abs(separate).max()
+
+
+@CUDA
+def test_the_fp8_engine_gives_the_same_logits_with_the_skip_layernorms_writing_both_codes(imh_iln_fp8_engine,
+                                                                                          monkeypatch):
+    """The FP8 engine with each -iln output read by the next FP8 GEMM and the next skip-LayerNorm
+    handed over in both forms (int8 and E4M3 codes, one pass), and with it handed over as FP16
+    values that the GEMM's quantize pass and the skip-LayerNorm quantize: the same codes reach every
+    reader, so the logits are the same bit for bit."""
+    from bench.int8_accuracy import run_engine
+    from helpers.portable import int8_plan
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need SM 8.9+")
+    engine, features = imh_iln_fp8_engine
+    inputs = features.inputs()
+    both = run_engine(engine, inputs, "cuda", chunk=4)
+    plan_handovers = int8_plan.Int8Lowering.plan_handovers
+
+    def float_values_instead(self, fused):
+        plan_handovers(self, fused)
+        both_codes = [slot for slot, how in self.handover.items() if how == int8_plan.CODES_AND_FP8_CODES]
+        assert len(both_codes) == 3  # the skip-LayerNorm outputs before layer 0's FC1, layer 1's QKV and FC1
+        for slot in both_codes:
+            del self.handover[slot]
+
+    monkeypatch.setattr(int8_plan.Int8Lowering, "plan_handovers", float_values_instead)
+    values = run_engine(engine, inputs, "cuda", chunk=4)
+    assert np.array_equal(both, values)

@@ -32,7 +32,9 @@ make.  With FP8 GEMMs the same holds with E4M3 codes for a tensor read only by F
 output; ``-imh``'s context; an ``-iln`` skip-LayerNorm's output that no other skip-LayerNorm
 reads, such as the last one's, read by the head); the GEMMs then write int8 codes for ``-imh``
 and ``-iln`` as above.  A tensor read by both kinds (an ``-iln`` output read by the next GEMM and
-the next skip-LayerNorm) stays float, and the FP8 GEMM quantizes it.
+the next skip-LayerNorm) is written by its skip-LayerNorm in both forms in one pass: the int8
+codes in its own slot, for the skip-LayerNorm, and the E4M3 codes of the same value in a slot of
+their own (``lower_quantized`` adds it to the plan), which the FP8 GEMM reads instead.
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ from helpers.portable.plugins_interleaved import channels_first, channels_last, 
 
 STEP_PREFIX = "int8:"
 # How a quantized tensor is handed over on CUDA (``Int8Lowering.handover``): int8 codes of its INT8
-# grid, or E4M3 codes of its FP8 scale.
-CODES, FP8_CODES = "codes", "fp8 codes"
+# grid, E4M3 codes of its FP8 scale, or (an ``-iln`` output read by FP8 GEMMs and skip-LayerNorms)
+# both: the int8 codes, and the E4M3 codes in a slot of their own for the GEMMs.
+CODES, FP8_CODES, CODES_AND_FP8_CODES = "codes", "fp8 codes", "codes + fp8 codes"
 ATTENTION, SKIP_LAYERNORM = "int8_attention", "int8_skip_layernorm"  # the steps' patterns
 _FLOAT_PRECISIONS = (DataType.FLOAT, DataType.HALF)
 
@@ -104,13 +107,21 @@ def lower_quantized(builder: PlanBuilder) -> None:
     # On CUDA an INT8 GEMM's step applies the GELU after it too (in its dequantize pass).
     fused = gelus(graph) if builder.fast else {}
     lowering.plan_handovers(fused)
+    # The slot of the E4M3 codes of each tensor handed over in both forms: its producer's second
+    # output, its FP8 GEMMs' input.
+    fp8_copies = {slot: builder.new_slot() for slot, how in lowering.handover.items() if how == CODES_AND_FP8_CODES}
     for layer in graph.layers:
         if layer.kind == "constant" or builder.lowered(layer):
             continue
         covered = lowering.covered(layer, fused)
         if covered is not None:
             run, pattern = lowering.run_for(layer, fused.get(layer.index))
-            builder.place(Step(STEP_PREFIX + layer.name, run, layer.inputs, covered[-1].outputs, pattern), covered)
+            inputs, outputs = layer.inputs, covered[-1].outputs
+            if layer.kind == "convolution":
+                inputs = tuple(fp8_copies.get(slot, slot) for slot in inputs)
+            elif outputs[0] in fp8_copies:
+                outputs = (*outputs, fp8_copies[outputs[0]])
+            builder.place(Step(STEP_PREFIX + layer.name, run, inputs, outputs, pattern), covered)
 
 
 def _then_gelu(run: Run, form: ops.GeluForm) -> Run:
@@ -129,8 +140,8 @@ class Int8Lowering:
                  steps: ModuleType | None = None) -> None:
         self.graph, self.dev, self.strict, self.fp8, self.fast, self.steps = graph, dev, strict, fp8, fast, steps
         self.amax: dict[int, float] = {t.slot: t.amax for t in graph.tensors if t.amax is not None}
-        # Slot → how its producer hands it over on CUDA: CODES (int8 codes of its range) or
-        # FP8_CODES (E4M3 codes); absent: plain float values.
+        # Slot → how its producer hands it over on CUDA: CODES (int8 codes of its range),
+        # FP8_CODES (E4M3 codes) or CODES_AND_FP8_CODES (both); absent: plain float values.
         self.handover: dict[int, str] = {}
 
     def covered(self, layer: Layer, fused: dict[int, Gelu]) -> list[Layer] | None:
@@ -181,7 +192,8 @@ class Int8Lowering:
         """Fill ``handover``: the codes that every reader of a tensor takes, where all of them are
         fast 8-bit layers and its producer can write them (an 8-bit GEMM, with its fused GELU;
         ``-imh`` attention's context; an ``-iln`` skip-LayerNorm): int8 codes for INT8 GEMMs,
-        ``-iln`` skip-LayerNorms and ``-imh`` attention, E4M3 codes for FP8 GEMMs."""
+        ``-iln`` skip-LayerNorms and ``-imh`` attention, E4M3 codes for FP8 GEMMs; both where an
+        ``-iln`` skip-LayerNorm's output is read by FP8 GEMMs and by skip-LayerNorms."""
         if not self.fast:
             return
         graph = self.graph
@@ -195,11 +207,13 @@ class Int8Lowering:
                 return CODES
             return None
 
-        def wanted(slot: int) -> str | None:
+        def wanted(slot: int, producer: Layer) -> str | None:
             users = graph.readers.get(slot, [])
             if slot in graph.outputs or not users:
                 return None
             kinds = {taken(slot, u) for u in users}
+            if kinds == {CODES, FP8_CODES} and self.fast_int8_skip_layernorm(producer):
+                return CODES_AND_FP8_CODES
             return kinds.pop() if len(kinds) == 1 else None
 
         for layer in graph.layers:
@@ -210,18 +224,22 @@ class Int8Lowering:
                 result = layer.outputs[0]
             else:
                 continue
-            how = wanted(result)
+            how = wanted(result, layer)
             if how is not None:
                 self.handover[result] = how
 
     def handover_codes(self, slot: int) -> HandoverCodes | None:
-        """The codes the producer of ``slot`` writes on CUDA; None: float values."""
+        """The codes the producer of ``slot`` writes into it on CUDA; None: float values."""
         how = self.handover.get(slot)
         if how is None:
             return None
         if how == FP8_CODES:
-            return HandoverCodes(torch.float8_e4m3fn, float(q.fp8_input_scale(self.amax[slot], "cpu")))
+            return self.fp8_copy_codes(slot)
         return HandoverCodes(torch.int8, q.scale_from_amax(self.amax[slot]))
+
+    def fp8_copy_codes(self, slot: int) -> HandoverCodes:
+        """The E4M3 codes an FP8 GEMM reading ``slot`` takes."""
+        return HandoverCodes(torch.float8_e4m3fn, float(q.fp8_input_scale(self.amax[slot], "cpu")))
 
     def scales(self, slots: Sequence[int]) -> list[float] | None:
         if any(slot not in self.amax for slot in slots):
@@ -304,8 +322,10 @@ class Int8Lowering:
         bias = self.float32(values["bias"]).ravel() if "bias" in values else None
         eps = ops.skip_layernorm_eps(gamma.numel(), torch.int8)
         if self.steps is not None and self.fast_int8_skip_layernorm(layer):
+            out = layer.outputs[0]
+            fp8_copy = self.fp8_copy_codes(out) if self.handover.get(out) == CODES_AND_FP8_CODES else None
             return self.steps.fast_int8_skip_layernorm(gamma, beta, bias, x_scale, skip_scale, out_scale, eps,
-                                                       out_types[0], self.handover_codes(layer.outputs[0])), SKIP_LAYERNORM
+                                                       out_types[0], self.handover_codes(out), fp8_copy), SKIP_LAYERNORM
 
         def skip_layernorm(x: torch.Tensor, skip: torch.Tensor) -> Sequence[torch.Tensor]:
             if interleaved:

@@ -5,7 +5,8 @@ with the dequantize + bias, and the builder's GELU (tanh or erf) when fused, in 
 one quantize pass (``quant_kernels``) unless its producer already wrote the int8 / E4M3 codes.
 ``-iln`` skip-LayerNorm is one row pass; ``-imh`` attention is one Triton kernel with both products
 on int8 codes (``int8_attention``).  Each producer writes what the plan hands over
-(``int8_plan.Int8Lowering.handover``): float values, int8 codes or E4M3 codes.  Imported by the
+(``int8_plan.Int8Lowering.handover``): float values, int8 codes or E4M3 codes, or (``-iln``) int8
+and E4M3 codes of the same value, as two outputs of the one pass.  Imported by the
 INT8 lowering on CUDA only: the kernels need Triton, which exists only on GPU machines.
 """
 
@@ -97,19 +98,23 @@ def fast_int8_attention(
 def fast_int8_skip_layernorm(
     gamma: torch.Tensor, beta: torch.Tensor, bias: torch.Tensor | None, x_scale: float, skip_scale: float,
     out_scale: float, eps: float, out_dtype: torch.dtype, out_codes: HandoverCodes | None = None,
+    fp8_copy: HandoverCodes | None = None,
 ) -> Run:
     """``-iln`` skip-LayerNorm on CUDA: ``quantization.int8_skip_layernorm`` as one Triton row pass.
     ``x`` and ``skip`` may come as their int8 codes; the output is returned in ``out_dtype``, or as
-    the codes ``out_codes`` names (of its ``out_dtype`` value)."""
-    fp8_scale, value_dtype = e4m3_output(out_codes, out_dtype)
+    the codes ``out_codes`` names (of its ``out_dtype`` value); with ``fp8_copy`` (E4M3 codes), those
+    codes of the same value follow as a second output, written in the same pass."""
+    e4m3 = fp8_copy if out_codes is None or out_codes.dtype == torch.int8 else out_codes
+    fp8_scale, value_dtype = e4m3_output(e4m3, out_dtype)
     stored = stored_dtype(out_codes, out_dtype)
 
     def skip_layernorm(x: torch.Tensor, skip: torch.Tensor) -> Sequence[torch.Tensor]:
         axis = 2 if x.dim() == 5 else 1
         x_rows, skip_rows = x.movedim(axis, -1).contiguous(), skip.movedim(axis, -1).contiguous()
         out = torch.empty_like(x_rows, dtype=stored)
+        copy = None if fp8_copy is None else torch.empty_like(x_rows, dtype=fp8_copy.dtype)
         qk.int8_skip_layernorm_into(out, x_rows, skip_rows, gamma, beta, bias, x_scale, skip_scale, out_scale, eps,
-                                    fp8_scale=fp8_scale, value_dtype=value_dtype)
-        return (out.movedim(-1, axis),)
+                                    fp8_scale=fp8_scale, value_dtype=value_dtype, fp8_copy=copy)
+        return tuple(t.movedim(-1, axis) for t in (out, copy) if t is not None)
 
     return skip_layernorm

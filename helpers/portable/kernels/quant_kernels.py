@@ -6,7 +6,8 @@ Their references are in ``helpers.portable.quantization`` (``quantize``, ``fake_
 input cast of ``fp8_linear``, ``int8_skip_layernorm``);
 ``tests/test_int8.py`` checks each against it on the GPU machine.  The skip-LayerNorm also reads and
 writes int8 codes (the INT8 engine's hand-overs between it and the GEMMs, ``int8_plan``), and writes
-the FP8 E4M3 codes of its INT8 values where an FP8 GEMM alone reads them.  Rounding is half to even
+the FP8 E4M3 codes of its INT8 values where an FP8 GEMM alone reads them, or both codes in one pass
+where an FP8 GEMM and the next skip-LayerNorm read it.  Rounding is half to even
 (``rint``) as in the references.  Every INT8 pass multiplies by the scale's reciprocal, where the
 references divide: the product may differ from the quotient by one ulp, which moves a code by at
 most one step, at a tie, and every CUDA kernel makes the same codes from the same value, so the
@@ -75,9 +76,9 @@ def store_int8_value(v, scale, fp8_scale, OUT: tl.constexpr, VALUE_DTYPE: tl.con
 
 @triton.jit
 def _int8_skip_layernorm_kernel(
-    x_ptr, skip_ptr, bias_ptr, gamma_ptr, beta_ptr, out_ptr, n_rows, hidden, eps, x_scale, skip_scale, out_scale,
-    fp8_scale, HAS_BIAS: tl.constexpr, X_CODES: tl.constexpr, SKIP_CODES: tl.constexpr, OUT: tl.constexpr,
-    VALUE_DTYPE: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    x_ptr, skip_ptr, bias_ptr, gamma_ptr, beta_ptr, out_ptr, fp8_copy_ptr, n_rows, hidden, eps, x_scale, skip_scale,
+    out_scale, fp8_scale, HAS_BIAS: tl.constexpr, X_CODES: tl.constexpr, SKIP_CODES: tl.constexpr, OUT: tl.constexpr,
+    FP8_COPY: tl.constexpr, VALUE_DTYPE: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # ROWS rows per program: an int8 row is a few hundred bytes, less than the float32 LayerNorm
     # parameters, which each program reads once.
@@ -102,6 +103,9 @@ def _int8_skip_layernorm_kernel(
     gamma, beta = load_layernorm_params(gamma_ptr, beta_ptr, cols, cols_mask, False)
     y = normalize(v, cols_mask, gamma[None, :], beta[None, :], hidden, eps)
     tl.store(out_ptr + offsets, store_int8_value(y, out_scale, fp8_scale, OUT, VALUE_DTYPE, out_ptr), mask=mask)
+    if FP8_COPY:
+        tl.store(fp8_copy_ptr + offsets, store_int8_value(y, out_scale, fp8_scale, 1, VALUE_DTYPE, fp8_copy_ptr),
+                 mask=mask)
 
 
 # (rows per program, warps) of the INT8 skip-LayerNorm at BERT's widths: a sweep on the H100
@@ -113,27 +117,31 @@ def int8_skip_layernorm_into(
     out: torch.Tensor, x: torch.Tensor, skip: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
     bias: torch.Tensor | None, x_scale: float, skip_scale: float, out_scale: float, eps: float,
     launch: tuple[int, int] = INT8_SKIP_LAYERNORM_LAUNCH, fp8_scale: float | None = None,
-    value_dtype: torch.dtype | None = None,
+    value_dtype: torch.dtype | None = None, fp8_copy: torch.Tensor | None = None,
 ) -> None:
     """The normalized output of ``quantization.int8_skip_layernorm`` over contiguous ``[..., E]`` rows.
 
     ``x`` and ``skip``: float values, or int8 codes of ``x_scale`` / ``skip_scale``; ``out``: int8
     for the output's codes, float8_e4m3fn for the FP8 codes of ``fp8_scale`` of its INT8 values
     rounded to ``value_dtype`` (what an FP8 GEMM reading them makes), else its INT8 values in
-    ``out``'s dtype.  ``launch``: rows per program (a power of two) and warps.
+    ``out``'s dtype.  ``fp8_copy`` (float8_e4m3fn, ``out``'s shape): those FP8 codes too, in the
+    same pass.  ``launch``: rows per program (a power of two) and warps.
     """
     mode = output_mode(out)
-    if (mode == FP8_CODES) != (fp8_scale is not None and value_dtype is not None):
+    if (mode == FP8_CODES or fp8_copy is not None) != (fp8_scale is not None and value_dtype is not None):
         raise ValueError("int8_skip_layernorm_into: an FP8 output, and only that, needs fp8_scale and value_dtype")
+    if fp8_copy is not None and (fp8_copy.dtype != torch.float8_e4m3fn or fp8_copy.shape != out.shape):
+        raise ValueError("int8_skip_layernorm_into: fp8_copy must be float8_e4m3fn of the output's shape")
     hidden = x.shape[-1]
     rows = x.numel() // hidden if hidden else 0
     if rows == 0:
         return
     rows_per_program, warps = launch
     _int8_skip_layernorm_kernel[(triton.cdiv(rows, rows_per_program),)](
-        x, skip, bias if bias is not None else gamma, gamma, beta, out, rows, hidden, float(eps),
-        float(x_scale), float(skip_scale), float(out_scale), 1.0 if fp8_scale is None else float(fp8_scale),
-        HAS_BIAS=bias is not None, X_CODES=x.dtype == torch.int8, SKIP_CODES=skip.dtype == torch.int8,
-        OUT=mode, VALUE_DTYPE=VALUE_DTYPES[value_dtype or torch.float32], ROWS=rows_per_program,
+        x, skip, bias if bias is not None else gamma, gamma, beta, out, out if fp8_copy is None else fp8_copy, rows,
+        hidden, float(eps), float(x_scale), float(skip_scale), float(out_scale),
+        1.0 if fp8_scale is None else float(fp8_scale), HAS_BIAS=bias is not None, X_CODES=x.dtype == torch.int8,
+        SKIP_CODES=skip.dtype == torch.int8, OUT=mode, FP8_COPY=fp8_copy is not None,
+        VALUE_DTYPE=VALUE_DTYPES[value_dtype or torch.float32], ROWS=rows_per_program,
         BLOCK=triton.next_power_of_2(hidden), num_warps=warps,
     )
