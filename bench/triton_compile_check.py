@@ -75,8 +75,13 @@ def variants():
     for mode, out in ((qk.INT8_CODES, "*i8"), (qk.FP8_CODES, "*fp8e4nv")):
         yield qk._quantize_kernel, {"x_ptr": "*fp16", "out_ptr": out}, dict(MODE=mode, BLOCK=1024), 4, None
     for mode, out in ((qk.INT8_CODES, "*i8"), (qk.FP8_CODES, "*fp8e4nv"), (qk.FLOAT_VALUES, "*fp16")):
-        yield (qk._int8_skip_layernorm_kernel, {"x_ptr": "*i8", "skip_ptr": "*i8", "out_ptr": out},
-               dict(HAS_BIAS=True, X_CODES=True, SKIP_CODES=True, OUT=mode, VALUE_DTYPE=1, ROWS=4, BLOCK=1024), 4, None)
+        # FP8_COPY: an -iln output read by FP8 GEMMs and skip-LayerNorms, written as int8 codes and
+        # E4M3 codes of the same value.
+        for fp8_copy in (False, True) if mode == qk.INT8_CODES else (False,):
+            yield (qk._int8_skip_layernorm_kernel,
+                   {"x_ptr": "*i8", "skip_ptr": "*i8", "out_ptr": out, "fp8_copy_ptr": "*fp8e4nv"},
+                   dict(HAS_BIAS=True, X_CODES=True, SKIP_CODES=True, OUT=mode, FP8_COPY=fp8_copy, VALUE_DTYPE=1, ROWS=4,
+                        BLOCK=1024), 4, None)
         for seq_len, (block_m, block_n, warps) in ((128, ia.attention_blocks(128)), (384, ia.attention_blocks(384))):
             yield (ia._int8_attention_kernel, {"qkv_ptr": "*i8", "mask_ptr": "*i32", "out_ptr": out},
                    dict(HEADS=16, HEAD=64, HEAD_BLOCK=64, HAS_MASK=True, QKV_CODES=True, OUT=mode, VALUE_DTYPE=1,
@@ -87,7 +92,7 @@ def main() -> int:
     failures = 0
     for kernel, pointers, constants, warps, descriptors in variants():
         error = compile_kernel(kernel, pointers, constants, warps, descriptors)
-        shown = {k: v for k, v in constants.items() if k in ("FP8", "MODE", "OUT", "GELU", "BLOCK_M", "BLOCK_N")}
+        shown = {k: v for k, v in constants.items() if k in ("FP8", "MODE", "OUT", "GELU", "FP8_COPY", "BLOCK_M", "BLOCK_N")}
         print(f"{'ok  ' if error is None else 'FAIL'} {jit_function(kernel).__name__} {shown}", flush=True)
         if error is not None:
             failures += 1
