@@ -104,8 +104,7 @@ def fast_int8_skip_layernorm(
     ``x`` and ``skip`` may come as their int8 codes; the output is returned in ``out_dtype``, or as
     the codes ``out_codes`` names (of its ``out_dtype`` value); with ``fp8_copy`` (E4M3 codes), those
     codes of the same value follow as a second output, written in the same pass."""
-    e4m3 = fp8_copy if out_codes is None or out_codes.dtype == torch.int8 else out_codes
-    fp8_scale, value_dtype = e4m3_output(e4m3, out_dtype)
+    fp8_scale, value_dtype = e4m3_output(fp8_copy or out_codes, out_dtype)
     stored = stored_dtype(out_codes, out_dtype)
 
     def skip_layernorm(x: torch.Tensor, skip: torch.Tensor) -> Sequence[torch.Tensor]:
