@@ -28,13 +28,16 @@ skip-LayerNorms and ``-imh`` attention (the QKV GEMM's output, the GELU output, 
 the attention-output and FC2 GEMMs' outputs, each skip-LayerNorm's output, which is the next GEMM's
 input and the next residual) is handed over as int8 codes, so no quantize pass is left between
 them: the same codes, from the value rounded to the engine's float type, as the separate passes
-make.  With FP8 GEMMs the same holds with E4M3 codes for a tensor read only by FP8 GEMMs (the GELU
-output; ``-imh``'s context; an ``-iln`` skip-LayerNorm's output that no other skip-LayerNorm
-reads, such as the last one's, read by the head); the GEMMs then write int8 codes for ``-imh``
-and ``-iln`` as above.  A tensor read by both kinds (an ``-iln`` output read by the next GEMM and
-the next skip-LayerNorm) is written by its skip-LayerNorm in both forms in one pass: the int8
-codes in its own slot, for the skip-LayerNorm, and the E4M3 codes of the same value in a slot of
-their own (``lower_quantized`` adds it to the plan), which the FP8 GEMM reads instead.
+make, except after a GELU in a GEMM's epilogue, which runs in FP32 where the builder's GELU layers
+round each intermediate to the engine's float type (in FP16 engines about 0.1 % of the GELU
+output's codes then lie one step apart).  With FP8 GEMMs the same holds with E4M3 codes for a
+tensor read only by FP8 GEMMs (the GELU output; ``-imh``'s context; an ``-iln`` skip-LayerNorm's
+output that no other skip-LayerNorm reads, such as the last one's, read by the head); the GEMMs
+then write int8 codes for ``-imh`` and ``-iln`` as above.  A tensor read by both kinds (an
+``-iln`` output read by the next GEMM and the next skip-LayerNorm) is written by its
+skip-LayerNorm in both forms in one pass: the int8 codes in its own slot, for the skip-LayerNorm,
+and the E4M3 codes of the same value in a slot of their own (``lower_quantized`` adds it to the
+plan), which the FP8 GEMM reads instead.
 """
 
 from __future__ import annotations
