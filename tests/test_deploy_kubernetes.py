@@ -257,7 +257,8 @@ def test_autoscaler_owns_the_deployment_replicas(resources, deployment):
     hpa = resources["HorizontalPodAutoscaler"]["spec"]
     target = {"apiVersion": deployment["apiVersion"], "kind": "Deployment", "name": deployment["metadata"]["name"]}
     assert hpa["scaleTargetRef"] == target
-    assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"]
+    assert hpa["minReplicas"] >= 1, "no replica would serve until the first scale-up"
+    assert hpa["maxReplicas"] > hpa["minReplicas"], "equal bounds leave the autoscaler nothing to scale"
 
 
 def test_autoscaler_metric_is_the_one_the_adapter_rule_makes(resources, adapter_rule):
