@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 
-import torch
+import numpy as np
 
 from serving.engine_model import EngineModel, model_parameters
 
-OUTPUT_TYPES = {"TYPE_FP32": torch.float32, "TYPE_FP16": torch.float16}
+OUTPUT_TYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16}
 
 
 class FloorModel(EngineModel):
@@ -27,12 +27,12 @@ class FloorModel(EngineModel):
         self.varseqlen = parameters["varseqlen"] == "true"
         self.sequence_length = int(parameters["sequence_length"])
         self.token_types = int(parameters["token_types"])
-        self.vocab_size = torch.iinfo(torch.int32).max
+        self.vocab_size = np.iinfo(np.int32).max
         self.max_batch_size = config["max_batch_size"]
         self.output_dtype = OUTPUT_TYPES[config["output"][0]["data_type"]]
 
-    def run_batch(self, inputs: dict) -> torch.Tensor:
-        return torch.zeros((len(inputs["input_ids"]), self.sequence_length, 2, 1, 1), dtype=self.output_dtype)
+    def run_batch(self, inputs: dict) -> np.ndarray:
+        return np.zeros((len(inputs["input_ids"]), self.sequence_length, 2, 1, 1), dtype=self.output_dtype)
 
-    def run_tokens(self, lengths: list[int], input_ids, segment_ids) -> torch.Tensor:
-        return torch.zeros((2, sum(lengths), 1, 1), dtype=self.output_dtype)
+    def run_tokens(self, lengths: list[int], input_ids, segment_ids) -> np.ndarray:
+        return np.zeros((2, sum(lengths), 1, 1), dtype=self.output_dtype)

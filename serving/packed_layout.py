@@ -4,22 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
+import numpy as np
 
 
-def sequence_major(logits: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+def sequence_major(logits: np.ndarray, lengths: Sequence[int]) -> np.ndarray:
     """The packed logits ``[2, T]`` of sequences of ``lengths`` (T their sum), reordered into one
-    flat tensor in which each sequence's ``[2, L]`` block (start logits, then end logits) lies
+    flat array in which each sequence's ``[2, L]`` block (start logits, then end logits) lies
     contiguously, in sequence order: the sequence that starts at token ``t`` occupies
     ``[2t, 2t + 2L)``.  One scatter for the whole batch instead of a transposed copy per request.
     """
-    counts = torch.tensor(lengths, dtype=torch.int64)
+    counts = np.asarray(lengths, dtype=np.int64)
     total = int(counts.sum())
     if logits.shape != (2, total):
         raise ValueError(f"expected logits of shape (2, {total}), got {tuple(logits.shape)}")
-    starts = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-    start_index = starts + torch.arange(total)
-    blocks = torch.empty(2 * total, dtype=logits.dtype)
+    start_index = np.repeat(np.cumsum(counts) - counts, counts) + np.arange(total)
+    blocks = np.empty(2 * total, dtype=logits.dtype)
     blocks[start_index] = logits[0]
-    blocks[start_index + torch.repeat_interleave(counts, counts)] = logits[1]
+    blocks[start_index + np.repeat(counts, counts)] = logits[1]
     return blocks

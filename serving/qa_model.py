@@ -20,7 +20,7 @@ from helpers.cli import RunnerError
 from helpers.model_info import ModelInfo
 from helpers.question_answering import AnswerExtractor, NetworkOutput
 from helpers.runner import OUTPUT_NAME
-from serving.engine_model import BadRequest, model_parameters
+from serving.engine_model import BadRequest, model_parameters, require_numpy_1
 
 
 def text_rows(request, name: str) -> list[str]:
@@ -51,6 +51,7 @@ def error_response(message: str):
 
 class QuestionAnsweringModel:
     def initialize(self, args: dict) -> None:
+        require_numpy_1()
         parameters = model_parameters(args)
         vocab = os.path.join(args["model_repository"], args["model_version"], parameters["vocab_file"])
         self.engine_model = parameters["engine_model"]

@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -448,6 +449,41 @@ def _is_engine_stub(pid: str, server_pid: int) -> bool:
     children = [int(p) for p in Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()]
     tritonserver = children[0] if children else -1
     return int(stat.rsplit(")", 1)[1].split()[1]) == tritonserver and len(command) > 1 and b"/bert_engine/" in command[1]
+
+
+def numpy_2_environment(where: Path) -> Path:
+    """A Python of the serving environment that imports numpy 2 (this process's) before the
+    environment's own numpy: a venv holding only numpy, with the serving packages on a .pth line."""
+    if np.lib.NumpyVersion(np.__version__) < "2.0.0":
+        pytest.skip(f"this process has numpy {np.__version__}, not 2")
+    probe = "import sys, sysconfig; print(sys._base_executable); print(sysconfig.get_paths()['purelib']); print(sys.version_info[:2])"
+    base, packages, version = subprocess.run([str(SERVER_PYTHON), "-c", probe], capture_output=True, text=True, check=True).stdout.split("\n")[:3]
+    if version != str(tuple(sys.version_info[:2])):
+        pytest.skip(f"the serving environment runs Python {version}, this process {tuple(sys.version_info[:2])}")
+    subprocess.run([base, "-m", "venv", "--without-pip", str(where)], check=True)
+    purelib = Path(subprocess.run([str(where / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  capture_output=True, text=True, check=True).stdout.strip())
+    source = Path(np.__file__).parent
+    for name in (source.name, source.name + ".libs"):
+        if (source.parent / name).exists():
+            (purelib / name).symlink_to(source.parent / name)
+    (purelib / "serving_environment.pth").write_text(packages + "\n")
+    return where / "bin" / "python"
+
+
+def test_a_numpy_2_environment_is_refused_when_the_models_load(tmp_path_factory, fixed_engine, tmp_path):
+    # Triton 2.51's Python backend reads numpy 2 arrays wrong: refusing to load beats wrong answers.
+    server_available()
+    python = numpy_2_environment(tmp_path / "numpy2")
+    repo = write_repository(tmp_path_factory, fixed_engine, "numpy2")
+    http, grpc, metrics = free_ports(3)
+    served = subprocess.run(
+        [str(python), "-m", "serving.serve", "--model-repository", str(repo), "--http-port", str(http), "--grpc-port", str(grpc),
+         "--metrics-port", str(metrics)], cwd=engines.REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert served.returncode != 0
+    for model in (ENGINE_MODEL, QA_MODEL):
+        assert re.search(rf"\| {model} +\| 1 +\| UNAVAILABLE: .*needs numpy < 2 in the model's environment, found 2\.", served.stdout + served.stderr)
 
 
 def test_sigterm_under_load_answers_every_accepted_request(tmp_path_factory, fixed_engine):
