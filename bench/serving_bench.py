@@ -45,12 +45,14 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def served(repo: Path, levels: str, duration: float, warm_up: float, processes: int, out: Path, name: str, server_python: str) -> dict:
+def served(repo: Path, args: argparse.Namespace, out: Path, name: str) -> dict:
+    """Serve ``repo`` and load its bert_engine at every level of ``args`` (levels, durations, client
+    processes, protocol, the server's Python); the load test's report and Triton's statistics."""
     http, grpc, metrics = free_ports(3)
     log = out / f"serve_{name}.log"
     with open(log, "w") as server_log:
         server = subprocess.Popen(
-            [server_python, "-m", "serving.serve", "--model-repository", str(repo), "--http-port", str(http),
+            [args.server_python, "-m", "serving.serve", "--model-repository", str(repo), "--http-port", str(http),
              "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
             cwd=REPO_ROOT, stdout=server_log, stderr=subprocess.STDOUT,
         )
@@ -61,9 +63,10 @@ def served(repo: Path, levels: str, duration: float, warm_up: float, processes: 
                     sys.exit(f"server did not start:\n{log.read_text()[-3000:]}")
                 time.sleep(0.5)
             report = out / f"load_{name}.json"
-            run([PY, "-m", "serving.load_test", "--url", f"127.0.0.1:{grpc}", "--protocol", "grpc", "--model", "bert_engine",
-                 "--concurrency", levels, "--duration", str(duration), "--warm-up", str(warm_up), "--processes", str(processes),
-                 "--json", str(report)], out / "bench.log")
+            port = grpc if args.protocol == "grpc" else http
+            run([PY, "-m", "serving.load_test", "--url", f"127.0.0.1:{port}", "--protocol", args.protocol, "--model", "bert_engine",
+                 "--concurrency", args.levels, "--duration", str(args.duration), "--warm-up", str(args.warm_up),
+                 "--processes", str(args.processes), "--json", str(report)], out / "bench.log")
             stats = subprocess.run(["curl", "-s", f"http://127.0.0.1:{http}/v2/models/bert_engine/stats"], capture_output=True, text=True).stdout
             return {"load": json.loads(report.read_text()), "stats": json.loads(stats or "{}")}
         finally:
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--warm-up", type=float, default=5.0)
     parser.add_argument("--processes", type=int, default=8)
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="How the load test's clients talk to the server")
     parser.add_argument("--instances", default="2", help="Engine instances on the GPU; comma-separated counts serve each engine once per count")
     parser.add_argument("--max-queue-delay-us", type=int, default=1000)
     parser.add_argument("--server-python", default=PY, help="Python of the serving environment (default: this one)")
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
         args.vocab = minilm_vocab_file()
     results: dict = {"device": device, "shape": shape, "sequence_length": seq, "batches": batches, "levels": args.levels,
-                     "instances": instance_counts, "max_queue_delay_us": args.max_queue_delay_us, "cuda_graphs": args.cuda_graphs}
+                     "instances": instance_counts, "max_queue_delay_us": args.max_queue_delay_us, "cuda_graphs": args.cuda_graphs,
+                     "protocol": args.protocol}
     with tempfile.TemporaryDirectory(prefix="serving_bench.") as work_dir:
         work = Path(work_dir)
         log = out / "bench.log"
@@ -129,13 +134,11 @@ def main(argv: list[str] | None = None) -> int:
                 repo = work / f"repo_{kind}_{count}"
                 run([PY, "-m", "serving.repository", "-e", str(engine), "-v", args.vocab, "-o", str(repo), "--device", device,
                      "--instances", str(count), "--max-queue-delay-us", str(args.max_queue_delay_us), *graphs], log)
-                results[kind]["served"][str(count)] = served(repo, args.levels, args.duration, args.warm_up, args.processes, out,
-                                                            f"{kind}_{count}", args.server_python)
+                results[kind]["served"][str(count)] = served(repo, args, out, f"{kind}_{count}")
                 (out / "serving_bench.json").write_text(json.dumps(results, indent=2))
             engine.unlink()
             floor = floor_repository(work / f"repo_{kind}_{instance_counts[0]}", work / f"floor_{kind}")
-            results[kind]["floor"] = served(floor, args.levels, args.duration, args.warm_up, args.processes, out,
-                                            f"{kind}_floor", args.server_python)
+            results[kind]["floor"] = served(floor, args, out, f"{kind}_floor")
             (out / "serving_bench.json").write_text(json.dumps(results, indent=2))
     print(table(results))
     for _kind, label, run_result in served_runs(results):
