@@ -1,9 +1,10 @@
 """``bert_qa``: a Triton Python-backend model that answers a question about a passage.
 
 The text side is :class:`helpers.question_answering.AnswerExtractor`, as in ``inference.py``:
-the passage is split into doc-stride windows, each window becomes one ``bert_engine`` request
-(BLS, all of them in flight at once so that the engine's dynamic batcher batches them with the
-windows of other questions), and the best span over all windows is the answer.
+the passage is split into doc-stride windows, the windows go to ``bert_engine`` (BLS) as few
+requests of several rows each, all of them in flight at once, so that one question's windows run
+in one engine execution and the engine's dynamic batcher batches them with the windows of other
+questions, and the best span over all windows is the answer.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class QuestionAnsweringModel:
         self.engine_model = parameters["engine_model"]
         self.varseqlen = parameters["varseqlen"] == "true"
         self.max_context_bytes = int(parameters["max_context_bytes"])
+        # Repositories written before this parameter existed sent one window per request.
+        self.request_rows = int(parameters.get("engine_request_rows", "1"))
         try:
             self.extractor = AnswerExtractor(
                 vocab,
@@ -93,29 +96,45 @@ class QuestionAnsweringModel:
     async def answer(self, question: str, context: str) -> tuple[str, float]:
         doc_tokens = dp.convert_doc_tokens(context)
         features = self.extractor.features(doc_tokens, question)
-        responses = await asyncio.gather(*(self.engine_request(f).async_exec() for f in features))
+        groups = self.request_groups(features)
+        responses = await asyncio.gather(*(self.engine_request([features[i] for i in group]).async_exec() for group in groups))
         outputs = []
-        for index, response in enumerate(responses):
+        for group, response in zip(groups, responses):
             if response.has_error():
                 raise RunnerError(f"{self.engine_model}: {response.error().message()}")
             logits = host_array(pb_utils.get_output_tensor_by_name(response, OUTPUT_NAME))
-            if self.varseqlen:
-                start, end = logits[0, 0].reshape(-1), logits[0, 1].reshape(-1)
-            else:
-                pairs = logits[0].reshape(-1, 2)
-                start, end = pairs[:, 0], pairs[:, 1]
-            outputs.append(NetworkOutput(start_logits=start, end_logits=end, feature_index=index))
+            for row, index in enumerate(group):
+                if self.varseqlen:
+                    start, end = logits[row, 0].reshape(-1), logits[row, 1].reshape(-1)
+                else:
+                    pairs = logits[row].reshape(-1, 2)
+                    start, end = pairs[:, 0], pairs[:, 1]
+                outputs.append(NetworkOutput(start_logits=start, end_logits=end, feature_index=index))
         text, probability, _ = self.extractor.best_answer(doc_tokens, features, outputs)
         return text, float(probability)
 
-    def engine_request(self, feature):
+    def request_groups(self, features: list) -> list[list[int]]:
+        """The features' indexes, in order, split into ``bert_engine`` requests: at most
+        ``request_rows`` rows each, and (variable length) rows of one length each."""
+        groups: list[list[int]] = []
+        length = None
+        for index, feature in enumerate(features):
+            row_length = int(np.sum(feature.input_mask)) if self.varseqlen else None
+            if not groups or len(groups[-1]) == self.request_rows or row_length != length:
+                groups.append([])
+                length = row_length
+            groups[-1].append(index)
+        return groups
+
+    def engine_request(self, features: list):
+        """One ``bert_engine`` request of the features' rows (variable length: all of one length)."""
         if self.varseqlen:
-            length = int(np.sum(feature.input_mask))
+            length = int(np.sum(features[0].input_mask))
             names = ("input_ids", "segment_ids")
-            arrays = {name: np.asarray(getattr(feature, name)[:length], dtype=np.int32)[None] for name in names}
+            arrays = {name: np.array([getattr(f, name)[:length] for f in features], dtype=np.int32) for name in names}
         else:
             names = ("input_ids", "segment_ids", "input_mask")
-            arrays = {name: np.asarray(getattr(feature, name), dtype=np.int32)[None] for name in names}
+            arrays = {name: np.array([getattr(f, name) for f in features], dtype=np.int32) for name in names}
         return pb_utils.InferenceRequest(
             model_name=self.engine_model,
             requested_output_names=[OUTPUT_NAME],

@@ -185,8 +185,11 @@ def engine_config(signature: EngineSignature, options: RepositoryOptions, max_ba
     return "\n".join(lines) + "\n"
 
 
-def qa_config(signature: EngineSignature, options: RepositoryOptions, tokenizer_file: str) -> str:
-    """config.pbtxt of ``bert_qa``."""
+def qa_config(signature: EngineSignature, options: RepositoryOptions, tokenizer_file: str, engine_max_batch_size: int) -> str:
+    """config.pbtxt of ``bert_qa``.  A question's windows go to ``bert_engine`` as requests of up to
+    its max_batch_size rows, except to a variable-length TensorRT plan: Triton's ragged batching
+    takes one sequence per request there."""
+    ragged = signature.backend == "tensorrt" and signature.varseqlen
     lines = [
         f'name: "{QA_MODEL}"',
         'backend: "python"',
@@ -212,6 +215,7 @@ def qa_config(signature: EngineSignature, options: RepositoryOptions, tokenizer_
                 "n_best_size": options.n_best_size,
                 "max_answer_length": options.max_answer_length,
                 "max_context_bytes": options.max_context_bytes,
+                "engine_request_rows": 1 if ragged else engine_max_batch_size,
                 **model_parameters(signature.model),
             }
         ),
@@ -285,7 +289,7 @@ def write_repository(
             (engine_dir / "1" / "model.py").write_text(entry_point("serving.engine_model", "EngineModel", options.project_root))
         qa_dir = staging / QA_MODEL
         (qa_dir / "1").mkdir(parents=True)
-        (qa_dir / "config.pbtxt").write_text(qa_config(signature, options, tokenizer_name))
+        (qa_dir / "config.pbtxt").write_text(qa_config(signature, options, tokenizer_name, max_batch_size))
         shutil.copyfile(tokenizer_file, qa_dir / "1" / tokenizer_name)
         (qa_dir / "1" / "model.py").write_text(entry_point("serving.qa_model", "QuestionAnsweringModel", options.project_root))
         if target.exists():

@@ -30,7 +30,8 @@ import squad_fixtures
 
 tritonclient = pytest.importorskip("tritonclient.grpc")
 
-from helpers.question_answering import QuestionAnswerer  # noqa: E402
+import helpers.data_processing as dp  # noqa: E402
+from helpers.question_answering import AnswerExtractor, QuestionAnswerer  # noqa: E402
 from helpers.runner import EngineRunner  # noqa: E402
 from serving import client as serving_client  # noqa: E402
 from serving import ENGINE_MODEL, QA_MODEL, load_test, repository  # noqa: E402
@@ -49,6 +50,8 @@ SECOND_PASSAGE = (
     "square kilometres, of which five and a half million are covered by the rainforest. The region includes "
     "territory belonging to nine nations, and the majority of the forest is contained within Brazil."
 )
+# 11 doc-stride windows at the tiny engine's sequence length: more than one engine batch.
+LONG_PASSAGE = " ".join([engines.PASSAGE] * 9)
 PAIRS = [(q, engines.PASSAGE) for q in QUESTIONS] + [
     ("How large is the basin?", SECOND_PASSAGE),
     ("Which country holds most of the forest?", SECOND_PASSAGE),
@@ -342,9 +345,38 @@ def test_cuda_graph_instances_pad_batches_to_captured_sizes(tmp_path_factory):
 def test_packed_server_answers_like_inference_varseqlen(packed_server, packed_engine, tmp_path_factory):
     client = packed_server.client("http")
     try:
-        assert_served_answers(client, local_answers(packed_engine, tmp_path_factory, PAIRS))
+        # The long passage's windows reach the engine as requests of one length each.
+        assert_served_answers(client, local_answers(packed_engine, tmp_path_factory, PAIRS + [(QUESTIONS[0], LONG_PASSAGE)]))
     finally:
         client.close()
+
+
+def window_count(tmp_path_factory, question: str, passage: str) -> int:
+    """How many doc-stride windows bert_qa makes of ``passage`` (the repository's defaults)."""
+    extractor = AnswerExtractor(str(engines.tiny_model_dir(tmp_path_factory) / "vocab.txt"), max_seq_length=engines.SEQ_LEN)
+    return len(extractor.features(dp.convert_doc_tokens(passage), question))
+
+
+def test_a_questions_windows_reach_the_engine_as_requests_of_up_to_its_batch(fixed_server, fixed_engine, tmp_path_factory):
+    # The engine's batch is 8: a request of 8 rows and one of 3, each run in one execution.
+    question, passage = QUESTIONS[0], LONG_PASSAGE
+    windows = window_count(tmp_path_factory, question, passage)
+    assert windows == ENGINE_BATCH + 3
+    expected = local_answers(fixed_engine, tmp_path_factory, [(question, passage)])[(question, passage)]
+    before = engine_statistics(fixed_server)
+    client = fixed_server.client("grpc")
+    try:
+        text, probability = served_answer(client, question, passage)
+    finally:
+        client.close()
+    assert text == expected[0] and probability == pytest.approx(expected[1], rel=1e-5)
+    deadline = time.monotonic() + 30
+    while (after := engine_statistics(fixed_server))["inference_count"] - before["inference_count"] < windows:
+        assert time.monotonic() < deadline, after
+        time.sleep(0.2)
+    requests = int(after["inference_stats"]["success"]["count"]) - int(before["inference_stats"]["success"]["count"])
+    assert (after["inference_count"] - before["inference_count"], requests) == (windows, 2)
+    assert after["execution_count"] - before["execution_count"] == 2
 
 
 def test_squad_file_through_the_server_equals_inference_py(fixed_server, fixed_engine, tmp_path, tmp_path_factory, capsys):
