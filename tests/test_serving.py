@@ -241,6 +241,16 @@ def engine_statistics(server: Server) -> dict:
         client.close()
 
 
+def engine_statistics_counting(server: Server, before: dict, rows: int) -> dict:
+    """bert_engine's statistics once they count ``rows`` more inferences than ``before``: Triton
+    counts a request once it is released, which can be just after its response went out."""
+    deadline = time.monotonic() + 30
+    while (after := engine_statistics(server))["inference_count"] - before["inference_count"] < rows:
+        assert time.monotonic() < deadline, after
+        time.sleep(0.2)
+    return after
+
+
 def assert_mixed_lengths_batch_together(server: Server, engine: Path, device: str, tolerance: float) -> None:
     """Ragged token rows share packed executions and get the logits they get alone."""
     rng = np.random.default_rng(7)
@@ -273,11 +283,7 @@ def assert_mixed_lengths_batch_together(server: Server, engine: Path, device: st
         logits = reply.outputs["logits_out"]
         assert logits.shape == (1, 2, lengths[index], 1, 1)
         np.testing.assert_allclose(logits[0], alone[index], rtol=tolerance, atol=tolerance)
-    # Triton counts a request once it is released, which can be just after its response went out.
-    deadline = time.monotonic() + 30
-    while (after := engine_statistics(server))["inference_count"] - before["inference_count"] < len(rows):
-        assert time.monotonic() < deadline, after
-        time.sleep(0.2)
+    after = engine_statistics_counting(server, before, len(rows))
     requests = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert requests == len(rows) and executions < requests
@@ -370,10 +376,7 @@ def test_a_questions_windows_reach_the_engine_as_requests_of_up_to_its_batch(fix
     finally:
         client.close()
     assert text == expected[0] and probability == pytest.approx(expected[1], rel=1e-5)
-    deadline = time.monotonic() + 30
-    while (after := engine_statistics(fixed_server))["inference_count"] - before["inference_count"] < windows:
-        assert time.monotonic() < deadline, after
-        time.sleep(0.2)
+    after = engine_statistics_counting(fixed_server, before, windows)
     requests = int(after["inference_stats"]["success"]["count"]) - int(before["inference_stats"]["success"]["count"])
     assert (after["inference_count"] - before["inference_count"], requests) == (windows, 2)
     assert after["execution_count"] - before["execution_count"] == 2
